@@ -1,0 +1,53 @@
+# Conclave: the two commands a new user needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PURE   := src/conclave/raft src/conclave/sim src/conclave/kv src/conclave/storage src/conclave/verify
+
+.PHONY: run test lint bench proto system-deps venv clean help
+
+help:
+	@echo "make run    - set up, then start a local 3-node cluster on 127.0.0.1 (Ctrl-C stops it)"
+	@echo "make test   - set up, then lint and run the whole test suite"
+	@echo "make lint   - ruff on everything, mypy --strict on the pure cores"
+	@echo "make bench  - benchmarks (bench/), side by side with etcd where a target names it"
+	@echo "make proto  - regenerate the committed gRPC/protobuf modules from src/conclave/api/proto"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests and benchmarks use: etcdctl 3.4 (compatibility tests) and
+# etcd 3.4 (the peer the benchmarks compare against).
+system-deps:
+	@if command -v etcdctl >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing etcd-client and etcd-server (apt-get)"; \
+	  (apt-get install -y -qq etcd-client etcd-server >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client etcd-server >/dev/null)) \
+	   && (pkill -x etcd || true); \
+	else echo "warning: etcdctl/etcd missing and cannot apt-get install them; their tests will skip (fail under CI=true)"; fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy --strict $(PURE)
+
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest
+
+run: $(STAMP)
+	$(VENV)/bin/conclave up --nodes 3
+
+bench: $(STAMP) system-deps
+	$(PY) bench/run_all.py
+
+proto: $(STAMP)
+	$(PY) -m conclave.api.protogen
+
+clean:
+	rm -rf $(VENV) conclave-data .pytest_cache .mypy_cache .ruff_cache

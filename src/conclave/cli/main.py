@@ -1,0 +1,50 @@
+"""`conclave`: the command-line entry point and composition root.
+
+Each subcommand lives in its own module under ``conclave.cli`` and exposes
+``register(subparsers)``; heavy imports happen inside the handlers so that
+``conclave --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Order is the order shown in --help.
+SUBCOMMAND_MODULES = (
+    "conclave.cli.serve",
+    "conclave.cli.up",
+    "conclave.cli.sim",
+    "conclave.cli.check",
+    "conclave.cli.bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conclave",
+        description="Conclave: a Raft-replicated, linearizable key-value store that speaks the etcd v3 API.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
