@@ -30,6 +30,9 @@ class _Image:
             self.entries = [e for e in self.entries if e.index > snapshot.meta.index]
             if self.entries and self.entries[0].index != snapshot.meta.index + 1:
                 self.entries = []
+        if entries and self.snapshot is not None and entries[0].index <= self.snapshot.meta.index:
+            # A snapshot covers these: keeping them would return entries below the snapshot.
+            entries = [e for e in entries if e.index > self.snapshot.meta.index]
         if entries:
             first = entries[0].index
             self.entries = [e for e in self.entries if e.index < first]
