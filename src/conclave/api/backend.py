@@ -1,0 +1,140 @@
+"""The contract between the etcd v3 gRPC edge (``conclave.api``) and the node that serves it.
+
+Theory of operation: the gRPC services in :mod:`conclave.api.grpc_server` translate protobuf messages
+into ``conclave.kv.types`` values and call an :class:`EtcdBackend`; the backend (the server node, or a
+fake in tests) does the work and raises ``conclave.kv.errors.EtcdError`` subclasses for anything a
+client must see with etcd's exact wording. The edge fills every response header (cluster_id,
+member_id and raft_term from the backend, revision from the domain response).
+
+Watches: the edge owns watch IDs and streams; the backend owns the watchers. ``watch_create`` registers
+a watcher for a key range from a start revision and returns a :class:`WatchSubscription`. Whenever that
+watcher has something to deliver the backend calls ``notify()`` (synchronously, from the event loop
+thread; it only sets a flag); the edge then calls ``take()`` until it returns None and sends each
+:class:`WatchDelivery`. ``take()`` never blocks. A delivery with ``canceled`` (e.g. the start revision
+was compacted: ``compact_revision`` set) ends the watcher. ``cancel()`` unregisters it; the edge calls
+it when the client cancels or the stream ends. ``synced_revision`` is the revision up to which every
+event has been taken (None while the watcher is catching up): it answers progress requests.
+
+This module holds only the contract: no business rules, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from conclave.kv import types as kv
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInfo:
+    """What Maintenance.Status reports about the member that answers."""
+
+    version: str
+    db_size: int
+    db_size_in_use: int
+    leader: int
+    raft_index: int
+    raft_term: int
+    raft_applied_index: int
+    is_learner: bool = False
+    errors: tuple[str, ...] = ()
+    db_size_quota: int = 0
+    storage_version: str = ""
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """One cluster member as Cluster.MemberList describes it (client_urls must be dialable)."""
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...] = ()
+    client_urls: tuple[str, ...] = ()
+    is_learner: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WatchDelivery:
+    """What one ``take()`` hands the edge: whole revisions of events, or a cancellation."""
+
+    events: tuple[kv.Event, ...] = ()
+    revision: int = 0  # store revision for the response header (>= the last event's revision)
+    canceled: bool = False
+    compact_revision: int = 0
+    cancel_reason: str = ""
+
+
+class WatchSubscription(Protocol):
+    """One watcher registered with the backend (see the module docstring)."""
+
+    @property
+    def synced_revision(self) -> int | None: ...
+
+    def take(self) -> WatchDelivery | None: ...
+
+    def cancel(self) -> None: ...
+
+
+class EtcdBackend(Protocol):
+    """Everything the etcd v3 services need from a member. All errors are ``EtcdError`` subclasses."""
+
+    cluster_id: int
+    member_id: int
+
+    def raft_term(self) -> int: ...
+
+    def has_leader(self) -> bool: ...
+
+    def current_revision(self) -> int: ...
+
+    # KV
+    async def range(self, req: kv.RangeRequest) -> kv.RangeResponse: ...
+
+    async def put(self, req: kv.PutRequest) -> kv.PutResponse: ...
+
+    async def delete_range(self, req: kv.DeleteRangeRequest) -> kv.DeleteRangeResponse: ...
+
+    async def txn(self, req: kv.TxnRequest) -> kv.TxnResponse: ...
+
+    async def compact(self, req: kv.CompactionRequest) -> kv.CompactionResponse: ...
+
+    # Lease
+    async def lease_grant(self, req: kv.LeaseGrantRequest) -> kv.LeaseGrantResponse: ...
+
+    async def lease_revoke(self, req: kv.LeaseRevokeRequest) -> kv.LeaseRevokeResponse: ...
+
+    async def lease_keep_alive(self, lease_id: int) -> int: ...  # remaining TTL; LeaseNotFound
+
+    async def lease_time_to_live(self, req: kv.LeaseTimeToLiveRequest) -> kv.LeaseTimeToLiveResponse: ...
+
+    async def lease_leases(self) -> kv.LeaseLeasesResponse: ...
+
+    # Watch (synchronous: registration must not interleave with an apply)
+    def watch_create(self, req: kv.WatchCreateRequest, notify: Callable[[], None]) -> WatchSubscription: ...
+
+    # Cluster
+    async def member_list(self) -> list[MemberInfo]: ...
+
+    async def member_add(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]: ...
+
+    async def member_remove(self, member_id: int) -> list[MemberInfo]: ...
+
+    async def member_update(self, member_id: int, peer_urls: list[str]) -> list[MemberInfo]: ...
+
+    async def member_promote(self, member_id: int) -> list[MemberInfo]: ...
+
+    # Maintenance
+    async def status(self) -> StatusInfo: ...
+
+    async def alarm(self, action: kv.AlarmAction, member_id: int, alarm: kv.AlarmType) -> list[kv.AlarmMember]: ...
+
+    async def hash_kv(self, revision: int) -> kv.HashKVResponse: ...
+
+    def snapshot(self) -> AsyncIterator[bytes]: ...
+
+    async def move_leader(self, target_id: int) -> None: ...
+
+    async def defragment(self) -> None: ...

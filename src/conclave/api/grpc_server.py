@@ -1,0 +1,606 @@
+"""The etcd v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance, Auth, Lock, Election) over grpc.aio.
+
+Theory of operation: handlers are registered as *generic* handlers
+(``grpc.method_handlers_generic_handler("etcdserverpb.KV", ...)``) whose (de)serializers come from
+the private descriptor pool of :mod:`conclave.api.pb`, so no generated ``_pb2`` module is imported.
+Each handler maps the protobuf request to a ``conclave.kv.types`` value (:mod:`conclave.api.convert`),
+awaits the :class:`~conclave.api.backend.EtcdBackend`, and maps the answer back with a full header.
+
+Errors: a ``conclave.kv.errors.EtcdError`` becomes ``context.abort(grpc.StatusCode[err.code],
+err.message)`` with etcd's exact text (clients match on it); anything else is logged and becomes
+INTERNAL with a short message. Requests carrying the ``hasleader: true`` metadata (clientv3's
+``WithRequireLeader``, used by watches) fail with Unavailable "etcdserver: no leader" when the
+backend has no leader. RPCs without a handler (most of Auth, Downgrade) answer UNIMPLEMENTED.
+
+This module owns watch IDs and watch streams (see :class:`WatchStream`); the backend owns watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from conclave.api import convert, pb
+from conclave.api.backend import EtcdBackend, WatchSubscription
+from conclave.kv import errors as kverr
+from conclave.kv import types as kv
+
+log = logging.getLogger("conclave.api")
+
+DEFAULT_MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)  # etcd's --max-request-bytes default
+GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets a gRPC message exceed max-request-bytes by this much
+MAX_SEND_BYTES = 2**31 - 1
+WATCHERS_PER_STREAM_MAX = 10_000
+SNAPSHOT_CHUNK_BYTES = 32 * 1024
+INVALID_WATCH_ID = -1  # clientv3.InvalidWatchID: a progress response for the whole stream
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+class ElectionError(kverr.EtcdError):
+    """clientv3/concurrency errors the Election service returns as plain (Unknown) gRPC errors."""
+
+    code = "UNKNOWN"
+
+
+class ElectionNoLeader(ElectionError):
+    message = "election: no leader"
+
+
+class ElectionNotLeader(ElectionError):
+    message = "election: not leader"
+
+
+class MissingLeaderKey(ElectionError):
+    message = '"leader" field must be provided'
+
+
+def _requires_leader(context: Any) -> bool:
+    for key, value in context.invocation_metadata() or ():
+        if key == "hasleader":
+            return bool(value == "true")
+    return False
+
+
+async def _abort_for(context: Any, err: BaseException, where: str) -> None:
+    if isinstance(err, kverr.EtcdError):
+        await context.abort(grpc.StatusCode[err.code], err.message)
+    log.exception("internal error in %s", where, exc_info=err)
+    await context.abort(grpc.StatusCode.INTERNAL, f"conclave: internal error in {where}: {type(err).__name__}")
+
+
+class Edge:
+    """What every service shares: the backend, header building and error mapping."""
+
+    def __init__(self, backend: EtcdBackend) -> None:
+        self.backend = backend
+
+    def header(self, revision: int) -> Any:
+        b = self.backend
+        return pb.ResponseHeader(
+            cluster_id=b.cluster_id, member_id=b.member_id, revision=revision, raft_term=b.raft_term()
+        )
+
+    def domain_header(self, h: kv.ResponseHeader) -> Any:
+        return self.header(h.revision)
+
+    def check_leader(self, context: Any) -> None:
+        if not self.backend.has_leader() and _requires_leader(context):
+            raise kverr.NoLeader()
+
+    def unary(self, fn: Handler, where: str) -> Handler:
+        async def handler(request: Any, context: Any) -> Any:
+            try:
+                self.check_leader(context)
+                return await fn(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                await _abort_for(context, err, where)
+
+        return handler
+
+    def stream(self, fn: Callable[[Any, Any], AsyncIterator[Any]], where: str) -> Callable[[Any, Any], Any]:
+        async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                self.check_leader(context)
+                async for item in fn(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                await _abort_for(context, err, where)
+
+        return handler
+
+
+def service_handler(service: str, methods: dict[str, Callable[..., Any]]) -> grpc.GenericRpcHandler:
+    """A generic handler for ``service`` whose (de)serializers come from the private pool."""
+    desc = pb.SERVICES[service]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, fn in methods.items():
+        method = desc.methods_by_name[name]
+        req_cls = pb.message_class(method.input_type.name)
+        resp_cls = pb.message_class(method.output_type.name)
+        if method.client_streaming and method.server_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        elif method.server_streaming:
+            make = grpc.unary_stream_rpc_method_handler
+        elif method.client_streaming:
+            make = grpc.stream_unary_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
+        handlers[name] = make(
+            fn, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString
+        )
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+# --------------------------------------------------------------------------------------------- KV
+
+
+class KVService:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.backend = edge.backend
+
+    async def range(self, request: Any, context: Any) -> Any:
+        r = await self.backend.range(convert.range_request_from_pb(request))
+        return convert.range_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def put(self, request: Any, context: Any) -> Any:
+        r = await self.backend.put(convert.put_request_from_pb(request))
+        return convert.put_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def delete_range(self, request: Any, context: Any) -> Any:
+        r = await self.backend.delete_range(convert.delete_range_request_from_pb(request))
+        return convert.delete_range_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def txn(self, request: Any, context: Any) -> Any:
+        r = await self.backend.txn(convert.txn_request_from_pb(request))
+        return convert.txn_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def compact(self, request: Any, context: Any) -> Any:
+        r = await self.backend.compact(convert.compaction_request_from_pb(request))
+        return pb.CompactionResponse(header=self.edge.header(r.header.revision))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        e = self.edge
+        return service_handler(
+            "etcdserverpb.KV",
+            {
+                "Range": e.unary(self.range, "KV.Range"),
+                "Put": e.unary(self.put, "KV.Put"),
+                "DeleteRange": e.unary(self.delete_range, "KV.DeleteRange"),
+                "Txn": e.unary(self.txn, "KV.Txn"),
+                "Compact": e.unary(self.compact, "KV.Compact"),
+            },
+        )
+
+
+# ------------------------------------------------------------------------------------------ Watch
+
+
+@dataclass(slots=True)
+class _Watch:
+    watch_id: int
+    subscription: WatchSubscription | None
+
+
+class WatchStream:
+    """One Watch RPC: many watchers multiplexed on one bidi stream.
+
+    The reader task turns requests into control responses (created / canceled / progress) and
+    backend subscriptions; ``notify`` callbacks mark watchers ready; the writer (``responses``)
+    always sends control responses before events, so "created" precedes a watcher's first event.
+    """
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.watches: dict[int, _Watch] = {}
+        self.next_id = 0
+        self.control: collections.deque[Any] = collections.deque()
+        self.ready: dict[int, None] = {}  # insertion-ordered set of watch ids with deliveries
+        self.wake = asyncio.Event()
+        self.progress_pending = False
+        self.reader_done = False
+
+    def _notify_for(self, watch_id: int) -> Callable[[], None]:
+        def notify() -> None:
+            self.ready[watch_id] = None
+            self.wake.set()
+
+        return notify
+
+    def _send_control(self, message: Any) -> None:
+        self.control.append(message)
+        self.wake.set()
+
+    def create(self, req: Any) -> None:
+        create = convert.watch_create_request_from_pb(req)
+        revision = self.edge.backend.current_revision()
+        watch_id = create.watch_id
+        if watch_id == 0:
+            while self.next_id in self.watches:
+                self.next_id += 1
+            watch_id = self.next_id
+            self.next_id += 1
+        reason = ""
+        if watch_id in self.watches:
+            reason = "mvcc: duplicate watch ID provided on the WatchStream"
+        elif len(self.watches) >= WATCHERS_PER_STREAM_MAX:
+            reason = f"conclave: more than {WATCHERS_PER_STREAM_MAX} watchers on one stream"
+        elif create.range_end and create.range_end != b"\0" and create.range_end <= create.key:
+            reason = "conclave: watch range_end must be greater than key"
+        if reason:
+            self._send_control(
+                pb.WatchResponse(
+                    header=self.edge.header(revision),
+                    watch_id=watch_id,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=reason,
+                )
+            )
+            return
+        watch = _Watch(watch_id, None)
+        self.watches[watch_id] = watch
+        self._send_control(pb.WatchResponse(header=self.edge.header(revision), watch_id=watch_id, created=True))
+        watch.subscription = self.edge.backend.watch_create(create, self._notify_for(watch_id))
+
+    def cancel(self, watch_id: int) -> None:
+        watch = self.watches.pop(watch_id, None)
+        if watch is None:
+            return  # like etcd: cancelling an unknown watcher is silently ignored
+        if watch.subscription is not None:
+            watch.subscription.cancel()
+        self.ready.pop(watch_id, None)
+        self._send_control(
+            pb.WatchResponse(
+                header=self.edge.header(self.edge.backend.current_revision()), watch_id=watch_id, canceled=True
+            )
+        )
+
+    async def read(self, request_iterator: AsyncIterator[Any]) -> None:
+        try:
+            async for req in request_iterator:
+                which = req.WhichOneof("request_union")
+                if which == "create_request":
+                    self.create(req.create_request)
+                elif which == "cancel_request":
+                    self.cancel(req.cancel_request.watch_id)
+                elif which == "progress_request":
+                    self.progress_pending = True
+                    self.wake.set()
+        finally:
+            self.reader_done = True
+            self.wake.set()
+
+    def _all_synced(self) -> bool:
+        if self.ready:
+            return False
+        return all(w.subscription is None or w.subscription.synced_revision is not None for w in self.watches.values())
+
+    def _next_delivery(self) -> Any | None:
+        while self.ready:
+            watch_id = next(iter(self.ready))
+            watch = self.watches.get(watch_id)
+            if watch is None or watch.subscription is None:
+                self.ready.pop(watch_id, None)
+                continue
+            delivery = watch.subscription.take()
+            if delivery is None:
+                self.ready.pop(watch_id, None)
+                continue
+            if delivery.canceled:
+                self.ready.pop(watch_id, None)
+                self.watches.pop(watch_id, None)
+                watch.subscription.cancel()
+            revision = delivery.revision or self.edge.backend.current_revision()
+            return convert.watch_delivery_to_pb(delivery, watch_id, self.edge.header(revision))
+        return None
+
+    async def responses(self) -> AsyncIterator[Any]:
+        while True:
+            if self.control:
+                yield self.control.popleft()
+                continue
+            message = self._next_delivery()
+            if message is not None:
+                yield message
+                continue
+            if self.progress_pending and self._all_synced():
+                self.progress_pending = False
+                revision = self.edge.backend.current_revision()
+                yield pb.WatchResponse(header=self.edge.header(revision), watch_id=INVALID_WATCH_ID)
+                continue
+            if self.reader_done:
+                return
+            self.wake.clear()
+            await self.wake.wait()
+
+    def close(self) -> None:
+        for watch in self.watches.values():
+            if watch.subscription is not None:
+                watch.subscription.cancel()
+        self.watches.clear()
+        self.ready.clear()
+
+
+class WatchService:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    async def watch(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        stream = WatchStream(self.edge)
+        reader = asyncio.create_task(stream.read(request_iterator))
+        try:
+            async for message in stream.responses():
+                yield message
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]
+        finally:
+            reader.cancel()
+            stream.close()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return service_handler("etcdserverpb.Watch", {"Watch": self.edge.stream(self.watch, "Watch.Watch")})
+
+
+# ------------------------------------------------------------------------------------------ Lease
+
+
+class LeaseService:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.backend = edge.backend
+
+    async def grant(self, request: Any, context: Any) -> Any:
+        r = await self.backend.lease_grant(convert.lease_grant_request_from_pb(request))
+        return convert.lease_grant_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def revoke(self, request: Any, context: Any) -> Any:
+        r = await self.backend.lease_revoke(convert.lease_revoke_request_from_pb(request))
+        return convert.lease_revoke_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def time_to_live(self, request: Any, context: Any) -> Any:
+        r = await self.backend.lease_time_to_live(convert.lease_time_to_live_request_from_pb(request))
+        return convert.lease_time_to_live_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def leases(self, request: Any, context: Any) -> Any:
+        r = await self.backend.lease_leases()
+        return convert.lease_leases_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def keep_alive(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        async for req in request_iterator:
+            try:
+                ttl = await self.backend.lease_keep_alive(req.ID)
+            except kverr.LeaseNotFound:
+                ttl = 0  # etcd answers an unknown lease with TTL 0, not an error
+            yield pb.LeaseKeepAliveResponse(
+                header=self.edge.header(self.backend.current_revision()), ID=req.ID, TTL=ttl
+            )
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        e = self.edge
+        return service_handler(
+            "etcdserverpb.Lease",
+            {
+                "LeaseGrant": e.unary(self.grant, "Lease.LeaseGrant"),
+                "LeaseRevoke": e.unary(self.revoke, "Lease.LeaseRevoke"),
+                "LeaseTimeToLive": e.unary(self.time_to_live, "Lease.LeaseTimeToLive"),
+                "LeaseLeases": e.unary(self.leases, "Lease.LeaseLeases"),
+                "LeaseKeepAlive": e.stream(self.keep_alive, "Lease.LeaseKeepAlive"),
+            },
+        )
+
+
+# ---------------------------------------------------------------------------------------- Cluster
+
+
+class ClusterService:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.backend = edge.backend
+
+    def _members(self, members: list[Any]) -> list[Any]:
+        return [convert.member_to_pb(m) for m in members]
+
+    async def member_list(self, request: Any, context: Any) -> Any:
+        members = await self.backend.member_list()
+        return pb.MemberListResponse(header=self.edge.header(0), members=self._members(members))
+
+    async def member_add(self, request: Any, context: Any) -> Any:
+        added, members = await self.backend.member_add(list(request.peerURLs), request.isLearner)
+        return pb.MemberAddResponse(
+            header=self.edge.header(0), member=convert.member_to_pb(added), members=self._members(members)
+        )
+
+    async def member_remove(self, request: Any, context: Any) -> Any:
+        members = await self.backend.member_remove(request.ID)
+        return pb.MemberRemoveResponse(header=self.edge.header(0), members=self._members(members))
+
+    async def member_update(self, request: Any, context: Any) -> Any:
+        members = await self.backend.member_update(request.ID, list(request.peerURLs))
+        return pb.MemberUpdateResponse(header=self.edge.header(0), members=self._members(members))
+
+    async def member_promote(self, request: Any, context: Any) -> Any:
+        members = await self.backend.member_promote(request.ID)
+        return pb.MemberPromoteResponse(header=self.edge.header(0), members=self._members(members))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        e = self.edge
+        return service_handler(
+            "etcdserverpb.Cluster",
+            {
+                "MemberList": e.unary(self.member_list, "Cluster.MemberList"),
+                "MemberAdd": e.unary(self.member_add, "Cluster.MemberAdd"),
+                "MemberRemove": e.unary(self.member_remove, "Cluster.MemberRemove"),
+                "MemberUpdate": e.unary(self.member_update, "Cluster.MemberUpdate"),
+                "MemberPromote": e.unary(self.member_promote, "Cluster.MemberPromote"),
+            },
+        )
+
+
+# ------------------------------------------------------------------------------------ Maintenance
+
+
+class MaintenanceService:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.backend = edge.backend
+
+    async def status(self, request: Any, context: Any) -> Any:
+        s = await self.backend.status()
+        return convert.status_to_pb(s, self.edge.header(s.revision))
+
+    async def alarm(self, request: Any, context: Any) -> Any:
+        alarms = await self.backend.alarm(
+            convert.alarm_action_from_pb(request.action), request.memberID, convert.alarm_type_from_pb(request.alarm)
+        )
+        return pb.AlarmResponse(
+            header=self.edge.header(self.backend.current_revision()),
+            alarms=[convert.alarm_member_to_pb(a) for a in alarms],
+        )
+
+    async def hash_kv(self, request: Any, context: Any) -> Any:
+        r = await self.backend.hash_kv(request.revision)
+        return convert.hash_kv_response_to_pb(r, self.edge.header(r.header.revision))
+
+    async def hash(self, request: Any, context: Any) -> Any:
+        r = await self.backend.hash_kv(0)
+        return pb.HashResponse(header=self.edge.header(r.header.revision), hash=r.hash)
+
+    async def defragment(self, request: Any, context: Any) -> Any:
+        await self.backend.defragment()
+        return pb.DefragmentResponse(header=self.edge.header(0))
+
+    async def move_leader(self, request: Any, context: Any) -> Any:
+        await self.backend.move_leader(request.targetID)
+        return pb.MoveLeaderResponse(header=self.edge.header(0))
+
+    async def snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        # The whole snapshot is gathered first so every message can carry remaining_bytes.
+        chunks = [chunk async for chunk in self.backend.snapshot()]
+        blob = b"".join(chunks)
+        revision = self.backend.current_revision()
+        offset = 0
+        while True:
+            piece = blob[offset : offset + SNAPSHOT_CHUNK_BYTES]
+            offset += len(piece)
+            yield pb.SnapshotResponse(
+                header=self.edge.header(revision), remaining_bytes=len(blob) - offset, blob=piece, version="3.6.0"
+            )
+            if offset >= len(blob):
+                return
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        e = self.edge
+        return service_handler(
+            "etcdserverpb.Maintenance",
+            {
+                "Status": e.unary(self.status, "Maintenance.Status"),
+                "Alarm": e.unary(self.alarm, "Maintenance.Alarm"),
+                "HashKV": e.unary(self.hash_kv, "Maintenance.HashKV"),
+                "Hash": e.unary(self.hash, "Maintenance.Hash"),
+                "Defragment": e.unary(self.defragment, "Maintenance.Defragment"),
+                "MoveLeader": e.unary(self.move_leader, "Maintenance.MoveLeader"),
+                "Snapshot": e.stream(self.snapshot, "Maintenance.Snapshot"),
+            },
+        )
+
+
+# ------------------------------------------------------------------------------------------- Auth
+
+
+class AuthService:
+    """Authentication is not supported: answer like an etcd whose auth is disabled."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    async def auth_status(self, request: Any, context: Any) -> Any:
+        return pb.AuthStatusResponse(header=self.edge.header(0), enabled=False, authRevision=0)
+
+    async def auth_disable(self, request: Any, context: Any) -> Any:
+        return pb.AuthDisableResponse(header=self.edge.header(0))
+
+    async def authenticate(self, request: Any, context: Any) -> Any:
+        raise kverr.AuthNotEnabled()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        e = self.edge
+        return service_handler(
+            "etcdserverpb.Auth",
+            {
+                "AuthStatus": e.unary(self.auth_status, "Auth.AuthStatus"),
+                "AuthDisable": e.unary(self.auth_disable, "Auth.AuthDisable"),
+                "Authenticate": e.unary(self.authenticate, "Auth.Authenticate"),
+            },
+        )
+
+
+# ----------------------------------------------------------------------------------------- server
+
+
+def etcd_handlers(backend: EtcdBackend) -> list[grpc.GenericRpcHandler]:
+    """Every etcd v3 service (plus Lock and Election) as generic handlers over ``backend``."""
+    from conclave.api.election import ElectionService
+    from conclave.api.lock import LockService
+
+    edge = Edge(backend)
+    return [
+        KVService(edge).handler(),
+        WatchService(edge).handler(),
+        LeaseService(edge).handler(),
+        ClusterService(edge).handler(),
+        MaintenanceService(edge).handler(),
+        AuthService(edge).handler(),
+        LockService(edge).handler(),
+        ElectionService(edge).handler(),
+    ]
+
+
+def server_options(max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_request_bytes + GRPC_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class EtcdGrpcServer:
+    """A started grpc.aio server speaking the etcd v3 API on ``host:port`` (port 0 picks a free one)."""
+
+    def __init__(self, server: grpc.aio.Server, host: str, port: int) -> None:
+        self.server = server
+        self.host = host
+        self.port = port
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace_s: float | None = 1.0) -> None:
+        await self.server.stop(grace_s)
+
+
+async def start_etcd_server(
+    backend: EtcdBackend, host: str = "127.0.0.1", port: int = 0, *, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> EtcdGrpcServer:
+    """Start serving the etcd v3 API for ``backend``; raises OSError when the address cannot be bound."""
+    server = grpc.aio.server(options=server_options(max_request_bytes))
+    server.add_generic_rpc_handlers(etcd_handlers(backend))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for etcd clients on {host}:{port}")
+    await server.start()
+    return EtcdGrpcServer(server, host, bound)

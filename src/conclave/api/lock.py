@@ -1,0 +1,90 @@
+"""The v3lockpb.Lock service: etcd's distributed mutex, server-side.
+
+Theory of operation (clientv3 ``concurrency.Mutex``): the lock named N is the set of keys under
+``N/``; a caller holding lease L owns key ``N/<L in hex>``. Lock creates that key (or finds it, so
+locking twice with one lease is one acquisition), then waits until every key under ``N/`` created
+before it is deleted. The caller owns the lock while its key exists; Unlock deletes the key, and the
+lease expiring deletes it too. A Lock call abandoned by its client deletes its key so it does not
+block later callers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from conclave.api import pb, recipes
+from conclave.kv import errors as kverr
+from conclave.kv import types as kv
+
+if TYPE_CHECKING:
+    from conclave.api.grpc_server import Edge
+
+
+class SessionExpired(kverr.EtcdError):
+    """The owner key vanished while waiting (its lease expired): clientv3's ErrSessionExpired."""
+
+    code = "UNKNOWN"
+    message = "mutex: session is expired"
+
+
+class LockService:
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.backend = edge.backend
+
+    async def lock(self, request: Any, context: Any) -> Any:
+        if not request.name:
+            raise kverr.KeyNotProvided()
+        backend = self.backend
+        lease = await recipes.session_lease(backend, request.lease)
+        prefix = bytes(request.name) + b"/"
+        my_key = recipes.owner_key(prefix, lease)
+        end = recipes.prefix_end(prefix)
+        get_owner = kv.RequestOp(
+            request_range=kv.RangeRequest(
+                key=prefix, range_end=end, limit=1, sort_order=kv.SortOrder.ASCEND, sort_target=kv.SortTarget.CREATE
+            )
+        )
+        resp = await backend.txn(
+            kv.TxnRequest(
+                compare=(kv.Compare(result=kv.CompareResult.EQUAL, target=kv.CompareTarget.CREATE, key=my_key),),
+                success=(kv.RequestOp(request_put=kv.PutRequest(key=my_key, value=b"", lease=lease)), get_owner),
+                failure=(kv.RequestOp(request_range=kv.RangeRequest(key=my_key)), get_owner),
+            )
+        )
+        header = resp.header
+        my_rev = header.revision
+        if not resp.succeeded:
+            mine = resp.responses[0].response_range
+            assert mine is not None
+            if not mine.kvs:  # deleted between the compare and now: treat like an expired session
+                raise SessionExpired()
+            my_rev = mine.kvs[0].create_revision
+        owner = resp.responses[1].response_range
+        assert owner is not None
+        if owner.kvs and owner.kvs[0].create_revision != my_rev:
+            try:
+                header = await recipes.wait_deletes(backend, prefix, my_rev - 1)
+            except BaseException:
+                await recipes.delete_quietly(backend, my_key)
+                raise
+            check = await backend.range(kv.RangeRequest(key=my_key))
+            if not check.kvs:
+                raise SessionExpired()
+        return pb.LockResponse(header=self.edge.header(header.revision), key=my_key)
+
+    async def unlock(self, request: Any, context: Any) -> Any:
+        if not request.key:
+            raise kverr.KeyNotProvided()
+        r = await self.backend.delete_range(kv.DeleteRangeRequest(key=request.key))
+        return pb.UnlockResponse(header=self.edge.header(r.header.revision))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        from conclave.api.grpc_server import service_handler
+
+        e = self.edge
+        return service_handler(
+            "v3lockpb.Lock", {"Lock": e.unary(self.lock, "Lock.Lock"), "Unlock": e.unary(self.unlock, "Lock.Unlock")}
+        )
