@@ -1,0 +1,295 @@
+"""The replicated command set of the key-value state machine and its msgpack codec.
+
+Theory of operation
+-------------------
+A command is what the server proposes to Raft and every replica hands to ``Store.apply``:
+one of the request values of ``conclave.kv.types`` (Put, DeleteRange, Txn, Range, Compaction,
+LeaseGrant, LeaseRevoke, Alarm) or ``Noop`` (an opaque payload the store ignores, e.g. a
+leader's barrier). ``encode_command(cmd, request_id)`` turns it into the bytes of a log entry;
+``decode_command(data)`` gives back ``(request_id, cmd)``. The request id lets the proposing
+server match an applied entry to its waiting client.
+
+Wire form: a msgpack array ``[FORMAT, request_id, tag, *fields]`` with fields in the order of
+the dataclass; nested ops are ``[tag, *fields]``. Decoding checks every type and length and
+raises ``MalformedCommand`` (never a bare traceback) on anything else, including nesting
+deeper than ``MAX_TXN_DEPTH``.
+
+Rules for this module: no I/O, no clocks, no randomness; encoding is deterministic (the same
+command always gives the same bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from conclave.kv.errors import MalformedCommand
+from conclave.kv.types import (
+    AlarmAction,
+    AlarmRequest,
+    AlarmType,
+    CompactionRequest,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRangeRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
+    PutRequest,
+    RangeRequest,
+    RequestOp,
+    SortOrder,
+    SortTarget,
+    TxnRequest,
+)
+
+FORMAT = 1
+MAX_TXN_DEPTH = 64
+"""Deepest nesting of txns a decoded command may have (bounds decoder recursion)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    """A log entry the store ignores (its payload is opaque to the key-value layer)."""
+
+    data: bytes = b""
+
+
+Command = (
+    PutRequest
+    | DeleteRangeRequest
+    | TxnRequest
+    | RangeRequest
+    | CompactionRequest
+    | LeaseGrantRequest
+    | LeaseRevokeRequest
+    | AlarmRequest
+    | Noop
+)
+
+_PUT, _DELETE, _TXN, _RANGE, _COMPACT, _GRANT, _REVOKE, _ALARM, _NOOP = range(1, 10)
+
+
+# ---------------------------------------------------------------------- encode
+
+
+def encode_command(cmd: Command, request_id: int) -> bytes:
+    """The log-entry bytes of ``cmd`` tagged with ``request_id`` (an unsigned 64-bit integer)."""
+    if not 0 <= request_id < 1 << 64:
+        raise ValueError(f"request_id out of range: {request_id}")
+    return bytes(msgpack.packb([FORMAT, request_id, *_encode(cmd)], use_bin_type=True))
+
+
+def _encode(cmd: Command) -> list[Any]:
+    if isinstance(cmd, PutRequest):
+        return [_PUT, cmd.key, cmd.value, cmd.lease, cmd.prev_kv, cmd.ignore_value, cmd.ignore_lease]
+    if isinstance(cmd, DeleteRangeRequest):
+        return [_DELETE, cmd.key, cmd.range_end, cmd.prev_kv]
+    if isinstance(cmd, TxnRequest):
+        return [
+            _TXN,
+            [_encode_compare(c) for c in cmd.compare],
+            [_encode_op(op) for op in cmd.success],
+            [_encode_op(op) for op in cmd.failure],
+        ]
+    if isinstance(cmd, RangeRequest):
+        return [
+            _RANGE,
+            cmd.key,
+            cmd.range_end,
+            cmd.limit,
+            cmd.revision,
+            int(cmd.sort_order),
+            int(cmd.sort_target),
+            cmd.serializable,
+            cmd.keys_only,
+            cmd.count_only,
+            cmd.min_mod_revision,
+            cmd.max_mod_revision,
+            cmd.min_create_revision,
+            cmd.max_create_revision,
+        ]
+    if isinstance(cmd, CompactionRequest):
+        return [_COMPACT, cmd.revision, cmd.physical]
+    if isinstance(cmd, LeaseGrantRequest):
+        return [_GRANT, cmd.ttl, cmd.id]
+    if isinstance(cmd, LeaseRevokeRequest):
+        return [_REVOKE, cmd.id]
+    if isinstance(cmd, AlarmRequest):
+        return [_ALARM, int(cmd.action), cmd.member_id, int(cmd.alarm)]
+    if isinstance(cmd, Noop):
+        return [_NOOP, cmd.data]
+    raise TypeError(f"not a command: {type(cmd).__name__}")
+
+
+def _encode_compare(c: Compare) -> list[Any]:
+    return [
+        int(c.result),
+        int(c.target),
+        c.key,
+        c.range_end,
+        c.version,
+        c.create_revision,
+        c.mod_revision,
+        c.value,
+        c.lease,
+    ]
+
+
+def _encode_op(op: RequestOp) -> list[Any]:
+    inner: Command
+    if op.request_range is not None:
+        inner = op.request_range
+    elif op.request_put is not None:
+        inner = op.request_put
+    elif op.request_delete_range is not None:
+        inner = op.request_delete_range
+    else:
+        assert op.request_txn is not None
+        inner = op.request_txn
+    return _encode(inner)
+
+
+# ---------------------------------------------------------------------- decode
+
+
+def decode_command(data: bytes) -> tuple[int, Command]:
+    """``(request_id, command)`` from ``encode_command`` bytes; MalformedCommand otherwise."""
+    try:
+        body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise MalformedCommand(f"not msgpack: {exc!r}") from exc
+    try:
+        if not isinstance(body, list) or len(body) < 3:
+            raise ValueError("expected [format, request_id, tag, ...]")
+        if body[0] != FORMAT:
+            raise ValueError(f"unknown command format {body[0]!r}")
+        request_id = _uint(body[1])
+        return request_id, _decode(body[2:], 0)
+    except MalformedCommand:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        raise MalformedCommand(str(exc)) from exc
+
+
+def _decode(item: Any, depth: int) -> Command:
+    if not isinstance(item, list) or not item:
+        raise ValueError("expected a [tag, ...] array")
+    tag, fields = item[0], item[1:]
+    if tag == _PUT:
+        _arity(fields, 6, "Put")
+        return PutRequest(
+            _b(fields[0]), _b(fields[1]), _i(fields[2]), _bool(fields[3]), _bool(fields[4]), _bool(fields[5])
+        )
+    if tag == _DELETE:
+        _arity(fields, 3, "DeleteRange")
+        return DeleteRangeRequest(_b(fields[0]), _b(fields[1]), _bool(fields[2]))
+    if tag == _TXN:
+        _arity(fields, 3, "Txn")
+        if depth >= MAX_TXN_DEPTH:
+            raise ValueError(f"txn nested deeper than {MAX_TXN_DEPTH}")
+        return TxnRequest(
+            tuple(_decode_compare(c) for c in _list(fields[0])),
+            tuple(_decode_op(op, depth + 1) for op in _list(fields[1])),
+            tuple(_decode_op(op, depth + 1) for op in _list(fields[2])),
+        )
+    if tag == _RANGE:
+        _arity(fields, 13, "Range")
+        return RangeRequest(
+            _b(fields[0]),
+            _b(fields[1]),
+            _i(fields[2]),
+            _i(fields[3]),
+            SortOrder(_i(fields[4])),
+            SortTarget(_i(fields[5])),
+            _bool(fields[6]),
+            _bool(fields[7]),
+            _bool(fields[8]),
+            _i(fields[9]),
+            _i(fields[10]),
+            _i(fields[11]),
+            _i(fields[12]),
+        )
+    if tag == _COMPACT:
+        _arity(fields, 2, "Compaction")
+        return CompactionRequest(_i(fields[0]), _bool(fields[1]))
+    if tag == _GRANT:
+        _arity(fields, 2, "LeaseGrant")
+        return LeaseGrantRequest(_i(fields[0]), _i(fields[1]))
+    if tag == _REVOKE:
+        _arity(fields, 1, "LeaseRevoke")
+        return LeaseRevokeRequest(_i(fields[0]))
+    if tag == _ALARM:
+        _arity(fields, 3, "Alarm")
+        return AlarmRequest(AlarmAction(_i(fields[0])), _i(fields[1]), AlarmType(_i(fields[2])))
+    if tag == _NOOP:
+        _arity(fields, 1, "Noop")
+        return Noop(_b(fields[0]))
+    raise ValueError(f"unknown command tag {tag!r}")
+
+
+def _decode_op(item: Any, depth: int) -> RequestOp:
+    cmd = _decode(item, depth)
+    if isinstance(cmd, RangeRequest):
+        return RequestOp(request_range=cmd)
+    if isinstance(cmd, PutRequest):
+        return RequestOp(request_put=cmd)
+    if isinstance(cmd, DeleteRangeRequest):
+        return RequestOp(request_delete_range=cmd)
+    if isinstance(cmd, TxnRequest):
+        return RequestOp(request_txn=cmd)
+    raise ValueError(f"{type(cmd).__name__} is not allowed inside a txn")
+
+
+def _decode_compare(item: Any) -> Compare:
+    f = _list(item)
+    _arity(f, 9, "Compare")
+    return Compare(
+        CompareResult(_i(f[0])),
+        CompareTarget(_i(f[1])),
+        _b(f[2]),
+        _b(f[3]),
+        _i(f[4]),
+        _i(f[5]),
+        _i(f[6]),
+        _b(f[7]),
+        _i(f[8]),
+    )
+
+
+def _arity(fields: list[Any], n: int, what: str) -> None:
+    if len(fields) != n:
+        raise ValueError(f"{what} needs {n} fields, got {len(fields)}")
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise ValueError(f"expected an array, got {type(v).__name__}")
+    return v
+
+
+def _b(v: Any) -> bytes:
+    if not isinstance(v, bytes):
+        raise ValueError(f"expected bytes, got {type(v).__name__}")
+    return v
+
+
+def _i(v: Any) -> int:
+    if type(v) is not int:
+        raise ValueError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _uint(v: Any) -> int:
+    n = _i(v)
+    if n < 0:
+        raise ValueError("request_id must not be negative")
+    return n
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected a boolean, got {type(v).__name__}")
+    return v
