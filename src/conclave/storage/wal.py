@@ -438,7 +438,16 @@ def _replay_segments(segments: list[Segment], snap: Snapshot | None) -> Recovery
             elif rtype == _HARD:
                 if end_b - start_b != _HARD_STATE.size:
                     raise _corrupt(seg.path, offset, "hard state record of the wrong size")
-                hard_state = HardState(*_HARD_STATE.unpack_from(buf, start_b))
+                hs = HardState(*_HARD_STATE.unpack_from(buf, start_b))
+                if offset == 0 and n > 0 and hs != hard_state:
+                    # A segment starts with the hard state its predecessor ended with.
+                    prev = replayed[n - 1].path
+                    raise _corrupt(
+                        prev,
+                        prev.stat().st_size,
+                        f"ends with hard state {hard_state} but {seg.path.name} begins with {hs}: records missing",
+                    )
+                hard_state = hs
             elif rtype == _SNAP:
                 if end_b - start_b != _SNAP_MARK.size:
                     raise _corrupt(seg.path, offset, "snapshot marker of the wrong size")
@@ -458,6 +467,14 @@ def _replay_segments(segments: list[Segment], snap: Snapshot | None) -> Recovery
                 raise _corrupt(seg.path, damage.offset, damage.reason)
             torn_offset = damage.offset
             torn_reason = damage.reason
+        elif n != len(replayed) - 1 and last != replayed[n + 1].first_index - 1:
+            # The next segment was cut when the log ended at its first index - 1.
+            raise _corrupt(
+                seg.path,
+                scan.end,
+                f"segment ends at log index {last} but {replayed[n + 1].path.name} was cut at "
+                f"{replayed[n + 1].first_index - 1}: records missing at its end",
+            )
     if not marker_seen:
         return None
     image.hard_state = hard_state
