@@ -1,0 +1,74 @@
+"""`conclave bench`: a ~1 s run against the gRPC edge (fake backend) and its input checking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conclave.api.load import LoadConfig, LoadError, key_bytes, parse_endpoints, run_load
+from conclave.cli.main import main
+
+from .conftest import ServedBackend
+
+
+def test_bench_put_reports_plausible_numbers(served: ServedBackend, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "bench",
+            "put",
+            "--endpoints",
+            f"http://{served.endpoint}",
+            "--duration",
+            "1",
+            "--clients",
+            "8",
+            "--conns",
+            "2",
+            "--processes",
+            "2",
+            "--key-size",
+            "16",
+            "--val-size",
+            "32",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["op"] == "put" and report["processes"] == 2 and report["errors"] == {}
+    assert report["ops"] > 0 and report["ops_per_s"] > 0
+    assert (
+        0 < report["latency_ms_p50"] <= report["latency_ms_p90"] <= report["latency_ms_p99"] <= report["latency_ms_max"]
+    )
+    assert len(report["generator_cpu_per_process"]) == 2
+    assert sum(p["ops"] for p in report["generator_cpu_per_process"]) == report["ops"]
+    assert report["generator_cpu_us_per_op"] > 0
+    # The server saw at least the puts the generator counted, with keys of the requested size.
+    keys = served.call_in_loop(lambda: list(served.backend.kvs))
+    assert keys and all(len(k) == 16 for k in keys)
+    assert served.call_in_loop(lambda: served.backend.calls.count("put")) >= report["ops"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"op": "scan"}, "unknown operation"),
+        ({"endpoints": ()}, "no endpoints"),
+        ({"endpoints": ("nohost",)}, "not host:port"),
+        ({"clients": 0}, "at least 1"),
+        ({"processes": 4, "clients": 2}, "cannot exceed"),
+        ({"duration_s": 0}, "positive"),
+        ({"consistency": "x"}, "consistency"),
+    ],
+)
+def test_bad_input_is_a_clear_error(changes: dict[str, object], message: str) -> None:
+    base: dict[str, object] = {"op": "put", "endpoints": ("127.0.0.1:2379",)}
+    cfg = LoadConfig(**{**base, **changes})  # type: ignore[arg-type]
+    with pytest.raises(LoadError, match=message):
+        run_load(cfg)
+
+
+def test_keys_and_endpoints() -> None:
+    assert key_bytes(255, 8) == b"kkkkkkff" and len(key_bytes(2**40, 4)) == 4
+    assert parse_endpoints("http://a:1, b:2/,") == ("a:1", "b:2")
