@@ -222,3 +222,12 @@ def _durable_last(st: MemoryStorage) -> int:
 
 def bootstrap_entries(n: int, term: int = 1) -> list[Entry]:
     return [Entry(term, i) for i in range(1, n + 1)]
+
+
+def compact(nw: Network, i: int) -> int:
+    """Have node ``i`` snapshot its state machine at its applied index, as a driver would."""
+    node = nw.nodes[i]
+    snap = node.compact(node.applied_index, nw.snapshot_data(i))
+    nw.storages[i].save(None, [], snap)
+    nw.storages[i].sync()
+    return snap.meta.index
