@@ -1,4 +1,4 @@
-"""`conclave serve` (not built yet)."""
+"""`conclave serve`: run one cluster member, with etcd's flag names."""
 
 from __future__ import annotations
 
@@ -6,12 +6,100 @@ import argparse
 import sys
 from typing import Any
 
+from conclave.server.config import ConfigError, ServerConfig, env_default, parse_initial_cluster, parse_urls
+
+# (flag, metavar, default as text, help). Every flag can also be set as CONCLAVE_<FLAG>.
+FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("name", "NAME", "default", "human-readable name of this member"),
+    ("data-dir", "DIR", None, "path to the data directory (default: <name>.conclave)"),
+    ("listen-client-urls", "URLS", "http://127.0.0.1:2379", "URLs to listen on for client (etcd gRPC) traffic"),
+    ("advertise-client-urls", "URLS", None, "client URLs to advertise to the cluster (default: listen URLs)"),
+    ("listen-peer-urls", "URLS", "http://127.0.0.1:2380", "URLs to listen on for peer traffic"),
+    ("initial-advertise-peer-urls", "URLS", None, "this member's peer URLs to advertise (default: listen URLs)"),
+    ("initial-cluster", "NAME=URL,...", None, "initial cluster configuration for bootstrapping"),
+    ("initial-cluster-state", "new|existing", "new", "'new' to bootstrap a cluster, 'existing' to join one"),
+    ("initial-cluster-token", "TOKEN", "conclave-cluster", "initial cluster token, part of member and cluster ids"),
+    ("listen-native-urls", "URLS", "", "URLs to listen on for Conclave's native client protocol"),
+    ("heartbeat-interval", "MS", "100", "time (in milliseconds) of a heartbeat interval"),
+    ("election-timeout", "MS", "1000", "time (in milliseconds) for an election to timeout"),
+    ("snapshot-count", "N", "10000", "number of committed entries that trigger a snapshot"),
+    ("max-request-bytes", "BYTES", str(1536 * 1024), "maximum client request size in bytes"),
+    ("quota-backend-bytes", "BYTES", str(2 * 1024**3), "raise the NOSPACE alarm when the store exceeds this size"),
+    ("max-snapshots", "N", "5", "maximum number of snapshot files to retain (0 is unlimited)"),
+    ("max-wals", "N", "5", "maximum number of WAL files to retain (0 is unlimited)"),
+    ("max-learners", "N", "1", "maximum number of learners in the cluster"),
+    ("log-level", "LEVEL", "info", "debug, info, warn or error"),
+)
+
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="(not built yet)")
+    p = sub.add_parser(
+        "serve",
+        help="run one cluster member (etcd's flags; each also settable as CONCLAVE_<FLAG>)",
+        description="Run one Conclave member. Flags follow etcd's names; every flag can also be set "
+        "in the environment as CONCLAVE_<FLAG_NAME>, e.g. CONCLAVE_DATA_DIR.",
+    )
+    for flag, metavar, default, text in FLAGS:
+        p.add_argument(f"--{flag}", metavar=metavar, default=env_default(flag, default), help=text)
     p.set_defaults(func=run)
 
 
+def _int(args: argparse.Namespace, flag: str) -> int:
+    raw = getattr(args, flag.replace("-", "_"))
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ConfigError(f"--{flag}: expected an integer, got {raw!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    listen_client = parse_urls(args.listen_client_urls, "listen-client-urls")
+    listen_peer = parse_urls(args.listen_peer_urls, "listen-peer-urls")
+    adv_peer = (
+        parse_urls(args.initial_advertise_peer_urls, "initial-advertise-peer-urls")
+        if args.initial_advertise_peer_urls
+        else []
+    )
+    cfg = ServerConfig(
+        name=args.name,
+        data_dir=args.data_dir or "",
+        listen_client_urls=listen_client,
+        advertise_client_urls=(
+            parse_urls(args.advertise_client_urls, "advertise-client-urls") if args.advertise_client_urls else []
+        ),
+        listen_peer_urls=listen_peer,
+        initial_advertise_peer_urls=adv_peer,
+        initial_cluster=parse_initial_cluster(args.initial_cluster) if args.initial_cluster else {},
+        initial_cluster_state=args.initial_cluster_state,
+        initial_cluster_token=args.initial_cluster_token,
+        listen_native_urls=(
+            parse_urls(args.listen_native_urls, "listen-native-urls") if args.listen_native_urls else []
+        ),
+        heartbeat_interval_ms=_int(args, "heartbeat-interval"),
+        election_timeout_ms=_int(args, "election-timeout"),
+        snapshot_count=_int(args, "snapshot-count"),
+        max_request_bytes=_int(args, "max-request-bytes"),
+        quota_backend_bytes=_int(args, "quota-backend-bytes"),
+        max_snapshots=_int(args, "max-snapshots"),
+        max_wals=_int(args, "max-wals"),
+        max_learners=_int(args, "max-learners"),
+    )
+    cfg.validate()
+    return cfg
+
+
 def run(args: argparse.Namespace) -> int:
-    print("conclave serve: not built yet", file=sys.stderr)
-    return 2
+    import logging
+
+    level = {"debug": logging.DEBUG, "warn": logging.WARNING, "error": logging.ERROR}.get(
+        str(args.log_level).lower(), logging.INFO
+    )
+    logging.basicConfig(level=level, format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        print(f"conclave serve: {exc}", file=sys.stderr)
+        return 2
+    from conclave.server.runner import serve_forever
+
+    return serve_forever(cfg)

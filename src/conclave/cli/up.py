@@ -1,17 +1,142 @@
-"""`conclave up` (not built yet)."""
+"""`conclave up`: a local cluster on 127.0.0.1 in one command.
+
+Each member is a child process running ``conclave serve``; this process supervises them
+(restarts one that dies, with backoff), prints a line per member once it accepts
+clients, and on Ctrl-C or SIGTERM stops them all gracefully.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
+
+CLIENT_PORTS = (2379, 22379, 32379, 42379, 52379)
+PEER_PORTS = (2380, 22380, 32380, 42380, 52380)
+NATIVE_PORTS = (2381, 22381, 32381, 42381, 52381)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("up", help="(not built yet)")
+    p = sub.add_parser(
+        "up",
+        help="start a local cluster on 127.0.0.1 (client ports 2379, 22379, 32379; Ctrl-C stops it)",
+        description="Start a local Conclave cluster on 127.0.0.1. Member i listens for clients on "
+        f"{', '.join(map(str, CLIENT_PORTS))} (in order), for peers on {', '.join(map(str, PEER_PORTS))} "
+        f"and for the native protocol on {', '.join(map(str, NATIVE_PORTS))}.",
+    )
+    p.add_argument("--nodes", type=int, default=3, help="number of members, 1 to 5 (default 3)")
+    p.add_argument("--data-dir", default="./conclave-data", help="parent of the members' data dirs")
+    p.add_argument("--port-offset", type=int, default=0, help="add this to every port (run two clusters side by side)")
+    p.add_argument("--heartbeat-interval", default="100", help="passed to each member (ms)")
+    p.add_argument("--election-timeout", default="1000", help="passed to each member (ms)")
+    p.add_argument("--snapshot-count", default="10000", help="passed to each member")
+    p.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for members to start")
     p.set_defaults(func=run)
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def member_args(args: argparse.Namespace, i: int) -> list[str]:
+    off = args.port_offset
+    names = [f"node{j + 1}" for j in range(args.nodes)]
+    cluster = ",".join(f"{names[j]}=http://127.0.0.1:{PEER_PORTS[j] + off}" for j in range(args.nodes))
+    return [
+        sys.executable, "-m", "conclave", "serve",
+        "--name", names[i],
+        "--data-dir", str(Path(args.data_dir) / names[i]),
+        "--listen-client-urls", f"http://127.0.0.1:{CLIENT_PORTS[i] + off}",
+        "--listen-peer-urls", f"http://127.0.0.1:{PEER_PORTS[i] + off}",
+        "--listen-native-urls", f"http://127.0.0.1:{NATIVE_PORTS[i] + off}",
+        "--initial-cluster", cluster,
+        "--initial-cluster-state", "new",
+        "--heartbeat-interval", str(args.heartbeat_interval),
+        "--election-timeout", str(args.election_timeout),
+        "--snapshot-count", str(args.snapshot_count),
+    ]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
-    print("conclave up: not built yet", file=sys.stderr)
-    return 2
+    if not 1 <= args.nodes <= len(CLIENT_PORTS):
+        print(f"conclave up: --nodes must be between 1 and {len(CLIENT_PORTS)}", file=sys.stderr)
+        return 2
+    off = args.port_offset
+    busy = [p + off for p in CLIENT_PORTS[: args.nodes] + PEER_PORTS[: args.nodes] if _port_open(p + off)]
+    if busy:
+        print(f"conclave up: ports already in use on 127.0.0.1: {busy} (is a cluster already running?)",
+              file=sys.stderr)
+        return 1
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    stopping = False
+
+    def stop(_sig: int, _frm: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    procs: list[subprocess.Popen[bytes] | None] = [None] * args.nodes
+    logs = [Path(args.data_dir) / f"node{i + 1}.log" for i in range(args.nodes)]
+    restarts = [0] * args.nodes
+
+    def start(i: int) -> None:
+        with open(logs[i], "ab") as out:
+            procs[i] = subprocess.Popen(member_args(args, i), stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    for i in range(args.nodes):
+        start(i)
+    ready = [False] * args.nodes
+    deadline = time.monotonic() + args.ready_timeout
+    print(f"starting {args.nodes} member(s); logs in {args.data_dir}/nodeN.log", flush=True)
+    while not stopping:
+        for i, p in enumerate(procs):
+            assert p is not None
+            rc = p.poll()
+            if rc is not None:
+                print(f"node{i + 1} exited with status {rc}; see {logs[i]}", flush=True)
+                restarts[i] += 1
+                if restarts[i] > 5:
+                    print(f"node{i + 1} keeps failing; stopping the cluster", flush=True)
+                    stopping = True
+                    break
+                time.sleep(min(2.0, 0.2 * 2 ** restarts[i]))
+                start(i)
+                ready[i] = False
+            elif not ready[i] and _port_open(CLIENT_PORTS[i] + off):
+                ready[i] = True
+                print(f"node{i + 1} ready: clients http://127.0.0.1:{CLIENT_PORTS[i] + off}, "
+                      f"native 127.0.0.1:{NATIVE_PORTS[i] + off}, peers http://127.0.0.1:{PEER_PORTS[i] + off}",
+                      flush=True)
+                if all(ready):
+                    eps = ",".join(f"127.0.0.1:{CLIENT_PORTS[j] + off}" for j in range(args.nodes))
+                    print(f"cluster ready; try: etcdctl --endpoints={eps} put foo bar   (Ctrl-C stops)", flush=True)
+        if not all(ready) and time.monotonic() > deadline:
+            print(f"conclave up: members not ready after {args.ready_timeout:.0f}s; see the logs", file=sys.stderr)
+            deadline = float("inf")
+        time.sleep(0.1)
+    print("stopping...", flush=True)
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    end = time.monotonic() + 10
+    for p in procs:
+        if p is None:
+            continue
+        try:
+            p.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    print("stopped", flush=True)
+    return 0

@@ -1,0 +1,455 @@
+"""``NodeBackend``: the domain calls of the client APIs, implemented on a ``Node``.
+
+Theory of operation: every client protocol (etcd gRPC, the native protocol) maps its
+wire messages onto these calls, so the rules live here once: validation before a request
+enters the log (bad requests never get replicated), request-size and quota checks,
+linearizable reads through a ReadIndex barrier, serializable reads from the local store,
+lease keep-alives and TTL queries forwarded to the leader (only it tracks deadlines),
+membership changes as Raft configuration changes carrying the member's attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgpack
+
+from conclave import __version__
+from conclave.api.backend import MemberInfo, StatusInfo, WatchDelivery
+from conclave.kv import errors as kverr
+from conclave.kv import types as kv
+from conclave.kv.validation import validate_request
+from conclave.raft.errors import NotLeader as RaftNotLeader
+from conclave.raft.errors import ProposalDropped, RaftError
+from conclave.raft.types import (
+    NONE,
+    ConfChange,
+    ConfChangeSingle,
+    ConfChangeType,
+    MessageType,
+    Role,
+)
+from conclave.server.config import member_id as compute_member_id
+from conclave.server.config import parse_url
+from conclave.server.node import TAG_MEMBER, Member, Node, now_ms
+from conclave.server.transport import PeerUnavailable, RemoteError
+
+ETCD_API_VERSION = "3.5.0"
+MAX_LEASE_TTL_S = 9_000_000_000
+
+# Errors a forwarded RPC may come back with, by class name.
+_REMOTE_ERRORS: dict[str, type[kverr.EtcdError]] = {
+    cls.__name__: cls for cls in kverr.EtcdError.__subclasses__()
+}
+
+
+def _remote(exc: RemoteError) -> kverr.EtcdError:
+    cls = _REMOTE_ERRORS.get(exc.kind)
+    return cls() if cls is not None else kverr.EtcdError(exc.message)
+
+
+def _header(node: Node, revision: int) -> kv.ResponseHeader:
+    return kv.ResponseHeader(node.cluster_id, node.member_id, revision, node.raft.term)
+
+
+class _Subscription:
+    """Adapts a hub ``Watcher`` to the API's ``WatchSubscription`` contract."""
+
+    def __init__(self, node: Node, watcher: Any, notify: Callable[[], None]) -> None:
+        self._node = node
+        self._w = watcher
+        self._done = False
+        if not watcher.canceled:
+            node.watch_callbacks[watcher.id] = notify
+
+    @property
+    def synced_revision(self) -> int | None:
+        w = self._w
+        if not w.synced or w.buffer:
+            return None
+        return int(self._node.store.revision)
+
+    def take(self) -> WatchDelivery | None:
+        if self._done:
+            return None
+        w = self._w
+        if w.buffer:
+            events = tuple(w.take(1000))
+            return WatchDelivery(events=events, revision=max(events[-1].kv.mod_revision, self._node.store.revision))
+        if w.canceled:
+            self._done = True
+            self._node.watch_callbacks.pop(w.id, None)
+            return WatchDelivery(canceled=True, compact_revision=w.compact_revision,
+                                 revision=self._node.store.revision,
+                                 cancel_reason=kverr.Compacted.message if w.compact_revision else "")
+        return None
+
+    def cancel(self) -> None:
+        self._done = True
+        self._node.watch_callbacks.pop(self._w.id, None)
+        self._node.hub.cancel(self._w.id)
+
+
+class NodeBackend:
+    """Implements ``conclave.api.backend.EtcdBackend`` (and the native protocol's calls)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.member_id = node.member_id
+        self.min_lease_ttl_s = math.ceil(1.5 * node.cfg.election_timeout_ms / 1000)
+        node._rpc_keepalive = self._rpc_keepalive  # type: ignore[attr-defined]
+        node._rpc_ttl = self._rpc_ttl  # type: ignore[attr-defined]
+        node._rpc_promote = self._rpc_promote  # type: ignore[attr-defined]
+        node._rpc_cluster_info = self._rpc_cluster_info  # type: ignore[attr-defined]
+
+    @property
+    def cluster_id(self) -> int:  # type: ignore[override]
+        return self.node.cluster_id
+
+    def raft_term(self) -> int:
+        return self.node.raft.term
+
+    def has_leader(self) -> bool:
+        return self.node.has_leader()
+
+    def current_revision(self) -> int:
+        return int(self.node.store.revision)
+
+    def _check_quota(self) -> None:
+        if any(a.alarm == kv.AlarmType.NOSPACE for a in self.node.store.alarms()):
+            raise kverr.NoSpace()
+
+    def _check_not_learner(self) -> None:
+        me = self.node.members.get(self.node.member_id)
+        if me is not None and me.is_learner:
+            raise kverr.NotSupportedForLearner()
+
+    async def _write(self, req: Any) -> Any:
+        self._check_not_learner()
+        validate_request(req, max_txn_ops=self.node.cfg.max_txn_ops)
+        resp = await self.node.propose_kv(req)
+        await self._enforce_quota()
+        return resp
+
+    async def _enforce_quota(self) -> None:
+        store = self.node.store
+        over = store.db_size > self.node.cfg.quota_backend_bytes and self.node.raft.role == Role.LEADER
+        if over and not any(a.alarm == kv.AlarmType.NOSPACE for a in store.alarms()):
+            with contextlib.suppress(kverr.EtcdError):
+                await self.node.propose_kv(
+                    kv.AlarmRequest(kv.AlarmAction.ACTIVATE, self.node.member_id, kv.AlarmType.NOSPACE)
+                )
+
+    # ------------------------------------------------------------------ KV
+
+    async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
+        validate_request(req)
+        if not req.serializable:
+            await self.node.read_barrier()
+        resp: kv.RangeResponse = self.node.store.range(req)
+        return resp
+
+    async def put(self, req: kv.PutRequest) -> kv.PutResponse:
+        self._check_quota()
+        resp: kv.PutResponse = await self._write(req)
+        return resp
+
+    async def delete_range(self, req: kv.DeleteRangeRequest) -> kv.DeleteRangeResponse:
+        resp: kv.DeleteRangeResponse = await self._write(req)
+        return resp
+
+    async def txn(self, req: kv.TxnRequest) -> kv.TxnResponse:
+        if _has_put(req):
+            self._check_quota()
+        resp: kv.TxnResponse = await self._write(req)
+        return resp
+
+    async def compact(self, req: kv.CompactionRequest) -> kv.CompactionResponse:
+        resp: kv.CompactionResponse = await self._write(req)
+        return resp
+
+    # ------------------------------------------------------------------ leases
+
+    async def lease_grant(self, req: kv.LeaseGrantRequest) -> kv.LeaseGrantResponse:
+        if req.ttl > MAX_LEASE_TTL_S:
+            raise kverr.LeaseTTLTooLarge()
+        ttl = max(req.ttl, self.min_lease_ttl_s)
+        resp: kv.LeaseGrantResponse = await self._write(kv.LeaseGrantRequest(ttl=ttl, id=req.id))
+        return resp
+
+    async def lease_revoke(self, req: kv.LeaseRevokeRequest) -> kv.LeaseRevokeResponse:
+        resp: kv.LeaseRevokeResponse = await self._write(req)
+        return resp
+
+    async def _at_leader(self, method: str, args: Any, local: Callable[[Any], Any]) -> Any:
+        node = self.node
+        deadline = asyncio.get_running_loop().time() + node.cfg.request_timeout_s
+        while True:
+            leader = node.raft.leader_id
+            if leader == node.member_id and node.lessor.is_primary:
+                return await local(args)
+            if leader not in (NONE, node.member_id):
+                try:
+                    return await node.transport.call(leader, method, args, timeout=node.cfg.request_timeout_s)
+                except RemoteError as exc:
+                    err = _remote(exc)
+                    if not isinstance(err, kverr.NotLeader):
+                        raise err from None
+                except (TimeoutError, PeerUnavailable):
+                    pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise kverr.NoLeader() if leader == NONE else kverr.Timeout()
+            await asyncio.sleep(node.cfg.heartbeat_interval_ms / 1000)
+
+    async def _rpc_keepalive(self, lease_id: int) -> int:
+        node = self.node
+        if not node.lessor.is_primary:
+            raise kverr.NotLeader()
+        if lease_id not in node.lessor:
+            raise kverr.LeaseNotFound()
+        # Like etcd: a keep-alive is only honoured once this leader has applied its own term's
+        # entries, so a renewed lease is one the replicated state knows about.
+        ttl: int = node.lessor.renew(lease_id, now_ms())
+        return ttl
+
+    async def _rpc_ttl(self, lease_id: int) -> int:
+        node = self.node
+        if not node.lessor.is_primary:
+            raise kverr.NotLeader()
+        if lease_id not in node.lessor:
+            return -1
+        remaining: int = node.lessor.remaining(lease_id, now_ms())
+        return remaining
+
+    async def lease_keep_alive(self, lease_id: int) -> int:
+        ttl: int = await self._at_leader("keepalive", lease_id, self._rpc_keepalive)
+        return ttl
+
+    async def lease_time_to_live(self, req: kv.LeaseTimeToLiveRequest) -> kv.LeaseTimeToLiveResponse:
+        await self.node.read_barrier()
+        store = self.node.store
+        if req.id not in store.lease_ids():
+            raise kverr.LeaseNotFound()
+        remaining: int = await self._at_leader("ttl", req.id, self._rpc_ttl)
+        if remaining < 0:
+            raise kverr.LeaseNotFound()
+        keys = tuple(sorted(store.lease_keys(req.id))) if req.keys else ()
+        return kv.LeaseTimeToLiveResponse(
+            _header(self.node, store.revision), req.id, remaining, store.lease_ttl(req.id), keys
+        )
+
+    async def lease_leases(self) -> kv.LeaseLeasesResponse:
+        await self.node.read_barrier()
+        resp: kv.LeaseLeasesResponse = self.node.store.lease_leases()
+        return resp
+
+    # ------------------------------------------------------------------ watch
+
+    def watch_create(self, req: kv.WatchCreateRequest, notify: Callable[[], None]) -> _Subscription:
+        w = self.node.hub.watch(
+            req.key, req.range_end, req.start_revision, filters=req.filters, prev_kv=req.prev_kv,
+        )
+        sub = _Subscription(self.node, w, notify)
+        if w.buffer or w.canceled or not w.synced:
+            asyncio.get_running_loop().call_soon(notify)
+            if not w.synced and not w.canceled:
+                self.node.hub.catch_up()
+        return sub
+
+    # ------------------------------------------------------------------ cluster
+
+    def _member_infos(self) -> list[MemberInfo]:
+        return [
+            MemberInfo(m.id, m.name, tuple(m.peer_urls), tuple(m.client_urls), m.is_learner)
+            for m in sorted(self.node.members.values(), key=lambda m: m.id)
+        ]
+
+    async def member_list(self) -> list[MemberInfo]:
+        return self._member_infos()
+
+    async def _conf_change(self, changes: list[ConfChangeSingle], members: list[Member]) -> None:
+        node = self.node
+        if node.raft.leader_id == NONE:
+            raise kverr.NoLeader()
+        seq, fut = node._waiters.register()
+        ctx = msgpack.packb([node.member_id, seq, [m.to_wire() for m in members]], use_bin_type=True)
+        cc = ConfChange(changes=tuple(changes), context=ctx)
+
+        def op() -> None:
+            try:
+                node.raft.propose_conf_change(cc)
+            except RaftNotLeader:
+                node._waiters.resolve(seq, error=kverr.NoLeader())
+            except (ProposalDropped, RaftError) as exc:
+                node._waiters.resolve(seq, error=kverr.EtcdError(f"etcdserver: {exc}"))
+
+        node._submit(op)
+        try:
+            await asyncio.wait_for(fut, node.cfg.request_timeout_s)
+        except TimeoutError:
+            node._waiters.drop(seq)
+            raise kverr.Timeout() from None
+
+    async def member_add(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]:
+        try:
+            urls = [u if "://" in u else "http://" + u for u in peer_urls]
+            for u in urls:
+                parse_url(u, "peer-urls")
+        except ValueError:
+            raise kverr.MemberBadURLs() from None
+        if not urls:
+            raise kverr.MemberBadURLs()
+        for m in self.node.members.values():
+            if set(m.peer_urls) & set(urls):
+                raise kverr.PeerURLExist()
+        if is_learner:
+            learners = sum(1 for m in self.node.members.values() if m.is_learner)
+            if learners >= self.node.cfg.max_learners:
+                raise kverr.TooManyLearners()
+        mid = compute_member_id(urls, self.node.cfg.initial_cluster_token)
+        if mid in self.node.members:
+            raise kverr.MemberExist()
+        member = Member(mid, "", urls, [], [], is_learner)
+        kind = ConfChangeType.ADD_LEARNER if is_learner else ConfChangeType.ADD_VOTER
+        await self._conf_change([ConfChangeSingle(kind, mid)], [member])
+        info = MemberInfo(mid, "", tuple(urls), (), is_learner)
+        return info, self._member_infos()
+
+    async def member_remove(self, member_id: int) -> list[MemberInfo]:
+        if member_id not in self.node.members:
+            raise kverr.MemberNotFound()
+        await self._conf_change([ConfChangeSingle(ConfChangeType.REMOVE_NODE, member_id)], [])
+        return self._member_infos()
+
+    async def member_update(self, member_id: int, peer_urls: list[str]) -> list[MemberInfo]:
+        m = self.node.members.get(member_id)
+        if m is None:
+            raise kverr.MemberNotFound()
+        urls = [u if "://" in u else "http://" + u for u in peer_urls]
+        try:
+            for u in urls:
+                parse_url(u, "peer-urls")
+        except ValueError:
+            raise kverr.MemberBadURLs() from None
+        node = self.node
+        seq, fut = node._waiters.register()
+        upd = Member(m.id, m.name, urls, m.client_urls, m.native_urls, m.is_learner)
+        data = TAG_MEMBER + msgpack.packb([node.member_id, seq, upd.to_wire()], use_bin_type=True)
+        await node._propose(seq, fut, data)
+        return self._member_infos()
+
+    async def _rpc_promote(self, member_id: int) -> bool:
+        node = self.node
+        if node.raft.role != Role.LEADER:
+            raise kverr.NotLeader()
+        m = node.members.get(member_id)
+        if m is None:
+            raise kverr.MemberNotFound()
+        if not m.is_learner:
+            raise kverr.MemberNotLearner()
+        progress = node.raft.status().progress.get(member_id) if hasattr(node.raft.status(), "progress") else None
+        match = getattr(progress, "match", 0) if progress is not None else 0
+        if match < node.raft.commit_index * 0.9:
+            raise kverr.LearnerNotReady()
+        await self._conf_change([ConfChangeSingle(ConfChangeType.ADD_VOTER, member_id)], [m])
+        return True
+
+    async def member_promote(self, member_id: int) -> list[MemberInfo]:
+        m = self.node.members.get(member_id)
+        if m is None:
+            raise kverr.MemberNotFound()
+        if not m.is_learner:
+            raise kverr.MemberNotLearner()
+        await self._at_leader_plain("promote", member_id, self._rpc_promote)
+        return self._member_infos()
+
+    async def _at_leader_plain(self, method: str, args: Any, local: Callable[[Any], Any]) -> Any:
+        node = self.node
+        leader = node.raft.leader_id
+        if leader == NONE:
+            raise kverr.NoLeader()
+        if leader == node.member_id:
+            return await local(args)
+        try:
+            return await node.transport.call(leader, method, args, timeout=node.cfg.request_timeout_s)
+        except RemoteError as exc:
+            raise _remote(exc) from None
+        except (TimeoutError, PeerUnavailable):
+            raise kverr.Timeout() from None
+
+    async def _rpc_cluster_info(self, _args: Any) -> list[Any]:
+        return [self.node.cluster_id, [m.to_wire() for m in self.node.members.values()]]
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def status(self) -> StatusInfo:
+        node = self.node
+        me = node.members.get(node.member_id)
+        errors = tuple(
+            f"memberID:{a.member_id} alarm:{a.alarm.name}" for a in node.store.alarms()
+        )
+        return StatusInfo(
+            version=ETCD_API_VERSION,
+            db_size=node.store.db_size,
+            db_size_in_use=node.store.db_size_in_use,
+            leader=node.raft.leader_id,
+            raft_index=node.raft.commit_index,
+            raft_term=node.raft.term,
+            raft_applied_index=node.applied_index,
+            is_learner=bool(me and me.is_learner),
+            errors=errors,
+            db_size_quota=node.cfg.quota_backend_bytes,
+            storage_version=__version__,
+            revision=node.store.revision,
+        )
+
+    async def alarm(self, action: kv.AlarmAction, member_id: int, alarm: kv.AlarmType) -> list[kv.AlarmMember]:
+        if action == kv.AlarmAction.GET:
+            await self.node.read_barrier()
+            return list(self.node.store.alarms())
+        resp = await self.node.propose_kv(kv.AlarmRequest(action, member_id, alarm))
+        return list(resp.alarms)
+
+    async def hash_kv(self, revision: int) -> kv.HashKVResponse:
+        h, compact, hash_rev = self.node.store.hash_kv(revision)
+        return kv.HashKVResponse(_header(self.node, self.node.store.revision), h, compact, hash_rev)
+
+    async def snapshot(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        from conclave.server.backup import snapshot_chunks
+
+        async for chunk in snapshot_chunks(self.node):
+            yield chunk
+
+    async def move_leader(self, target_id: int) -> None:
+        node = self.node
+        if node.raft.role != Role.LEADER:
+            raise kverr.NotLeader()
+        m = node.members.get(target_id)
+        if m is None or m.is_learner or target_id == node.member_id:
+            raise kverr.BadLeaderTransferee()
+        node._submit(lambda: node.raft.transfer_leadership(target_id))
+        deadline = asyncio.get_running_loop().time() + node.cfg.request_timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if node.raft.leader_id == target_id:
+                return
+            await asyncio.sleep(node.cfg.heartbeat_interval_ms / 1000)
+        raise kverr.Timeout()
+
+    async def defragment(self) -> None:
+        self.node.store.defragment()
+
+
+def _has_put(req: kv.TxnRequest) -> bool:
+    for op in (*req.success, *req.failure):
+        if op.request_put is not None:
+            return True
+        if op.request_txn is not None and _has_put(op.request_txn):
+            return True
+    return False
+
+
+__all__ = ["MessageType", "NodeBackend"]

@@ -1,0 +1,191 @@
+"""Server configuration: etcd's flag names, their validation, and member/cluster ids.
+
+Every flag can also come from the environment as ``CONCLAVE_<FLAG_NAME>`` (upper case,
+dashes as underscores), the way etcd reads ``ETCD_<FLAG>``. A flag on the command line
+wins over the environment. Bad values raise ``ConfigError`` with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_url(url: str, flag: str) -> HostPort:
+    """Parse ``http://host:port`` (the scheme may be omitted)."""
+    raw = url.strip()
+    if not raw:
+        raise ConfigError(f"--{flag}: empty URL")
+    if "://" not in raw:
+        raw = "http://" + raw
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"--{flag}: cannot parse URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https", "unix", "tcp"):
+        raise ConfigError(f"--{flag}: URL scheme must be http or https, got {url!r}")
+    if parts.scheme == "https":
+        raise ConfigError(f"--{flag}: TLS is not supported yet ({url!r}); use http://")
+    if not parts.hostname or port is None:
+        raise ConfigError(f"--{flag}: URL needs a host and a port, got {url!r}")
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"--{flag}: URL must not have a path, got {url!r}")
+    return HostPort(parts.hostname, port)
+
+
+def parse_urls(value: str, flag: str) -> list[str]:
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError(f"--{flag}: at least one URL is required")
+    for u in urls:
+        parse_url(u, flag)
+    return [u if "://" in u else "http://" + u for u in urls]
+
+
+def parse_initial_cluster(value: str) -> dict[str, list[str]]:
+    """``name1=http://a:2380,name2=http://b:2380`` -> {name: [peer urls]}."""
+    members: dict[str, list[str]] = {}
+    for item in (x.strip() for x in value.split(",")):
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--initial-cluster: expected name=url, got {item!r}")
+        parse_url(url, "initial-cluster")
+        members.setdefault(name.strip(), []).append(url.strip() if "://" in url else "http://" + url.strip())
+    if not members:
+        raise ConfigError("--initial-cluster: no members given")
+    return members
+
+
+def member_id(peer_urls: list[str], cluster_token: str) -> int:
+    """A deterministic 64-bit member id from the peer URLs and the cluster token (as etcd does)."""
+    digest = hashlib.sha1(("".join(sorted(peer_urls)) + cluster_token).encode()).digest()
+    mid = int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+    return mid or 1
+
+
+def cluster_id(member_ids: list[int], cluster_token: str) -> int:
+    digest = hashlib.sha1((",".join(str(m) for m in sorted(member_ids)) + cluster_token).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF or 1
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    name: str = "default"
+    data_dir: str = ""
+    listen_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    advertise_client_urls: list[str] = field(default_factory=list)
+    listen_peer_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2380"])
+    initial_advertise_peer_urls: list[str] = field(default_factory=list)
+    initial_cluster: dict[str, list[str]] = field(default_factory=dict)
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = "conclave-cluster"
+    listen_native_urls: list[str] = field(default_factory=list)
+    heartbeat_interval_ms: int = 100
+    election_timeout_ms: int = 1000
+    snapshot_count: int = 10_000
+    snapshot_catchup_entries: int = 5_000
+    max_request_bytes: int = 1536 * 1024
+    quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
+    max_txn_ops: int = 128
+    max_snapshots: int = 5
+    max_wals: int = 5
+    max_learners: int = 1
+    request_timeout_ms: int = 0  # 0 = derived: 5 s + 2 election timeouts, as etcd
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            self.data_dir = f"{self.name}.conclave"
+        if not self.advertise_client_urls:
+            self.advertise_client_urls = list(self.listen_client_urls)
+        if not self.initial_advertise_peer_urls:
+            self.initial_advertise_peer_urls = list(self.listen_peer_urls)
+        if not self.initial_cluster:
+            self.initial_cluster = {self.name: list(self.initial_advertise_peer_urls)}
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("--name must not be empty")
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise ConfigError(
+                f"--initial-cluster-state must be 'new' or 'existing', got {self.initial_cluster_state!r}"
+            )
+        if self.name not in self.initial_cluster:
+            raise ConfigError(
+                f"--initial-cluster has no member named {self.name!r} (the value of --name); "
+                f"it lists {sorted(self.initial_cluster)}"
+            )
+        mine = sorted(self.initial_cluster[self.name])
+        if mine != sorted(self.initial_advertise_peer_urls):
+            raise ConfigError(
+                f"--initial-cluster gives {self.name!r} peer URLs {mine}, but "
+                f"--initial-advertise-peer-urls is {sorted(self.initial_advertise_peer_urls)}"
+            )
+        if self.heartbeat_interval_ms <= 0:
+            raise ConfigError("--heartbeat-interval must be > 0 (milliseconds)")
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
+            raise ConfigError(
+                "--election-timeout should be at least 5 times --heartbeat-interval "
+                f"({self.election_timeout_ms} < 5 x {self.heartbeat_interval_ms})"
+            )
+        if self.election_timeout_ms > 50_000:
+            raise ConfigError("--election-timeout is too long: maximum is 50000 ms")
+        for flag, value in (
+            ("snapshot-count", self.snapshot_count),
+            ("max-request-bytes", self.max_request_bytes),
+            ("quota-backend-bytes", self.quota_backend_bytes),
+        ):
+            if value <= 0:
+                raise ConfigError(f"--{flag} must be > 0, got {value}")
+        for flag, urls in (
+            ("listen-client-urls", self.listen_client_urls),
+            ("advertise-client-urls", self.advertise_client_urls),
+            ("listen-peer-urls", self.listen_peer_urls),
+            ("initial-advertise-peer-urls", self.initial_advertise_peer_urls),
+            ("listen-native-urls", self.listen_native_urls),
+        ):
+            for u in urls:
+                parse_url(u, flag)
+
+    @property
+    def election_ticks(self) -> int:
+        return max(2, self.election_timeout_ms // self.heartbeat_interval_ms)
+
+    @property
+    def request_timeout_s(self) -> float:
+        if self.request_timeout_ms:
+            return self.request_timeout_ms / 1000
+        return 5.0 + 2 * self.election_timeout_ms / 1000
+
+    @property
+    def member_id(self) -> int:
+        return member_id(self.initial_advertise_peer_urls, self.initial_cluster_token)
+
+    def initial_member_ids(self) -> dict[str, int]:
+        return {name: member_id(urls, self.initial_cluster_token) for name, urls in self.initial_cluster.items()}
+
+    @property
+    def cluster_id(self) -> int:
+        return cluster_id(list(self.initial_member_ids().values()), self.initial_cluster_token)
+
+
+def env_default(flag: str, default: str | None = None) -> str | None:
+    return os.environ.get("CONCLAVE_" + flag.upper().replace("-", "_"), default)

@@ -1,0 +1,302 @@
+"""Peer transport: Raft messages and small RPCs between members over TCP.
+
+Theory of operation
+-------------------
+Each member listens on its peer URL. For every other member it keeps ONE outbound
+connection, fed by a bounded queue: the sender task takes everything queued, encodes it
+as one frame (many Raft messages per frame) and writes it. Frames are
+``u32 length | u32 crc32(payload) | payload`` with a msgpack payload ``[kind, body]``.
+A connection that breaks is re-dialled with exponential backoff; messages queued for an
+unreachable peer are dropped once the queue is full and the node is told the peer is
+unreachable (Raft tolerates loss: it retransmits).
+
+Besides Raft traffic the same connections carry request/response RPCs (for example a
+lease keep-alive a follower forwards to the leader): the caller sends ``RPC_REQ`` on its
+outbound connection and the answer comes back on that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import struct
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+
+from conclave.raft.codec import CodecError, decode_messages, encode_messages
+from conclave.raft.types import Message
+
+log = logging.getLogger("conclave.transport")
+
+HEADER = struct.Struct(">II")
+FRAME_BYTES_MAX = 64 * 1024 * 1024
+QUEUE_MESSAGES_MAX = 8192
+BATCH_MESSAGES_MAX = 4096
+
+HELLO, RAFT, RPC_REQ, RPC_RESP = 0, 1, 2, 3
+
+
+class TransportError(Exception):
+    pass
+
+
+class PeerUnavailable(TransportError):
+    pass
+
+
+def encode_frame(kind: int, body: Any) -> bytes:
+    payload = msgpack.packb([kind, body], use_bin_type=True)
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    head = await reader.readexactly(HEADER.size)
+    length, crc = HEADER.unpack(head)
+    if length > FRAME_BYTES_MAX:
+        raise TransportError(f"frame of {length} bytes exceeds the limit of {FRAME_BYTES_MAX}")
+    payload = await reader.readexactly(length)
+    if zlib.crc32(payload) != crc:
+        raise TransportError("frame checksum mismatch")
+    try:
+        kind, body = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:
+        raise TransportError(f"malformed frame: {exc}") from None
+    return int(kind), body
+
+
+RpcHandler = Callable[[str, Any], Awaitable[Any]]
+
+
+class _Peer:
+    def __init__(self, transport: Transport, node_id: int, address: tuple[str, int]) -> None:
+        self.transport = transport
+        self.node_id = node_id
+        self.address = address
+        self.queue: asyncio.Queue[Message | tuple[int, Any]] = asyncio.Queue(QUEUE_MESSAGES_MAX)
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.connected = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def send(self, item: Message | tuple[int, Any]) -> bool:
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(*self.address), timeout=2.0
+                )
+            except (TimeoutError, OSError):
+                self._fail_pending()
+                self.transport.report_unreachable(self.node_id)
+                # Drop what piled up: Raft retransmits, and stale appends only waste bandwidth.
+                while not self.queue.empty():
+                    self.queue.get_nowait()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            with contextlib.suppress(OSError):
+                sock = writer.get_extra_info("socket")
+                if sock is not None:
+                    import socket
+
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            writer.write(encode_frame(HELLO, [self.transport.node_id, self.transport.cluster_id]))
+            self.connected.set()
+            reader_task = asyncio.get_running_loop().create_task(self._read_responses(reader))
+            try:
+                await self._pump(writer, reader_task)
+            except (OSError, ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                self.connected.clear()
+                reader_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader_task
+                writer.close()
+                self._fail_pending()
+                self.transport.report_unreachable(self.node_id)
+
+    async def _pump(self, writer: asyncio.StreamWriter, reader_task: asyncio.Task[None]) -> None:
+        while not reader_task.done():
+            getter = asyncio.ensure_future(self.queue.get())
+            done, _ = await asyncio.wait({getter, reader_task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                return
+            items = [getter.result()]
+            while len(items) < BATCH_MESSAGES_MAX and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            raft = [m for m in items if isinstance(m, Message)]
+            out = []
+            if raft:
+                out.append(encode_frame(RAFT, encode_messages(raft)))
+            out.extend(encode_frame(item[0], item[1]) for item in items if not isinstance(item, Message))
+            writer.write(b"".join(out))
+            await writer.drain()
+
+    async def _read_responses(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, body = await read_frame(reader)
+                if kind == RPC_RESP:
+                    rid, ok, value = body
+                    fut = self.pending.pop(rid, None)
+                    if fut is not None and not fut.done():
+                        if ok:
+                            fut.set_result(value)
+                        else:
+                            fut.set_exception(RemoteError(*value))
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, TransportError):
+            return
+
+    def _fail_pending(self) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(PeerUnavailable(f"connection to member {self.node_id:x} lost"))
+        self.pending.clear()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+class RemoteError(Exception):
+    """An RPC that the remote member answered with an error: (kind, message)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Transport:
+    def __init__(
+        self,
+        node_id: int,
+        cluster_id: int,
+        on_messages: Callable[[list[Message]], None],
+        on_rpc: RpcHandler,
+        on_unreachable: Callable[[int], None],
+    ) -> None:
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self._on_messages = on_messages
+        self._on_rpc = on_rpc
+        self._on_unreachable = on_unreachable
+        self._peers: dict[int, _Peer] = {}
+        self._server: asyncio.Server | None = None
+        self._rpc_ids = itertools.count(1)
+        self._conns: set[asyncio.StreamWriter] = set()
+
+    async def listen(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+
+    def set_peer(self, node_id: int, address: tuple[str, int]) -> None:
+        if node_id == self.node_id:
+            return
+        peer = self._peers.get(node_id)
+        if peer is not None and peer.address == address:
+            return
+        if peer is not None:
+            asyncio.get_running_loop().create_task(peer.close())
+        self._peers[node_id] = _Peer(self, node_id, address)
+
+    def remove_peer(self, node_id: int) -> None:
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            asyncio.get_running_loop().create_task(peer.close())
+
+    def peers(self) -> dict[int, tuple[str, int]]:
+        return {nid: p.address for nid, p in self._peers.items()}
+
+    def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
+        for m in messages:
+            peer = self._peers.get(m.to)
+            if peer is None or not peer.send(m):
+                self.report_unreachable(m.to)
+
+    def report_unreachable(self, node_id: int) -> None:
+        self._on_unreachable(node_id)
+
+    async def call(self, node_id: int, method: str, args: Any, timeout: float) -> Any:
+        peer = self._peers.get(node_id)
+        if peer is None:
+            raise PeerUnavailable(f"no route to member {node_id:x}")
+        rid = next(self._rpc_ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        peer.pending[rid] = fut
+        if not peer.send((RPC_REQ, [rid, method, args])):
+            peer.pending.pop(rid, None)
+            raise PeerUnavailable(f"queue to member {node_id:x} is full")
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            peer.pending.pop(rid, None)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._conns.add(writer)
+        peer_desc = writer.get_extra_info("peername")
+        try:
+            kind, body = await read_frame(reader)
+            if kind != HELLO:
+                raise TransportError("first frame is not a hello")
+            _remote_id, remote_cluster = body
+            if remote_cluster != self.cluster_id:
+                raise TransportError(
+                    f"peer {peer_desc} belongs to cluster {remote_cluster:x}, not {self.cluster_id:x}"
+                )
+            while True:
+                kind, body = await read_frame(reader)
+                if kind == RAFT:
+                    try:
+                        self._on_messages(decode_messages(body))
+                    except CodecError as exc:
+                        raise TransportError(str(exc)) from None
+                elif kind == RPC_REQ:
+                    asyncio.get_running_loop().create_task(self._answer(writer, body))
+                else:
+                    raise TransportError(f"unexpected frame kind {kind}")
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except TransportError as exc:
+            log.warning("closing peer connection from %s: %s", peer_desc, exc)
+        finally:
+            self._conns.discard(writer)
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, body: Any) -> None:
+        rid, method, args = body
+        try:
+            result = await self._on_rpc(method, args)
+            frame = encode_frame(RPC_RESP, [rid, True, result])
+        except Exception as exc:  # the error travels back to the caller, typed by name
+            frame = encode_frame(RPC_RESP, [rid, False, [type(exc).__name__, str(getattr(exc, "message", exc))]])
+        if not writer.is_closing():
+            writer.write(frame)
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.drain()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._conns):
+            w.close()
+        for peer in list(self._peers.values()):
+            await peer.close()
+        self._peers.clear()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
