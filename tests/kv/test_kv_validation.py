@@ -16,7 +16,7 @@ from conclave.kv.types import (
     SortOrder,
     TxnRequest,
 )
-from conclave.kv.validation import check_request_size, validate_request
+from conclave.kv.validation import check_request_size, validate_request, write_cost_bytes
 
 
 def test_valid_requests_pass() -> None:
@@ -104,3 +104,17 @@ def test_lease_ttl_and_request_size() -> None:
         check_request_size(1536 * 1024 + 1)
     with pytest.raises(errors.RequestTooLarge):
         check_request_size(11, max_request_bytes=10)
+
+
+def test_write_cost_follows_the_costlier_branch() -> None:
+    put = PutRequest(key=b"k", value=b"x" * 100)
+    assert write_cost_bytes(put) > 100
+    assert write_cost_bytes(DeleteRangeRequest(key=b"k")) == 0
+    assert write_cost_bytes(RangeRequest(key=b"k")) == 0
+    txn = TxnRequest(
+        success=(put_op(b"a"),), failure=(put_op(b"b", b"x" * 100), txn_op(TxnRequest(success=(put_op(b"c"),))))
+    )
+    assert write_cost_bytes(txn) == write_cost_bytes(PutRequest(key=b"b", value=b"x" * 100)) + write_cost_bytes(
+        PutRequest(key=b"c", value=b"v")
+    )
+    assert write_cost_bytes(LeaseGrantRequest(ttl=5)) > 0

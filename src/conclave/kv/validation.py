@@ -9,7 +9,9 @@ written twice by one txn (directly, through a delete range that covers a put, or
 nested txns; a key put in both branches of one nested txn is fine because only one runs),
 an invalid sort option, a value/lease given together with ignore_value/ignore_lease, a lease
 TTL above etcd's maximum. ``check_request_size`` enforces ``--max-request-bytes`` on the
-encoded request.
+encoded request. ``write_cost_bytes`` estimates how much a request grows the store, for the
+``--quota-backend-bytes`` check (etcd's quota cost: a txn costs its costlier branch; requests
+that do not add data cost 0 and are always admitted).
 
 Checks that depend on state (unknown lease, ignore_value on a missing key, compacted
 revisions) happen at apply time in the store, deterministically on every replica.
@@ -20,8 +22,8 @@ Rules for this module: pure functions of the request; no I/O, no clocks, no rand
 from __future__ import annotations
 
 from conclave.kv import errors
-from conclave.kv.index import ALL_KEYS_END
-from conclave.kv.mvcc import MAX_LEASE_TTL_S
+from conclave.kv.index import ALL_KEYS_END, RECORD_OVERHEAD_BYTES
+from conclave.kv.mvcc import LEASE_RECORD_BYTES, MAX_LEASE_TTL_S
 from conclave.kv.types import (
     DeleteRangeRequest,
     LeaseGrantRequest,
@@ -50,6 +52,27 @@ def check_request_size(size_bytes: int, max_request_bytes: int = DEFAULT_MAX_REQ
     """Raise RequestTooLarge when an encoded request exceeds ``max_request_bytes``."""
     if size_bytes > max_request_bytes:
         raise errors.RequestTooLarge()
+
+
+def write_cost_bytes(req: object) -> int:
+    """Estimated bytes ``req`` adds to ``Store.db_size`` (0 for requests that add no data)."""
+    if isinstance(req, PutRequest):
+        return len(req.key) + len(req.value) + RECORD_OVERHEAD_BYTES
+    if isinstance(req, TxnRequest):
+        return max(_ops_cost(req.success), _ops_cost(req.failure))
+    if isinstance(req, LeaseGrantRequest):
+        return LEASE_RECORD_BYTES
+    return 0
+
+
+def _ops_cost(ops: tuple[RequestOp, ...]) -> int:
+    total = 0
+    for op in ops:
+        if op.request_put is not None:
+            total += write_cost_bytes(op.request_put)
+        elif op.request_txn is not None:
+            total += write_cost_bytes(op.request_txn)
+    return total
 
 
 def validate_request(req: object, *, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
