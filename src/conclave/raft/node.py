@@ -613,12 +613,16 @@ class RaftNode:
                 self._send_append(m.frm)
             return
         old_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
-            return
-        if pr.state == ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+        updated = pr.maybe_update(m.index)
+        if pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+            # The follower has what it needs to continue from our log (it installed the
+            # snapshot, or already had the prefix): resume appends without waiting for
+            # the driver's SNAP_STATUS.
             pr.become_probe()
+            pr.become_replicate()
+        elif not updated:
+            return
+        elif pr.state == ProgressState.PROBE:
             pr.become_replicate()
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
@@ -835,8 +839,6 @@ class RaftNode:
         meta = snap.meta
         if meta.index <= self.log.committed:
             return False
-        if self.id not in meta.conf_state.all_nodes():
-            return False  # a snapshot of a configuration we are not part of
         if self._outstanding is not None and self._outstanding.snapshot is not None:
             return False  # one snapshot at a time; the leader will retry
         if self.log.match_term(meta.index, meta.term):
