@@ -19,9 +19,11 @@ the state *before* the first mutation, so a raised ``EtcdError`` always leaves t
 exactly as it was. A txn's nested compares are all evaluated against the pre-txn state (as
 etcd's compareToPath does); its ranges see the writes of earlier ops in the same txn.
 
-Events: each apply records its events in ``last_events`` and appends them to the history
-(kept for revisions > compact revision). Events are derivable from the key index, so a
-snapshot stores records only and ``restore`` rebuilds the history.
+Events: each apply records its events in ``last_events`` and appends them to the history,
+kept for revisions >= the compact revision (a watcher may start at exactly the compact
+revision, as in etcd). Events after the compact revision are derivable from the key index,
+so a snapshot stores records plus only the compact revision's own events, and ``restore``
+rebuilds the rest of the history.
 
 Determinism: no clocks, no randomness, no dict-order dependence in anything hashed or
 encoded; a lease granted with id 0 gets an id derived from the raft index of its command.
@@ -474,7 +476,7 @@ class Store:
     def _compact(self, rev: int) -> None:
         released = self._index.compact(rev)
         self._db_size_in_use -= released
-        cut = bisect_right(self._event_revs, rev)
+        cut = bisect_left(self._event_revs, rev)  # keep revision `rev` itself for watchers
         del self._events[:cut]
         del self._event_revs[:cut]
         self._compact_rev = rev
@@ -636,6 +638,7 @@ class Store:
             self._db_size,
             self._db_size_in_use,
             records,
+            [_pack_event(e) for e in self._events[: bisect_right(self._event_revs, self._compact_rev)]],
             [[i, self._leases[i].ttl] for i in sorted(self._leases)],
             sorted([m, int(a)] for m, a in self._alarms),
         ]
@@ -654,9 +657,9 @@ class Store:
 
     @classmethod
     def _from_body(cls, body: Any) -> Store:
-        if not isinstance(body, list) or len(body) != 9 or body[0] != SNAPSHOT_FORMAT:
+        if not isinstance(body, list) or len(body) != 10 or body[0] != SNAPSHOT_FORMAT:
             raise ValueError("not a store snapshot of format 1")
-        _, rev, compact_rev, applied, db_size, in_use, records, leases, alarms = body
+        _, rev, compact_rev, applied, db_size, in_use, records, boundary, leases, alarms = body
         store = cls()
         store._rev = _int(rev)
         store._compact_rev = _int(compact_rev)
@@ -698,6 +701,12 @@ class Store:
                     if entry is None:
                         raise ValueError(f"key attached to unknown lease {prev.lease}")
                     entry.keys.add(key)
+        for packed in boundary:
+            event = _unpack_event(packed)
+            if event.kv.mod_revision != store._compact_rev:
+                raise ValueError("boundary events must be at the compact revision")
+            store._events.append(event)
+            store._event_revs.append(event.kv.mod_revision)
         pending.sort(key=lambda r: (r[0], r[1]))
         for main, _sub, key, kv, prev_kv in pending:
             if kv is None:
@@ -774,6 +783,33 @@ def _pack_record(key: bytes, main: int, sub: int, kv: KeyValue | None) -> bytes:
     if kv is None:
         return bytes(msgpack.packb([key, main, sub]))
     return bytes(msgpack.packb([key, main, sub, kv.create_revision, kv.version, kv.value, kv.lease]))
+
+
+def _pack_kv(kv: KeyValue | None) -> list[Any] | None:
+    if kv is None:
+        return None
+    return [kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease]
+
+
+def _unpack_kv(v: Any) -> KeyValue | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 6:
+        raise ValueError("bad key-value row")
+    return KeyValue(_bytes(v[0]), _int(v[1]), _int(v[2]), _int(v[3]), _bytes(v[4]), _int(v[5]))
+
+
+def _pack_event(e: Event) -> list[Any]:
+    return [int(e.type), _pack_kv(e.kv), _pack_kv(e.prev_kv)]
+
+
+def _unpack_event(v: Any) -> Event:
+    if not isinstance(v, list) or len(v) != 3:
+        raise ValueError("bad event row")
+    kv = _unpack_kv(v[1])
+    if kv is None:
+        raise ValueError("event without a key-value")
+    return Event(EventType(_int(v[0])), kv, _unpack_kv(v[2]))
 
 
 def _int(v: Any) -> int:

@@ -16,8 +16,9 @@ Watchers are in one of two sets:
 * unsynced: behind (created with an old ``start_revision``, overflowed, or the store was
   replaced by a snapshot). ``catch_up(max_events)`` replays from the store's event history,
   whole revisions at a time, as buffer room allows; a watcher that reaches the end of the
-  history is synced again. One whose ``next_revision`` was compacted away is cancelled with
-  the store's ``compact_revision`` (the client must restart from compact_revision + 1).
+  history is synced again. One whose ``next_revision`` is below the store's compact revision
+  is cancelled with that ``compact_revision``; as in etcd, a client may restart from exactly
+  the compact revision (the history keeps that revision's events).
 
 A revision is never split between the buffer and the history; a single revision larger than
 the buffer is buffered whole when the buffer is empty (the events are shared with the
@@ -160,7 +161,7 @@ class WatchHub:
             no_put=WatchFilterType.NOPUT in filter_set,
             no_delete=WatchFilterType.NODELETE in filter_set,
         )
-        if w.next_revision <= store.compact_revision:
+        if w.next_revision < store.compact_revision:
             w.canceled = True
             w.compact_revision = store.compact_revision
             return w
@@ -272,7 +273,7 @@ class WatchHub:
             if budget <= 0:
                 break
             w = self._unsynced[wid]
-            if w.next_revision <= store.compact_revision:
+            if w.next_revision < store.compact_revision:
                 del self._unsynced[wid]
                 del self._watchers[wid]
                 w.canceled = True
