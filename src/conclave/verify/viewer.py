@@ -1,0 +1,118 @@
+"""The HTML timeline of a check: one self-contained file, no network needed.
+
+Theory of operation. ``render_html`` flattens a ``CheckResult`` into plain
+JSON-able data (per partition: each operation's lane, call and return ranks,
+label, status, linearization step and point, the state after it, or why it was
+rejected) and drops that data into the ``viewer.html`` template shipped beside
+this module, which draws it with inline CSS and JavaScript. Positions are ranks
+of the partition's own events, so every partition is drawn compactly; the real
+positions appear on hover. Pure: returns a string; the CLI writes the file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from typing import Any
+
+from conclave.verify.checker import CheckResult, PartitionResult, Verdict
+from conclave.verify.history import History, Operation, Status
+from conclave.verify.model import Model
+from conclave.verify.report import partition_label, render_text, where
+
+_PLACEHOLDER = "/*CONCLAVE_DATA*/null"
+
+
+def _template() -> str:
+    return resources.files("conclave.verify").joinpath("viewer.html").read_text(encoding="utf-8")
+
+
+def render_html(history: History, result: CheckResult, model: Model[Any]) -> str:
+    data = {
+        "source": history.source,
+        "format": history.format,
+        "model": f"{model.name} ({model.summary})",
+        "verdict": result.verdict.value,
+        "report": render_text(result, model),
+        "partitions": [_partition_data(p, model) for p in _display_order(result)],
+    }
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    page = _template()
+    return page.replace("{{TITLE}}", html.escape(f"conclave check: {history.source}")).replace(_PLACEHOLDER, payload)
+
+
+def _display_order(result: CheckResult) -> list[PartitionResult]:
+    rank = {Verdict.NOT_LINEARIZABLE: 0, Verdict.UNKNOWN: 1, Verdict.LINEARIZABLE: 2}
+    return sorted(result.partitions, key=lambda p: rank[p.verdict])
+
+
+def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
+    ops: list[Operation] = list(p.operations) + list(p.ignored)
+    # Dense ranks of this partition's event positions; an open-ended op ends one past the last.
+    positions = sorted({op.call for op in ops} | {op.ret for op in ops if op.ret is not None})
+    rank = {pos: 2 * k for k, pos in enumerate(positions)}
+    end = 2 * len(positions) + 1
+    step_of = {i: k for k, i in enumerate(p.order)}
+    blocked = {b.op.index: b for b in p.blocked}
+    def span(op: Operation) -> tuple[int, int]:
+        return rank[op.call], end if op.ret is None else rank[op.ret]
+
+    points = _linearization_points([span(ops[i]) for i in p.order])
+    processes = sorted({str(op.process) for op in ops}, key=_natural)
+    rows = []
+    for i, op in enumerate(ops):
+        row: dict[str, Any] = {
+            "lane": processes.index(str(op.process)),
+            "call": rank[op.call],
+            "ret": None if op.ret is None else rank[op.ret],
+            "label": model.describe_op(op),
+            "status": op.status.value,
+            "where": where(op),
+            "at": f"call {op.call:g}, return " + ("never" if op.ret is None else f"{op.ret:g}"),
+            "ignored": i >= len(p.operations),
+        }
+        if i in step_of:
+            k = step_of[i]
+            row["step"] = k + 1
+            row["point"] = points[k]
+            row["state"] = model.describe(p.states[k])
+        b = blocked.get(op.index)
+        if b is not None:
+            row["blocked"] = b.reason
+            row["legal"] = b.legal
+        if p.deadline is not None and op.index == p.deadline.index:
+            row["deadline"] = True
+        rows.append(row)
+    last_state = p.states[-1] if p.states else p.initial
+    return {
+        "label": partition_label(p.key),
+        "verdict": p.verdict.value,
+        "reason": p.reason,
+        "processes": processes,
+        "end": end,
+        "ops": rows,
+        "initial": model.describe(p.initial),
+        "stuck": model.describe(last_state) if p.verdict is Verdict.NOT_LINEARIZABLE else None,
+        "prefix": len(p.order),
+        "total": len(p.operations),
+        "ignoredCount": len(p.ignored),
+        "unknownOps": sum(1 for op in p.operations if op.status is Status.INFO),
+        "configurations": p.configurations,
+    }
+
+
+def _linearization_points(intervals: list[tuple[int, int]]) -> list[float]:
+    """A point inside each interval, increasing along the order, as Porcupine draws them."""
+    points: list[float] = []
+    last = -1.0
+    for call, ret in intervals:
+        point = max(float(call), last + 0.25)
+        point = min(point, float(ret))
+        points.append(point)
+        last = point
+    return points
+
+
+def _natural(text: str) -> tuple[int, int | str]:
+    return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
