@@ -314,3 +314,47 @@ def test_election_campaign_proclaim_observe_resign(served: ServedBackend) -> Non
     observe.cancel()
     err = rpc_error(election.Proclaim, pb.ProclaimRequest(leader=leader_a, value=b"stale"))
     assert err.details() == "election: not leader"
+
+
+def test_refused_watches_answer_with_invalid_id(served: ServedBackend) -> None:
+    w = WatchSession(served)
+    try:
+        w.send(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"b", range_end=b"a")))
+        refused = w.recv()
+        assert (refused.watch_id, refused.created, refused.canceled) == (-1, True, True)
+        assert refused.cancel_reason == "mvcc: watcher range is empty"
+        w.send(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"a", watch_id=7)))
+        assert w.recv().watch_id == 7
+        w.send(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"a", watch_id=7)))
+        dup = w.recv()
+        assert dup.watch_id == -1 and dup.cancel_reason == "mvcc: duplicate watch ID provided on the WatchStream"
+        bad = pb.WatchCreateRequest(key=b"a")
+        bad.filters.append(9)
+        w.send(pb.WatchRequest(create_request=bad))
+        with pytest.raises(grpc.RpcError) as info:
+            w.recv()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        w.close()
+
+
+def test_require_leader_watch_ends_when_the_leader_is_lost(
+    served: ServedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conclave.api import grpc_server
+
+    monkeypatch.setattr(grpc_server, "LEADER_CHECK_S", 0.05)
+    requests: queue.Queue[Any] = queue.Queue()
+    call = served.stub("etcdserverpb.Watch").Watch(
+        iter(requests.get, None), metadata=(("hasleader", "true"),), timeout=TIMEOUT_S
+    )
+    try:
+        requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"x")))
+        assert next(call).created
+        served.backend.leader = False
+        with pytest.raises(grpc.RpcError) as info:
+            next(call)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and info.value.details() == "etcdserver: no leader"
+    finally:
+        requests.put(None)
+        call.cancel()

@@ -39,6 +39,7 @@ MAX_SEND_BYTES = 2**31 - 1
 WATCHERS_PER_STREAM_MAX = 10_000
 SNAPSHOT_CHUNK_BYTES = 32 * 1024
 INVALID_WATCH_ID = -1  # clientv3.InvalidWatchID: a progress response for the whole stream
+LEADER_CHECK_S = 1.0  # like etcd's monitorLeader: one check per (default) election timeout
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -210,6 +211,7 @@ class WatchStream:
         self.wake = asyncio.Event()
         self.progress_pending = False
         self.reader_done = False
+        self.leader_lost = False
 
     def _notify_for(self, watch_id: int) -> Callable[[], None]:
         def notify() -> None:
@@ -237,12 +239,12 @@ class WatchStream:
         elif len(self.watches) >= WATCHERS_PER_STREAM_MAX:
             reason = f"conclave: more than {WATCHERS_PER_STREAM_MAX} watchers on one stream"
         elif create.range_end and create.range_end != b"\0" and create.range_end <= create.key:
-            reason = "conclave: watch range_end must be greater than key"
-        if reason:
+            reason = "mvcc: watcher range is empty"
+        if reason:  # etcd answers a refused watch with the invalid id -1, created and canceled at once
             self._send_control(
                 pb.WatchResponse(
                     header=self.edge.header(revision),
-                    watch_id=watch_id,
+                    watch_id=INVALID_WATCH_ID,
                     created=True,
                     canceled=True,
                     cancel_reason=reason,
@@ -306,8 +308,19 @@ class WatchStream:
             return convert.watch_delivery_to_pb(delivery, watch_id, self.edge.header(revision))
         return None
 
+    async def monitor_leader(self) -> None:
+        """For ``hasleader`` streams: end the stream once the member has no leader (etcd does too)."""
+        while not self.reader_done:
+            await asyncio.sleep(LEADER_CHECK_S)
+            if not self.edge.backend.has_leader():
+                self.leader_lost = True
+                self.wake.set()
+                return
+
     async def responses(self) -> AsyncIterator[Any]:
         while True:
+            if self.leader_lost:
+                raise kverr.NoLeader()
             if self.control:
                 yield self.control.popleft()
                 continue
@@ -340,6 +353,7 @@ class WatchService:
     async def watch(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         stream = WatchStream(self.edge)
         reader = asyncio.create_task(stream.read(request_iterator))
+        monitor = asyncio.create_task(stream.monitor_leader()) if _requires_leader(context) else None
         try:
             async for message in stream.responses():
                 yield message
@@ -347,6 +361,8 @@ class WatchService:
                 raise reader.exception()  # type: ignore[misc]
         finally:
             reader.cancel()
+            if monitor is not None:
+                monitor.cancel()
             stream.close()
 
     def handler(self) -> grpc.GenericRpcHandler:
