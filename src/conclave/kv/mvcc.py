@@ -333,6 +333,8 @@ class Store:
     def _range(self, req: RangeRequest, header_rev: int, w: _Write | None) -> RangeResponse:
         if not req.key:
             raise errors.KeyNotProvided()
+        if req.sort_order not in _SORT_ORDERS or req.sort_target not in _SORT_KEYS:
+            raise errors.InvalidSortOption()
         rev = req.revision
         self._check_read_revision(rev)
         # Inside a txn that already wrote, "revision == current" must not see the pending writes.
@@ -721,6 +723,8 @@ class Store:
 # ---------------------------------------------------------------------- helpers (module-private)
 
 _ABSENT = KeyValue()
+
+_SORT_ORDERS = frozenset(SortOrder)
 
 _SORT_KEYS: dict[SortTarget, Any] = {
     SortTarget.KEY: lambda kv: kv.key,
