@@ -85,3 +85,10 @@ def test_detail_does_not_change_the_wire_message() -> None:
     err = errors.MalformedCommand("truncated")
     assert err.message == "conclave: malformed replicated command"
     assert str(err) == "conclave: malformed replicated command: truncated"
+
+
+def test_bare_root_error_carries_its_own_message() -> None:
+    err = errors.EtcdError("etcdserver: something new")
+    assert (err.code, err.message, str(err)) == ("UNKNOWN", "etcdserver: something new", "etcdserver: something new")
+    assert errors.EtcdError().message == "etcdserver: unknown error"
+    assert errors.Compacted.message == "etcdserver: mvcc: required revision has been compacted"

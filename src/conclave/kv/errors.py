@@ -10,7 +10,9 @@ One hierarchy rooted at ``EtcdError``. Each subclass carries two class attribute
   (clientv3, Patroni, python clients) match on this text, so it must never be reworded.
 
 An instance may carry an extra ``detail`` for logs; ``str(err)`` is the message, followed by the
-detail when there is one. The API edge must send ``err.message`` so the wire text stays exact.
+detail when there is one. The bare root ``EtcdError(text)`` (code UNKNOWN) uses ``text`` as its
+message, for errors that have no class of their own. The API edge must send ``err.message``
+so the wire text stays exact.
 ``error_for_message`` maps a status message back to its class (for Conclave's own clients).
 
 Rules for this module: no grpc import, no I/O; messages are facts copied from etcd, never edited.
@@ -25,9 +27,13 @@ class EtcdError(Exception):
     """Root of every client-visible error of the key-value service."""
 
     code: ClassVar[str] = "UNKNOWN"
-    message: ClassVar[str] = "etcdserver: unknown error"
+    message: str = "etcdserver: unknown error"
 
     def __init__(self, detail: str = "") -> None:
+        if type(self) is EtcdError and detail:
+            # The bare root carries whatever message it is given (e.g. a peer's unknown error).
+            self.message = detail
+            detail = ""
         self.detail = detail
         super().__init__(f"{self.message}: {detail}" if detail else self.message)
 
