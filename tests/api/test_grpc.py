@@ -198,9 +198,9 @@ def test_watch_create_events_cancel_progress(served: ServedBackend) -> None:
     finally:
         w.close()
     deadline = time.monotonic() + TIMEOUT_S  # stream end cancels the remaining watcher (asynchronously)
-    while served.call_in_loop(lambda: len(served.backend.watchers)) and time.monotonic() < deadline:
+    while served.call_in_loop(served.backend.watcher_count) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert served.call_in_loop(lambda: len(served.backend.watchers)) == 0
+    assert served.call_in_loop(served.backend.watcher_count) == 0
 
 
 def test_watch_from_compacted_revision_is_canceled(served: ServedBackend) -> None:
@@ -248,17 +248,27 @@ def test_cluster_and_maintenance(served: ServedBackend) -> None:
     assert err.details() == "etcdserver: can only promote a learner member"
 
     m = served.stub("etcdserverpb.Maintenance")
+    kv_stub(served).Put(pb.PutRequest(key=b"first", value=b"1"), timeout=TIMEOUT_S)
     status = m.Status(pb.StatusRequest(), timeout=TIMEOUT_S)
     assert status.version == "3.6.0" and status.leader == MEMBER_ID and status.dbSize > 0
     alarms = m.Alarm(
         pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=MEMBER_ID, alarm=pb.ALARM_NOSPACE), timeout=TIMEOUT_S
     )
     assert [(a.memberID, a.alarm) for a in alarms.alarms] == [(MEMBER_ID, pb.ALARM_NOSPACE)]
-    assert m.HashKV(pb.HashKVRequest(), timeout=TIMEOUT_S).hash_revision == 1
+    err = rpc_error(kv_stub(served).Put, pb.PutRequest(key=b"full", value=b"1"))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.details() == "etcdserver: mvcc: database space exceeded"
+    m.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=MEMBER_ID, alarm=pb.ALARM_NOSPACE), timeout=5)
+    assert not m.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.GET), timeout=TIMEOUT_S).alarms
+    assert m.HashKV(pb.HashKVRequest(), timeout=TIMEOUT_S).hash_revision == 2
     kv_stub(served).Put(pb.PutRequest(key=b"s", value=b"x" * 70_000), timeout=TIMEOUT_S)
     chunks = list(m.Snapshot(pb.SnapshotRequest(), timeout=TIMEOUT_S))
-    assert len(chunks) == 3 and chunks[-1].remaining_bytes == 0
-    assert b"".join(c.blob for c in chunks) == b"s=" + b"x" * 70_000 + b"\n"
+    blob = b"".join(c.blob for c in chunks)
+    assert len(chunks) == -(-len(blob) // (32 * 1024)) and chunks[-1].remaining_bytes == 0
+    assert [c.remaining_bytes for c in chunks] == [len(blob) - 32 * 1024 * (i + 1) for i in range(len(chunks) - 1)] + [
+        0
+    ]
+    assert blob == served.call_in_loop(served.backend.store.snapshot)
     err = rpc_error(m.MoveLeader, pb.MoveLeaderRequest(targetID=5))
     assert err.details() == "etcdserver: bad leader transferee"
 
