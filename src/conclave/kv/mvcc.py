@@ -34,9 +34,11 @@ Rules for this module: no I/O, no clocks, no randomness; lease deadlines live in
 
 from __future__ import annotations
 
+import gc
 import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -623,6 +625,10 @@ class Store:
 
     def snapshot(self) -> bytes:
         """Every bit of replicated state (plus db size figures and the applied index)."""
+        with _gc_paused():
+            return self._snapshot()
+
+    def _snapshot(self) -> bytes:
         records: list[Any] = []
         for key, history in self._index.records():
             rows: list[Any] = []
@@ -650,8 +656,9 @@ class Store:
     def restore(cls, data: bytes) -> Store:
         """The store a ``snapshot()`` was taken of; raises MalformedCommand on bad input."""
         try:
-            body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-            return cls._from_body(body)
+            with _gc_paused():
+                body = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+                return cls._from_body(body)
         except errors.EtcdError:
             raise
         except Exception as exc:  # any decode or shape failure is one clear error
@@ -680,21 +687,30 @@ class Store:
                 raise ValueError("snapshot keys must be bytes in strictly increasing order")
             last_key = key
             prev: KeyValue | None = None
+            mains: list[int] = []
+            subs: list[int] = []
+            kvs: list[KeyValue | None] = []
+            last_main = -1
             for row in rows:
                 main, sub = _int(row[0]), _int(row[1])
+                if main < last_main:
+                    raise ValueError("record revisions must not go backwards")
+                last_main = main
                 kv: KeyValue | None = None
                 if len(row) == 6:
                     kv = KeyValue(key, _int(row[2]), main, _int(row[3]), _bytes(row[4]), _int(row[5]))
                 elif len(row) != 2:
                     raise ValueError("bad record row")
-                history = index.histories.get(key)
-                if history is None:
-                    history = index.histories[key] = KeyHistory()
-                    index.all_keys.append(key)
-                history.append(main, sub, kv)
+                mains.append(main)
+                subs.append(sub)
+                kvs.append(kv)
                 if main > store._compact_rev:
                     pending.append((main, sub, key, kv, prev))
                 prev = kv
+            if not mains:
+                raise ValueError("a snapshot key without records")
+            index.histories[key] = KeyHistory(mains, subs, kvs)
+            index.all_keys.append(key)
             if prev is not None:
                 index.live[key] = prev
                 index.live_keys.append(key)
@@ -721,6 +737,23 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers (module-private)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building or walking millions of acyclic objects.
+
+    Why: generational collections triggered by the allocations alone more than double the cost
+    of snapshot/restore; nothing built here forms cycles. The previous state is restored.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
 
 _ABSENT = KeyValue()
 
