@@ -236,3 +236,11 @@ def test_missing_first_segment_without_snapshot_is_corruption(tmp_path: Path) ->
     os.unlink(segs[0].path)
     with pytest.raises(CorruptionError, match="no snapshot covers the entries before it"):
         reopen(tmp_path, segment_bytes=1024)
+
+
+def test_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "wal").write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot use data dir"):
+        DiskStorage(ro)

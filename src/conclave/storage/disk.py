@@ -61,6 +61,8 @@ def make_directory(path: Path) -> None:
     for d in reversed(missing):
         d.mkdir(exist_ok=True)
         fsync_directory(d.parent)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a directory")
 
 
 def remove_tmp_files(path: Path) -> list[Path]:

@@ -541,12 +541,16 @@ class DiskStorage:
         self._max_wals = max_wals
         self._guard = threading.Lock()
         self._fd = -1
+        self._lock_fd = -1
         self._failed: str | None = None
         self._closed = False
 
-        make_directory(self._wal_dir)
-        make_directory(self._snap_dir)
-        self._lock_fd = os.open(self._data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            make_directory(self._wal_dir)
+            make_directory(self._snap_dir)
+            self._lock_fd = os.open(self._data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot use data dir {self._data_dir}: {exc}") from exc
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -554,6 +558,9 @@ class DiskStorage:
             raise StorageError(f"data dir {self._data_dir} is in use by another DiskStorage") from None
         try:
             self._open()
+        except OSError as exc:
+            self._release_fds()
+            raise StorageError(f"cannot recover data dir {self._data_dir}: {exc}") from exc
         except BaseException:
             self._release_fds()
             raise
