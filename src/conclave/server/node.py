@@ -542,6 +542,9 @@ class Node:
 
         seq, fut = self._waiters.register()
         data = TAG_KV + self.member_id.to_bytes(8, "big") + encode_command(cmd, seq)
+        if len(data) > self.cfg.max_request_bytes:
+            self._waiters.drop(seq)
+            raise kverr.RequestTooLarge()
         return await self._propose(seq, fut, data)
 
     async def _propose(self, seq: int, fut: asyncio.Future[Any], data: bytes) -> Any:
