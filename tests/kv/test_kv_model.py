@@ -83,7 +83,7 @@ action_st = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(action_st, max_size=50))
 def test_store_matches_model(actions: list[tuple[object, ...]]) -> None:
     d, twin, m = Driver(), Driver(), Model()
@@ -187,7 +187,7 @@ lease_action_st = st.one_of(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(lease_action_st, max_size=40))
 def test_replica_restored_midway_stays_identical(actions: list[tuple[object, ...]]) -> None:
     """One replica applies everything; the other restarts from a snapshot at random points."""

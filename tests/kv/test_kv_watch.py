@@ -186,7 +186,7 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(ops, st.integers(min_value=1, max_value=4))
 def test_every_watcher_sees_exactly_the_history_in_order(script: list[tuple[str, bytes, int]], cap: int) -> None:
     c = Cluster(buffer_events=cap)
