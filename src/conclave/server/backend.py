@@ -271,6 +271,10 @@ class NodeBackend:
     async def member_list(self) -> list[MemberInfo]:
         return self._member_infos()
 
+    def member_native_urls(self) -> dict[int, list[str]]:
+        """Each member's native-protocol URLs (as they published them), by member id."""
+        return {m.id: list(m.native_urls) for m in self.node.members.values()}
+
     async def _conf_change(self, changes: list[ConfChangeSingle], members: list[Member]) -> None:
         node = self.node
         if node.raft.leader_id == NONE:
