@@ -368,3 +368,24 @@ def test_require_leader_watch_ends_when_the_leader_is_lost(
     finally:
         requests.put(None)
         call.cancel()
+
+
+def test_abandoned_lock_wait_removes_its_key(served: ServedBackend) -> None:
+    lease = served.stub("etcdserverpb.Lease")
+    lock = served.stub("v3lockpb.Lock")
+    a = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30), timeout=TIMEOUT_S).ID
+    b = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30), timeout=TIMEOUT_S).ID
+    held = lock.Lock(pb.LockRequest(name=b"gone", lease=a), timeout=TIMEOUT_S)
+    waiting = lock.Lock.future(pb.LockRequest(name=b"gone", lease=b), timeout=TIMEOUT_S)
+    waiter_key = b"gone/" + f"{b:x}".encode()
+    deadline = time.monotonic() + TIMEOUT_S
+    while waiter_key not in served.call_in_loop(served.backend.keys) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert waiter_key in served.call_in_loop(served.backend.keys)
+    waiting.cancel()
+    while waiter_key in served.call_in_loop(served.backend.keys) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert served.call_in_loop(served.backend.keys) == [held.key]
+    assert served.call_in_loop(served.backend.watcher_count) == 0
+    err = rpc_error(lock.Lock, pb.LockRequest(name=b"gone", lease=424242))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and err.details() == "etcdserver: requested lease not found"

@@ -14,14 +14,17 @@ from google.protobuf import descriptor_pb2
 from conclave.api import pb
 
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
-ETCD_PACKAGES = {"etcdserverpb", "mvccpb", "authpb"}
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCD_PACKAGES = {"etcdserverpb", "mvccpb", "authpb", "v3lockpb", "v3electionpb"}
+CLIENT_FILES = ("rpc.proto", "kv.proto", "auth.proto")
+SERVER_FILES = (*CLIENT_FILES, "v3lock.proto", "v3election.proto")
 
 
-def _etcdctl_descriptors() -> dict[str, descriptor_pb2.FileDescriptorProto]:
+def _binary_descriptors(binary: str, wanted: tuple[str, ...]) -> dict[str, descriptor_pb2.FileDescriptorProto]:
     """Go binaries embed each registered .proto as a gzipped FileDescriptorProto: extract etcd's."""
-    path = Path(ETCDCTL)
+    path = Path(binary)
     if not path.exists():
-        pytest.skip("etcdctl is not installed")
+        pytest.skip(f"{binary} is not installed")
     data = path.read_bytes()
     files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
     for match in re.finditer(b"\x1f\x8b\x08\x00\x00\x00\x00\x00", data):
@@ -31,10 +34,10 @@ def _etcdctl_descriptors() -> dict[str, descriptor_pb2.FileDescriptorProto]:
             fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
         except Exception:
             continue
-        if fd.package in ETCD_PACKAGES and fd.name in {"rpc.proto", "kv.proto", "auth.proto"}:
+        if fd.package in ETCD_PACKAGES and fd.name in wanted:
             files[fd.name] = fd
-    if len(files) != 3:
-        pytest.skip(f"could not find etcd's descriptors in {ETCDCTL} (found {sorted(files)})")
+    if len(files) != len(wanted):
+        pytest.skip(f"could not find etcd's descriptors in {binary} (found {sorted(files)})")
     return files
 
 
@@ -71,8 +74,9 @@ def test_every_rpc_of_etcd_36_is_defined() -> None:
     assert not observe.client_streaming and observe.server_streaming
 
 
-def test_fields_match_etcdctl_34_descriptors() -> None:
-    theirs_files = _etcdctl_descriptors()
+@pytest.mark.parametrize(("binary", "wanted"), [(ETCDCTL, CLIENT_FILES), (ETCD, SERVER_FILES)])
+def test_fields_match_etcd_34_binaries_descriptors(binary: str, wanted: tuple[str, ...]) -> None:
+    theirs_files = _binary_descriptors(binary, wanted)
     ours_files = _ours()
     checked = 0
     for theirs_file in theirs_files.values():
