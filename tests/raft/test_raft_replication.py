@@ -258,3 +258,37 @@ def test_stale_leader_append_gets_term_back() -> None:
     n.step(Message(M.APP, to=2, frm=1, term=3, index=0))
     rd = n.ready()
     assert [(m.type, m.term) for m in rd.messages] == [(M.APP_RESP, 5)]
+
+
+@pytest.mark.parametrize("faulty", [False, True])
+def test_ack_before_persist_loses_a_committed_entry_on_power_cut(faulty: bool) -> None:
+    """The teeth of the durability rule: an ack sent before the fsync lets the leader
+    commit an entry that a power cut then erases from the only other copy."""
+    faults = frozenset({"ack_before_persist"}) if faulty else frozenset()
+    nw = Network(faults=faults, check_quorum=False)
+    nw.campaign(1)
+    nw.isolate(3)
+    nw.nodes[1].propose(b"X")
+    nw.process(1)
+    app = next(m for m in nw.queue if m.type == M.APP and m.to == 2)
+    nw.queue.clear()
+    nw.nodes[2].step(app)
+    rd = nw.nodes[2].ready()
+    nw.queue.extend(rd.messages)  # sent before the fsync
+    nw.storages[2].save(rd.hard_state, rd.entries, rd.snapshot)
+    nw.restart(2, faults=faults)  # power cut: the unsynced entry is gone
+    nw.deliver_all()
+    assert (b"X" in nw.data(1)) == faulty
+    nw.recover()
+    nw.isolate(1)
+
+    def elect_and_write() -> None:
+        nw.tick_all(40)
+        nw.propose(nw.leader(), b"Y")
+
+    if faulty:
+        with pytest.raises(AssertionError, match="applied"):
+            elect_and_write()
+    else:
+        elect_and_write()
+        assert nw.data(2) == [b"Y"]

@@ -70,6 +70,9 @@ TRANSFER_CONTEXT = b"conclave/transfer"
 FAULTS = frozenset({"commit_previous_term", "vote_without_log_check", "forget_vote", "ack_before_persist"})
 """Deliberately broken rules a Config may enable, only to prove the simulator catches them."""
 
+SNAPSHOT_TIMEOUT_ELECTIONS = 4
+"""Election timeouts a follower may stay in SNAPSHOT state before the leader re-probes it."""
+
 _M = MessageType
 
 
@@ -515,9 +518,21 @@ class RaftNode:
                 return
             if self.lead_transferee != NONE:
                 self.lead_transferee = NONE  # the target did not take over in time: abort
+        self._expire_snapshot_sends()
         if self._heartbeat_elapsed >= self.config.heartbeat_tick:
             self._heartbeat_elapsed = 0
             self._bcast_heartbeat()
+
+    def _expire_snapshot_sends(self) -> None:
+        # A snapshot lost without a SNAP_STATUS report (a dropped message, a driver that
+        # never reports) would park the follower forever; give up and probe again.
+        limit = SNAPSHOT_TIMEOUT_ELECTIONS * self.config.election_tick
+        for pr in self.prs.values():
+            if pr.state == ProgressState.SNAPSHOT:
+                pr.snapshot_elapsed_ticks += 1
+                if pr.snapshot_elapsed_ticks >= limit:
+                    pr.pending_snapshot = 0
+                    pr.become_probe()
 
     def _quorum_active(self) -> bool:
         active = {i: (i == self.id or pr.recent_active) for i, pr in self.prs.items()}

@@ -74,6 +74,7 @@ class Progress:
     probe_sent: bool = False
     pending_snapshot: int = 0
     recent_active: bool = False
+    snapshot_elapsed_ticks: int = 0
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT:
@@ -96,6 +97,7 @@ class Progress:
         self.state = state
         self.probe_sent = False
         self.pending_snapshot = 0
+        self.snapshot_elapsed_ticks = 0
         self.inflights.reset()
 
     def maybe_update(self, index: int) -> bool:
