@@ -1,0 +1,60 @@
+"""Which faults a simulation injects, and how often.
+
+Theory of operation: a run names a set of fault kinds. Each kind is a family of
+events the simulation's nemesis may schedule while the run is in its faulty phase;
+all of them stop (partitions heal, crashed nodes restart, the wire becomes reliable)
+when the quiet phase begins, so liveness can be checked. ``FaultRates`` holds the
+probabilities, in one place so they can be tuned and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conclave.sim.errors import SetupError
+
+FAULT_KINDS: tuple[str, ...] = ("partition", "crash", "drop", "dup", "reorder", "membership")
+FAULT_RULES: tuple[str, ...] = ("commit_previous_term", "vote_without_log_check", "forget_vote", "ack_before_persist")
+
+
+def parse_faults(text: str) -> frozenset[str]:
+    """``"all"``, ``"none"`` or a comma-separated list of kinds from ``FAULT_KINDS``."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if words == ["all"]:
+        return frozenset(FAULT_KINDS)
+    if words == ["none"] or not words:
+        return frozenset()
+    unknown = [w for w in words if w not in FAULT_KINDS]
+    if unknown:
+        raise SetupError(
+            f"unknown fault kind {', '.join(repr(u) for u in unknown)}; "
+            f"choose from {', '.join(FAULT_KINDS)}, or 'all' / 'none'"
+        )
+    return frozenset(words)
+
+
+def describe_faults(kinds: frozenset[str]) -> str:
+    if kinds == frozenset(FAULT_KINDS):
+        return "all"
+    return ",".join(k for k in FAULT_KINDS if k in kinds) or "none"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRates:
+    """Per nemesis round (every ``round_ms``) unless noted."""
+
+    round_ms: int = 20
+    partition_start: float = 0.12
+    partition_ms: tuple[int, int] = (20, 300)
+    isolate_on_append: float = 0.05  # per batch of entries a leader appends
+    isolate_on_commit: float = 0.10  # per commit advance seen on a leader
+    crash: float = 0.10
+    crash_down_ms: tuple[int, int] = (1, 200)
+    crash_majority_allowed: float = 0.25  # chance a crash may take down a majority
+    crash_before_sync: float = 0.02  # per Ready that needs an fsync
+    wire_change: float = 0.08  # chance to pick new drop/dup/latency conditions
+    drop_rates: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5)
+    dup_rates: tuple[float, ...] = (0.0, 0.1, 0.3)
+    latency_max_ms: tuple[int, ...] = (4, 15, 40)
+    membership: float = 0.06
+    membership_gap_ms: int = 150
