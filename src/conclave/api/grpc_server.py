@@ -29,7 +29,6 @@ import grpc
 from conclave.api import convert, pb
 from conclave.api.backend import EtcdBackend, WatchSubscription
 from conclave.kv import errors as kverr
-from conclave.kv import types as kv
 
 log = logging.getLogger("conclave.api")
 
@@ -88,8 +87,9 @@ class Edge:
             cluster_id=b.cluster_id, member_id=b.member_id, revision=revision, raft_term=b.raft_term()
         )
 
-    def domain_header(self, h: kv.ResponseHeader) -> Any:
-        return self.header(h.revision)
+    def current_header(self) -> Any:
+        """For calls that touch no key: etcd still reports the store's current revision."""
+        return self.header(self.backend.current_revision())
 
     def check_leader(self, context: Any) -> None:
         if not self.backend.has_leader() and _requires_leader(context):
@@ -430,25 +430,25 @@ class ClusterService:
 
     async def member_list(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_list()
-        return pb.MemberListResponse(header=self.edge.header(0), members=self._members(members))
+        return pb.MemberListResponse(header=self.edge.current_header(), members=self._members(members))
 
     async def member_add(self, request: Any, context: Any) -> Any:
         added, members = await self.backend.member_add(list(request.peerURLs), request.isLearner)
         return pb.MemberAddResponse(
-            header=self.edge.header(0), member=convert.member_to_pb(added), members=self._members(members)
+            header=self.edge.current_header(), member=convert.member_to_pb(added), members=self._members(members)
         )
 
     async def member_remove(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_remove(request.ID)
-        return pb.MemberRemoveResponse(header=self.edge.header(0), members=self._members(members))
+        return pb.MemberRemoveResponse(header=self.edge.current_header(), members=self._members(members))
 
     async def member_update(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_update(request.ID, list(request.peerURLs))
-        return pb.MemberUpdateResponse(header=self.edge.header(0), members=self._members(members))
+        return pb.MemberUpdateResponse(header=self.edge.current_header(), members=self._members(members))
 
     async def member_promote(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_promote(request.ID)
-        return pb.MemberPromoteResponse(header=self.edge.header(0), members=self._members(members))
+        return pb.MemberPromoteResponse(header=self.edge.current_header(), members=self._members(members))
 
     def handler(self) -> grpc.GenericRpcHandler:
         e = self.edge
@@ -495,11 +495,11 @@ class MaintenanceService:
 
     async def defragment(self, request: Any, context: Any) -> Any:
         await self.backend.defragment()
-        return pb.DefragmentResponse(header=self.edge.header(0))
+        return pb.DefragmentResponse(header=self.edge.current_header())
 
     async def move_leader(self, request: Any, context: Any) -> Any:
         await self.backend.move_leader(request.targetID)
-        return pb.MoveLeaderResponse(header=self.edge.header(0))
+        return pb.MoveLeaderResponse(header=self.edge.current_header())
 
     async def snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
         # The whole snapshot is gathered first so every message can carry remaining_bytes.
@@ -542,10 +542,10 @@ class AuthService:
         self.edge = edge
 
     async def auth_status(self, request: Any, context: Any) -> Any:
-        return pb.AuthStatusResponse(header=self.edge.header(0), enabled=False, authRevision=0)
+        return pb.AuthStatusResponse(header=self.edge.current_header(), enabled=False, authRevision=0)
 
     async def auth_disable(self, request: Any, context: Any) -> Any:
-        return pb.AuthDisableResponse(header=self.edge.header(0))
+        return pb.AuthDisableResponse(header=self.edge.current_header())
 
     async def authenticate(self, request: Any, context: Any) -> Any:
         raise kverr.AuthNotEnabled()
