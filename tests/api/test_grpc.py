@@ -389,3 +389,23 @@ def test_abandoned_lock_wait_removes_its_key(served: ServedBackend) -> None:
     assert served.call_in_loop(served.backend.watcher_count) == 0
     err = rpc_error(lock.Lock, pb.LockRequest(name=b"gone", lease=424242))
     assert err.code() == grpc.StatusCode.NOT_FOUND and err.details() == "etcdserver: requested lease not found"
+
+
+def test_progress_notify_watchers_get_periodic_empty_responses(
+    served: ServedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conclave.api import grpc_server
+
+    monkeypatch.setattr(grpc_server, "PROGRESS_NOTIFY_S", 0.05)
+    kv_stub(served).Put(pb.PutRequest(key=b"p", value=b"1"), timeout=TIMEOUT_S)
+    w = WatchSession(served)
+    try:
+        w.send(pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"p", progress_notify=True)))
+        created = w.recv()
+        assert created.created
+        for _ in range(2):
+            tick = w.recv()
+            assert tick.watch_id == created.watch_id and not tick.events and not tick.canceled
+            assert tick.header.revision == 2
+    finally:
+        w.close()

@@ -39,6 +39,7 @@ WATCHERS_PER_STREAM_MAX = 10_000
 SNAPSHOT_CHUNK_BYTES = 32 * 1024
 INVALID_WATCH_ID = -1  # clientv3.InvalidWatchID: a progress response for the whole stream
 LEADER_CHECK_S = 1.0  # like etcd's monitorLeader: one check per (default) election timeout
+PROGRESS_NOTIFY_S = 600.0  # etcd's default --experimental-watch-progress-notify-interval (10 min)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
@@ -192,6 +193,8 @@ class KVService:
 class _Watch:
     watch_id: int
     subscription: WatchSubscription | None
+    progress_notify: bool = False
+    sent_since_tick: bool = False
 
 
 class WatchStream:
@@ -212,6 +215,7 @@ class WatchStream:
         self.progress_pending = False
         self.reader_done = False
         self.leader_lost = False
+        self.ticker: asyncio.Task[None] | None = None
 
     def _notify_for(self, watch_id: int) -> Callable[[], None]:
         def notify() -> None:
@@ -251,8 +255,10 @@ class WatchStream:
                 )
             )
             return
-        watch = _Watch(watch_id, None)
+        watch = _Watch(watch_id, None, progress_notify=create.progress_notify)
         self.watches[watch_id] = watch
+        if create.progress_notify and self.ticker is None:
+            self.ticker = asyncio.get_running_loop().create_task(self.progress_ticker())
         self._send_control(pb.WatchResponse(header=self.edge.header(revision), watch_id=watch_id, created=True))
         watch.subscription = self.edge.backend.watch_create(create, self._notify_for(watch_id))
 
@@ -304,9 +310,24 @@ class WatchStream:
                 self.ready.pop(watch_id, None)
                 self.watches.pop(watch_id, None)
                 watch.subscription.cancel()
+            watch.sent_since_tick = True
             revision = delivery.revision or self.edge.backend.current_revision()
             return convert.watch_delivery_to_pb(delivery, watch_id, self.edge.header(revision))
         return None
+
+    async def progress_ticker(self) -> None:
+        """Every PROGRESS_NOTIFY_S, an empty response to each idle, synced progress_notify watcher."""
+        while not self.reader_done:
+            await asyncio.sleep(PROGRESS_NOTIFY_S)
+            for watch in self.watches.values():
+                idle = not watch.sent_since_tick and watch.watch_id not in self.ready
+                watch.sent_since_tick = False
+                sub = watch.subscription
+                if not (watch.progress_notify and idle and sub is not None):
+                    continue
+                synced = sub.synced_revision
+                if synced is not None:
+                    self._send_control(pb.WatchResponse(header=self.edge.header(synced), watch_id=watch.watch_id))
 
     async def monitor_leader(self) -> None:
         """For ``hasleader`` streams: end the stream once the member has no leader (etcd does too)."""
@@ -339,6 +360,8 @@ class WatchStream:
             await self.wake.wait()
 
     def close(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
         for watch in self.watches.values():
             if watch.subscription is not None:
                 watch.subscription.cancel()
