@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'file':<22} {'ops':>5} {'verdict':<17} {'conclave ms':>11} {'porcupine ms':>13} {'ratio':>11}")
     total_ms = 0.0
     porcupine_lo = porcupine_hi = 0.0
-    worst = 0.0
+    worst_listed = worst_lo = worst_hi = 0.0
     wrong = 0
     for name, model_name, expected in rows:
         history = load((args.refdata / name).read_text(), name)
@@ -66,20 +66,23 @@ def main(argv: list[str] | None = None) -> int:
             p_lo = p_hi = PORCUPINE_MS[name]
             porcupine = f"{p_hi:g}"
             ratio = f"{ms / p_hi:.2f}"
+            worst_listed = max(worst_listed, ms / p_hi)
         else:
             p_lo, p_hi = PORCUPINE_RANGE_MS
             porcupine = f"{p_lo:g}-{p_hi:g}"
             ratio = f"{ms / p_hi:.1f}-{ms / p_lo:.1f}"
+            worst_lo, worst_hi = max(worst_lo, ms / p_hi), max(worst_hi, ms / p_lo)
         porcupine_lo += p_lo
         porcupine_hi += p_hi
-        worst = max(worst, ms / p_hi)
         mark = "" if ok else "  WRONG VERDICT"
         print(f"{name:<22} {len(history.operations):>5} {verdict:<17} {ms:>11.3f} {porcupine:>13} {ratio:>11}{mark}")
     print(
         f"{'whole set':<22} {'':>5} {'':<17} {total_ms:>11.1f} {porcupine_lo:>6.1f}-{porcupine_hi:<6.1f}"
         f" {total_ms / porcupine_hi:>5.2f}-{total_ms / porcupine_lo:.2f}"
     )
-    print(f"files: {len(rows)}, wrong verdicts: {wrong}, worst ratio against Porcupine's upper figure: {worst:.2f}")
+    print(f"files: {len(rows)}, wrong verdicts: {wrong}")
+    print(f"worst ratio, files with their own Porcupine time: {worst_listed:.2f}")
+    print(f"worst ratio, other files (against Porcupine's 0.3 ms / 0.04 ms): {worst_lo:.1f} / {worst_hi:.1f}")
     return 1 if wrong else 0
 
 

@@ -14,7 +14,7 @@ from conclave.verify.history import Operation, Status
 from conclave.verify.model import MODELS, REJECT, model_named
 from conclave.verify.report import render_text
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --- small random histories against the brute-force reference ---------------------------------------------------
 
@@ -24,7 +24,7 @@ STATUS = st.sampled_from([Status.OK, Status.OK, Status.OK, Status.FAIL, Status.I
 
 @st.composite
 def random_ops(draw: st.DrawFn, model_name: str) -> list[Operation]:
-    n = draw(st.integers(1, 7))
+    n = draw(st.integers(1, 9))
     ops = []
     for i in range(n):
         process = draw(st.integers(0, 3))
@@ -79,7 +79,7 @@ def test_kv_agrees_with_brute_force(data: st.DataObject) -> None:
     _agrees("kv", data.draw(random_ops("kv")))
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.data(), st.sampled_from(["register", "mutex", "set", "queue"]))
 def test_other_models_agree_with_brute_force(data: st.DataObject, name: str) -> None:
     _agrees(name, data.draw(random_ops(name)))
@@ -236,10 +236,11 @@ def test_timeout_gives_unknown() -> None:
 
 
 def test_memory_bound_gives_unknown_and_is_reported() -> None:
-    result = check_operations(hard_history(), model_named("register"), Limits(cache_entries_max=500))
+    result = check_operations(hard_history(), model_named("register"), Limits(memory_bytes_max=100_000))
     assert result.verdict is Verdict.UNKNOWN
-    assert "memory bound of 500" in result.reason
-    assert 500 <= result.configurations < 1000
+    assert "memory bound of 0.0954 MiB" in result.reason
+    assert 100_000 <= result.memory_bytes < 200_000
+    assert "gave up: the memory bound" in render_text(result, model_named("register"))
 
 
 def test_hard_history_finishes_without_limits() -> None:

@@ -61,9 +61,12 @@ def test_memory_bound_gives_unknown(tmp_path: Path, capsys: pytest.CaptureFixtur
     events = [{"process": p, "type": t, "f": "write", "value": p} for t in ("invoke", "ok") for p in range(10)]
     events += [{"process": 99, "type": "invoke", "f": "read"}, {"process": 99, "type": "ok", "f": "read", "value": 77}]
     path = write(tmp_path, "".join(json.dumps(e) + "\n" for e in events))
-    rc, lines, _ = run(capsys, path, "--model", "register", "--max-configurations", "100")
+    rc, lines, _ = run(capsys, path, "--model", "register", "--max-memory", "0.01")
     assert (rc, lines[-1]) == (2, "unknown")
-    assert any("memory bound of 100" in line for line in lines)
+    assert any("memory bound of 0.01 MiB" in line for line in lines)
+    rc, lines, err = run(capsys, path, "--model", "register", "--max-memory", "0")
+    assert (rc, lines[-1]) == (2, "unknown")
+    assert "--max-memory must be positive" in err
 
 
 @pytest.mark.parametrize(

@@ -40,11 +40,11 @@ def register(sub: Any) -> None:
         "--timeout", type=float, metavar="SECONDS", help="give up with 'unknown' after this long (default: none)"
     )
     p.add_argument(
-        "--max-configurations",
-        type=int,
-        default=4_000_000,
-        metavar="N",
-        help="memory bound: give up with 'unknown' once the search caches N configurations (default 4000000)",
+        "--max-memory",
+        type=float,
+        default=1024,
+        metavar="MIB",
+        help="memory bound: give up with 'unknown' once the search caches hold about this many MiB (default 1024)",
     )
     p.set_defaults(func=run)
 
@@ -66,10 +66,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"conclave check: cannot read {args.history}: {exc}", file=sys.stderr)
         print("unknown")
         return 2
-    if args.timeout is not None and args.timeout <= 0:
-        print("conclave check: --timeout must be positive", file=sys.stderr)
-        print("unknown")
-        return 2
+    for name in ("timeout", "max_memory"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            print(f"conclave check: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            print("unknown")
+            return 2
     should_stop = None
     if args.timeout is not None:
         deadline = time.monotonic() + args.timeout
@@ -77,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = model_named(args.model)
         history = load(text, source, args.format)
-        result = check(history, model, Limits(should_stop=should_stop, cache_entries_max=args.max_configurations))
+        limits = Limits(should_stop=should_stop, memory_bytes_max=int(args.max_memory * (1 << 20)))
+        result = check(history, model, limits)
     except VerifyError as exc:
         print(f"conclave check: {exc}", file=sys.stderr)
         print("unknown")

@@ -27,7 +27,7 @@ Two reductions keep the search small; both keep verdicts exact:
 
 Limits: ``Limits.should_stop`` (a deadline check passed in by the caller: this
 module never reads a clock) is polled every ``poll_every`` configurations, and
-the cache holds at most ``cache_entries_max`` configurations; either ends the
+the caches may hold at most ``memory_bytes_max`` (estimated); either ends the
 part with the verdict UNKNOWN. The cache size is reported.
 """
 
@@ -55,7 +55,7 @@ class Limits:
 
     should_stop: Callable[[], bool] | None = None
     poll_every: int = 64  # configurations per search slice; the deadline is polled after each slice
-    cache_entries_max: int = 4_000_000
+    memory_bytes_max: int = 1 << 30  # estimated bytes of all caches together
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +95,7 @@ class CheckResult:
     model: str
     partitions: tuple[PartitionResult, ...]
     configurations: int  # cached configurations, summed over partitions
-    memory_bytes: int  # an estimate of the largest cache held at once
+    memory_bytes: int  # an estimate of the bytes the caches held at the end
     reason: str = ""
     failing: tuple[PartitionResult, ...] = field(default=())
 
@@ -136,15 +136,22 @@ def check_operations(
         model.name,
         tuple(results),
         configurations,
-        _cache_bytes(configurations, max((len(k) for k, _ in parts.values()), default=0)),
+        sum(r.configurations * _config_bytes(len(r.operations)) for r in results),
         reason,
         tuple(r for r in results if r.verdict is Verdict.NOT_LINEARIZABLE),
     )
 
 
-def _cache_bytes(configurations: int, ops: int) -> int:
-    """Rough bytes held by the caches: a set slot, a 2-tuple and a bitset int per configuration."""
-    return configurations * (130 + ops // 8)
+def _config_bytes(ops: int) -> int:
+    """Rough bytes one cached configuration holds: a set slot, a 2-tuple and a bitset of ``ops`` bits.
+
+    States are not counted: most are shared with the operations (values) or small.
+    """
+    return 130 + ops // 7
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.3g} MiB"
 
 
 def _run_searches(
@@ -156,6 +163,7 @@ def _run_searches(
     stop there (reported as not checked); a deadline or the memory bound stops all.
     """
     progress = [_Progress() for _ in parts]
+    config_bytes = [_config_bytes(len(ops)) for ops in parts]
     running = {i: _search(ops, model, progress[i], lim.poll_every) for i, ops in enumerate(parts)}
     done: dict[int, tuple[Verdict, list[int], int, str]] = {}
     stop_reason = ""
@@ -171,8 +179,8 @@ def _run_searches(
                     stop_reason = "not checked to the end: another partition is already not linearizable"
                     break
                 continue
-            if sum(p.cached for p in progress) >= lim.cache_entries_max:
-                stop_reason = f"the memory bound of {lim.cache_entries_max} cached configurations was reached"
+            if sum(p.cached * b for p, b in zip(progress, config_bytes, strict=True)) >= lim.memory_bytes_max:
+                stop_reason = f"the memory bound of {_size(lim.memory_bytes_max)} was reached"
                 break
             if lim.should_stop is not None and lim.should_stop():
                 stop_reason = "the time limit was reached"
@@ -335,10 +343,10 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
                 # Only indeterminate ops are left, and each of them may never have taken effect.
                 progress.cached = len(cache)
                 return Verdict.LINEARIZABLE, [opid[x] for x in stack_node]
-            if len(stack_node) > len(best):
-                best = [opid[x] for x in stack_node]
             explored += 1
             if explored & slice_mask == 0:
+                if len(stack_node) > len(best):
+                    best = [opid[x] for x in stack_node]
                 progress.best = best
                 progress.cached = len(cache)
                 yield
@@ -414,6 +422,9 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
                 node = nxt[head]
             if arrived:
                 continue
+        # A dead end: remember the deepest one (the longest linearizable prefix) for the report.
+        if len(stack_node) > len(best):
+            best = [opid[x] for x in stack_node]
         # Backtrack: undo forced moves, then the most recent choice, and try the next candidate.
         while True:
             if not stack_node:

@@ -67,20 +67,23 @@ def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
             "call": rank[op.call],
             "ret": None if op.ret is None else rank[op.ret],
             "label": model.describe_op(op),
+            "short": _short(model.describe_op(op)),
             "status": op.status.value,
             "where": where(op),
             "at": f"call {op.call:g}, return " + ("never" if op.ret is None else f"{op.ret:g}"),
             "ignored": i >= len(p.operations),
         }
+        b = blocked.get(op.index)
+        if b is not None:
+            row["blocked"] = b.reason
+            row["legal"] = b.legal
         if i in step_of:
             k = step_of[i]
             row["step"] = k + 1
             row["point"] = points[k]
             row["state"] = model.describe(p.states[k])
-        b = blocked.get(op.index)
-        if b is not None:
-            row["blocked"] = b.reason
-            row["legal"] = b.legal
+        elif op.status is Status.INFO and i < len(p.operations) and p.verdict is Verdict.LINEARIZABLE:
+            row["unplaced"] = True
         if p.deadline is not None and op.index == p.deadline.index:
             row["deadline"] = True
         rows.append(row)
@@ -112,6 +115,17 @@ def _linearization_points(intervals: list[tuple[int, int]]) -> list[float]:
         points.append(point)
         last = point
     return points
+
+
+_SHORTER = ((" (outcome unknown)", "?"), (" outcome unknown", "?"), (" succeeded", " ✓"), (" failed", " ✗"),
+            ("()", ""), (" → ", "→"))
+
+
+def _short(label: str) -> str:
+    """The label squeezed to fit a narrow bar: read→3, write(4)?, cas(1→2) ✗."""
+    for long, short in _SHORTER:
+        label = label.replace(long, short)
+    return label
 
 
 def _natural(text: str) -> tuple[int, int | str]:
