@@ -81,8 +81,11 @@ class WatchSubscription(Protocol):
 class EtcdBackend(Protocol):
     """Everything the etcd v3 services need from a member. All errors are ``EtcdError`` subclasses."""
 
-    cluster_id: int
-    member_id: int
+    @property
+    def cluster_id(self) -> int: ...  # a plain attribute satisfies these read-only members
+
+    @property
+    def member_id(self) -> int: ...
 
     def raft_term(self) -> int: ...
 
