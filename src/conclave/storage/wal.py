@@ -61,7 +61,7 @@ import re
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -271,12 +271,12 @@ def _read(f: BinaryIO, n: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------
-# The log image: what load() returns, and the rules that change it
+# The log image: what load() returns
 
 
 @dataclass(slots=True)
 class LogImage:
-    """Hard state, snapshot and the entries after it, with MemoryStorage's rules."""
+    """What recovery rebuilt: hard state, snapshot, the entries after it, bootstrap config."""
 
     hard_state: HardState = HardState()
     snapshot: Snapshot | None = None
@@ -290,25 +290,6 @@ class LogImage:
     @property
     def last_index(self) -> int:
         return self.entries[-1].index if self.entries else self.snapshot_index
-
-    def apply_snapshot(self, snapshot: Snapshot) -> None:
-        index = snapshot.meta.index
-        self.snapshot = snapshot
-        ents = self.entries
-        if ents and ents[0].index <= index:
-            del ents[: min(len(ents), index - ents[0].index + 1)]
-        if ents and ents[0].index != index + 1:
-            ents.clear()
-
-    def append(self, entries: Sequence[Entry]) -> None:
-        """Entries (contiguous, none covered by the snapshot, no gap) replace the suffix."""
-        if not entries:
-            return
-        ents = self.entries
-        first = entries[0].index
-        if ents and first <= ents[-1].index:
-            del ents[max(0, first - ents[0].index) :]
-        ents.extend(entries)
 
     def persisted(self) -> PersistedState:
         return PersistedState(self.hard_state, self.snapshot, tuple(self.entries), self.conf_state)
@@ -421,6 +402,11 @@ def _replay_segments(segments: list[Segment], snap: Snapshot | None) -> Recovery
                     raise _corrupt(seg.path, offset, "entry record too short")
                 term, index, etype = entry_head(buf, start_b)
                 if index <= snap_index:
+                    # Covered by the snapshot, but writing it truncated the suffix after it:
+                    # every entry replayed so far (all past the snapshot) is stale.
+                    if entries:
+                        entries.clear()
+                        last = snap_index
                     continue
                 et = entry_types.get(etype)
                 if et is None:
@@ -573,10 +559,18 @@ class DiskStorage:
             p.unlink()
         if found.ignored_snapshots:
             fsync_directory(self._snap_dir)
-        self._image = found.image
+        image = found.image
+        # Handed out by the first load(); later loads read the directory again, so the
+        # storage never pins a second copy of the log in memory.
+        self._recovered: PersistedState | None = image.persisted()
+        # What the disk holds once every pending save is synced ("tip") and what it holds
+        # now ("durable"): enough to check new saves and to write segment headers.
+        self._hard_state = self._durable_hard_state = image.hard_state
+        self._snapshot_meta = self._durable_snapshot_meta = None if image.snapshot is None else image.snapshot.meta
+        self._last_index = self._durable_last_index = image.last_index
         self._segments = found.segments
         if not self._segments:
-            self._create_segment(0, self._image.last_index + 1)
+            self._create_segment(0, self._last_index + 1)
         last = self._segments[-1]
         if found.torn_offset is not None:
             dropped = last.path.stat().st_size - found.torn_offset
@@ -594,17 +588,22 @@ class DiskStorage:
         self._segment_size = os.fstat(self._fd).st_size
         # What save() has buffered and sync() has not yet made durable.
         self._buffer = bytearray()
-        self._pending: list[tuple[HardState | None, tuple[Entry, ...], Snapshot | None]] = []
+        self._dirty = False
         self._pending_snapshots: list[Snapshot] = []
-        # The log as it will be once pending saves are synced: for checking new saves.
-        self._tip_snapshot_index = self._image.snapshot_index
-        self._tip_last_index = self._image.last_index
 
     # -- RaftStorage -------------------------------------------------------------
 
     def load(self) -> PersistedState:
+        """What the disk holds (the synced saves). The first call returns what opening
+        recovered; later calls recover the directory again (read-only), at that cost."""
         self._check_usable()
-        return self._image.persisted()
+        state, self._recovered = self._recovered, None
+        if state is not None:
+            return state
+        try:
+            return recover(self._data_dir).image.persisted()
+        except OSError as exc:
+            raise StorageError(f"cannot read data dir {self._data_dir}: {exc}") from exc
 
     def save(
         self,
@@ -616,35 +615,42 @@ class DiskStorage:
             raise StorageError("DiskStorage.save ran concurrently with save or sync")
         try:
             self._check_usable()
-            buf = self._buffer
-            snap_taken: Snapshot | None = None
-            if snapshot is not None and snapshot.meta.index > self._tip_snapshot_index:
-                snap_taken = snapshot
-                encode_snapshot_marker(buf, snapshot.meta.index, snapshot.meta.term)
-                self._pending_snapshots.append(snapshot)
-                self._tip_snapshot_index = snapshot.meta.index
-                self._tip_last_index = max(self._tip_last_index, snapshot.meta.index)
-            kept = tuple(entries)
-            if kept and kept[0].index <= self._tip_snapshot_index:
-                kept = tuple(e for e in kept if e.index > self._tip_snapshot_index)
+            snap_index = 0 if self._snapshot_meta is None else self._snapshot_meta.index
+            take_snapshot = snapshot is not None and snapshot.meta.index > snap_index
+            kept: Sequence[Entry] = entries
+            floor = snapshot.meta.index if snapshot is not None and take_snapshot else snap_index
+            if kept and kept[0].index <= floor:
+                kept = [e for e in kept if e.index > floor]  # a snapshot covers the rest
+            last = max(self._last_index, floor)
             if kept:
+                # Check everything before encoding anything: a refused save leaves no trace.
                 first = kept[0].index
-                if first > self._tip_last_index + 1:
-                    raise ValueError(f"entries start at index {first} but the log ends at {self._tip_last_index}")
+                if first > last + 1:
+                    raise ValueError(f"entries start at index {first} but the log ends at {last}")
                 prev = first - 1
+                data_max = RECORD_PAYLOAD_BYTES_MAX - _ENTRY_HEAD.size
                 for e in kept:
                     if e.index != prev + 1:
                         raise ValueError(f"entries are not contiguous: {e.index} follows {prev}")
-                    if len(e.data) > RECORD_PAYLOAD_BYTES_MAX - _ENTRY_HEAD.size:
+                    if len(e.data) > data_max:
                         raise ValueError(f"entry {e.index} is {len(e.data)} bytes, over the record limit")
                     prev = e.index
+                last = prev
+            buf = self._buffer
+            if snapshot is not None and take_snapshot:
+                encode_snapshot_marker(buf, snapshot.meta.index, snapshot.meta.term)
+                self._pending_snapshots.append(snapshot)
+                self._snapshot_meta = snapshot.meta
+                self._dirty = True
+            if kept:
                 for e in kept:
                     encode_entry(buf, e)
-                self._tip_last_index = prev
+                self._dirty = True
+            self._last_index = last
             if hard_state is not None:
                 encode_hard_state(buf, hard_state)
-            if snap_taken is not None or kept or hard_state is not None:
-                self._pending.append((hard_state, kept, snap_taken))
+                self._hard_state = hard_state
+                self._dirty = True
         finally:
             self._guard.release()
 
@@ -653,7 +659,7 @@ class DiskStorage:
             raise StorageError("DiskStorage.sync ran concurrently with save or sync")
         try:
             self._check_usable()
-            if not self._pending:
+            if not self._dirty:
                 return
             try:
                 for snap in self._pending_snapshots:
@@ -667,19 +673,17 @@ class DiskStorage:
                 raise StorageError(f"WAL {self._segments[-1].path}: {self._failed}") from exc
             self._segment_size += len(self._buffer)
             snapshotted = bool(self._pending_snapshots)
-            for hs, ents, taken in self._pending:
-                if taken is not None:
-                    self._image.apply_snapshot(taken)
-                self._image.append(ents)
-                if hs is not None:
-                    self._image.hard_state = hs
+            self._durable_hard_state = self._hard_state
+            self._durable_snapshot_meta = self._snapshot_meta
+            self._durable_last_index = self._last_index
             self._buffer = bytearray()
-            self._pending.clear()
+            self._dirty = False
             self._pending_snapshots.clear()
+            self._recovered = None
             cut = self._segment_size >= self._segment_bytes
             if cut:
                 self._cut()
-            if snapshotted or (cut and self._image.snapshot is not None):
+            if snapshotted or (cut and self._snapshot_meta is not None):
                 self._release_segments()
             if snapshotted:
                 snapfile.retain_snapshots(self._snap_dir, self._max_snapshots)
@@ -689,7 +693,8 @@ class DiskStorage:
     def save_bootstrap(self, conf_state: ConfState) -> None:
         self._check_usable()
         write_bootstrap(bootstrap_path_of(self._data_dir), conf_state)
-        self._image.conf_state = conf_state
+        if self._recovered is not None:
+            self._recovered = replace(self._recovered, conf_state=conf_state)
 
     def close(self) -> None:
         """Release the files. Saves that were not synced are dropped, as at a crash."""
@@ -697,7 +702,8 @@ class DiskStorage:
             return
         self._closed = True
         self._buffer = bytearray()
-        self._pending.clear()
+        self._dirty = False
+        self._recovered = None
         self._pending_snapshots.clear()
         self._release_fds()
 
@@ -713,10 +719,10 @@ class DiskStorage:
 
     def _create_segment(self, seq: int, first_index: int) -> None:
         head = bytearray()
-        encode_hard_state(head, self._image.hard_state)
-        snap = self._image.snapshot
-        if snap is not None:
-            encode_snapshot_marker(head, snap.meta.index, snap.meta.term)
+        encode_hard_state(head, self._durable_hard_state)
+        meta = self._durable_snapshot_meta
+        if meta is not None:
+            encode_snapshot_marker(head, meta.index, meta.term)
         path = self._wal_dir / Segment.name(seq, first_index)
         replace_durably(path, (head,))
         self._segments.append(Segment(seq, first_index, path))
@@ -725,7 +731,7 @@ class DiskStorage:
         """Start a new segment once the current one is full (everything is synced here)."""
         assert not self._buffer
         try:
-            self._create_segment(self._segments[-1].seq + 1, self._image.last_index + 1)
+            self._create_segment(self._segments[-1].seq + 1, self._durable_last_index + 1)
         except OSError as exc:
             self._failed = f"could not cut a new segment: {exc}"
             raise StorageError(self._failed) from exc
@@ -735,7 +741,8 @@ class DiskStorage:
 
     def _release_segments(self) -> None:
         """Delete the oldest segments the newest snapshot covers, beyond ``max_wals``."""
-        snap_index = self._image.snapshot_index
+        meta = self._durable_snapshot_meta
+        snap_index = 0 if meta is None else meta.index
         needed_from = 0
         for i, seg in enumerate(self._segments):
             if seg.first_index <= snap_index + 1:
