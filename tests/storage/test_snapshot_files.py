@@ -184,3 +184,19 @@ def test_wal_missing_but_snapshots_present_is_corruption(tmp_path: Path) -> None
         g.path.unlink()
     with pytest.raises(CorruptionError, match=r"WAL .* is missing"):
         DiskStorage(tmp_path)
+
+
+def test_overwrite_below_the_snapshot_index_still_drops_the_stale_suffix(tmp_path: Path) -> None:
+    """Recovery replays from the snapshot on: an overwrite at an index the snapshot covers
+    is skipped as an entry, but the suffix it truncated must stay truncated."""
+    with DiskStorage(tmp_path) as s:
+        s.save(HardState(1, 1, 4), entries(1, 10, 1))
+        s.sync()
+        s.save(HardState(2, 2, 6), entries(5, 6, 2))  # drops 7..10 of term 1
+        s.sync()
+        s.save(None, [], snapshot(6, 2))
+        s.sync()
+    with DiskStorage(tmp_path) as s:
+        got = s.load()
+    assert got.snapshot is not None and got.snapshot.meta.index == 6
+    assert got.entries == ()

@@ -34,7 +34,9 @@ can be). Then it cuts a new segment if the current one is full and releases segm
 and snapshot files beyond retention. Contract: the driver may call ``save`` on the
 event loop thread and ``sync`` on one worker thread, but never both at once; a
 violation raises ``StorageError`` instead of interleaving bytes. What was saved but
-not synced is lost at ``close`` or a crash, exactly like ``MemoryStorage``.
+not synced is lost at ``close`` or a crash, exactly like ``MemoryStorage``. The storage
+keeps no copy of the log in memory: the first ``load`` hands out what opening
+recovered, a later one recovers the directory again (read-only).
 
 Conflicting suffix truncation needs no record of its own: an ENTRY whose index is
 not past the end of the log replaces the suffix from that index, in the log and in
