@@ -230,3 +230,22 @@ def test_joiner_with_empty_bootstrap_gets_a_snapshot_after_compaction() -> None:
     change(nw, 1, cc((AV, 4)))
     nw.propose(1, b"new")
     assert nw.data(4) == [b"old", b"new"] and nw.nodes[4].conf_state.voters == {1, 2, 3, 4}
+
+
+def test_joiner_without_bootstrap_replaying_the_log_never_invents_a_config() -> None:
+    """Without the founding configuration, replaying "add voter 4" from index 1 would
+    make node 4 believe it is the only voter and elect itself: it must stay passive."""
+    nw = Network()
+    nw.campaign(1)
+    nw.add(4)  # no bootstrap, and the leader has not compacted: no snapshot to learn from
+    change(nw, 1, cc((AV, 4)))
+    nw.tick_all(3)
+    assert nw.nodes[1].conf_state.voters == {1, 2, 3, 4}
+    assert nw.nodes[4].conf_state.voters == frozenset()
+    nw.isolate(4)
+    nw.tick(4, 100)
+    assert nw.nodes[4].role == Role.FOLLOWER and nw.nodes[4].term == 1
+    nw.recover()
+    nw.isolate(2)
+    nw.propose(1, b"counted")  # node 4 still acks as a voter: 1, 3, 4 are a majority
+    assert nw.data(4) == [b"counted"]

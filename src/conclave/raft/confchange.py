@@ -108,6 +108,11 @@ def apply_conf_change(cs: ConfState, cc: ConfChange) -> ConfState:
 def simple(cs: ConfState, changes: tuple[ConfChangeSingle, ...]) -> ConfState:
     if cs.joint:
         raise ConfChangeError("can't apply a simple config change in a joint config")
+    if not cs.voters:
+        # Only a node that was never told the founding configuration (a joiner without a
+        # bootstrap ConfState replaying the log from index 1) gets here. Applying the
+        # change would give it a made-up config, e.g. "voters = {me}", and a split brain.
+        raise ConfChangeError("can't change an empty configuration (node has no bootstrap configuration)")
     draft = _Draft.of(cs)
     for ch in changes:
         draft.apply(ch)
