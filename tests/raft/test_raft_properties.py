@@ -3,6 +3,7 @@ partitions, compaction, transfers) never break election safety, log matching or 
 machine safety, and a healed cluster always makes progress again."""
 
 import contextlib
+import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -89,7 +90,7 @@ def step_once(nw: Network, kind: str, k: int, i: int) -> None:
         nw.process(j)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions, st.booleans(), st.booleans(), st.integers(0, 2**16))
 def test_random_schedules_keep_raft_safe_and_live(
     schedule: list[tuple[str, int, int]], pre_vote: bool, check_quorum: bool, seed: int
@@ -144,7 +145,7 @@ def random_conf_change(k: int) -> ConfChange:
     return ConfChange()  # leave joint
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conf_actions, st.booleans(), st.integers(0, 2**16))
 def test_random_schedules_with_membership_changes(
     schedule: list[tuple[str, int, int]], pre_vote: bool, seed: int
@@ -188,3 +189,16 @@ def test_random_schedules_with_membership_changes(
     check_log_matching(nw)
     for i in members:
         assert b"final" in nw.data(i), (i, nw.nodes[i].status())
+
+
+def test_long_seeded_schedules() -> None:
+    """Hypothesis favours short schedules; these are long ones, one seed each, replayable."""
+    plain = test_random_schedules_keep_raft_safe_and_live.hypothesis.inner_test  # type: ignore[attr-defined]
+    conf = test_random_schedules_with_membership_changes.hypothesis.inner_test  # type: ignore[attr-defined]
+    for seed in range(60):
+        rng = random.Random(seed)
+        n = rng.randint(300, 500)
+        plain([(rng.choice(KINDS), rng.randint(0, 1000), rng.randint(1, 3)) for _ in range(n)],
+              rng.random() < 0.5, rng.random() < 0.5, seed)
+        conf([(rng.choice(CONF_KINDS), rng.randint(0, 1000), rng.randint(1, 5)) for _ in range(n)],
+             rng.random() < 0.5, seed)
