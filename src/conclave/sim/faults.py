@@ -46,8 +46,8 @@ class FaultRates:
     round_ms: int = 20
     partition_start: float = 0.12
     partition_ms: tuple[int, int] = (20, 300)
-    isolate_on_append: float = 0.05  # per batch of entries a leader appends
-    isolate_on_commit: float = 0.10  # per commit advance seen on a leader
+    isolate_on_first_append: float = 0.2  # per leader term, as the leader first appends
+    isolate_on_first_commit: float = 0.3  # per leader term, as the leader first commits
     crash: float = 0.10
     crash_down_ms: tuple[int, int] = (1, 200)
     crash_majority_allowed: float = 0.25  # chance a crash may take down a majority

@@ -49,6 +49,7 @@ class SafetyMonitor:
         self._facts: dict[tuple[int, int], _LogFact] = {}  # (index, term) -> fact
         self.committed_terms: dict[int, int] = {}  # index -> term of the committed entry
         self.commit_max = 0
+        self._last_committed_in_term: dict[int, int] = {}  # term -> highest index first seen committed in it
         self._node_commit: dict[int, int] = {}  # node -> commit index already checked
         self._leaders: dict[int, tuple[int, LogMirror]] = {}  # node -> (term, log) of live leaders
         self.applied: list[Entry] = []  # canonical applied log, index i at position i-1
@@ -67,7 +68,8 @@ class SafetyMonitor:
     def observe_leader_log(self, node: int, term: int, log: LogMirror) -> None:
         """``node`` leads ``term`` and ``log`` is its whole log: it must hold every committed entry."""
         self._leaders[node] = (term, log)
-        c = self.commit_max
+        # By log matching, holding the highest entry committed before ``term`` means holding all of them.
+        c = max((i for t, i in self._last_committed_in_term.items() if t < term), default=0)
         if c:
             self._check_holds(node, term, log, c, self.committed_terms[c], "is elected")
 
@@ -129,7 +131,10 @@ class SafetyMonitor:
                 )
             prev = e.term
 
-    def observe_commit(self, node: int, log: LogMirror, commit: int) -> None:
+    def observe_commit(self, node: int, log: LogMirror, commit: int, term: int) -> None:
+        """``node``, in ``term``, reports ``commit``. Every index up to it is committed, and
+        was so no later than in ``term`` (the leader that told the node led ``term``), so
+        every leader of a later term must hold it (leader completeness)."""
         done = self._node_commit.get(node, 0)
         if commit <= done:
             return
@@ -141,16 +146,19 @@ class SafetyMonitor:
             t = log.term_at(i)
             if t is None or i == 0:
                 continue
-            known = self.committed_terms.setdefault(i, t)
-            if known != t:
+            known = self.committed_terms.get(i)
+            if known is None:
+                self.committed_terms[i] = t
+                self.commit_max = max(self.commit_max, i)
+                self._last_committed_in_term[term] = max(self._last_committed_in_term.get(term, 0), i)
+                for leader, (leader_term, llog) in self._leaders.items():
+                    if leader_term > term:
+                        self._check_holds(leader, leader_term, llog, i, t, "is")
+            elif known != t:
                 raise InvariantBroken(
                     "state machine safety",
                     f"node {node} commits index {i} with term {t}, but term {known} was committed there",
                 )
-            if i > self.commit_max:
-                self.commit_max = i
-                for leader, (term, llog) in self._leaders.items():
-                    self._check_holds(leader, term, llog, i, t, "is")
         self._node_commit[node] = commit
 
     def reset_node(self, node: int, commit: int) -> None:

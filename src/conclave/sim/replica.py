@@ -37,6 +37,7 @@ class Replica:
         self.pending_writes: dict[bytes, Operation] = {}
         self.pending_reads: dict[bytes, Operation] = {}
         self.waiting_reads: list[tuple[int, Operation]] = []
+        self.moments: dict[str, int] = {}  # nemesis bookkeeping: last term a leader moment was seen
 
     @property
     def up(self) -> bool:

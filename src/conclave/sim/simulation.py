@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from conclave.raft.errors import RaftError
+from conclave.raft.errors import CompactionError, RaftError
 from conclave.raft.types import (
     ConfChange,
     ConfChangeSingle,
@@ -285,14 +285,14 @@ class Simulation:
         if rd.entries:
             self.monitor.observe_write(r.id, r.log, rd.entries)
             if r.role == Role.LEADER:
-                self._isolate_leader_sometimes(r, self.rates.isolate_on_append, "appends")
+                self._leader_moment(r, "appends")
         if rd.soft_state is not None and rd.soft_state.role == Role.LEADER:
             self.monitor.observe_leader_log(r.id, r.raft.term, r.log)
         if rd.hard_state is not None:
             before = self.monitor.commit_max
-            self.monitor.observe_commit(r.id, r.log, rd.hard_state.commit)
+            self.monitor.observe_commit(r.id, r.log, rd.hard_state.commit, rd.hard_state.term)
             if r.role == Role.LEADER and self.monitor.commit_max > before:
-                self._isolate_leader_sometimes(r, self.rates.isolate_on_commit, "commits")
+                self._leader_moment(r, "commits")
         self._send(r, rd.messages)
         if rd.must_sync():
             r.disk.save(rd.hard_state, rd.entries, rd.snapshot)
@@ -362,7 +362,13 @@ class Simulation:
         raft = r.raft
         assert raft is not None
         index, image = r.machine.applied_index, r.machine.image()
-        snap: Snapshot = self._core(lambda: raft.compact(index, image), r.id, "compact")
+        try:
+            snap: Snapshot = self._core(lambda: raft.compact(index, image), r.id, "compact", refusable=True)
+        except CompactionError as e:
+            # The core may already hold a newer snapshot the driver has not been handed yet
+            # (one arrived while the previous Ready was being synced): nothing to do.
+            self._trace(f"node {r.id} does not compact: {e}")
+            return
         r.disk.save(None, (), snap)
         r.disk.sync()
         r.log.install(snap.meta.index, snap.meta.term)
@@ -479,17 +485,27 @@ class Simulation:
         if self._faulty("membership") and now >= self._membership_after_ms and rng.random() < rates.membership:
             self._change_membership()
 
-    def _isolate_leader_sometimes(self, leader: Replica, chance: float, moment: str) -> None:
-        """Cut a leader off at an interesting instant, swallowing what it has in flight.
+    def _leader_moment(self, leader: Replica, moment: str) -> None:
+        """Sometimes cut a leader off at the first append or first commit of its term,
+        swallowing what it has in flight (whatever partition was there gives way).
 
-        Isolated right after appending, a leader leaves a divergent uncommitted tail
-        behind; isolated right after committing, it leaves a commitment that only it
-        and a bare majority know of. Together they build the logs of Raft's figure 8.
+        Cut off as it first appends, a new leader leaves a divergent higher-term tail
+        behind; cut off as it first commits, it leaves a commitment only a bare majority
+        knows of. Together they build the logs of Raft's figure 8, where a wrong
+        commitment rule loses a committed entry.
         """
-        if self._faulty("partition") and not self.network.partitioned and self._nemesis_rng.random() < chance:
+        raft = leader.raft
+        assert raft is not None
+        seen = leader.moments.get(moment, 0)
+        if seen >= raft.term or not self._faulty("partition"):
+            return
+        leader.moments[moment] = raft.term
+        chance = self.rates.isolate_on_first_append if moment == "appends" else self.rates.isolate_on_first_commit
+        if self._nemesis_rng.random() < chance:
+            self.network.heal()
             self.network.isolate(leader.id, sorted(self.replicas))
             self._partition_until_ms = self.agenda.now_ms + self._nemesis_rng.randint(*self.rates.partition_ms)
-            self._trace(f"nemesis: isolate leader {leader.id} as it {moment}")
+            self._trace(f"nemesis: isolate leader {leader.id} as it first {moment} in term {raft.term}")
 
     def _partition(self, ids: list[int]) -> None:
         rng = self._nemesis_rng
