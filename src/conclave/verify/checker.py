@@ -21,9 +21,10 @@ Two reductions keep the search small; both keep verdicts exact:
 * Indeterminate operations may also never take effect: the search ends when
   every operation that returned is placed, and never places an indeterminate
   one where it would leave the state unchanged.
-* Twins in order. Two operations with the same function, input, output and
-  status, where one is called and returns no later than the other, are
-  interchangeable, so only orders taking the earlier one first are explored.
+* Twins in order. Two operations the model calls equivalent (same function,
+  input, output and status, by default), where one is called and returns no
+  later than the other, are interchangeable, so only orders taking the earlier
+  one first are explored.
 
 Limits: ``Limits.should_stop`` (a deadline check passed in by the caller: this
 module never reads a clock) is polled every ``poll_every`` configurations, and
@@ -250,14 +251,14 @@ def _blocked_after(
     return tuple(blocked), deadline
 
 
-def _twins(ops: Sequence[Operation]) -> list[int]:
-    """For each op, an identical op that is called and returns no later (or -1)."""
+def _twins(ops: Sequence[Operation], model: Model[Any]) -> list[int]:
+    """For each op, an equivalent op that is called and returns no later (or -1)."""
     inf = float("inf")
     twin = [-1] * len(ops)
-    last: dict[tuple[Any, ...], int] = {}
+    last: dict[Hashable, int] = {}
     for i in sorted(range(len(ops)), key=lambda j: (ops[j].call, inf if ops[j].ret is None else ops[j].ret)):
         op = ops[i]
-        sig = (op.f, op.input, op.output, op.status)
+        sig = model.equivalence(op)
         try:
             j = last.get(sig, -1)
         except TypeError:  # an unhashable value: no twin
@@ -315,7 +316,7 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
     observer = [model.is_observer(op) for op in ops]
     info = [op.ret is None for op in ops]
     definite_left = n - sum(info)
-    twin = _twins(ops)
+    twin = _twins(ops, model)
     bits = [1 << i for i in range(n)]
     step = model.step
     reject = REJECT

@@ -6,7 +6,7 @@ that point or ``REJECT`` when the op's output is impossible there, and
 ``describe(state)`` says the state in words. States must be hashable: the
 checker caches (linearized set, state) pairs.
 
-Three optional hooks make the checker fast without changing verdicts:
+Optional hooks make the checker fast without changing verdicts:
 
 * ``partition(op)``: operations of different partitions never constrain each
   other (P-compositionality, Horn & Kroening), so each part is checked alone.
@@ -14,6 +14,9 @@ Three optional hooks make the checker fast without changing verdicts:
 * ``is_observer(op)``: True when ``op`` never changes the state wherever it is
   legal (a read, a failed compare-and-set). The checker linearizes a legal
   observer at once without branching on alternatives.
+* ``equivalence(op)``: operations with equal values act identically in ``step``,
+  so the checker needs only one order of such twins. It must cover everything
+  ``step`` reads (the mutex adds the process).
 * ``ignores(op)``: operations that cannot constrain anything (a ``fail`` that had
   no effect, an indeterminate read whose output is unknown) are dropped.
 
@@ -86,6 +89,13 @@ class Model(ABC, Generic[S]):
 
     def partition(self, op: Operation) -> Hashable:
         return op.key  # type: ignore[no-any-return]
+
+    def equivalence(self, op: Operation) -> Hashable:
+        """Operations with equal equivalence must act the same in ``step`` (the checker orders such twins).
+
+        Covers everything ``step`` reads; a model whose step reads more (the process) adds it.
+        """
+        return (op.f, op.key, op.input, op.output, op.status)
 
     def validate(self, op: Operation) -> str | None:
         """Why ``op`` makes no sense for this model, or None."""
@@ -291,6 +301,9 @@ class Mutex(Model[tuple[Hashable, Value]]):
         if holder != op.process:
             return REJECT
         return (None, last)
+
+    def equivalence(self, op: Operation) -> Hashable:
+        return (op.process, super().equivalence(op))  # only the holder may release
 
     def validate(self, op: Operation) -> str | None:
         token = op.output
