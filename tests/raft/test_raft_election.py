@@ -215,3 +215,13 @@ def test_single_node_elects_itself() -> None:
     assert nw.nodes[1].role == Role.LEADER
     nw.propose(1, b"x")
     assert nw.data(1) == [b"x"]
+
+
+def test_impossible_recovered_state_is_a_clear_error() -> None:
+    conf = ConfState(voters=frozenset({1}))
+    with pytest.raises(RaftError, match="beyond the last recovered entry"):
+        node_with(PersistedState(HardState(term=1, commit=5), entries=(Entry(1, 1),), conf_state=conf))
+    with pytest.raises(RaftError, match="not contiguous"):
+        node_with(PersistedState(HardState(term=1), entries=(Entry(1, 1), Entry(1, 3)), conf_state=conf))
+    with pytest.raises(RaftError, match="node id"):
+        node_with(three(), i=0)

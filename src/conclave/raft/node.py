@@ -126,6 +126,7 @@ class RaftNode:
         self._faults = config.faults
         hs = persisted.hard_state
         snap = persisted.snapshot
+        _check_persisted(persisted)
         self.log = RaftLog(snap, persisted.entries, hs.commit)
         self.term = hs.term
         self.vote = hs.vote
@@ -946,3 +947,18 @@ def _check_config(c: Config) -> None:
     unknown = set(c.faults) - FAULTS
     if unknown:
         raise RaftError(f"unknown fault names {sorted(unknown)}; known: {sorted(FAULTS)}")
+
+
+def _check_persisted(p: PersistedState) -> None:
+    """Recovered state that cannot come from a correct disk is refused with a clear error."""
+    offset = p.snapshot.meta.index if p.snapshot is not None else 0
+    ents = [e for e in p.entries if e.index > offset]
+    for n, e in enumerate(ents):
+        if e.index != offset + 1 + n:
+            raise RaftError(f"recovered log is not contiguous: entry {e.index} where {offset + 1 + n} was expected")
+    last = offset + len(ents)
+    if p.hard_state.commit > last:
+        raise RaftError(
+            f"recovered commit index {p.hard_state.commit} is beyond the last recovered entry {last}: "
+            "the disk lost entries that were synced"
+        )
