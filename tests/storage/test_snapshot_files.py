@@ -200,3 +200,21 @@ def test_overwrite_below_the_snapshot_index_still_drops_the_stale_suffix(tmp_pat
         got = s.load()
     assert got.snapshot is not None and got.snapshot.meta.index == 6
     assert got.entries == ()
+
+
+def test_every_flip_or_truncation_of_a_snapshot_file_is_caught(tmp_path: Path) -> None:
+    path = snapfile.write_snapshot(tmp_path, snapshot(7, 3, b"a small state-machine image", voters=(1, 2)))
+    raw = path.read_bytes()
+    assert snapfile.read_snapshot(path) == snapshot(7, 3, b"a small state-machine image", voters=(1, 2))
+    for pos in range(len(raw)):
+        damaged = bytearray(raw)
+        damaged[pos] ^= 1 << (pos % 8)
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(CorruptionError, match=rf"corrupt snapshot file {path} at byte offset \d+"):
+            snapfile.read_snapshot(path)
+        path.write_bytes(raw[:pos])
+        with pytest.raises(CorruptionError, match="corrupt snapshot file"):
+            snapfile.read_snapshot(path)
+    path.write_bytes(raw + b"\0")
+    with pytest.raises(CorruptionError, match="trailing bytes"):
+        snapfile.read_snapshot(path)

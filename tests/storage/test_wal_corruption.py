@@ -208,3 +208,21 @@ def test_damage_in_a_middle_record_is_never_truncated(tmp_path: Path, where: str
     with pytest.raises(CorruptionError, match=f"byte offset {start}"):
         DiskStorage(tmp_path)
     assert b.segment.read_bytes() == bytes(damaged)
+
+
+def test_inspect_reports_a_torn_tail_without_cutting_it(tmp_path: Path) -> None:
+    b = build_small(tmp_path)
+    torn = b.original[: b.ends[-2] + 5]
+    restore(b, torn)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    r = subprocess.run(
+        [sys.executable, "-m", "conclave.storage.inspect", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"torn tail:  {b.segment.name} at byte offset {b.ends[-2]}" in r.stdout
+    assert "commit 7" in r.stdout and "index 1..8" in r.stdout
+    assert b.segment.read_bytes() == torn  # read-only
