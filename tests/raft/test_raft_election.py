@@ -225,3 +225,20 @@ def test_impossible_recovered_state_is_a_clear_error() -> None:
         node_with(PersistedState(HardState(term=1), entries=(Entry(1, 1), Entry(1, 3)), conf_state=conf))
     with pytest.raises(RaftError, match="node id"):
         node_with(three(), i=0)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Message(M.APP, to=1, frm=2, term=3, index=4, log_term=1, entries=(Entry(1, 6),)),  # gap
+        Message(M.APP, to=1, frm=2, term=3, index=4, log_term=1, entries=(Entry(4, 5),)),  # future term
+        Message(M.SNAP, to=1, frm=2, term=3),  # no snapshot
+        Message(M.PROP, to=1, frm=2, term=0),  # nothing proposed
+        Message(M.HEARTBEAT, to=9, frm=2, term=3),  # not for us
+    ],
+)
+def test_malformed_peer_messages_are_refused(msg: Message) -> None:
+    n = node_with(three())
+    with pytest.raises(RaftError):
+        n.step(msg)
+    assert n.term == 0 and n.last_index == 0

@@ -32,6 +32,10 @@ class ProposalDropped(RaftError):
         super().__init__(f"proposal dropped: {reason}")
 
 
+class ProtocolError(RaftError):
+    """A peer sent a message no correct Raft node sends (the peer broke the protocol)."""
+
+
 class ConfChangeError(RaftError):
     """A membership change that cannot be applied to the current configuration."""
 

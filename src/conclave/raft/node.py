@@ -40,7 +40,14 @@ from typing import Any
 from conclave.raft import quorum
 from conclave.raft.codec import CodecError, decode_conf_change, encode_conf_change
 from conclave.raft.confchange import apply_conf_change
-from conclave.raft.errors import CompactionError, ConfChangeError, NotLeader, ProposalDropped, RaftError
+from conclave.raft.errors import (
+    CompactionError,
+    ConfChangeError,
+    NotLeader,
+    ProposalDropped,
+    ProtocolError,
+    RaftError,
+)
 from conclave.raft.log import RaftLog
 from conclave.raft.progress import Inflights, Progress, ProgressState
 from conclave.raft.quorum import VoteResult
@@ -209,6 +216,7 @@ class RaftNode:
     def step(self, m: Message) -> None:
         if m.to not in (NONE, self.id):
             raise RaftError(f"message for node {m.to} stepped into node {self.id}")
+        _check_message(m)
         if m.term == 0:
             pass  # local or forwarded message (PROP, READ_INDEX, SNAP_STATUS, UNREACHABLE)
         elif m.term > self.term:
@@ -962,3 +970,18 @@ def _check_persisted(p: PersistedState) -> None:
             f"recovered commit index {p.hard_state.commit} is beyond the last recovered entry {last}: "
             "the disk lost entries that were synced"
         )
+
+
+def _check_message(m: Message) -> None:
+    """Refuse messages whose shape no correct peer produces, before they reach the log."""
+    if m.type == _M.APP:
+        for n, e in enumerate(m.entries):
+            if e.index != m.index + 1 + n or e.term > m.term or e.term < 1:
+                raise ProtocolError(f"malformed APP from {m.frm}: entry {e} after index {m.index} in term {m.term}")
+        if m.entries and m.entries[0].term < m.log_term:
+            raise ProtocolError(f"malformed APP from {m.frm}: entry terms go backwards")
+    elif m.type == _M.SNAP:
+        if m.snapshot is None or m.snapshot.meta.index < 1 or m.snapshot.meta.term > m.term:
+            raise ProtocolError(f"malformed SNAP from {m.frm}")
+    elif m.type == _M.PROP and (not m.entries or any(e.index or e.term for e in m.entries)):
+        raise ProtocolError(f"malformed PROP from {m.frm}: proposals carry unnumbered entries")
