@@ -244,3 +244,31 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     (ro / "wal").write_text("not a directory")
     with pytest.raises(StorageError, match="cannot use data dir"):
         DiskStorage(ro)
+
+
+def test_entries_larger_than_the_read_chunk(tmp_path: Path) -> None:
+    big = os.urandom(3 * wal.READ_CHUNK_BYTES + 17)
+    with DiskStorage(tmp_path, segment_bytes=wal.SEGMENT_BYTES_MIN) as s:
+        s.save(HardState(1, 1, 3), [wal.Entry(1, 1, data=b"a"), wal.Entry(1, 2, data=big), wal.Entry(1, 3, data=b"")])
+        s.sync()
+        s.save(None, entries(4, 5, 1))
+        s.sync()
+    with reopen(tmp_path) as s:
+        got = s.load()
+    assert [e.data for e in got.entries[:3]] == [b"a", big, b""]
+    assert [e.index for e in got.entries] == [1, 2, 3, 4, 5]
+
+
+def test_close_waits_for_a_sync_in_flight(tmp_path: Path) -> None:
+    s = DiskStorage(tmp_path)
+    s.save(None, entries(1, 1, 1))
+    s._guard.acquire()  # a sync running on the worker thread
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # close is waiting, not tearing the file out from under sync
+    s._guard.release()
+    closer.join(10)
+    assert not closer.is_alive()
+    with pytest.raises(StorageError, match="closed"):
+        s.sync()

@@ -699,15 +699,17 @@ class DiskStorage:
             self._recovered = replace(self._recovered, conf_state=conf_state)
 
     def close(self) -> None:
-        """Release the files. Saves that were not synced are dropped, as at a crash."""
-        if self._closed:
-            return
-        self._closed = True
-        self._buffer = bytearray()
-        self._dirty = False
-        self._recovered = None
-        self._pending_snapshots.clear()
-        self._release_fds()
+        """Release the files. Saves that were not synced are dropped, as at a crash.
+        Waits for a ``sync`` running on another thread to finish first."""
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            self._buffer = bytearray()
+            self._dirty = False
+            self._recovered = None
+            self._pending_snapshots.clear()
+            self._release_fds()
 
     def crash(self) -> None:
         """What a process death does: lose the unsynced saves (same as ``close``)."""
