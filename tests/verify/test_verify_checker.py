@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from verify_histories import assert_evidence_valid, brute_force, op
 
+from conclave.verify import checker
 from conclave.verify.checker import Limits, Verdict, check_operations
 from conclave.verify.history import Operation, Status
 from conclave.verify.model import MODELS, REJECT, model_named
@@ -77,6 +79,15 @@ def test_cas_register_agrees_with_brute_force(data: st.DataObject) -> None:
 @given(st.data())
 def test_kv_agrees_with_brute_force(data: st.DataObject) -> None:
     _agrees("kv", data.draw(random_ops("kv")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.sampled_from(["cas-register", "kv", "mutex"]))
+def test_compact_cache_keys_agree_with_brute_force(data: st.DataObject, name: str) -> None:
+    """Long parts store (bits above the lowest gap, gap); force that form on small ones."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checker, "_COMPACT_FROM_OPS", 0)
+        _agrees(name, data.draw(random_ops(name)))
 
 
 @settings(max_examples=300, deadline=None)

@@ -117,6 +117,9 @@ def check_operations(
             raise HistoryError(source, op.call_line, problem)
         kept, dropped = parts.setdefault(model.partition(op), ([], []))
         (dropped if model.ignores(op) else kept).append(op)
+    inf = float("inf")
+    for kept, _ in parts.values():  # in call order, so that low bits are the ops linearized first
+        kept.sort(key=lambda o: (o.call, inf if o.ret is None else o.ret))
     keys = list(parts)
     outcomes = _run_searches([parts[k][0] for k in keys], model, lim)
     results: list[PartitionResult] = []
@@ -144,11 +147,13 @@ def check_operations(
 
 
 def _config_bytes(ops: int) -> int:
-    """Rough bytes one cached configuration holds: a set slot, a 2-tuple and a bitset of ``ops`` bits.
+    """Rough bytes one cached configuration holds: a set slot, a tuple and a bitset.
 
-    States are not counted: most are shared with the operations (values) or small.
+    In a part of more than ``_COMPACT_FROM_OPS`` ops the bitset spans the ops in
+    flight, assumed to be fewer than that. States are not counted: most are
+    shared with the operations (values) or small.
     """
-    return 130 + ops // 7
+    return 130 + min(ops, _COMPACT_FROM_OPS) // 7
 
 
 def _size(n: int) -> str:
@@ -273,6 +278,7 @@ def _twins(ops: Sequence[Operation], model: Model[Any]) -> list[int]:
 
 
 _DEFINITE, _INDETERMINATE, _FORCED = 0, 1, 2
+_COMPACT_FROM_OPS = 512
 
 
 @dataclass(slots=True)
@@ -317,12 +323,16 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
     info = [op.ret is None for op in ops]
     definite_left = n - sum(info)
     twin = _twins(ops, model)
-    bits = [1 << i for i in range(n)]
     step = model.step
     reject = REJECT
     slice_mask = max(1, slice_configurations) - 1
 
-    cache: set[tuple[int, Any]] = set()
+    # A configuration is (linearized set, state). In a long part the set is stored as (bits above
+    # its lowest gap, position of that gap): every op called before the gap is linearized, so
+    # the stored bits span only the ops in flight, not the whole history.
+    compact = n > _COMPACT_FROM_OPS
+    cache: set[tuple[Any, ...]] = set()
+    key: tuple[Any, ...]
     # One frame per move: the event node taken, the state before it, and how it was chosen
     # (FORCED: an observer, no alternatives; otherwise the scan pass it came from).
     stack_node: list[int] = []
@@ -357,7 +367,12 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
             while is_call[x]:
                 i = opid[x]
                 if observer[i] and step(state, ops[i]) is not reject:
-                    key = (lin | bits[i], state)
+                    nl = lin | (1 << i)
+                    if compact:
+                        low = (~nl & (nl + 1)).bit_length() - 1
+                        key = (nl >> low, low, state)
+                    else:
+                        key = (nl, state)
                     if key in cache:
                         dead = True
                     else:
@@ -377,7 +392,7 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
                 nxt[p] = q
                 prv[q] = p
                 i = opid[forced]
-                lin |= bits[i]
+                lin |= 1 << i
                 if not info[i]:
                     definite_left -= 1
                 arrived = True
@@ -396,8 +411,12 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
                         # An indeterminate op that would change nothing here is not needed here: any
                         # linearization that places it here also works without it.
                         if s2 is not reject and not (info[i] and s2 == state):
-                            nl = lin | bits[i]
-                            key = (nl, s2)
+                            nl = lin | (1 << i)
+                            if compact:
+                                low = (~nl & (nl + 1)).bit_length() - 1
+                                key = (nl >> low, low, s2)
+                            else:
+                                key = (nl, s2)
                             if key not in cache:
                                 cache.add(key)
                                 stack_node.append(node)
@@ -442,7 +461,7 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
             nxt[p] = node
             prv[q] = node
             i = opid[node]
-            lin ^= bits[i]
+            lin ^= 1 << i
             if not info[i]:
                 definite_left += 1
             if how != _FORCED:

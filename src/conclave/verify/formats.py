@@ -269,15 +269,14 @@ _ETCD_OP_HINT = re.compile(r"^INFO\s+jepsen\.util\s+-\s+\d+\s")
 _ETCD_PAIR = re.compile(r"^\[\s*(-?\d+|nil)\s+(-?\d+|nil)\s*\]$")
 
 
-def _etcd_value(raw: str) -> Value | type[ValueError]:
+def _etcd_value(raw: str) -> Value:
+    """nil, an integer, [A B] or :timed-out (unknown: None); ValueError otherwise."""
     if raw in ("nil", ":timed-out"):
         return None
-    if re.fullmatch(r"-?\d+", raw):
-        return int(raw)
     pair = _ETCD_PAIR.match(raw)
     if pair:
         return tuple(None if g == "nil" else int(g) for g in pair.groups())
-    return ValueError
+    return int(raw)
 
 
 def _etcd_events(text: str, source: str) -> Iterator[Event]:
@@ -288,9 +287,10 @@ def _etcd_events(text: str, source: str) -> Iterator[Event]:
                 raise HistoryError(source, lineno, "an operation line of the Jepsen log that does not parse")
             continue  # other log output
         proc, etype, f, raw_value = m.groups()
-        value = _etcd_value(raw_value)
-        if value is ValueError:
-            raise HistoryError(source, lineno, f"cannot read the value {raw_value!r}")
+        try:
+            value = _etcd_value(raw_value)
+        except ValueError:
+            raise HistoryError(source, lineno, f"cannot read the value {raw_value!r}") from None
         yield Event(lineno, int(proc), _TYPES[etype], f, value)
 
 
