@@ -292,3 +292,52 @@ def test_ack_before_persist_loses_a_committed_entry_on_power_cut(faulty: bool) -
     else:
         elect_and_write()
         assert nw.data(2) == [b"Y"]
+
+
+def campaign_until_leader(nw: Network, i: int) -> None:
+    for _ in range(5):
+        nw.campaign(i)
+        if nw.nodes[i].role == Role.LEADER:
+            return
+    raise AssertionError(f"node {i} could not win an election")
+
+
+@pytest.mark.parametrize("faulty", [False, True])
+def test_figure8_in_a_network_commit_by_counting_old_terms_loses_data(faulty: bool) -> None:
+    """Raft paper figure 8, played out: with the rule, nothing applied is ever
+    overwritten; with "commit_previous_term", S1 applies an entry S5 then replaces."""
+    faults = frozenset({"commit_previous_term"}) if faulty else frozenset()
+    nw = Network(ids=(1, 2, 3, 4, 5), pre_vote=False, check_quorum=False, max_size_per_msg=0, faults=faults)
+    nw.campaign(1)
+    for i in (3, 4, 5):
+        nw.cut(1, i)
+    nw.propose(1, b"X")  # (a) index 2 only on S1 and S2
+    nw.isolate(1)
+    nw.cut(5, 2)
+    nw.filter = lambda m: not (m.frm == 5 and m.type == M.APP)
+    nw.campaign(5)  # (b) S5 leads with S3, S4; its own index 2 stays local
+    assert nw.nodes[5].role == Role.LEADER
+    nw.recover()
+    nw.isolate(5)
+    nw.restart(1, faults=faults)
+    # (c) S1 leads again; index 2 reaches S3 but S1's own new entry (index 3) reaches nobody.
+    nw.filter = lambda m: not (
+        m.type == M.APP and any(e.index >= 3 for e in m.entries) and nw.nodes[m.to].log.term(2) == 1
+    )
+    campaign_until_leader(nw, 1)
+    assert nw.nodes[3].log.term(2) == 1
+    assert (b"X" in nw.data(1)) == faulty  # committed by counting only with the fault
+    nw.recover()
+    nw.isolate(1)
+    nw.restart(5, faults=faults)  # S5 too had crashed meanwhile
+
+    def s5_takes_over() -> None:
+        campaign_until_leader(nw, 5)  # (d) S5's term-2 entry wins over the term-1 one
+        nw.propose(5, b"Y")
+
+    if faulty:
+        with pytest.raises(AssertionError, match="applied"):
+            s5_takes_over()
+    else:
+        s5_takes_over()
+        assert nw.nodes[3].log.term(2) == 2 and nw.data(3) == [b"Y"]
