@@ -280,18 +280,19 @@ class RaftNode:
     # -- the Ready / advance contract ----------------------------------------------
 
     def has_ready(self) -> bool:
+        # Hot: drivers poll it after every input, so compare fields instead of building values.
         if self._outstanding is not None:
             return False
-        return bool(
-            SoftState(self.leader_id, self.role) != self._prev_soft
-            or self._hard_state() != self._prev_hard
-            or self.log.pending_snapshot is not None
-            or self.log.has_unstable()
-            or self._msgs
-            or self._msgs_after_persist
-            or self._read_states
-            or self._committable_hi() > self.applied_index
-        )
+        if self._msgs or self._msgs_after_persist or self._read_states:
+            return True
+        soft, hard, log = self._prev_soft, self._prev_hard, self.log
+        if soft.leader != self.leader_id or soft.role != self.role:
+            return True
+        if hard.term != self.term or hard.vote != self.vote or hard.commit != log.committed:
+            return True
+        if log.pending_snapshot is not None or log.has_unstable():
+            return True
+        return self._committable_hi() > self.applied_index
 
     def ready(self) -> Ready:
         if self._outstanding is not None:
