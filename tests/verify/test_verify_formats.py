@@ -119,6 +119,7 @@ def test_jepsen_etcd_log_tabs_and_spaces() -> None:
             2,
             "before its call",
         ),
+        ('{"process": 0, "type": "invoke", "f": "r", "time": NaN}\n', None, 1, "finite number"),
         ("{:process 0, :type :invoke, :f :read, :value nil}\n{:process 0, :type :ok, :f\n", "edn", 2, "missing"),
         ('{:process 0, :type :invoke, :f :read, :value "abc}\n', "edn", 1, "unterminated"),
         ("{:process 0, :type :invoke, :f :read, :value}\n", "edn", 1, "even number"),

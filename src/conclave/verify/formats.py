@@ -22,6 +22,7 @@ Pure: loaders take text, never paths. Keywords become plain strings (``:read`` i
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 
@@ -86,8 +87,8 @@ def _event_from_map(obj: dict[str, object], source: str, lineno: int) -> Event:
     if not isinstance(f, str) or not f:
         raise HistoryError(source, lineno, f"'f' must be a non-empty string, not {f!r}")
     time = obj.get("time")
-    if time is not None and (isinstance(time, bool) or not isinstance(time, int | float)):
-        raise HistoryError(source, lineno, f"'time' must be a number, not {time!r}")
+    if time is not None and (isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time)):
+        raise HistoryError(source, lineno, f"'time' must be a finite number, not {time!r}")
     key = freeze(obj.get("key"))
     try:
         hash(key)
