@@ -68,6 +68,17 @@ def test_edn_maps_with_keys_nemesis_and_vectors() -> None:
     assert (cas.input, cas.status) == ((1, 2), Status.FAIL)
 
 
+def test_flat_edn_lines_read_like_the_general_reader() -> None:
+    flat = (
+        '{:process 3, :type :invoke, :f :append, :key "0", :value "x 3 0 y"}\n'
+        "{:process 4, :type :invoke, :f :read, :value nil}\n"
+        '{:process 3, :type :ok, :f :append, :key "0", :value "x 3 0 y"}\n'
+        "{:process 4, :type :ok, :f :read, :value -7}\n"
+    )
+    general = flat + "{:process 5, :type :invoke, :f :read}\n"  # a map the flat form does not cover
+    assert load(flat, "f").operations == load(general, "f").operations[:2]
+
+
 def test_edn_top_level_vector() -> None:
     text = "[{:process 0 :type :invoke :f :read :value nil}\n {:process 0 :type :ok :f :read :value #{1 2}}]\n"
     (op,) = load(text, "v", "edn").operations

@@ -69,3 +69,13 @@ def test_cli_on_reference_files(refdata: Path, tmp_path: Path, name: str, model:
     assert out.stdout.splitlines()[-1] == last
     page = html.read_text()
     assert page.startswith("<!DOCTYPE html>") and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_flat_and_general_edn_readers_agree(refdata: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conclave.verify import formats
+
+    texts = {p.name: p.read_text() for p in sorted((refdata / "kv").glob("*.txt"))}
+    fast = {name: load(text, name) for name, text in texts.items()}
+    monkeypatch.setattr(formats, "_edn_flat_events", lambda text: None)
+    for name, text in texts.items():
+        assert load(text, name) == fast[name], name

@@ -239,7 +239,34 @@ class _EdnReader:
         return tok  # a symbol
 
 
+# The flat one-map-per-line shape of most Jepsen and Porcupine histories, read without the general reader.
+_EDN_FLAT = re.compile(
+    r'\{:process (\d+), :type :(invoke|ok|fail|info), :f :([\w-]+), (?::key "([^"\\]*)", )?'
+    r':value (nil|-?\d+|"[^"\\]*")\}'
+)
+
+
+def _edn_flat_events(text: str) -> list[Event] | None:
+    """Events of a history whose every line is a flat map (see ``_EDN_FLAT``), else None."""
+    events = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        m = _EDN_FLAT.fullmatch(line)
+        if m is None:
+            return None
+        proc, etype, f, key, raw_value = m.groups()
+        value: Value = None if raw_value == "nil" else raw_value[1:-1] if raw_value[0] == '"' else int(raw_value)
+        events.append(Event(lineno, int(proc), _TYPES[etype], f, value, key))
+    return events
+
+
 def _edn_events(text: str, source: str) -> Iterator[Event]:
+    flat = _edn_flat_events(text)
+    if flat is not None:
+        yield from flat
+        return
     reader = _EdnReader(text, source)
     while not reader.at_end():
         lineno = reader.line
