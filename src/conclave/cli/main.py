@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES = (
     "conclave.cli.serve",
     "conclave.cli.up",
+    "conclave.cli.snapshot",
     "conclave.cli.sim",
     "conclave.cli.check",
     "conclave.cli.bench",

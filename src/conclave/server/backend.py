@@ -232,11 +232,13 @@ class NodeBackend:
     async def lease_time_to_live(self, req: kv.LeaseTimeToLiveRequest) -> kv.LeaseTimeToLiveResponse:
         await self.node.read_barrier()
         store = self.node.store
+        # etcd answers an unknown (expired or revoked) lease with TTL -1, not an error.
+        gone = kv.LeaseTimeToLiveResponse(_header(self.node, store.revision), req.id, -1, 0, ())
         if req.id not in store.lease_ids():
-            raise kverr.LeaseNotFound()
+            return gone
         remaining: int = await self._at_leader("ttl", req.id, self._rpc_ttl)
         if remaining < 0:
-            raise kverr.LeaseNotFound()
+            return gone
         keys = tuple(sorted(store.lease_keys(req.id))) if req.keys else ()
         return kv.LeaseTimeToLiveResponse(
             _header(self.node, store.revision), req.id, remaining, store.lease_ttl(req.id), keys

@@ -158,6 +158,7 @@ class Node:
         self._on_apply: list[Callable[[list[Any]], None]] = []
         self.started_at = time.monotonic()
         self.watch_callbacks: dict[int, Callable[[], None]] = {}
+        self._joined_members: list[Member] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
 
@@ -183,6 +184,7 @@ class Node:
                 f"not {self.cfg.initial_cluster_token!r}"
             )
         self.cluster_id = int(meta["cluster_id"])
+        self._joined_members = [Member.from_wire(w) for w in meta.get("members", [])]
         return False
 
     def _write_meta(self) -> None:
@@ -191,6 +193,10 @@ class Node:
         tmp.write_text(json.dumps({
             "name": self.cfg.name, "member_id": self.member_id, "cluster_id": self.cluster_id,
             "token": self.cfg.initial_cluster_token,
+            # A member that joined an existing cluster never sees the bootstrap configuration in
+            # its log: remember whom it learned about when it joined.
+            "members": [m.to_wire() for m in self.members.values()]
+            if self.cfg.initial_cluster_state == "existing" else [],
         }))
         os.replace(tmp, path)
 
@@ -207,6 +213,8 @@ class Node:
         Path(self.cfg.data_dir).mkdir(parents=True, exist_ok=True)
         fresh = self._check_data_dir()
         self.storage = self._open_storage()
+        if fresh and self.cfg.initial_cluster_state == "existing":
+            await self._join_existing()
         if fresh:
             if self.cfg.initial_cluster_state == "new":
                 ids = self.cfg.initial_member_ids()
@@ -223,6 +231,8 @@ class Node:
         else:
             self.store = Store()
             self._reset_lessor()
+            if not self.members and self._joined_members:
+                self.members = {m.id: m for m in self._joined_members}
             if not self.members:
                 ids = self.cfg.initial_member_ids()
                 for name, urls in self.cfg.initial_cluster.items():
@@ -251,6 +261,32 @@ class Node:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._raft_loop(), name="raft-loop"))
         self._tasks.append(loop.create_task(self._ticker(), name="ticker"))
+
+    async def _join_existing(self) -> None:
+        """Learn the cluster id and members from a running member listed in --initial-cluster."""
+        from conclave.server.transport import fetch_cluster_info
+
+        errors = []
+        for name, urls in self.cfg.initial_cluster.items():
+            if name == self.cfg.name:
+                continue
+            for url in urls:
+                hp = parse_url(url, "initial-cluster")
+                try:
+                    cid, wires = await fetch_cluster_info((hp.host, hp.port), 3.0)
+                except (TimeoutError, OSError, Exception) as exc:
+                    errors.append(f"{url}: {exc}")
+                    continue
+                self.cluster_id = int(cid)
+                self.members = {m.id: m for m in (Member.from_wire(w) for w in wires)}
+                if self.member_id not in self.members:
+                    raise ConfigError(
+                        f"member {self.cfg.name} ({self.member_id:x}) is not in the cluster yet: add it first "
+                        f"with `etcdctl member add {self.cfg.name} --peer-urls="
+                        f"{','.join(self.cfg.initial_advertise_peer_urls)}`"
+                    )
+                return
+        raise ConfigError("cannot join: no member of --initial-cluster answered (" + "; ".join(errors) + ")")
 
     async def stop(self) -> None:
         if not self._running:

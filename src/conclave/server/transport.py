@@ -120,10 +120,10 @@ class _Peer:
             except (OSError, ConnectionError, asyncio.IncompleteReadError):
                 pass
             finally:
+                # Never await here: a suppressed CancelledError would swallow our own cancellation
+                # and keep this loop re-dialling after close().
                 self.connected.clear()
                 reader_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader_task
                 writer.close()
                 self._fail_pending()
                 self.transport.report_unreachable(self.node_id)
@@ -254,6 +254,13 @@ class Transport:
             if kind != HELLO:
                 raise TransportError("first frame is not a hello")
             _remote_id, remote_cluster = body
+            if remote_cluster == 0:
+                # A member that is joining does not know the cluster id yet: it may ask for it.
+                kind, body = await read_frame(reader)
+                if kind != RPC_REQ or body[1] != "cluster_info":
+                    raise TransportError("a peer without a cluster id may only ask for cluster_info")
+                await self._answer(writer, body)
+                return
             if remote_cluster != self.cluster_id:
                 raise TransportError(
                     f"peer {peer_desc} belongs to cluster {remote_cluster:x}, not {self.cluster_id:x}"
@@ -300,3 +307,17 @@ class Transport:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+
+async def fetch_cluster_info(address: tuple[str, int], timeout: float) -> Any:
+    """Ask a running member for the cluster id and members (used by a joining member)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+    try:
+        writer.write(encode_frame(HELLO, [0, 0]) + encode_frame(RPC_REQ, [1, "cluster_info", None]))
+        await writer.drain()
+        kind, body = await asyncio.wait_for(read_frame(reader), timeout)
+        if kind != RPC_RESP or not body[1]:
+            raise TransportError(f"member at {address} refused cluster_info: {body}")
+        return body[2]
+    finally:
+        writer.close()

@@ -1,0 +1,314 @@
+"""etcdctl 3.4 coordination commands against a 3-member Conclave cluster (issue 5).
+
+watch, lease, lock, elect, member add/promote/remove/update with real processes joining and
+leaving, endpoint hashkv, snapshot save + restore into a new cluster, move-leader, alarms,
+defrag and check perf.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conclave.server.launcher import ProcessCluster
+
+from .conftest import Etcd, etcdctl_path, leader_of, wait_for
+
+ETCDCTL = etcdctl_path()
+if ETCDCTL is None:
+    pytest.skip("etcdctl is not installed", allow_module_level=True)
+
+
+def ctl(eps: list[str], *args: str, stdin: str | None = None, timeout: float = 30) -> tuple[int, str]:
+    assert ETCDCTL is not None
+    done = subprocess.run(
+        [ETCDCTL, "--endpoints=" + ",".join(eps), "--dial-timeout=5s", *args],
+        input=stdin, capture_output=True, text=True, timeout=timeout,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def spawn(eps: list[str], *args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    assert ETCDCTL is not None
+    return subprocess.Popen(
+        [ETCDCTL, "--endpoints=" + ",".join(eps), "--dial-timeout=5s", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=stdin, start_new_session=True, bufsize=0,
+    )
+
+
+_pending: dict[int, bytes] = {}
+
+
+def read_lines(p: subprocess.Popen[bytes], n: int, timeout: float = 15) -> list[str]:
+    """Read n lines from a child's stdout, bounded in time (unbuffered: select must see all data)."""
+    import selectors
+
+    assert p.stdout is not None
+    fd = p.stdout.fileno()
+    buf = _pending.pop(p.pid, b"")
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while buf.count(b"\n") < n and time.monotonic() < deadline:
+        if sel.select(timeout=0.2):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buf += chunk
+    sel.close()
+    lines = buf.split(b"\n")
+    out, rest = lines[:n], b"\n".join(lines[n:])
+    if len(lines) <= n:
+        out, rest = lines[:-1], lines[-1]
+    _pending[p.pid] = rest
+    return [x.decode() for x in out]
+
+
+def output(p: subprocess.Popen[bytes]) -> str:
+    assert p.stdout is not None
+    return (_pending.pop(p.pid, b"") + p.stdout.read()).decode()
+
+
+def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, sig)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    c = ProcessCluster(tmp_path_factory.mktemp("coord"), 3)
+    c.start()
+    cl = Etcd(c.endpoints[0])
+    wait_for(lambda: cl.status().leader != 0, 20, "a leader")
+    cl.close()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_watch_prefix_prev_kv_history_and_interactive(cluster: ProcessCluster) -> None:
+    eps = cluster.endpoints
+    assert ctl(eps, "put", "w/a", "1")[0] == 0
+    _rc, out = ctl(eps, "get", "w/a", "-w", "json")
+    start = json.loads(out)["header"]["revision"]
+    live = spawn(eps[1:2], "watch", "--prefix", "w/", "--prev-kv")
+    hist = spawn(eps[2:3], "watch", "w/a", "--rev", str(start))
+    time.sleep(0.5)
+    assert ctl(eps, "put", "w/a", "2")[0] == 0
+    assert ctl(eps, "del", "w/a")[0] == 0
+    got = read_lines(live, 8)
+    assert got == ["PUT", "w/a", "1", "w/a", "2", "DELETE", "w/a", "2"], got
+    assert read_lines(hist, 7) == ["PUT", "w/a", "1", "PUT", "w/a", "2", "DELETE"]
+    stop(live)
+    stop(hist)
+    inter = spawn(eps, "watch", "-i", stdin=subprocess.PIPE)
+    assert inter.stdin is not None
+    inter.stdin.write(b"watch w/i\n")
+    inter.stdin.flush()
+    time.sleep(0.5)
+    assert ctl(eps, "put", "w/i", "x")[0] == 0
+    assert read_lines(inter, 3) == ["PUT", "w/i", "x"]
+    stop(inter)
+
+
+def test_lease_grant_timetolive_keepalive_list_revoke(cluster: ProcessCluster) -> None:
+    eps = cluster.endpoints
+    rc, out = ctl(eps, "lease", "grant", "30")
+    assert rc == 0 and out.startswith("lease ") and "granted with TTL(30s)" in out, out
+    lid = out.split()[1]
+    assert ctl(eps, "put", "l/k", "v", "--lease", lid)[0] == 0
+    rc, out = ctl(eps, "lease", "timetolive", lid, "--keys")
+    assert rc == 0 and f"lease {lid} granted with TTL(30s)" in out and "attached keys([l/k])" in out, out
+    rc, out = ctl(eps, "lease", "list")
+    assert rc == 0 and lid in out
+    rc, out = ctl(eps, "lease", "keep-alive", "--once", lid)
+    assert rc == 0 and f"lease {lid} keepalived with TTL(30)" in out, out
+    rc, out = ctl(eps, "lease", "revoke", lid)
+    assert rc == 0 and f"lease {lid} revoked" in out
+    rc, out = ctl(eps, "get", "l/k")
+    assert rc == 0 and out == ""
+    rc, out = ctl(eps, "lease", "timetolive", lid)
+    assert "already expired" in out, out
+    rc, out = ctl(eps, "lease", "revoke", lid)
+    assert rc != 0 and "requested lease not found" in out
+    rc, out = ctl(eps, "lease", "grant", "9000000001")
+    assert rc != 0 and "too large lease TTL" in out
+
+
+def test_lock_is_mutually_exclusive_and_passes_on_when_holder_dies(cluster: ProcessCluster, tmp_path: Path) -> None:
+    eps = cluster.endpoints
+    log = tmp_path / "lock.log"
+    body = f"echo start $$ >> {log}; sleep 1; echo end $$ >> {log}"
+    procs = [spawn(eps[i : i + 1], "lock", "--ttl", "2", "L1", "--", "sh", "-c", body) for i in range(3)]
+    for p in procs:
+        p.wait(30)
+        assert p.returncode == 0, output(p)
+    lines = log.read_text().split()
+    events = list(zip(lines[0::2], lines[1::2], strict=True))
+    assert len(events) == 6
+    # Mutual exclusion: every start is followed by the end of the same holder.
+    for i in range(0, 6, 2):
+        assert events[i][0] == "start" and events[i + 1] == ("end", events[i][1]), events
+    # A holder that dies (kill -9, so no unlock) loses the lock when its lease expires.
+    holder = spawn(eps, "lock", "--ttl", "2", "L2")
+    assert read_lines(holder, 1)[0].startswith("L2/")
+    waiter = spawn(eps, "lock", "--ttl", "2", "L2", "echo", "second")
+    time.sleep(1.0)
+    assert waiter.poll() is None, "the second locker must wait while the first holds the lock"
+    t0 = time.monotonic()
+    stop(holder, signal.SIGKILL)
+    waiter.wait(30)
+    assert "second" in output(waiter)
+    assert time.monotonic() - t0 < 15
+
+
+def test_elect_campaign_observe_and_failover(cluster: ProcessCluster) -> None:
+    eps = cluster.endpoints
+    observer = spawn(eps[2:3], "elect", "-l", "E1")
+    first = spawn(eps[0:1], "elect", "E1", "p1")
+    assert read_lines(first, 2)[1] == "p1"
+    second = spawn(eps[1:2], "elect", "E1", "p2")
+    obs = read_lines(observer, 2)
+    assert obs[1] == "p1", obs
+    time.sleep(0.5)
+    assert second.poll() is None
+    # etcdctl 3.4's elect has no --ttl (its session lease is 60 s), so the leader is killed with
+    # SIGINT, on which it resigns; takeover after a kill -9 is the lock test's (lease expiry).
+    stop(first, signal.SIGINT)
+    assert read_lines(second, 2, timeout=20)[1] == "p2"
+    assert read_lines(observer, 2, timeout=20)[1] == "p2"
+    stop(second)
+    stop(observer)
+
+
+def test_endpoint_hashkv_move_leader_defrag_alarm(cluster: ProcessCluster) -> None:
+    eps = cluster.endpoints
+    rc, out = ctl(eps, "endpoint", "hashkv", "--cluster", "-w", "json")
+    assert rc == 0
+    hashes = {h["HashKV"]["hash"] for h in json.loads(out)}
+    assert len(hashes) == 1
+    leader = leader_of(cluster)
+    target = next(m for m in cluster.members if m is not leader)
+    tid = Etcd(target.endpoint).status().header.member_id
+    rc, out = ctl(eps, "move-leader", format(tid, "x"))
+    assert rc == 0 and "Leadership transferred from" in out and format(tid, "x") in out, out
+    assert leader_of(cluster) is target
+    rc, out = ctl(eps, "defrag", "--cluster")
+    assert rc == 0 and out.count("Finished defragmenting etcd member") == 3
+    rc, out = ctl(eps, "alarm", "list")
+    assert rc == 0 and out == ""
+
+
+def test_quota_raises_nospace_until_compacted_and_disarmed(cluster_factory: Callable[..., ProcessCluster]) -> None:
+    c = cluster_factory(1, extra_args=["--quota-backend-bytes", "20000"])
+    eps = c.endpoints
+    wait_for(lambda: ctl(eps, "put", "warm", "up")[0] == 0, 20, "first write")
+    out = ""
+    for _ in range(100):
+        rc, out = ctl(eps, "put", "q", "x" * 1000)
+        if rc != 0:
+            break
+    assert "database space exceeded" in out, out
+    rc, out = ctl(eps, "alarm", "list")
+    assert "alarm:NOSPACE" in out, out
+    rev = json.loads(ctl(eps, "get", "q", "-w", "json")[1])["header"]["revision"]
+    assert ctl(eps, "compaction", str(rev))[0] == 0
+    assert ctl(eps, "defrag")[0] == 0
+    rc, out = ctl(eps, "alarm", "disarm")
+    assert rc == 0 and "alarm:NOSPACE" in out
+    rc, out = ctl(eps, "put", "q", "small")
+    assert rc == 0, out
+
+
+def test_membership_learner_join_promote_update_remove(cluster_factory: Callable[..., ProcessCluster]) -> None:
+    c = cluster_factory(3)
+    eps = c.endpoints
+    wait_for(lambda: ctl(eps, "put", "before", "join")[0] == 0, 20, "first write")
+    new = c.add_member_process("m4")
+    rc, out = ctl(eps, "member", "add", "m4", "--peer-urls", new.peer_url, "--learner")
+    assert rc == 0 and 'ETCD_INITIAL_CLUSTER_STATE="existing"' in out, out
+    rc, out = ctl(eps, "member", "add", "m5", "--peer-urls", "http://127.0.0.1:1", "--learner")
+    assert rc != 0 and "too many learner members in cluster" in out, out
+    new.start()
+    c.wait_ready(30, [new])
+    wait_for(lambda: ctl([new.endpoint], "get", "before", "--consistency=s")[1] == "before\njoin\n", 20,
+             "the learner to catch up")
+    rc, out = ctl([new.endpoint], "put", "x", "y")
+    assert rc != 0 and "rpc not supported for learner" in out, out
+    members = json.loads(ctl(eps, "member", "list", "-w", "json")[1])["members"]
+    m4 = next(m for m in members if new.peer_url in m["peerURLs"])
+    assert m4.get("isLearner") is True
+    m1 = next(m for m in members if m["name"] == "m1")
+    rc, out = ctl(eps, "member", "promote", format(m1["ID"], "x"))
+    assert rc != 0 and "can only promote a learner member" in out, out
+    rc, out = ctl(eps, "member", "promote", format(m4["ID"], "x"))
+    assert rc == 0 and "promoted" in out, out
+    assert ctl([new.endpoint], "put", "from", "m4")[0] == 0
+    rc, out = ctl(eps, "member", "update", format(m4["ID"], "x"), f"--peer-urls={new.peer_url}")
+    assert rc == 0 and "updated" in out, out
+    rc, out = ctl([new.endpoint], "member", "remove", format(m1["ID"], "x"))
+    assert rc == 0 and "removed" in out, out
+    wait_for(lambda: not c.members[0].alive(), 15, "the removed member to stop")
+    assert "removed from the cluster" in c.members[0].log_text()
+    rest = [m.endpoint for m in c.members[1:]]
+    rc, out = ctl(rest, "member", "list")
+    assert rc == 0 and out.count("started") == 3 and "m1" not in out
+    assert ctl(rest, "put", "after", "remove")[0] == 0
+    rc, out = ctl(rest, "endpoint", "hashkv", "--cluster", "-w", "json")
+    assert len({h["HashKV"]["hash"] for h in json.loads(out)}) == 1
+
+
+def test_snapshot_save_and_restore_into_a_new_cluster(
+    cluster_factory: Callable[..., ProcessCluster], tmp_path: Path
+) -> None:
+    a = cluster_factory(3)
+    wait_for(lambda: ctl(a.endpoints, "put", "warm", "up")[0] == 0, 20, "first write")
+    for i in range(30):
+        assert ctl(a.endpoints, "put", f"s/{i:02d}", f"v{i}")[0] == 0
+    backup = tmp_path / "backup.db"
+    rc, out = ctl(a.endpoints[:1], "snapshot", "save", str(backup))
+    assert rc == 0 and "Snapshot saved at" in out, out
+    want = ctl(a.endpoints, "get", "s/", "--prefix")[1]
+    a.stop()
+    b = ProcessCluster(tmp_path / "restored", 3)
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in b.members)
+    for m in b.members:
+        done = subprocess.run(
+            [sys.executable, "-m", "conclave", "snapshot", "restore", str(backup), "--data-dir", str(m.data_dir),
+             "--name", m.name, "--initial-cluster", initial, "--initial-cluster-token", b.token,
+             "--initial-advertise-peer-urls", m.peer_url],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    b.start()
+    try:
+        wait_for(lambda: ctl(b.endpoints, "get", "s/", "--prefix")[1] == want, 30, "the restored data")
+        assert ctl(b.endpoints, "put", "new", "write")[0] == 0
+        rc, out = ctl(b.endpoints, "endpoint", "hashkv", "--cluster", "-w", "json")
+        assert len({h["HashKV"]["hash"] for h in json.loads(out)}) == 1
+    finally:
+        b.stop()
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(backup.read_bytes()[:-1] + b"\0")
+    done = subprocess.run([sys.executable, "-m", "conclave", "snapshot", "restore", str(bad),
+                           "--data-dir", str(tmp_path / "x")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "corrupt" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_check_perf_small_load_passes(cluster: ProcessCluster) -> None:
+    rc, out = ctl(cluster.endpoints, "check", "perf", "--load=s", timeout=150)
+    assert rc == 0 and out.rstrip().endswith("PASS"), out[-2000:]
