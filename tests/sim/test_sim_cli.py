@@ -7,9 +7,7 @@ import sys
 
 
 def sim(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conclave", "sim", *args], capture_output=True, text=True, timeout=180
-    )
+    return subprocess.run([sys.executable, "-m", "conclave", "sim", *args], capture_output=True, text=True, timeout=180)
 
 
 def test_clean_run_exits_zero_and_ends_with_the_summary_line() -> None:

@@ -46,8 +46,10 @@ class FaultRates:
     round_ms: int = 20
     partition_start: float = 0.12
     partition_ms: tuple[int, int] = (20, 300)
-    isolate_on_first_append: float = 0.2  # per leader term, as the leader first appends
-    isolate_on_first_commit: float = 0.3  # per leader term, as the leader first commits
+    isolate_on_first_append: float = 0.5  # as a leader first appends in its term
+    isolate_on_append: float = 0.1  # as a leader appends again
+    isolate_on_first_commit: float = 0.6  # as a leader first commits in its term
+    isolate_on_commit: float = 0.02  # as a leader commits again
     crash: float = 0.10
     crash_down_ms: tuple[int, int] = (1, 200)
     crash_majority_allowed: float = 0.25  # chance a crash may take down a majority

@@ -64,7 +64,7 @@ READ_TIMEOUT_MS = 300
 CLIENT_THINK_MS = (2, 30)
 DISK_SYNC_MS = (0, 0, 1, 2, 4)
 COMPACT_EVERY_ENTRIES = 40
-MAX_SIZE_PER_MSG_CHOICES = (1, 1, 200, 1024 * 1024)
+MAX_SIZE_PER_MSG_CHOICES = (1, 1, 1, 200, 1024 * 1024)
 MAX_INFLIGHT_CHOICES = (1, 2, 8, 256)
 READY_LOOP_MAX = 1000
 QUIET_STEPS_MAX = 200_000
@@ -173,8 +173,10 @@ class Simulation:
 
     def _boot(self) -> None:
         voters = frozenset(range(1, self.options.nodes + 1))
-        self._trace(f"boot seed={self.seed} nodes={sorted(voters)} faults={sorted(self.options.faults)}"
-                    f" rule={self.options.fault_rule or '-'}")
+        self._trace(
+            f"boot seed={self.seed} nodes={sorted(voters)} faults={sorted(self.options.faults)}"
+            f" rule={self.options.fault_rule or '-'}"
+        )
         for nid in sorted(voters):
             self._add_replica(nid, self._bootstrap)
         self.agenda.schedule(self.rates.round_ms, EventKind.FAULT)
@@ -199,8 +201,10 @@ class Simulation:
     def _start(self, r: Replica) -> None:
         commit = self._core(lambda: r.start(random.Random(self._node_rng.getrandbits(64))), r.id, "start")
         self.monitor.reset_node(r.id, commit)
-        self._trace(f"node {r.id} starts: term={r.raft.term if r.raft else '?'} log={r.log.base_index}+"
-                    f"{len(r.log.entries)} commit={commit} conf={_conf(r.conf)}")
+        self._trace(
+            f"node {r.id} starts: term={r.raft.term if r.raft else '?'} log={r.log.base_index}+"
+            f"{len(r.log.entries)} commit={commit} conf={_conf(r.conf)}"
+        )
         # A random phase so nodes do not tick in lockstep.
         self.agenda.schedule(self._node_rng.randint(1, TICK_MS), EventKind.TICK, r.id, r.incarnation)
         self._process(r)
@@ -274,8 +278,10 @@ class Simulation:
     def _handle_ready(self, r: Replica, rd: Ready) -> None:
         assert r.raft is not None
         if rd.soft_state is not None and rd.soft_state.role != r.role:
-            self._trace(f"node {r.id} becomes {rd.soft_state.role.name} in term {r.raft.term}"
-                        f" (leader {rd.soft_state.leader or '-'})")
+            self._trace(
+                f"node {r.id} becomes {rd.soft_state.role.name} in term {r.raft.term}"
+                f" (leader {rd.soft_state.leader or '-'})"
+            )
             r.role = rd.soft_state.role
             if r.role != Role.LEADER:
                 self.monitor.observe_not_leader(r.id)
@@ -323,8 +329,9 @@ class Simulation:
             if carries_value(e):
                 op = r.pending_writes.pop(e.data, None)
                 if op is not None:
-                    self.history.acknowledge_write(op, e.index, self.monitor.values_upto[e.index], self.step,
-                                                   self.agenda.now_ms)
+                    self.history.acknowledge_write(
+                        op, e.index, self.monitor.values_upto[e.index], self.step, self.agenda.now_ms
+                    )
                     self._trace(f"client {op.client} <- ok write {e.data.decode()} at index {e.index}")
         if rd.committed:
             self._trace(f"node {r.id} applied up to {r.machine.applied_index}")
@@ -417,8 +424,10 @@ class Simulation:
         for op in r.crash():
             self.history.give_up(op, self.step, self.agenda.now_ms)
         self.monitor.reset_node(r.id, 0)
-        self._trace(f"node {r.id} CRASH (disk keeps term={r.disk.durable.hard_state.term}"
-                    f" vote={r.disk.durable.hard_state.vote} entries<={_disk_last(r)})")
+        self._trace(
+            f"node {r.id} CRASH (disk keeps term={r.disk.durable.hard_state.term}"
+            f" vote={r.disk.durable.hard_state.vote} entries<={_disk_last(r)})"
+        )
         if not r.removed:
             down_ms = self._nemesis_rng.randint(*self.rates.crash_down_ms) if not self.quiet else 0
             self.agenda.schedule(down_ms, EventKind.RESTART, r.id, r.incarnation)
@@ -486,8 +495,8 @@ class Simulation:
             self._change_membership()
 
     def _leader_moment(self, leader: Replica, moment: str) -> None:
-        """Sometimes cut a leader off at the first append or first commit of its term,
-        swallowing what it has in flight (whatever partition was there gives way).
+        """Sometimes cut a leader off as it appends or commits (most often the first time
+        in its term), swallowing what it has in flight; whatever partition was there gives way.
 
         Cut off as it first appends, a new leader leaves a divergent higher-term tail
         behind; cut off as it first commits, it leaves a commitment only a bare majority
@@ -496,16 +505,21 @@ class Simulation:
         """
         raft = leader.raft
         assert raft is not None
-        seen = leader.moments.get(moment, 0)
-        if seen >= raft.term or not self._faulty("partition"):
+        if not self._faulty("partition"):
             return
+        first = leader.moments.get(moment, 0) < raft.term
         leader.moments[moment] = raft.term
-        chance = self.rates.isolate_on_first_append if moment == "appends" else self.rates.isolate_on_first_commit
+        rates = self.rates
+        if moment == "appends":
+            chance = rates.isolate_on_first_append if first else rates.isolate_on_append
+        else:
+            chance = rates.isolate_on_first_commit if first else rates.isolate_on_commit
         if self._nemesis_rng.random() < chance:
             self.network.heal()
             self.network.isolate(leader.id, sorted(self.replicas))
             self._partition_until_ms = self.agenda.now_ms + self._nemesis_rng.randint(*self.rates.partition_ms)
-            self._trace(f"nemesis: isolate leader {leader.id} as it first {moment} in term {raft.term}")
+            when = "first " if first else ""
+            self._trace(f"nemesis: isolate leader {leader.id} as it {when}{moment} in term {raft.term}")
 
     def _partition(self, ids: list[int]) -> None:
         rng = self._nemesis_rng
@@ -584,8 +598,10 @@ class Simulation:
                 )
                 transition = ConfChangeTransition.JOINT_IMPLICIT
         cc = ConfChange(changes, transition)
-        self._trace(f"nemesis: propose conf change via node {leader.id}: "
-                    + ", ".join(f"{c.type.name} {c.node_id}" for c in changes))
+        self._trace(
+            f"nemesis: propose conf change via node {leader.id}: "
+            + ", ".join(f"{c.type.name} {c.node_id}" for c in changes)
+        )
         if leader.raft is not None:
             self._refusable(lambda: raft.propose_conf_change(cc), leader, "conf change")
         self._membership_after_ms = self.agenda.now_ms + self.rates.membership_gap_ms
@@ -741,5 +757,3 @@ def _conf(c: ConfState) -> str:
 def _disk_last(r: Replica) -> int:
     d = r.disk.durable
     return d.entries[-1].index if d.entries else (d.snapshot.meta.index if d.snapshot else 0)
-
-
