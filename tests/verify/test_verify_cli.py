@@ -117,6 +117,7 @@ def test_html_is_self_contained(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert [o["step"] for o in part["ops"] if "step" in o] == [1]
     (blocked,) = [o for o in part["ops"] if "blocked" in o]
     assert blocked["blocked"] == "read returned 2 but the register holds 1"
+    assert blocked["stateBefore"] == "1"
     assert blocked["deadline"] is True
 
 

@@ -59,6 +59,8 @@ def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
         return rank[op.call], end if op.ret is None else rank[op.ret]
 
     points = _linearization_points([span(ops[i]) for i in p.order])
+    last_state = p.states[-1] if p.states else p.initial
+    stuck = model.describe(last_state)
     processes = sorted({str(op.process) for op in ops}, key=_natural)
     rows = []
     for i, op in enumerate(ops):
@@ -77,6 +79,7 @@ def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
         if b is not None:
             row["blocked"] = b.reason
             row["legal"] = b.legal
+            row["stateBefore"] = stuck
         if i in step_of:
             k = step_of[i]
             row["step"] = k + 1
@@ -87,7 +90,6 @@ def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
         if p.deadline is not None and op.index == p.deadline.index:
             row["deadline"] = True
         rows.append(row)
-    last_state = p.states[-1] if p.states else p.initial
     return {
         "label": partition_label(p.key),
         "verdict": p.verdict.value,
@@ -96,7 +98,7 @@ def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
         "end": end,
         "ops": rows,
         "initial": model.describe(p.initial),
-        "stuck": model.describe(last_state) if p.verdict is Verdict.NOT_LINEARIZABLE else None,
+        "stuck": stuck if p.verdict is Verdict.NOT_LINEARIZABLE else None,
         "prefix": len(p.order),
         "total": len(p.operations),
         "ignoredCount": len(p.ignored),
