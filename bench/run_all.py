@@ -1,0 +1,41 @@
+"""`make bench`: every benchmark, one after the other, on this machine.
+
+Each benchmark is also runnable on its own (see bench/README.md for the commands and the
+figures measured so far). Benchmarks never run as part of `make test`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+BENCHES = [
+    ("write-ahead log: appends/s vs raw fsync, 1M-entry recovery", ["wal_bench.py"]),
+    ("linearizability checker vs Porcupine's published times", ["check_bench.py"]),
+    ("3-member Conclave vs 3-member etcd 3.4 over the etcd gRPC API", ["cluster_bench.py"]),
+    ("native protocol vs gRPC vs etcd", ["native_bench.py"]),
+]
+
+
+def main() -> int:
+    failed = []
+    for title, argv in BENCHES:
+        script = HERE / argv[0]
+        if not script.exists():
+            print(f"\n##### {title}: {argv[0]} not present, skipped", flush=True)
+            continue
+        print(f"\n##### {title}\n$ python bench/{' '.join(argv)}", flush=True)
+        rc = subprocess.call([sys.executable, str(script), *argv[1:]])
+        if rc != 0:
+            failed.append(argv[0])
+    if failed:
+        print(f"\nbenchmarks that failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
