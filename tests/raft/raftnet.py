@@ -60,6 +60,8 @@ class Network:
         self.filter: Callable[[Message], bool] | None = None  # return False to drop
         self.delivered: list[Message] = []
         self.record = False
+        self.held: dict[int, Ready] = {}  # Readies whose fsync is in progress
+        self.slow_disks: set[int] = set()
         self.leaders_by_term: dict[int, int] = {}
         self.applied_global: dict[int, tuple[int, bytes]] = {}
         for i in ids + learners:
@@ -84,6 +86,8 @@ class Network:
     def restart(self, i: int, *, lose_unsynced: bool = True, **config: Any) -> RaftNode:
         """Crash node ``i`` and start it again from what its storage made durable."""
         st = self.storages[i]
+        self.held.pop(i, None)
+        self.slow_disks.discard(i)
         if lose_unsynced:
             st.crash()
         persisted = st.load()
@@ -97,26 +101,44 @@ class Network:
     def process(self, i: int) -> None:
         node = self.nodes[i]
         for _ in range(1000):
-            if not node.has_ready():
+            if i in self.held or not node.has_ready():
                 return
             rd = node.ready()
             if self.record:
                 self.readies[i].append(rd)
             self.queue.extend(rd.messages)
-            st = self.storages[i]
-            st.save(rd.hard_state, rd.entries, rd.snapshot)
-            st.sync()
-            self.queue.extend(rd.persisted_messages)
-            if rd.snapshot is not None:
-                self.state[i] = _decode_state(rd.snapshot.data)
-            durable_last = _durable_last(st)
-            for e in rd.committed:
-                assert e.index <= durable_last, "committed entry handed out before it was durable"
-                self._apply(i, e)
-            self.read_states[i].extend(rd.read_states)
-            node.advance(rd)
-            self._check_leader(node)
+            self.storages[i].save(rd.hard_state, rd.entries, rd.snapshot)
+            if i in self.slow_disks:
+                self.held[i] = rd  # the fsync finishes at release(i); the node keeps stepping
+                return
+            self._finish(i, rd)
         raise AssertionError(f"node {i} never ran out of Ready")
+
+    def slow_disk(self, i: int) -> None:
+        """From now on node ``i``'s next Ready stays in its fsync until ``release(i)``,
+        while the node keeps stepping messages: a driver that syncs asynchronously."""
+        self.slow_disks.add(i)
+
+    def release(self, i: int) -> None:
+        self.slow_disks.discard(i)
+        rd = self.held.pop(i, None)
+        if rd is not None:
+            self._finish(i, rd)
+
+    def _finish(self, i: int, rd: Ready) -> None:
+        node = self.nodes[i]
+        st = self.storages[i]
+        st.sync()
+        self.queue.extend(rd.persisted_messages)
+        if rd.snapshot is not None:
+            self.state[i] = _decode_state(rd.snapshot.data)
+        durable_last = _durable_last(st)
+        for e in rd.committed:
+            assert e.index <= durable_last, "committed entry handed out before it was durable"
+            self._apply(i, e)
+        self.read_states[i].extend(rd.read_states)
+        node.advance(rd)
+        self._check_leader(node)
 
     def _apply(self, i: int, e: Entry) -> None:
         seen = self.applied_global.setdefault(e.index, (e.term, e.data))

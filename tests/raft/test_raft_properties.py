@@ -19,7 +19,8 @@ from conclave.raft.types import (
 )
 
 KINDS = ("tick", "tick", "tick", "deliver", "deliver", "deliver", "deliver", "drop", "dup", "propose", "propose",
-         "restart", "power_cut", "power_cut", "read", "compact", "transfer", "isolate", "heal")
+         "restart", "power_cut", "power_cut", "read", "compact", "transfer", "isolate", "heal",
+         "hold", "hold", "hold", "release", "flood", "flood")
 
 actions = st.lists(
     st.tuples(st.sampled_from(KINDS), st.integers(0, 1000), st.integers(1, 3)), min_size=20, max_size=300
@@ -55,6 +56,14 @@ def step_once(nw: Network, kind: str, k: int, i: int) -> None:
         nw.queue.remove(m)
         if nw.allowed(m):
             nw.nodes[m.to].step(m)
+    elif kind == "flood":
+        # One pass over everything in flight (in order), without processing Readies in
+        # between: nodes with a slow disk step many messages during one fsync.
+        batch = list(nw.queue)
+        nw.queue.clear()
+        for m in batch:
+            if nw.allowed(m):
+                nw.nodes[m.to].step(m)
     elif kind == "drop" and nw.queue:
         del nw.queue[k % len(nw.queue)]
     elif kind == "dup" and nw.queue:
@@ -82,6 +91,10 @@ def step_once(nw: Network, kind: str, k: int, i: int) -> None:
     elif kind == "transfer":
         with contextlib.suppress(RaftError):
             node.transfer_leadership(k % 3 + 1)
+    elif kind == "hold":
+        nw.slow_disk(i)  # its next fsync is slow: the node keeps stepping meanwhile
+    elif kind == "release":
+        nw.release(i)
     elif kind == "isolate":
         nw.isolate(i)
     elif kind == "heal":
@@ -100,6 +113,8 @@ def test_random_schedules_keep_raft_safe_and_live(
         step_once(nw, kind, k, i)
         check_log_matching(nw)
     # Heal everything: the cluster must elect a leader and commit a new entry everywhere.
+    for j in list(nw.nodes):
+        nw.release(j)
     nw.recover()
     nw.deliver_all()
     proposed_to: tuple[int, int] | None = None  # (leader, term) that took "final"
@@ -162,6 +177,8 @@ def test_random_schedules_with_membership_changes(
         else:
             step_once(nw, kind, k, i)
         check_log_matching(nw)
+    for j in list(nw.nodes):
+        nw.release(j)
     nw.recover()
     nw.deliver_all()
     proposed_to: tuple[int, int] | None = None
