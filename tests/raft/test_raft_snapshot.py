@@ -5,7 +5,7 @@ from raftnet import Network, compact
 
 from conclave.raft.errors import CompactionError
 from conclave.raft.progress import ProgressState
-from conclave.raft.types import ConfState, Message, MessageType, Role
+from conclave.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, ConfState, Message, MessageType, Role
 
 M = MessageType
 
@@ -94,3 +94,20 @@ def test_leader_restarted_from_snapshot_keeps_serving() -> None:
     nw.propose(leader, b"y")
     assert all(nw.data(i)[-1] == b"y" for i in nw.nodes)
     assert nw.nodes[1].role in (Role.LEADER, Role.FOLLOWER)
+
+
+def test_compaction_records_the_configuration_as_of_its_index() -> None:
+    nw = Network()
+    nw.campaign(1)
+    nw.propose(1, b"x")
+    before = nw.nodes[1].applied_index
+    nw.nodes[1].propose_conf_change(
+        ConfChange((ConfChangeSingle(ConfChangeType.ADD_LEARNER, 4),))
+    )
+    nw.deliver_all()
+    n = nw.nodes[1]
+    assert n.conf_state.learners == {4} and n.applied_index > before
+    old = n.compact(before, b"")
+    assert old.meta.conf_state == ConfState(voters=frozenset({1, 2, 3}))
+    new = n.compact(n.applied_index, b"")
+    assert new.meta.conf_state.learners == {4}
