@@ -5,12 +5,13 @@
 ENDPOINTS is comma separated; the first is used until a keep-alive fails (member dead, no leader),
 then the next, round robin. Each keep-alive is one short LeaseKeepAlive stream with a deadline, so a
 hung member costs at most one deadline. Prints "ready TTL" after the first answer, then one JSON
-object when the lease is reported lost (TTL 0: "lost": true) or MAX_S seconds have passed.
+object when the lease is reported lost (TTL 0: "lost": true), on SIGTERM, or after MAX_S seconds.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -40,7 +41,9 @@ def main(argv: list[str]) -> int:
     switches: list[str] = []
     max_gap_s, last_ok = 0.0, time.monotonic()
     stop_at = time.monotonic() + max_s
-    while time.monotonic() < stop_at:
+    terminated: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    while time.monotonic() < stop_at and not terminated:
         try:
             ttl = keep_alive_once(stubs[index], lease_id)
         except (grpc.RpcError, RuntimeError):

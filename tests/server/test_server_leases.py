@@ -1,0 +1,167 @@
+"""Lease expiry and survival against real members, with the keep-alive client in its own process.
+
+The client is tests/server/clients/keepalive.py (our pb classes, one short LeaseKeepAlive stream per
+refresh, endpoint failover round robin), so it can be SIGSTOPped like a paused application.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from conclave.api import pb
+from conclave.server.launcher import ProcessCluster, ProcessMember
+
+from .compat_support import finish_client, read_line, spawn_client, started_cluster, stop_process
+from .conftest import Etcd, leader_of, wait_for
+
+TTL_S = 3
+KEEPALIVE_INTERVAL_S = 0.5
+# The leader notices an expired lease on its next check and revokes it through the log: allow a
+# few election timeouts (500 ms here) for that on top of the TTL.
+EXPIRY_SLACK_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    c = started_cluster(tmp_path_factory.mktemp("leases"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def grant(client: Etcd, ttl: int) -> int:
+    lease_id = int(client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl), timeout=10).ID)
+    assert lease_id != 0
+    return lease_id
+
+
+def keepalive_process(lease_id: int, endpoints: list[str], max_s: float = 60) -> subprocess.Popen[str]:
+    proc = spawn_client("keepalive.py", str(lease_id), ",".join(endpoints), str(KEEPALIVE_INTERVAL_S), str(max_s))
+    ready = read_line(proc, 20, "keepalive client")
+    assert ready.startswith("ready "), ready
+    assert int(ready.split()[1]) == TTL_S
+    return proc
+
+
+def present_on(member: ProcessMember, key: bytes) -> bool:
+    c = Etcd(member.endpoint)
+    try:
+        return c.value(key, serializable=True) is not None
+    finally:
+        c.close()
+
+
+def test_paused_client_lease_expires_after_ttl(cluster: ProcessCluster) -> None:
+    # Fails if: the key disappears while the client keeps the lease alive (past 1.5 TTL), or within
+    # TTL - one keep-alive interval after the client is SIGSTOPped (expiry too early), or is still
+    # there TTL + slack after it (no expiry), or survives on some member, or the resumed client is
+    # not told the lease is gone (keep-alive must answer TTL 0).
+    key = b"/leases/paused"
+    c = Etcd(cluster.endpoints[0])
+    proc: subprocess.Popen[str] | None = None
+    try:
+        lease_id = grant(c, TTL_S)
+        c.put(key, b"held", lease=lease_id)
+        proc = keepalive_process(lease_id, [cluster.endpoints[1], cluster.endpoints[2]])
+
+        kept_until = time.monotonic() + 1.5 * TTL_S
+        while time.monotonic() < kept_until:
+            assert c.value(key) == b"held", "key vanished while its lease was kept alive"
+            time.sleep(0.2)
+
+        os.kill(proc.pid, signal.SIGSTOP)
+        paused_at = time.monotonic()
+        # The last refresh happened at most one interval before the pause.
+        must_live_until = paused_at + TTL_S - KEEPALIVE_INTERVAL_S - 0.2
+        gone_at = None
+        while time.monotonic() < paused_at + TTL_S + EXPIRY_SLACK_S:
+            now = time.monotonic()
+            if c.value(key) is None:
+                gone_at = now
+                break
+            time.sleep(0.1)
+        assert gone_at is not None, f"key still present {TTL_S + EXPIRY_SLACK_S}s after the client was paused"
+        assert gone_at >= must_live_until, f"lease expired {gone_at - paused_at:.2f}s after the pause (TTL {TTL_S})"
+        print(f"lease expired {gone_at - paused_at:.2f}s after SIGSTOP (TTL {TTL_S}s)")
+
+        for m in cluster.members:  # expiry is a revoke through the log: every replica deletes the key
+            wait_for(lambda m=m: not present_on(m, key), 10, f"expired key gone on {m.name}")
+        ttl = c.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=10)
+        assert ttl.TTL == -1 and list(ttl.keys) == []  # etcd's answer for a lease that no longer exists
+
+        os.kill(proc.pid, signal.SIGCONT)
+        result = finish_client(proc, "keepalive client", 20)
+        assert result["lost"] is True, result
+    finally:
+        if proc is not None:
+            stop_process(proc)  # SIGKILL also ends a stopped process
+        c.close()
+
+
+def test_leader_failover_does_not_expire_kept_alive_leases(cluster: ProcessCluster) -> None:
+    # Fails if: a lease that a client keeps alive expires around a leader kill (either key vanishes
+    # from a surviving member during 3 TTLs, or comes back re-created), the keep-alive through a
+    # follower is not forwarded to the new leader, the client whose member died does not get answers
+    # elsewhere, or the restarted member does not serve the keys. Revoking must still delete them.
+    leader = leader_of(cluster)
+    followers = [m for m in cluster.members if m is not leader]
+    via_follower, via_leader = b"/leases/via-follower", b"/leases/via-leader"
+    c = Etcd(followers[0].endpoint)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        lease_f, lease_l = grant(c, TTL_S), grant(c, TTL_S)
+        put_f = c.put(via_follower, b"f", lease=lease_f)
+        put_l = c.put(via_leader, b"l", lease=lease_l)
+        procs.append(keepalive_process(lease_f, [followers[0].endpoint, followers[1].endpoint, leader.endpoint]))
+        procs.append(keepalive_process(lease_l, [leader.endpoint, followers[0].endpoint, followers[1].endpoint]))
+        time.sleep(1.0)
+
+        leader.kill()
+        killed_at = time.monotonic()
+        checks = 0
+        while time.monotonic() < killed_at + 3 * TTL_S:
+            for m in followers:
+                for key in (via_follower, via_leader):
+                    assert present_on(m, key), f"{key!r} vanished on {m.name} {time.monotonic() - killed_at:.2f}s " \
+                        "after the leader was killed, although its lease is kept alive"
+            checks += 1
+            time.sleep(0.25)
+        assert checks >= 10
+        new_leader = leader_of(cluster)
+        assert new_leader is not leader
+
+        leader.start()
+        cluster.wait_ready(members=[leader])
+        wait_for(lambda: present_on(leader, via_follower) and present_on(leader, via_leader), 15,
+                 "the restarted member to serve the leased keys")
+
+        for key, put, lease_id in ((via_follower, put_f, lease_f), (via_leader, put_l, lease_l)):
+            kv = c.get(key).kvs[0]  # the same key, never deleted and re-created
+            assert (kv.create_revision, kv.lease) == (put.header.revision, lease_id)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        results = [finish_client(p, "keepalive client", 20) for p in procs]
+        assert not any(r["lost"] for r in results), results
+        assert results[1]["switches"], results[1]  # its first member died: it must have moved on
+        print(f"keep-alive results: {results}")
+
+        for lease_id in (lease_f, lease_l):
+            c.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease_id), timeout=10)
+        assert c.value(via_follower) is None and c.value(via_leader) is None
+        with pytest.raises(grpc.RpcError) as err:
+            c.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lease_f), timeout=10)
+        assert err.value.details() == "etcdserver: requested lease not found"
+    finally:
+        for p in procs:
+            stop_process(p)
+        if not leader.alive():
+            leader.start()
+        c.close()
