@@ -341,3 +341,19 @@ def test_figure8_in_a_network_commit_by_counting_old_terms_loses_data(faulty: bo
     else:
         s5_takes_over()
         assert nw.nodes[3].log.term(2) == 2 and nw.data(3) == [b"Y"]
+
+
+def test_committed_entries_come_in_bounded_batches_after_restart() -> None:
+    nw = Network(ids=(1,))
+    nw.campaign(1)
+    for i in range(10):
+        nw.propose(1, bytes([i]) * 100)
+    n = nw.restart(1, max_committed_size_per_ready=250)
+    sizes = []
+    for _ in range(20):
+        if not n.has_ready():
+            break
+        rd = n.ready()
+        sizes.append(len(rd.committed))
+        n.advance(rd)
+    assert n.applied_index == 11 and max(sizes) <= 3 and len([s for s in sizes if s]) >= 4

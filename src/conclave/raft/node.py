@@ -304,7 +304,7 @@ class RaftNode:
         committed: tuple[Entry, ...] = ()
         hi = self._committable_hi()
         if snapshot is None and hi > self.applied_index:
-            committed = tuple(self.log.slice(self.applied_index + 1, hi))
+            committed = tuple(self.log.slice(self.applied_index + 1, hi, self.config.max_committed_size_per_ready))
         hard_out: HardState | None = None
         if hard != self._prev_hard:
             hard_out = dataclasses.replace(hard, vote=NONE) if "forget_vote" in self._faults else hard
@@ -951,7 +951,7 @@ def _check_config(c: Config) -> None:
         raise RaftError("election_tick must be greater than heartbeat_tick")
     if c.max_inflight_msgs < 1:
         raise RaftError("max_inflight_msgs must be >= 1")
-    if c.max_size_per_msg < 0 or c.max_uncommitted_entries_size < 1:
+    if c.max_size_per_msg < 0 or c.max_uncommitted_entries_size < 1 or c.max_committed_size_per_ready < 0:
         raise RaftError("message and uncommitted-size limits must be positive")
     unknown = set(c.faults) - FAULTS
     if unknown:

@@ -235,6 +235,9 @@ class Config:
     step_down_on_removal: bool = True
     # Deliberately broken rules, only for proving the simulator has teeth.
     faults: frozenset[str] = field(default_factory=frozenset)
+    # Payload bytes of committed entries handed out per Ready (at least one entry), so a
+    # restart over a long log applies in bounded batches instead of one huge one.
+    max_committed_size_per_ready: int = 16 * 1024 * 1024
 
 
 class RandomSource(Protocol):
