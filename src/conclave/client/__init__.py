@@ -1,0 +1,58 @@
+"""The Conclave Python client: ``Client`` (sync) and ``AsyncClient`` (asyncio), both protocols.
+
+``Client(endpoints=["127.0.0.1:2381", ...])`` speaks the native protocol; ``protocol="grpc"``
+speaks the etcd v3 API. Recipes (lock, election, counter, queue, broadcast, barriers,
+claim_unique) are reached from the client; ``LamportClock`` is standalone.
+"""
+
+from conclave.client.aio import AsyncClient, Lease, Session, Txn, Watch
+from conclave.client.clock import LamportClock, Timestamp
+from conclave.client.errors import (
+    ClientError,
+    Compacted,
+    DeadlineExceeded,
+    FutureRevision,
+    InvalidArgument,
+    KeyNotFound,
+    LeaseNotFound,
+    LockTimeout,
+    NoLeader,
+    NoSpace,
+    NotElected,
+    NotLeader,
+    OutcomeUnknown,
+    ProtocolError,
+    QueueEmpty,
+    ServerError,
+    ServerTimeout,
+    SessionExpired,
+    Unavailable,
+)
+from conclave.client.sync import Client
+from conclave.client.types import (
+    Claim,
+    Event,
+    EventType,
+    KeyValue,
+    LeaseInfo,
+    Member,
+    Status,
+    create_revision,
+    delete_op,
+    get_op,
+    lease,
+    mod_revision,
+    put_op,
+    txn_op,
+    value,
+    version,
+)
+
+__all__ = [
+    "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "DeadlineExceeded", "Event", "EventType",
+    "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue", "LamportClock", "Lease", "LeaseInfo",
+    "LeaseNotFound", "LockTimeout", "Member", "NoLeader", "NoSpace", "NotElected", "NotLeader",
+    "OutcomeUnknown", "ProtocolError", "QueueEmpty", "ServerError", "ServerTimeout", "Session",
+    "SessionExpired", "Status", "Timestamp", "Txn", "Unavailable", "Watch", "create_revision", "delete_op",
+    "get_op", "lease", "mod_revision", "put_op", "txn_op", "value", "version",
+]

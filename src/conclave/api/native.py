@@ -1,0 +1,615 @@
+"""The native protocol: length-prefixed msgpack frames over TCP, a thin adapter onto the backend.
+
+Theory of operation
+-------------------
+A frame is a big-endian ``u32`` body length followed by a msgpack body. A client sends
+``[request_id, method, args]``; the server answers ``[request_id, True, result]`` or
+``[request_id, False, [error_class_name, etcd_message]]``. Many requests may be in flight on one
+connection and answers come back in completion order (the request id matches them up). Two methods
+open streams: ``watch_create`` and ``lease_keep_alive_stream``; after their first answer the server
+pushes ``[request_id, None, item]`` frames for that request id until the stream ends (a final
+``[request_id, False, error]``, or a pushed watch delivery that says ``canceled``) or the client
+sends ``stream_cancel``.
+
+Values travel as positional lists: a ``conclave.kv.types`` dataclass is the list of its fields in
+declaration order (nested dataclasses likewise, tuples as lists, enums as ints), so the wire shape
+is fixed by ``kv/types.py`` and both ends share this module's :func:`pack_value` /
+:func:`unpack_as`.
+
+Limits: a frame longer than ``max_request_bytes + FRAME_OVERHEAD_BYTES`` or a body that is not a
+well-formed envelope closes that connection with a logged reason (nobody else is affected); at
+``IN_FLIGHT_MAX`` unanswered requests the server stops reading from the connection until answers
+drain (back-pressure instead of unbounded memory); while the socket's send buffer is full, watch
+deliveries stay in the hub (which cancels watchers that fall too far behind).
+
+What this module must never do: hold a business rule. Validation, quotas, linearizability and
+leases live in the backend; here there is only decoding, dispatch, encoding and flow control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import struct
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgpack
+
+from conclave.api.backend import MemberInfo, StatusInfo, WatchDelivery, WatchSubscription
+from conclave.kv import errors as kverr
+from conclave.kv import types as kv
+
+log = logging.getLogger("conclave.native")
+
+FRAME_HEADER = struct.Struct(">I")
+FRAME_OVERHEAD_BYTES = 64 * 1024  # envelope and msgpack framing on top of --max-request-bytes
+IN_FLIGHT_MAX = 512  # unanswered requests per connection before the server stops reading
+STREAMS_MAX = 1024  # open watch / keep-alive streams per connection
+KEEP_ALIVE_INTERVAL_MS_MIN = 50
+DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
+
+
+class MalformedRequest(kverr.EtcdError):
+    """Arguments of a well-framed request that do not decode into the method's request type."""
+
+    code = "INVALID_ARGUMENT"
+    message = "conclave: malformed native request"
+
+
+class UnknownMethod(kverr.EtcdError):
+    code = "UNIMPLEMENTED"
+    message = "conclave: unknown native method"
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the framing or envelope rules; the connection must close."""
+
+
+# --------------------------------------------------------------------------- value codec
+
+
+def _dataclass_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _as_list(obj: Any) -> Any:
+    cls = type(obj)
+    names = _FIELDS.get(cls)
+    if names is None:
+        if not dataclasses.is_dataclass(obj):
+            raise TypeError(f"cannot encode {cls.__name__} on the native protocol")
+        names = _FIELDS[cls] = _dataclass_fields(cls)
+    return [getattr(obj, n) for n in names]
+
+
+def pack_value(obj: Any) -> bytes:
+    """msgpack bytes of ``obj`` with dataclasses as positional lists (shared by client and server)."""
+    packed: bytes = msgpack.packb(obj, default=_as_list, use_bin_type=True)
+    return packed
+
+
+def pack_frame(obj: Any, default: Callable[[Any], Any] = _as_list) -> bytes:
+    body = msgpack.packb(obj, default=default, use_bin_type=True)
+    return FRAME_HEADER.pack(len(body)) + body
+
+
+Decoder = Callable[[Any], Any]
+_PLANS: dict[type, tuple[Decoder, ...]] = {}
+
+
+def _bad(what: str, value: Any) -> MalformedRequest:
+    return MalformedRequest(f"expected {what}, got {type(value).__name__}")
+
+
+def _decode_int(v: Any) -> int:
+    if type(v) is not int:
+        raise _bad("int", v)
+    return v
+
+
+def _decode_bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise _bad("bool", v)
+    return v
+
+
+def _decode_bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise _bad("bytes", v)
+    return v
+
+
+def _decode_str(v: Any) -> str:
+    if type(v) is not str:
+        raise _bad("str", v)
+    return v
+
+
+def _decoder_for(tp: Any) -> Decoder:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        (inner_tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _decoder_for(inner_tp)
+        return lambda v: None if v is None else inner(v)
+    if origin is tuple:
+        item = _decoder_for(typing.get_args(tp)[0])
+
+        def decode_tuple(v: Any) -> tuple[Any, ...]:
+            if type(v) is not list:
+                raise _bad("list", v)
+            return tuple(item(x) for x in v)
+
+        return decode_tuple
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        cls = tp
+        return lambda v: unpack_as(cls, v)
+    if isinstance(tp, type) and issubclass(tp, IntEnum):
+        enum = tp
+
+        def decode_enum(v: Any) -> Any:
+            try:
+                return enum(_decode_int(v))
+            except ValueError:
+                raise MalformedRequest(f"{v} is not a valid {enum.__name__}") from None
+
+        return decode_enum
+    simple = {int: _decode_int, bool: _decode_bool, bytes: _decode_bytes, str: _decode_str}
+    if tp in simple:
+        return simple[tp]
+    raise TypeError(f"no native decoder for {tp!r}")
+
+
+def _plan(cls: type) -> tuple[Decoder, ...]:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        plan = _PLANS[cls] = tuple(_decoder_for(hints[name]) for name in _dataclass_fields(cls))
+    return plan
+
+
+def unpack_as(cls: type[Any], value: Any) -> Any:
+    """Rebuild a dataclass ``cls`` from its positional list, checking every field's type.
+
+    A shorter list leaves the remaining fields at their defaults (older peers); a longer one is
+    refused. Raises :class:`MalformedRequest` with the reason.
+    """
+    if type(value) is not list:
+        raise _bad(f"{cls.__name__} as a list", value)
+    plan = _plan(cls)
+    if len(value) > len(plan):
+        raise MalformedRequest(f"{cls.__name__} has {len(plan)} fields, got {len(value)}")
+    try:
+        return cls(*[dec(v) for dec, v in zip(plan, value, strict=False)])
+    except ValueError as exc:  # construction-time invariants (e.g. RequestOp's oneof)
+        raise MalformedRequest(str(exc)) from None
+
+
+def error_payload(err: BaseException) -> list[str]:
+    if isinstance(err, kverr.EtcdError):
+        return [type(err).__name__, err.message]
+    return ["Internal", f"conclave: internal error: {type(err).__name__}"]
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclasses.dataclass(slots=True)
+class _Stream:
+    subscription: WatchSubscription | None = None
+    task: asyncio.Task[None] | None = None
+
+
+Handler = Callable[[list[Any]], Awaitable[Any]]
+
+
+class _Dispatch:
+    """Method name -> coroutine taking the decoded args list; built once per server."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+
+        def unary(cls: type, call: Callable[[Any], Awaitable[Any]]) -> Handler:
+            def handler(args: list[Any]) -> Awaitable[Any]:
+                if len(args) != 1:
+                    raise MalformedRequest(f"expected 1 argument, got {len(args)}")
+                return call(unpack_as(cls, args[0]))
+
+            return handler
+
+        b = backend
+        self.unary: dict[str, Handler] = {
+            "range": unary(kv.RangeRequest, b.range),
+            "put": unary(kv.PutRequest, b.put),
+            "delete_range": unary(kv.DeleteRangeRequest, b.delete_range),
+            "txn": unary(kv.TxnRequest, b.txn),
+            "compact": unary(kv.CompactionRequest, b.compact),
+            "lease_grant": unary(kv.LeaseGrantRequest, b.lease_grant),
+            "lease_revoke": unary(kv.LeaseRevokeRequest, b.lease_revoke),
+            "lease_time_to_live": unary(kv.LeaseTimeToLiveRequest, b.lease_time_to_live),
+            "lease_keep_alive": self._keep_alive,
+            "lease_leases": self._leases,
+            "member_list": self._member_list,
+            "status": self._status,
+            "hash_kv": self._hash_kv,
+            "move_leader": self._move_leader,
+        }
+
+    @staticmethod
+    def _ints(args: list[Any], n: int) -> list[int]:
+        if len(args) != n:
+            raise MalformedRequest(f"expected {n} arguments, got {len(args)}")
+        return [_decode_int(a) for a in args]
+
+    async def _keep_alive(self, args: list[Any]) -> int:
+        (lease_id,) = self._ints(args, 1)
+        ttl: int = await self.backend.lease_keep_alive(lease_id)
+        return ttl
+
+    async def _leases(self, args: list[Any]) -> Any:
+        self._ints(args, 0)
+        return await self.backend.lease_leases()
+
+    async def _member_list(self, args: list[Any]) -> list[list[Any]]:
+        self._ints(args, 0)
+        members: list[MemberInfo] = await self.backend.member_list()
+        native: dict[int, list[str]] = getattr(self.backend, "member_native_urls", dict)()
+        return [
+            [m.id, m.name, list(m.peer_urls), list(m.client_urls), m.is_learner, list(native.get(m.id, ()))]
+            for m in members
+        ]
+
+    async def _status(self, args: list[Any]) -> list[Any]:
+        self._ints(args, 0)
+        s: StatusInfo = await self.backend.status()
+        b = self.backend
+        return [b.cluster_id, b.member_id, b.raft_term(), s]
+
+    async def _hash_kv(self, args: list[Any]) -> Any:
+        (revision,) = self._ints(args, 1)
+        return await self.backend.hash_kv(revision)
+
+    async def _move_leader(self, args: list[Any]) -> None:
+        (target,) = self._ints(args, 1)
+        await self.backend.move_leader(target)
+
+
+class NativeConnection(asyncio.Protocol):
+    """One client connection: frame parsing, dispatch, flow control and its streams."""
+
+    def __init__(self, server: NativeServer) -> None:
+        self.server = server
+        self.dispatch = server.dispatch
+        self.frame_bytes_max = server.frame_bytes_max
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.buffer = bytearray()
+        self.in_flight = 0
+        self.reading_paused = False
+        self.writing_paused = False
+        self.closed = False
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.streams: dict[int, _Stream] = {}
+        self.ready: dict[int, None] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+        backend = server.backend
+
+        def default(obj: Any) -> Any:
+            # Headers carry this member's identity and term, like the gRPC edge fills them.
+            if type(obj) is kv.ResponseHeader:
+                return [backend.cluster_id, backend.member_id, obj.revision, backend.raft_term()]
+            return _as_list(obj)
+
+        self.default = default
+
+    # ---------------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        for stream in self.streams.values():
+            self._end_stream(stream)
+        self.streams.clear()
+        self.ready.clear()
+        for task in list(self.tasks):
+            task.cancel()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._pump_watches()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._parse()
+
+    # ---------------------------------------------------------------- framing
+
+    def _parse(self) -> None:
+        buf = self.buffer
+        pos = 0
+        try:
+            while not self.closed and self.in_flight < IN_FLIGHT_MAX and len(buf) - pos >= 4:
+                (length,) = FRAME_HEADER.unpack_from(buf, pos)
+                if length > self.frame_bytes_max:
+                    raise ProtocolViolation(f"frame of {length} bytes exceeds the limit of {self.frame_bytes_max}")
+                end = pos + 4 + length
+                if len(buf) < end:
+                    break
+                body = bytes(buf[pos + 4 : end])
+                pos = end
+                self._on_frame(body)
+        except ProtocolViolation as exc:
+            self.fail(str(exc))
+            return
+        if pos:
+            del buf[:pos]
+        if self.in_flight >= IN_FLIGHT_MAX and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def fail(self, reason: str) -> None:
+        """Close this connection because its peer broke the protocol (nobody else is affected)."""
+        if self.closed:
+            return
+        log.warning("native: closing connection from %s: %s", self.peer, reason)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _on_frame(self, body: bytes) -> None:
+        try:
+            msg = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types for garbage
+            raise ProtocolViolation(f"body is not msgpack ({type(exc).__name__})") from None
+        if type(msg) is not list or len(msg) != 3:
+            raise ProtocolViolation("body is not a [request_id, method, args] list")
+        rid, method, args = msg
+        if type(rid) is not int or type(method) is not str or type(args) is not list:
+            raise ProtocolViolation("envelope field types are not [int, str, list]")
+        handler = self.dispatch.unary.get(method)
+        if handler is not None:
+            self._start(rid, self._run_unary(rid, handler, args))
+        elif method == "watch_create":
+            self._watch_create(rid, args)
+        elif method == "lease_keep_alive_stream":
+            self._keep_alive_stream(rid, args)
+        elif method == "stream_cancel":
+            self._stream_cancel(rid, args)
+        else:
+            self._send([rid, False, [UnknownMethod.__name__, f"{UnknownMethod.message}: {method[:64]}"]])
+
+    # ---------------------------------------------------------------- unary calls
+
+    def _start(self, rid: int, coro: Any) -> None:
+        self.in_flight += 1
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.in_flight -= 1
+        if self.reading_paused and self.in_flight < IN_FLIGHT_MAX // 2 and not self.closed:
+            self.reading_paused = False
+            self._parse()
+            if not self.reading_paused and self.transport is not None:
+                self.transport.resume_reading()
+
+    async def _run_unary(self, rid: int, handler: Handler, args: list[Any]) -> None:
+        try:
+            result = await handler(args)
+        except asyncio.CancelledError:
+            raise
+        except kverr.EtcdError as err:
+            self._send([rid, False, error_payload(err)])
+        except Exception as err:
+            log.exception("native: internal error in request %d", rid)
+            self._send([rid, False, error_payload(err)])
+        else:
+            self._send([rid, True, result])
+
+    # ---------------------------------------------------------------- output
+
+    def _send(self, message: list[Any]) -> None:
+        if self.closed:
+            return
+        self.out.append(pack_frame(message, self.default))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        # Coalescing every answer produced in one loop iteration into one write saves syscalls
+        # when many requests are pipelined.
+        self.flush_scheduled = False
+        if self.closed or self.transport is None or not self.out:
+            self.out.clear()
+            return
+        data = b"".join(self.out)
+        self.out.clear()
+        self.transport.write(data)
+
+    # ---------------------------------------------------------------- streams
+
+    def _open_stream(self, rid: int) -> _Stream | None:
+        if rid in self.streams:
+            self._send([rid, False, [MalformedRequest.__name__, f"{MalformedRequest.message}: stream id in use"]])
+            return None
+        if len(self.streams) >= STREAMS_MAX:
+            self._send([rid, False, ["TooManyRequests", kverr.TooManyRequests.message]])
+            return None
+        stream = _Stream()
+        self.streams[rid] = stream
+        return stream
+
+    def _watch_create(self, rid: int, args: list[Any]) -> None:
+        backend = self.server.backend
+        try:
+            if len(args) != 1:
+                raise MalformedRequest(f"expected 1 argument, got {len(args)}")
+            req: kv.WatchCreateRequest = unpack_as(kv.WatchCreateRequest, args[0])
+        except MalformedRequest as err:
+            self._send([rid, False, error_payload(err)])
+            return
+        if req.range_end and req.range_end != b"\0" and req.range_end <= req.key:
+            self._send([rid, False, ["WatchRangeEmpty", "mvcc: watcher range is empty"]])
+            return
+        stream = self._open_stream(rid)
+        if stream is None:
+            return
+        # The answer goes out before any delivery: notify() only schedules the pump.
+        self._send([rid, True, backend.current_revision()])
+        try:
+            stream.subscription = backend.watch_create(req, lambda: self._mark_ready(rid))
+        except kverr.EtcdError as err:
+            self.streams.pop(rid, None)
+            self._send([rid, False, error_payload(err)])
+
+    def _mark_ready(self, rid: int) -> None:
+        if self.closed:
+            return
+        first = not self.ready
+        self.ready[rid] = None
+        if first:
+            self.loop.call_soon(self._pump_watches)
+
+    def _pump_watches(self) -> None:
+        while self.ready and not self.writing_paused and not self.closed:
+            rid = next(iter(self.ready))
+            stream = self.streams.get(rid)
+            sub = stream.subscription if stream is not None else None
+            delivery: WatchDelivery | None = sub.take() if sub is not None else None
+            if delivery is None:
+                self.ready.pop(rid, None)
+                continue
+            if delivery.canceled:
+                self.ready.pop(rid, None)
+                self.streams.pop(rid, None)
+                if sub is not None:
+                    sub.cancel()
+            self._send([rid, None, delivery])
+
+    def _keep_alive_stream(self, rid: int, args: list[Any]) -> None:
+        try:
+            lease_id, interval_ms = _Dispatch._ints(args, 2)
+        except MalformedRequest as err:
+            self._send([rid, False, error_payload(err)])
+            return
+        stream = self._open_stream(rid)
+        if stream is None:
+            return
+        self._send([rid, True, None])
+        stream.task = self.loop.create_task(
+            self._keep_alive_loop(rid, lease_id, max(interval_ms, KEEP_ALIVE_INTERVAL_MS_MIN) / 1000)
+        )
+
+    async def _keep_alive_loop(self, rid: int, lease_id: int, interval_s: float) -> None:
+        backend = self.server.backend
+        try:
+            while not self.closed:
+                try:
+                    ttl = await backend.lease_keep_alive(lease_id)
+                except kverr.EtcdError as err:
+                    self.streams.pop(rid, None)
+                    self._send([rid, False, error_payload(err)])
+                    return
+                self._send([rid, None, ttl])
+                await asyncio.sleep(interval_s)
+        except asyncio.CancelledError:
+            return
+
+    def _stream_cancel(self, rid: int, args: list[Any]) -> None:
+        try:
+            (target,) = _Dispatch._ints(args, 1)
+        except MalformedRequest as err:
+            self._send([rid, False, error_payload(err)])
+            return
+        stream = self.streams.pop(target, None)
+        self.ready.pop(target, None)
+        if stream is not None:
+            self._end_stream(stream)
+        self._send([rid, True, stream is not None])
+
+    @staticmethod
+    def _end_stream(stream: _Stream) -> None:
+        if stream.subscription is not None:
+            stream.subscription.cancel()
+        if stream.task is not None:
+            stream.task.cancel()
+
+
+class NativeServer:
+    """The listeners of one member; ``close()`` is synchronous (the runner calls it on stop)."""
+
+    def __init__(self, backend: Any, max_request_bytes: int) -> None:
+        self.backend = backend
+        self.dispatch = _Dispatch(backend)
+        self.frame_bytes_max = max_request_bytes + FRAME_OVERHEAD_BYTES
+        self.connections: set[NativeConnection] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+
+    @property
+    def ports(self) -> list[int]:
+        ports: list[int] = []
+        for server in self.servers:
+            sockets = getattr(server, "sockets", None) or ()
+            ports.extend(int(sock.getsockname()[1]) for sock in sockets[:1])
+        return ports
+
+    async def listen(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: NativeConnection(self), host, port, reuse_address=True)
+        self.servers.append(server)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.connections.clear()
+
+
+def parse_listen_url(url: str) -> tuple[str, int]:
+    raw = url if "://" in url else "http://" + url
+    parts = urlsplit(raw)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise ValueError(f"--listen-native-urls: URL needs a host and a port, got {url!r}")
+    return parts.hostname, port
+
+
+async def start_native_server(backend: Any, cfg: Any) -> NativeServer:
+    """Listen on every ``cfg.listen_native_urls`` address (the runner's entry point)."""
+    server = NativeServer(backend, int(getattr(cfg, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)))
+    try:
+        for url in cfg.listen_native_urls:
+            host, port = parse_listen_url(url)
+            await server.listen(host, port)
+    except BaseException:
+        server.close()
+        raise
+    log.info("native protocol listening on %s", ",".join(cfg.listen_native_urls))
+    return server

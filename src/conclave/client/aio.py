@@ -1,0 +1,682 @@
+"""``AsyncClient``: the asyncio Conclave client (``Client`` is its synchronous twin).
+
+Theory of operation
+-------------------
+The client holds one transport to one member at a time (native protocol by default, etcd gRPC
+with ``protocol="grpc"``) and an endpoint list. Every call runs under a deadline (the per-call
+``timeout``, default ``Client(timeout=...)``). When the member cannot be reached, or answers "no
+leader"/"not leader", the client moves to the next endpoint and tries again until the deadline:
+
+* reads (range, status, member list, lease queries, keep-alives) are retried freely;
+* writes are retried only when the request certainly was not applied (it never left, or the
+  member refused it before proposing); if it left and the answer was lost (connection dropped,
+  deadline passed, server-side timeout) the call raises ``OutcomeUnknown`` instead of guessing.
+
+Watches resume after a reconnect from the revision after the last one delivered, so a consumer
+sees every event once, in order (see :class:`Watch`). A :class:`Session` keeps a lease alive from
+this process: when the process dies or stalls, the lease expires and its keys disappear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from conclave.api.backend import WatchDelivery
+from conclave.client import errors as cerr
+from conclave.client.errors import (
+    ClientError,
+    Compacted,
+    DeadlineExceeded,
+    LeaseNotFound,
+    OutcomeUnknown,
+    Unavailable,
+)
+from conclave.client.transport import ConnectionLost, NativeTransport, Transport
+from conclave.client.types import (
+    KeyLike,
+    LeaseInfo,
+    Member,
+    Status,
+    prefix_end,
+    to_bytes,
+)
+from conclave.kv import types as kv
+
+log = logging.getLogger("conclave.client")
+
+DEFAULT_NATIVE_ENDPOINTS = ("127.0.0.1:2381", "127.0.0.1:22381", "127.0.0.1:32381")
+DEFAULT_GRPC_ENDPOINTS = ("127.0.0.1:2379", "127.0.0.1:22379", "127.0.0.1:32379")
+RETRY_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.3)
+WATCH_RECONNECT_S = 60.0
+
+_IDEMPOTENT = frozenset({
+    "range", "lease_keep_alive", "lease_time_to_live", "lease_leases", "member_list", "status", "hash_kv",
+})
+
+
+class AsyncClient:
+    """Connect with ``AsyncClient(endpoints=[...])``; use ``async with`` or ``await client.close()``."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[str] | str | None = None,
+        protocol: str = "native",
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        discover: bool = True,
+    ) -> None:
+        if protocol not in ("native", "grpc"):
+            raise ValueError(f"protocol must be 'native' or 'grpc', not {protocol!r}")
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        default = DEFAULT_NATIVE_ENDPOINTS if protocol == "native" else DEFAULT_GRPC_ENDPOINTS
+        self.endpoints: list[str] = [e.strip().split("://", 1)[-1] for e in (endpoints or default)]
+        if not self.endpoints:
+            raise ValueError("at least one endpoint is required")
+        self.protocol = protocol
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.discover = discover and protocol == "native"
+        self._transport: Transport | None = None
+        self._next = 0
+        self._connecting: asyncio.Future[Transport] | None = None
+        self._closed = False
+        self._discovered = False
+
+    # ---------------------------------------------------------------- connection
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    @property
+    def endpoint(self) -> str | None:
+        """The member currently connected to (None before the first call)."""
+        return self._transport.endpoint if self._transport is not None else None
+
+    async def _open(self, endpoint: str) -> Transport:
+        if self.protocol == "native":
+            return await NativeTransport.connect(endpoint, self.connect_timeout)
+        from conclave.client.grpc_transport import GrpcTransport
+
+        return await GrpcTransport.connect(endpoint, self.connect_timeout)
+
+    async def _connect(self, deadline: float) -> Transport:
+        """A live transport; tries each endpoint once per round until the deadline."""
+        loop = asyncio.get_running_loop()
+        last: BaseException | None = None
+        rounds = 0
+        while True:
+            t = self._transport
+            if t is not None and not t.closed:
+                return t
+            if self._closed:
+                raise Unavailable("the client is closed")
+            for _ in range(len(self.endpoints)):
+                endpoint = self.endpoints[self._next % len(self.endpoints)]
+                if t is not None and t.closed and t.endpoint == endpoint and len(self.endpoints) > 1:
+                    self._next += 1
+                    continue
+                try:
+                    transport = await self._open(endpoint)
+                except ConnectionLost as exc:
+                    last = exc
+                    self._next += 1
+                    if loop.time() >= deadline:
+                        break
+                    continue
+                self._transport = transport
+                if self.discover and not self._discovered:
+                    self._discovered = await self.sync_endpoints(transport)
+                return transport
+            rounds += 1
+            if loop.time() >= deadline:
+                raise Unavailable(f"no member reachable at {', '.join(self.endpoints)}: {last}")
+            await asyncio.sleep(min(RETRY_BACKOFF_S[min(rounds, len(RETRY_BACKOFF_S) - 1)],
+                                    max(0.0, deadline - loop.time())))
+
+    async def sync_endpoints(self, transport: Transport | None = None) -> bool:
+        """Add the native addresses the cluster publishes (a client may start knowing one member).
+
+        True when every member had published its addresses (members publish theirs shortly
+        after they start, so the client asks again on later connects until then).
+        """
+        try:
+            if transport is None:
+                members = await self.members()
+            else:
+                members = await asyncio.wait_for(transport.request("member_list", None), self.connect_timeout)
+        except (ClientError, TimeoutError):
+            return False
+        for m in members:
+            for url in m.native_urls:
+                ep = url.split("://", 1)[-1].rstrip("/")
+                if ep not in self.endpoints:
+                    self.endpoints.append(ep)
+        return bool(members) and all(m.native_urls for m in members)
+
+    def _drop(self, transport: Transport) -> None:
+        if self._transport is transport:
+            self._transport = None
+            self._next += 1
+        transport.close()
+
+    async def request(self, method: str, arg: Any = None, *, timeout: float | None = None,
+                      idempotent: bool | None = None) -> Any:
+        """Send one domain call with failover and safe retries (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        budget = self.timeout if timeout is None else timeout
+        deadline = loop.time() + budget
+        safe = method in _IDEMPOTENT if idempotent is None else idempotent
+        attempt = 0
+        last: BaseException | None = None
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{method}: no answer within {budget:g}s (last error: {last})")
+            transport = await self._connect(deadline)
+            sent = False
+            try:
+                sent = True
+                return await asyncio.wait_for(transport.request(method, arg), max(remaining, 0.001))
+            except ConnectionLost as exc:
+                self._drop(transport)
+                last = exc
+                if exc.sent and not safe:
+                    raise OutcomeUnknown(f"{method}: {exc}; the write may or may not have been applied") from None
+            except TimeoutError:
+                if not safe and sent:
+                    raise OutcomeUnknown(
+                        f"{method}: no answer within {budget:g}s; the write may or may not have been applied"
+                    ) from None
+                raise DeadlineExceeded(f"{method}: no answer within {budget:g}s") from None
+            except cerr.ServerError as exc:
+                raise exc from None
+            except cerr.ServerTimeout as exc:
+                if not safe:
+                    raise OutcomeUnknown(f"{method}: {exc}; the write may or may not have been applied") from None
+                last = exc
+                self._drop(transport)
+            except Unavailable as exc:  # no leader / not leader / stopped: refused before proposing
+                last = exc
+                self._drop(transport)
+            except ClientError as exc:
+                raise exc from None
+            except Exception as exc:
+                # Server-side timeouts arrive as Unavailable subclasses above; this is for
+                # transport errors the protocol layer did not classify.
+                raise Unavailable(f"{method}: {exc}") from exc
+            attempt += 1
+            await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+
+    # ---------------------------------------------------------------- KV
+
+    async def range(
+        self,
+        key: KeyLike,
+        range_end: KeyLike = b"",
+        *,
+        limit: int = 0,
+        revision: int = 0,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        sort_order: kv.SortOrder = kv.SortOrder.NONE,
+        sort_target: kv.SortTarget = kv.SortTarget.KEY,
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+        timeout: float | None = None,
+    ) -> kv.RangeResponse:
+        req = kv.RangeRequest(
+            key=to_bytes(key), range_end=to_bytes(range_end), limit=limit, revision=revision,
+            sort_order=sort_order, sort_target=sort_target, serializable=serializable, keys_only=keys_only,
+            count_only=count_only, min_create_revision=min_create_revision,
+            max_create_revision=max_create_revision,
+        )
+        resp: kv.RangeResponse = await self.request("range", req, timeout=timeout)
+        return resp
+
+    async def get(self, key: KeyLike, *, serializable: bool = False, revision: int = 0,
+                  timeout: float | None = None) -> bytes | None:
+        """The key's value, or None when it does not exist (linearizable unless ``serializable``)."""
+        r = await self.range(key, serializable=serializable, revision=revision, timeout=timeout)
+        return r.kvs[0].value if r.kvs else None
+
+    async def get_kv(self, key: KeyLike, *, serializable: bool = False, revision: int = 0,
+                     timeout: float | None = None) -> kv.KeyValue | None:
+        """The whole key-value record (revisions, version, lease), or None."""
+        r = await self.range(key, serializable=serializable, revision=revision, timeout=timeout)
+        return r.kvs[0] if r.kvs else None
+
+    async def get_prefix(self, prefix: KeyLike, *, limit: int = 0, keys_only: bool = False,
+                         sort_order: kv.SortOrder = kv.SortOrder.ASCEND,
+                         sort_target: kv.SortTarget = kv.SortTarget.KEY,
+                         serializable: bool = False, timeout: float | None = None) -> list[kv.KeyValue]:
+        p = to_bytes(prefix) or b"\0"  # the empty prefix means every key (etcd's convention)
+        r = await self.range(p, prefix_end(p), limit=limit, keys_only=keys_only, sort_order=sort_order,
+                             sort_target=sort_target, serializable=serializable, timeout=timeout)
+        return list(r.kvs)
+
+    async def put(self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False,
+                  timeout: float | None = None) -> kv.PutResponse:
+        req = kv.PutRequest(key=to_bytes(key), value=to_bytes(value), lease=lease, prev_kv=prev_kv)
+        resp: kv.PutResponse = await self.request("put", req, timeout=timeout)
+        return resp
+
+    async def delete(self, key: KeyLike, *, prefix: bool = False, range_end: KeyLike = b"",
+                     prev_kv: bool = False, timeout: float | None = None) -> kv.DeleteRangeResponse:
+        k = to_bytes(key)
+        if prefix and not k:
+            k = b"\0"
+        end = prefix_end(k) if prefix else to_bytes(range_end)
+        resp: kv.DeleteRangeResponse = await self.request(
+            "delete_range", kv.DeleteRangeRequest(key=k, range_end=end, prev_kv=prev_kv), timeout=timeout)
+        return resp
+
+    async def delete_prefix(self, prefix: KeyLike, *, timeout: float | None = None) -> int:
+        return (await self.delete(prefix, prefix=True, timeout=timeout)).deleted
+
+    async def transaction(self, compare: Iterable[kv.Compare], success: Iterable[kv.RequestOp] = (),
+                          failure: Iterable[kv.RequestOp] = (), *, timeout: float | None = None,
+                          idempotent: bool = False) -> kv.TxnResponse:
+        """If every compare holds run ``success``, else ``failure``; atomically, at one revision."""
+        req = kv.TxnRequest(tuple(compare), tuple(success), tuple(failure))
+        resp: kv.TxnResponse = await self.request("txn", req, timeout=timeout, idempotent=idempotent)
+        return resp
+
+    def txn(self) -> Txn:
+        """A transaction builder: ``await client.txn().if_(...).then(...).else_(...).commit()``."""
+        return Txn(self)
+
+    async def compact(self, revision: int, *, physical: bool = False, timeout: float | None = None) -> None:
+        await self.request("compact", kv.CompactionRequest(revision, physical), timeout=timeout)
+
+    # ---------------------------------------------------------------- watch
+
+    def watch(self, key: KeyLike, *, prefix: bool = False, range_end: KeyLike = b"", start_revision: int = 0,
+              prev_kv: bool = False, no_put: bool = False, no_delete: bool = False) -> Watch:
+        """Events on a key (or prefix/range) from ``start_revision`` (0: from now), in order, no gaps."""
+        k = to_bytes(key)
+        if prefix and not k:
+            k = b"\0"
+        end = prefix_end(k) if prefix else to_bytes(range_end)
+        filters = tuple(f for f, on in ((kv.WatchFilterType.NOPUT, no_put),
+                                        (kv.WatchFilterType.NODELETE, no_delete)) if on)
+        return Watch(self, kv.WatchCreateRequest(key=k, range_end=end, start_revision=start_revision,
+                                                 prev_kv=prev_kv, filters=filters))
+
+    def watch_prefix(self, prefix: KeyLike, **kw: Any) -> Watch:
+        return self.watch(prefix, prefix=True, **kw)
+
+    # ---------------------------------------------------------------- leases
+
+    async def lease(self, ttl: int, *, lease_id: int = 0, timeout: float | None = None) -> Lease:
+        """Grant a lease of ``ttl`` seconds (the server may raise it to its minimum)."""
+        r: kv.LeaseGrantResponse = await self.request("lease_grant", kv.LeaseGrantRequest(ttl, lease_id),
+                                                      timeout=timeout)
+        return Lease(self, r.id, r.ttl)
+
+    async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        await self.request("lease_revoke", kv.LeaseRevokeRequest(lease_id), timeout=timeout, idempotent=True)
+
+    async def lease_keep_alive(self, lease_id: int, *, timeout: float | None = None) -> int:
+        """Renew once; returns the new TTL in seconds (raises LeaseNotFound when it is gone)."""
+        ttl: int = await self.request("lease_keep_alive", lease_id, timeout=timeout)
+        return ttl
+
+    async def lease_time_to_live(self, lease_id: int, *, keys: bool = False,
+                                 timeout: float | None = None) -> LeaseInfo:
+        r: kv.LeaseTimeToLiveResponse = await self.request(
+            "lease_time_to_live", kv.LeaseTimeToLiveRequest(lease_id, keys), timeout=timeout)
+        return LeaseInfo(r.id, r.ttl, r.granted_ttl, r.keys)
+
+    async def leases(self, *, timeout: float | None = None) -> list[int]:
+        r: kv.LeaseLeasesResponse = await self.request("lease_leases", None, timeout=timeout)
+        return [x.id for x in r.leases]
+
+    async def session(self, ttl: int = 10) -> Session:
+        """A started :class:`Session` (lease kept alive in the background until ``close()``)."""
+        s = Session(self, ttl)
+        await s.start()
+        return s
+
+    # ---------------------------------------------------------------- cluster
+
+    async def members(self, *, timeout: float | None = None) -> list[Member]:
+        result: list[Member] = await self.request("member_list", None, timeout=timeout)
+        return result
+
+    async def status(self, endpoint: str | None = None, *, timeout: float | None = None) -> Status:
+        """Status of the current member, or of ``endpoint`` (asked directly, no failover)."""
+        if endpoint is None:
+            result: Status = await self.request("status", None, timeout=timeout)
+            return result
+        t = await self._open(endpoint.split("://", 1)[-1])
+        try:
+            direct: Status = await asyncio.wait_for(t.request("status", None), timeout or self.timeout)
+            return direct
+        except TimeoutError:
+            raise DeadlineExceeded(f"status of {endpoint}: no answer") from None
+        finally:
+            t.close()
+
+    async def hash_kv(self, revision: int = 0, *, timeout: float | None = None) -> kv.HashKVResponse:
+        r: kv.HashKVResponse = await self.request("hash_kv", revision, timeout=timeout)
+        return r
+
+    # ---------------------------------------------------------------- recipes
+
+    def lock(self, name: KeyLike, ttl: int = 10, *, timeout: float | None = None) -> Any:
+        """A :class:`~conclave.client.recipes.Lock`; ``async with client.lock("x") as held:``."""
+        from conclave.client.recipes import Lock
+
+        return Lock(self, name, ttl, timeout=timeout)
+
+    def election(self, name: KeyLike, ttl: int = 10) -> Any:
+        from conclave.client.recipes import Election
+
+        return Election(self, name, ttl)
+
+    def counter(self, name: KeyLike) -> Any:
+        from conclave.client.recipes import Counter
+
+        return Counter(self, name)
+
+    def queue(self, name: KeyLike) -> Any:
+        from conclave.client.recipes import Queue
+
+        return Queue(self, name)
+
+    def broadcast(self, name: KeyLike) -> Any:
+        from conclave.client.recipes import Broadcast
+
+        return Broadcast(self, name)
+
+    def barrier(self, name: KeyLike) -> Any:
+        from conclave.client.recipes import Barrier
+
+        return Barrier(self, name)
+
+    def double_barrier(self, name: KeyLike, count: int, ttl: int = 10) -> Any:
+        from conclave.client.recipes import DoubleBarrier
+
+        return DoubleBarrier(self, name, count, ttl)
+
+    async def claim_unique(self, namespace: KeyLike, value: KeyLike, owner: KeyLike, *,
+                           lease: int = 0, timeout: float | None = None) -> Any:
+        """Claim ``value`` in ``namespace`` for ``owner`` if nobody holds it (create-if-absent)."""
+        from conclave.client.recipes import claim_unique
+
+        return await claim_unique(self, namespace, value, owner, lease=lease, timeout=timeout)
+
+    async def release_unique(self, namespace: KeyLike, value: KeyLike, owner: KeyLike, *,
+                             timeout: float | None = None) -> bool:
+        from conclave.client.recipes import release_unique
+
+        return await release_unique(self, namespace, value, owner, timeout=timeout)
+
+
+class Txn:
+    """Fluent transaction: ``.if_(compares...).then(ops...).else_(ops...)``, then ``await .commit()``."""
+
+    _sync_wrap = True
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.compares: list[kv.Compare] = []
+        self.success: list[kv.RequestOp] = []
+        self.failure: list[kv.RequestOp] = []
+
+    def if_(self, *compares: kv.Compare) -> Txn:
+        self.compares.extend(compares)
+        return self
+
+    when = if_
+
+    def then(self, *ops: kv.RequestOp) -> Txn:
+        self.success.extend(ops)
+        return self
+
+    def else_(self, *ops: kv.RequestOp) -> Txn:
+        self.failure.extend(ops)
+        return self
+
+    otherwise = else_
+
+    async def commit(self, *, timeout: float | None = None) -> kv.TxnResponse:
+        return await self.client.transaction(self.compares, self.success, self.failure, timeout=timeout)
+
+
+class Watch:
+    """An async iterator of :class:`~conclave.kv.types.Event`, resuming across reconnects.
+
+    After each delivery the watch remembers the revision after the last event; when the
+    connection drops it re-creates the watcher on another member from that revision, so nothing
+    is missed and nothing is seen twice. A compacted start revision raises ``Compacted``.
+    """
+
+    _sync_wrap = True
+
+    def __init__(self, client: AsyncClient, req: kv.WatchCreateRequest) -> None:
+        self.client = client
+        self.req = req
+        self.next_revision = req.start_revision
+        self.pending: deque[kv.Event] = deque()
+        self.queue: asyncio.Queue[tuple[int, WatchDelivery | None, BaseException | None]] | None = None
+        self.generation = 0
+        self.transport: Transport | None = None
+        self.handle: Any = None
+        self.closed = False
+        self.created_revision = 0
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __aenter__(self) -> Watch:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def start(self) -> None:
+        """Register the watcher now (iteration starts it otherwise)."""
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            await self._open(asyncio.get_running_loop().time() + self.client.timeout)
+
+    async def _open(self, deadline: float) -> None:
+        assert self.queue is not None
+        queue = self.queue
+        while True:
+            if self.closed:
+                return
+            transport = await self.client._connect(deadline)
+            self.generation += 1
+            gen = self.generation
+
+            def callback(item: WatchDelivery | None, exc: BaseException | None, gen: int = gen) -> None:
+                queue.put_nowait((gen, item, exc))
+
+            req = self.req
+            if self.next_revision != req.start_revision:
+                req = kv.WatchCreateRequest(req.key, req.range_end, self.next_revision, req.progress_notify,
+                                            req.filters, req.prev_kv)
+            try:
+                handle, revision = await asyncio.wait_for(transport.watch(req, callback),
+                                                          max(0.01, deadline - asyncio.get_running_loop().time()))
+            except (ConnectionLost, TimeoutError, cerr.Unavailable) as exc:
+                self.client._drop(transport)
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise Unavailable(f"watch: cannot re-create the watcher: {exc}") from None
+                await asyncio.sleep(0.05)
+                continue
+            self.transport, self.handle = transport, handle
+            if self.next_revision == 0:
+                self.next_revision = revision + 1
+            self.created_revision = self.created_revision or revision
+            return
+
+    async def __anext__(self) -> kv.Event:
+        event = await self.next()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def next(self, timeout: float | None = None) -> kv.Event | None:
+        """The next event; None when closed; raises TimeoutError after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
+        while True:
+            if self.pending:
+                return self.pending.popleft()
+            if self.closed:
+                return None
+            await self.start()
+            assert self.queue is not None
+            wait = None if until is None else until - loop.time()
+            if wait is not None and wait <= 0:
+                raise TimeoutError("no watch event in time")
+            try:
+                gen, delivery, exc = await asyncio.wait_for(self.queue.get(), wait)
+            except TimeoutError:
+                raise TimeoutError("no watch event in time") from None
+            if gen != self.generation:
+                continue  # from a stream that was replaced
+            if exc is not None:
+                if isinstance(exc, (ConnectionLost, Unavailable)) and not self.closed:
+                    if self.transport is not None:
+                        self.client._drop(self.transport)
+                    await self._open(loop.time() + WATCH_RECONNECT_S)
+                    continue
+                if self.closed:
+                    return None
+                raise exc
+            assert delivery is not None
+            for ev in delivery.events:
+                if ev.kv.mod_revision >= self.next_revision:  # drop what an older stream already gave
+                    self.pending.append(ev)
+            if delivery.events:
+                self.next_revision = max(self.next_revision, delivery.events[-1].kv.mod_revision + 1)
+            if delivery.canceled:
+                self.closed = True
+                if delivery.compact_revision:
+                    raise Compacted(compact_revision=delivery.compact_revision)
+                if not self.pending:
+                    raise Unavailable(f"watch canceled by the server: {delivery.cancel_reason or 'no reason'}")
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None and self.handle is not None:
+            with contextlib.suppress(Exception):
+                self.transport.cancel_watch(self.handle)
+        if self.queue is not None:
+            self.queue.put_nowait((self.generation, None, ConnectionLost("watch closed", sent=False)))
+
+    cancel = close
+
+
+class Lease:
+    """A granted lease: ``id``, ``ttl`` (as granted); ``refresh()``, ``revoke()``, ``time_to_live()``."""
+
+    _sync_wrap = True
+
+    def __init__(self, client: AsyncClient, lease_id: int, ttl: int) -> None:
+        self.client = client
+        self.id = lease_id
+        self.ttl = ttl
+
+    async def refresh(self) -> int:
+        return await self.client.lease_keep_alive(self.id)
+
+    async def revoke(self) -> None:
+        await self.client.lease_revoke(self.id)
+
+    async def time_to_live(self, keys: bool = False) -> LeaseInfo:
+        return await self.client.lease_time_to_live(self.id, keys=keys)
+
+    def __repr__(self) -> str:
+        return f"Lease(id={self.id:#x}, ttl={self.ttl})"
+
+
+class Session:
+    """A lease this process keeps alive in the background (failure detection).
+
+    Keys written with ``session.lease_id`` vanish when the session ends: ``close()`` revokes the
+    lease; if the process dies or stalls, the lease expires after ``ttl`` seconds. ``expired`` is
+    set (and ``alive`` turns False) when a keep-alive finds the lease gone.
+    """
+
+    _sync_wrap = True
+
+    def __init__(self, client: AsyncClient, ttl: int = 10) -> None:
+        self.client = client
+        self.ttl = ttl
+        self.lease_id = 0
+        self.expired = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Session:
+        if self._task is None:
+            lease = await self.client.lease(self.ttl)
+            self.lease_id, self.ttl = lease.id, lease.ttl
+            self._task = asyncio.get_running_loop().create_task(self._keep_alive())
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self.expired.is_set()
+
+    async def _keep_alive(self) -> None:
+        interval = max(self.ttl / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.client.lease_keep_alive(self.lease_id, timeout=max(interval, 1.0))
+            except LeaseNotFound:
+                log.warning("session lease %x expired", self.lease_id)
+                self.expired.set()
+                return
+            except ClientError as exc:  # unreachable for now: keep trying until the TTL runs out
+                log.debug("session keep-alive failed: %s", exc)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.lease_id and not self.expired.is_set():
+            with contextlib.suppress(ClientError):
+                await self.client.lease_revoke(self.lease_id)
+        self.expired.set()
+
+    async def __aenter__(self) -> Session:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def first_event(watch: Watch, timeout: float | None) -> kv.Event:
+    """The next event of ``watch`` (TimeoutError after ``timeout``)."""
+    ev = await watch.next(timeout)
+    if ev is None:
+        raise Unavailable("watch closed")
+    return ev
+
+
+__all__ = ["AsyncClient", "Lease", "Session", "Txn", "Watch", "first_event"]

@@ -1,0 +1,184 @@
+"""One client connection to one member over the etcd v3 gRPC API (``protocol="grpc"``).
+
+Same contract as :class:`conclave.client.transport.NativeTransport`: store values in, store
+values out, typed client errors. gRPC status messages are etcd's exact texts, mapped back to the
+error class that carries them; a failure to reach the member is ``ConnectionLost``; whether the
+request left is known only for connect failures, so other transport failures count as sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import grpc
+
+from conclave.api import convert, pb
+from conclave.api.backend import WatchDelivery
+from conclave.api.stubs import EtcdStub
+from conclave.client.errors import ClientError, ServerError, kind_for_message, server_error
+from conclave.client.transport import ConnectionLost, WatchCallback
+from conclave.client.types import Member, Status
+from conclave.kv import types as kv
+
+_NOT_SENT_HINTS = ("failed to connect", "connection refused", "connect failed", "name resolution")
+
+
+class GrpcTransport:
+    def __init__(self, endpoint: str, channel: grpc.aio.Channel) -> None:
+        self.endpoint = endpoint
+        self.channel = channel
+        self.kv = EtcdStub(channel, "etcdserverpb.KV")
+        self.lease = EtcdStub(channel, "etcdserverpb.Lease")
+        self.cluster = EtcdStub(channel, "etcdserverpb.Cluster")
+        self.maint = EtcdStub(channel, "etcdserverpb.Maintenance")
+        self.watch_stub = EtcdStub(channel, "etcdserverpb.Watch")
+        self._closed = False
+        self._watches: dict[int, asyncio.Task[None]] = {}
+        self._next_watch = 0
+
+    @classmethod
+    async def connect(cls, endpoint: str, timeout: float) -> GrpcTransport:
+        channel = grpc.aio.insecure_channel(endpoint)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            await channel.close()
+            raise ConnectionLost(f"cannot connect to {endpoint}: {type(exc).__name__}", sent=False) from None
+        return cls(endpoint, channel)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> ClientError:
+        message = exc.details() or ""
+        kind = kind_for_message(message)
+        if kind:
+            return server_error(kind, message)
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            self._closed = True
+            sent = not any(h in message.lower() for h in _NOT_SENT_HINTS)
+            return ConnectionLost(f"{self.endpoint}: {message}", sent=sent)
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return server_error("InvalidRequest", message)
+        return ServerError(message or exc.code().name, exc.code().name)
+
+    async def request(self, method: str, arg: Any) -> Any:
+        try:
+            return await self._request(method, arg)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+
+    async def _request(self, method: str, arg: Any) -> Any:
+        if method == "range":
+            return convert.range_response_from_pb(await self.kv.Range(convert.range_request_to_pb(arg)))
+        if method == "put":
+            return convert.put_response_from_pb(await self.kv.Put(convert.put_request_to_pb(arg)))
+        if method == "delete_range":
+            return convert.delete_range_response_from_pb(
+                await self.kv.DeleteRange(convert.delete_range_request_to_pb(arg)))
+        if method == "txn":
+            return convert.txn_response_from_pb(await self.kv.Txn(convert.txn_request_to_pb(arg)))
+        if method == "compact":
+            await self.kv.Compact(pb.CompactionRequest(revision=arg.revision, physical=arg.physical))
+            return kv.CompactionResponse()
+        if method == "lease_grant":
+            r = await self.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=arg.ttl, ID=arg.id))
+            if r.error:
+                raise ServerError(r.error)
+            return kv.LeaseGrantResponse(kv.ResponseHeader(revision=r.header.revision), r.ID, r.TTL)
+        if method == "lease_revoke":
+            await self.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=arg.id))
+            return kv.LeaseRevokeResponse()
+        if method == "lease_keep_alive":
+            return await self._keep_alive_once(int(arg))
+        if method == "lease_time_to_live":
+            r = await self.lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=arg.id, keys=arg.keys))
+            if r.TTL < 0:
+                raise server_error("LeaseNotFound", "etcdserver: requested lease not found")
+            return kv.LeaseTimeToLiveResponse(kv.ResponseHeader(revision=r.header.revision), r.ID, r.TTL,
+                                              r.grantedTTL, tuple(bytes(k) for k in r.keys))
+        if method == "lease_leases":
+            r = await self.lease.LeaseLeases(pb.LeaseLeasesRequest())
+            return kv.LeaseLeasesResponse(leases=tuple(kv.LeaseStatus(x.ID) for x in r.leases))
+        if method == "member_list":
+            r = await self.cluster.MemberList(pb.MemberListRequest())
+            return [Member(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), m.isLearner) for m in r.members]
+        if method == "status":
+            r = await self.maint.Status(pb.StatusRequest())
+            h = r.header
+            return Status(self.endpoint, h.cluster_id, h.member_id, h.raft_term, r.version, r.dbSize, r.leader,
+                          r.raftIndex, r.raftAppliedIndex, r.isLearner, tuple(r.errors), h.revision, r.dbSizeInUse)
+        if method == "hash_kv":
+            r = await self.maint.HashKV(pb.HashKVRequest(revision=int(arg)))
+            return kv.HashKVResponse(kv.ResponseHeader(revision=r.header.revision), r.hash, r.compact_revision)
+        raise ValueError(f"unknown method {method!r}")
+
+    async def _keep_alive_once(self, lease_id: int) -> int:
+        call = self.lease.LeaseKeepAlive()
+        try:
+            await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+            r = await call.read()
+        finally:
+            call.cancel()
+        if r is grpc.aio.EOF or r.TTL <= 0:
+            raise server_error("LeaseNotFound", "etcdserver: requested lease not found")
+        return int(r.TTL)
+
+    async def watch(self, req: kv.WatchCreateRequest, callback: WatchCallback) -> tuple[Any, int]:
+        call = self.watch_stub.Watch()
+        create = pb.WatchCreateRequest(key=req.key, range_end=req.range_end, start_revision=req.start_revision,
+                                       prev_kv=req.prev_kv, filters=[int(f) for f in req.filters])
+        try:
+            await call.write(pb.WatchRequest(create_request=create))
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            call.cancel()
+            raise self._error(exc) from None
+        if first is grpc.aio.EOF:
+            raise ConnectionLost(f"{self.endpoint}: watch stream ended", sent=True)
+        if first.canceled:
+            call.cancel()
+            if first.compact_revision:
+                from conclave.client.errors import Compacted
+
+                raise Compacted(compact_revision=first.compact_revision)
+            raise server_error("WatchRangeEmpty", first.cancel_reason or "watch refused")
+
+        async def pump() -> None:
+            try:
+                while True:
+                    m = await call.read()
+                    if m is grpc.aio.EOF:
+                        callback(None, ConnectionLost(f"{self.endpoint}: watch stream ended", sent=True))
+                        return
+                    r = convert.watch_response_from_pb(m)
+                    callback(WatchDelivery(r.events, r.header.revision, r.canceled, r.compact_revision,
+                                           r.cancel_reason), None)
+                    if r.canceled:
+                        return
+            except grpc.aio.AioRpcError as exc:
+                callback(None, self._error(exc))
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+
+        self._next_watch += 1
+        handle = self._next_watch
+        self._watches[handle] = asyncio.get_running_loop().create_task(pump())
+        return handle, int(first.header.revision)
+
+    def cancel_watch(self, handle: Any) -> None:
+        task = self._watches.pop(handle, None)
+        if task is not None:
+            task.cancel()
+
+    def close(self) -> None:
+        self._closed = True
+        for task in self._watches.values():
+            task.cancel()
+        self._watches.clear()
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(self.channel.close())

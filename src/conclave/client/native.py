@@ -1,0 +1,190 @@
+"""One client connection to one member over the native protocol (see ``conclave.api.native``).
+
+Theory of operation: an asyncio protocol that writes request frames as calls are made and
+matches answer frames to waiting futures by request id, so any number of calls may be in flight
+(pipelining) and answers may arrive in any order. Stream requests (watches, keep-alive streams)
+register a callback that receives every pushed item, then the end of the stream. When the
+connection drops, every waiting call fails with :class:`ConnectionLost` (``sent=True``: the
+request may have been applied) and every stream ends with it; the client above decides whether
+to retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgpack
+
+from conclave.api.native import FRAME_HEADER, pack_frame
+from conclave.client.errors import ClientError, ProtocolError, server_error
+
+FRAME_BYTES_MAX = 256 * 1024 * 1024  # answers (large ranges) may be big; this only stops garbage
+
+
+class ConnectionLost(ClientError):
+    """The connection to a member failed; ``sent`` says whether the request may have left."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+StreamCallback = Callable[[Any, BaseException | None], None]  # (item, None) per push; (None, exc) at end
+
+
+def host_port(endpoint: str) -> tuple[str, int]:
+    raw = endpoint.split("://", 1)[-1].rstrip("/")
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"endpoint must be host:port, got {endpoint!r}")
+    return host.strip("[]"), int(port)
+
+
+class NativeChannel(asyncio.Protocol):
+    """A pipelined connection; create with ``await NativeChannel.connect(endpoint, timeout)``."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.calls: dict[int, asyncio.Future[Any]] = {}
+        self.streams: dict[int, StreamCallback] = {}
+        self.ids = itertools.count(1)
+        self.closed = False
+        self.lost: BaseException | None = None
+
+    @classmethod
+    async def connect(cls, endpoint: str, timeout: float) -> NativeChannel:
+        host, port = host_port(endpoint)
+        loop = asyncio.get_running_loop()
+        try:
+            _, channel = await asyncio.wait_for(
+                loop.create_connection(lambda: cls(endpoint), host, port), timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLost(f"cannot connect to {endpoint}: {exc or type(exc).__name__}", sent=False) from None
+        return channel
+
+    # ---------------------------------------------------------------- protocol events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionLost(f"connection to {self.endpoint} lost" + (f": {exc}" if exc else ""), sent=True))
+
+    def _fail(self, err: BaseException) -> None:
+        if self.closed and not self.calls and not self.streams:
+            return
+        self.closed = True
+        self.lost = err
+        calls, self.calls = self.calls, {}
+        for fut in calls.values():
+            if not fut.done():
+                fut.set_exception(err)
+        streams, self.streams = self.streams, {}
+        for callback in streams.values():
+            callback(None, err)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        pos = 0
+        while len(buf) - pos >= 4:
+            (length,) = FRAME_HEADER.unpack_from(buf, pos)
+            if length > FRAME_BYTES_MAX:
+                self._fail(ProtocolError(f"{self.endpoint} sent a frame of {length} bytes"))
+                return
+            end = pos + 4 + length
+            if len(buf) < end:
+                break
+            try:
+                msg = msgpack.unpackb(bytes(buf[pos + 4 : end]), raw=False, use_list=True)
+                rid, ok, payload = msg
+            except Exception:
+                self._fail(ProtocolError(f"{self.endpoint} sent a malformed frame"))
+                return
+            pos = end
+            self._on_message(rid, ok, payload)
+        if pos:
+            del buf[:pos]
+
+    def _on_message(self, rid: int, ok: bool | None, payload: Any) -> None:
+        if ok is None:
+            callback = self.streams.get(rid)
+            if callback is not None:
+                callback(payload, None)
+            return
+        fut = self.calls.pop(rid, None)
+        if fut is not None:
+            if fut.done():
+                return
+            if ok:
+                fut.set_result(payload)
+            else:
+                fut.set_exception(self._error(payload))
+            return
+        if not ok:  # the final error of a stream whose opening call was already answered
+            callback = self.streams.pop(rid, None)
+            if callback is not None:
+                callback(None, self._error(payload))
+
+    @staticmethod
+    def _error(payload: Any) -> ClientError:
+        try:
+            kind, message = payload
+            return server_error(str(kind), str(message))
+        except (TypeError, ValueError):
+            return ProtocolError(f"malformed error payload {payload!r:.80}")
+
+    # ---------------------------------------------------------------- calls
+
+    def _send(self, method: str, args: list[Any]) -> tuple[int, asyncio.Future[Any]]:
+        if self.closed or self.transport is None:
+            raise ConnectionLost(f"connection to {self.endpoint} is closed", sent=False)
+        rid = next(self.ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.calls[rid] = fut
+        self.transport.write(pack_frame([rid, method, args]))
+        return rid, fut
+
+    async def call(self, method: str, args: list[Any]) -> Any:
+        rid, fut = self._send(method, args)
+        try:
+            return await fut
+        finally:
+            self.calls.pop(rid, None)
+
+    async def open_stream(self, method: str, args: list[Any], callback: StreamCallback) -> tuple[int, Any]:
+        """Send a stream-opening call; returns (stream id, first answer). ``callback`` gets the pushes."""
+        if self.closed or self.transport is None:
+            raise ConnectionLost(f"connection to {self.endpoint} is closed", sent=False)
+        rid = next(self.ids)
+        self.streams[rid] = callback
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.calls[rid] = fut
+        self.transport.write(pack_frame([rid, method, args]))
+        try:
+            return rid, await fut
+        except BaseException:
+            self.streams.pop(rid, None)
+            raise
+        finally:
+            self.calls.pop(rid, None)
+
+    def cancel_stream(self, rid: int) -> None:
+        """Stop a stream (no answer awaited; pushes already in flight are dropped)."""
+        if self.streams.pop(rid, None) is None or self.closed or self.transport is None:
+            return
+        cancel_rid = next(self.ids)
+        self.transport.write(pack_frame([cancel_rid, "stream_cancel", [rid]]))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self._fail(ConnectionLost(f"connection to {self.endpoint} closed by the client", sent=True))

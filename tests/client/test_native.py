@@ -1,0 +1,222 @@
+"""The native protocol server adapter, in process, over the real kv store (no Raft): framing,
+pipelining, typed errors, watches, limits and malformed input."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pytest
+
+from conclave import AsyncClient
+from conclave.api import native
+from conclave.client import (
+    Compacted,
+    InvalidArgument,
+    LeaseNotFound,
+    ServerError,
+    create_revision,
+    get_op,
+    put_op,
+    value,
+)
+from conclave.client.native import NativeChannel
+from conclave.kv import types as kv
+from tests.api.fake_backend import FakeBackend
+
+
+@dataclass
+class Cfg:
+    listen_native_urls: list[str]
+    max_request_bytes: int = 4096
+
+
+def run(body: Callable[[native.NativeServer, str, Any], Awaitable[None]], backend: Any = None) -> None:
+    async def main() -> None:
+        b = backend or FakeBackend()
+        server = await native.start_native_server(b, Cfg(["http://127.0.0.1:0"]))
+        try:
+            await asyncio.wait_for(body(server, f"127.0.0.1:{server.ports[0]}", b), 20)
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_codec_round_trips_nested_store_values() -> None:
+    txn = kv.TxnRequest(
+        compare=(kv.Compare(result=kv.CompareResult.GREATER, target=kv.CompareTarget.MOD, key=b"k", mod_revision=3),),
+        success=(kv.RequestOp(request_put=kv.PutRequest(b"k", b"v", lease=7)),),
+        failure=(kv.RequestOp(request_txn=kv.TxnRequest(success=(kv.RequestOp(request_range=kv.RangeRequest(b"a")),))),),
+    )
+    raw = msgpack.unpackb(native.pack_value(txn), raw=False)
+    assert native.unpack_as(kv.TxnRequest, raw) == txn
+    with pytest.raises(native.MalformedRequest):
+        native.unpack_as(kv.PutRequest, ["key-as-str", b"v"])
+    with pytest.raises(native.MalformedRequest):
+        native.unpack_as(kv.RequestOp, [None, None, None, None])  # oneof with nothing set
+    with pytest.raises(native.MalformedRequest):
+        native.unpack_as(kv.RangeRequest, [b"k"] * 20)
+
+
+def test_kv_calls_and_typed_errors() -> None:
+    async def body(server: native.NativeServer, ep: str, backend: Any) -> None:
+        async with AsyncClient([ep], discover=False) as c:
+            r = await c.put("a", "1")
+            assert r.header.revision == 2 and r.header.cluster_id == backend.cluster_id
+            assert await c.get("a") == b"1" and await c.get(b"missing") is None
+            t = await c.txn().if_(value("a") == "1").then(put_op("b", "2")).else_(get_op("a")).commit()
+            assert t.succeeded and await c.get("b") == b"2"
+            t = await c.transaction([create_revision("a") == 0], [put_op("a", "x")], [get_op("a")])
+            assert not t.succeeded and t.responses[0].response_range.kvs[0].value == b"1"
+            assert [x.key for x in await c.get_prefix("")] == [b"a", b"b"]
+            await c.put("a", "3")
+            await c.compact(3)
+            with pytest.raises(Compacted):
+                await c.range("a", revision=2)
+            with pytest.raises(LeaseNotFound):
+                await c.lease_keep_alive(12345)
+            with pytest.raises(InvalidArgument):
+                await c.put("", "no key")
+            lease = await c.lease(30)
+            await c.put("eph", "x", lease=lease.id)
+            assert (await lease.time_to_live(keys=True)).keys == (b"eph",)
+            await lease.revoke()
+            assert await c.get("eph") is None
+            assert (await c.status()).member_id == backend.member_id
+
+    run(body)
+
+
+def test_pipelined_requests_are_answered_out_of_order() -> None:
+    class SlowFirst(FakeBackend):
+        async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
+            if req.key == b"slow":
+                await asyncio.sleep(0.2)
+            return await super().range(req)
+
+    async def body(server: native.NativeServer, ep: str, backend: Any) -> None:
+        ch = await NativeChannel.connect(ep, 2)
+        order: list[bytes] = []
+
+        async def get(key: bytes) -> None:
+            await ch.call("range", [kv.RangeRequest(key)])
+            order.append(key)
+
+        await asyncio.gather(get(b"slow"), *(get(b"fast%d" % i) for i in range(50)))
+        assert order[-1] == b"slow" and len(order) == 51
+        ch.close()
+
+    run(body, SlowFirst())
+
+
+def test_in_flight_limit_stops_reading_instead_of_queueing() -> None:
+    gate = asyncio.Event()
+    seen_max = 0
+
+    class Blocking(FakeBackend):
+        async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
+            await gate.wait()
+            return await super().range(req)
+
+    async def body(server: native.NativeServer, ep: str, backend: Any) -> None:
+        nonlocal seen_max
+        ch = await NativeChannel.connect(ep, 2)
+        total = native.IN_FLIGHT_MAX + 300
+        calls = [asyncio.ensure_future(ch.call("range", [kv.RangeRequest(b"k")])) for _ in range(total)]
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            seen_max = max(seen_max, *(c.in_flight for c in server.connections))
+        conn = next(iter(server.connections))
+        assert conn.reading_paused and seen_max == native.IN_FLIGHT_MAX
+        gate.set()
+        results = await asyncio.gather(*calls)
+        assert len(results) == native.IN_FLIGHT_MAX + 300
+        ch.close()
+
+    run(body, Blocking())
+
+
+def _raw(ep: str) -> socket.socket:
+    host, port = ep.split(":")
+    s = socket.create_connection((host, int(port)), timeout=5)
+    return s
+
+
+async def _closed_by_server(s: socket.socket) -> bool:
+    def read() -> bytes:
+        try:
+            return s.recv(1024)
+        except ConnectionResetError:
+            return b""
+
+    return await asyncio.to_thread(read) == b""
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # not msgpack
+        struct.pack(">I", 2) + msgpack.packb({"a": 1}),  # not an envelope (length matches below)
+        struct.pack(">I", 10_000_000),  # over the frame limit
+        native.FRAME_HEADER.pack(4) + msgpack.packb(["x", "put", []]),  # request id not an int
+    ],
+)
+def test_malformed_frames_close_only_that_connection(frame: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    if frame.startswith(struct.pack(">I", 2)):
+        body = msgpack.packb({"a": 1})
+        frame = struct.pack(">I", len(body)) + body
+
+    async def body(server: native.NativeServer, ep: str, backend: Any) -> None:
+        async with AsyncClient([ep], discover=False) as good:
+            await good.put("k", "v")
+            bad = _raw(ep)
+            bad.sendall(frame)
+            assert await _closed_by_server(bad)
+            bad.close()
+            assert await good.get("k") == b"v"  # the other connection is unaffected
+
+    with caplog.at_level("WARNING", logger="conclave.native"):
+        run(body)
+    assert "closing connection" in caplog.text
+
+
+def test_unknown_method_and_bad_arguments_get_error_answers() -> None:
+    async def body(server: native.NativeServer, ep: str, backend: Any) -> None:
+        ch = await NativeChannel.connect(ep, 2)
+        with pytest.raises(ServerError, match="unknown native method"):
+            await ch.call("drop_database", [])
+        with pytest.raises(InvalidArgument, match="malformed native request"):
+            await ch.call("put", [["key-as-str"]])
+        assert (await ch.call("range", [kv.RangeRequest(b"k")]))  # still usable
+        ch.close()
+
+    run(body)
+
+
+def test_watch_streams_events_and_cancel_stops_them() -> None:
+    async def body(server: native.NativeServer, ep: str, backend: Any) -> None:
+        async with AsyncClient([ep], discover=False) as c:
+            await c.put("w/0", "before")
+            w = c.watch("w/", prefix=True, start_revision=1, prev_kv=True)
+            await w.start()
+            await c.put("w/1", "a")
+            await c.delete("w/0")
+            got = [await w.next(5) for _ in range(3)]
+            assert [(e.type, e.kv.key) for e in got if e] == [
+                (kv.EventType.PUT, b"w/0"), (kv.EventType.PUT, b"w/1"), (kv.EventType.DELETE, b"w/0")]
+            w.close()
+            await asyncio.sleep(0.05)
+            conn = next(iter(server.connections))
+            assert not conn.streams and backend.watcher_count() == 0
+            await c.compact((await c.put("w/2", "b")).header.revision)
+            old = c.watch("w/", prefix=True, start_revision=1)
+            with pytest.raises(Compacted):
+                await old.next(5)
+
+    run(body)
