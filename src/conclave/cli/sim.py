@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 DEFAULT_SEEDS = 100
@@ -85,10 +86,14 @@ def run(args: argparse.Namespace) -> int:
 
     violations = 0
     steps_total = 0
+    totals: Counter[str] = Counter()
     began = time.perf_counter()
     for seed in seeds:
         result = run_seed(seed, options, trace)
         steps_total += result.steps
+        totals.update(result.stats)
+        totals.update(result.ops)
+        totals["leader_terms"] += result.leader_terms
         if result.violation is not None:
             violations += 1
             print(f"FAIL {result.violation}")
@@ -105,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
         f"({options.nodes} nodes, faults {describe_faults(options.faults)}"
         f"{', rule ' + options.fault_rule if options.fault_rule else ''})"
     )
+    print("coverage: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
     print(f"{len(seeds)} seeds, {violations} violations")
     return 1 if violations else 0

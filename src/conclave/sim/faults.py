@@ -44,13 +44,14 @@ class FaultRates:
     """Per nemesis round (every ``round_ms``) unless noted."""
 
     round_ms: int = 20
-    partition_start: float = 0.12
+    partition_start: float = 0.08
     partition_ms: tuple[int, int] = (20, 300)
+    leader_moment_seeds: float = 0.5  # share of seeds in which the four isolate_on_* apply
     isolate_on_first_append: float = 0.5  # as a leader first appends in its term
     isolate_on_append: float = 0.1  # as a leader appends again
     isolate_on_first_commit: float = 0.6  # as a leader first commits in its term
     isolate_on_commit: float = 0.02  # as a leader commits again
-    crash: float = 0.10
+    crash: float = 0.05
     crash_down_ms: tuple[int, int] = (1, 200)
     crash_majority_allowed: float = 0.25  # chance a crash may take down a majority
     crash_before_sync: float = 0.02  # per Ready that needs an fsync

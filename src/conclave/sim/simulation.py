@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -63,11 +64,11 @@ WRITE_TIMEOUT_MS = 500
 READ_TIMEOUT_MS = 300
 CLIENT_THINK_MS = (2, 30)
 DISK_SYNC_MS = (0, 0, 1, 2, 4)
-COMPACT_EVERY_ENTRIES = 40
+COMPACT_EVERY_ENTRIES = 8  # small, so lagging and new nodes often need InstallSnapshot
 MAX_SIZE_PER_MSG_CHOICES = (1, 1, 1, 200, 1024 * 1024)
 MAX_INFLIGHT_CHOICES = (1, 2, 8, 256)
 READY_LOOP_MAX = 1000
-QUIET_STEPS_MAX = 200_000
+QUIET_STEPS_MAX = 50_000  # a message storm that never lets virtual time advance is a liveness failure too
 
 T = TypeVar("T")
 
@@ -81,7 +82,6 @@ class SimOptions:
     clients: int = 3
     quiet_ms: int = 3000
     check_persistence_rule: bool = True
-    compact_on_conf_change: bool = True
     rates: FaultRates = FaultRates()
 
     def validate(self) -> None:
@@ -106,6 +106,7 @@ class SimResult:
     ops: dict[str, int] = field(default_factory=dict)
     leader_terms: int = 0
     commit_index: int = 0
+    stats: dict[str, int] = field(default_factory=dict)  # how often each fault and mechanism occurred
 
     @property
     def ok(self) -> bool:
@@ -130,6 +131,9 @@ class Simulation:
         # first entry, which is what the figure-8 commitment rule is about.
         self._max_size_per_msg = master.choice(MAX_SIZE_PER_MSG_CHOICES)
         self._max_inflight_msgs = master.choice(MAX_INFLIGHT_CHOICES)
+        # Half of the seeds hunt figure 8 by cutting leaders off at their first append and
+        # commit; the other half let leaders settle, for long logs and snapshots.
+        self._hunt_leader_moments = master.random() < self.rates.leader_moment_seeds
         self.agenda = Agenda()
         self.network = Network(self._net_rng)
         self.monitor = SafetyMonitor(options.check_persistence_rule)
@@ -143,6 +147,8 @@ class Simulation:
         self._value_seq = 0
         self._bootstrap = ConfState(voters=frozenset(range(1, options.nodes + 1)))
         self._client_op: dict[int, Operation] = {}
+        self.stats: Counter[str] = Counter()
+        self._configs_seen: set[ConfState] = set()
 
     # -- running ---------------------------------------------------------------------
 
@@ -162,6 +168,11 @@ class Simulation:
         result.ops = self.history.counts()
         result.leader_terms = len(self.monitor.leader_of_term)
         result.commit_index = self.monitor.commit_max
+        self.stats["configurations"] = len(self._configs_seen)
+        self.stats["messages"] = self.network.sent
+        self.stats["messages_lost"] = self.network.dropped
+        self.stats["messages_duplicated"] = self.network.duplicated
+        result.stats = dict(sorted(self.stats.items()))
         return result
 
     def _next_event(self) -> Event:
@@ -304,6 +315,7 @@ class Simulation:
             r.disk.save(rd.hard_state, rd.entries, rd.snapshot)
             if self._faulty("crash") and self._disk_rng.random() < self.rates.crash_before_sync:
                 self._trace(f"node {r.id} crashes between save and fsync")
+                self.stats["crashes_before_fsync"] += 1
                 self._crash(r)
                 return
             delay = self._disk_rng.choice(DISK_SYNC_MS)
@@ -323,6 +335,7 @@ class Simulation:
             self.monitor.observe_restore(r.id, meta.index, rd.snapshot.data)
             r.machine.restore(meta.index, rd.snapshot.data)
             self._trace(f"node {r.id} installs snapshot at {meta.index} (term {meta.term})")
+            self.stats["snapshots_installed"] += 1
         for e in rd.committed:
             self.monitor.observe_apply(r.id, e)
             r.machine.apply(e)
@@ -341,14 +354,9 @@ class Simulation:
                 r.waiting_reads.append((rs.index, op))
         self._core(lambda: raft.advance(rd), r.id, "advance")
         self._serve_reads(r)
-        compact = r.machine.applied_index - r.log.base_index >= COMPACT_EVERY_ENTRIES
         if raft.conf_state != r.conf:
-            added = bool(raft.conf_state.all_nodes() - r.conf.all_nodes())
             self._conf_applied(r, raft.conf_state)
-            # The core refuses a snapshot whose configuration does not name the receiver,
-            # so a joiner can only catch up from a snapshot taken after its addition.
-            compact = compact or (added and self.options.compact_on_conf_change)
-        if r.raft is not None and compact and r.machine.applied_index > r.log.base_index:
+        if r.raft is not None and r.machine.applied_index - r.log.base_index >= COMPACT_EVERY_ENTRIES:
             self._compact(r)
 
     def _serve_reads(self, r: Replica) -> None:
@@ -380,6 +388,7 @@ class Simulation:
         r.disk.sync()
         r.log.install(snap.meta.index, snap.meta.term)
         self._trace(f"node {r.id} compacts its log up to {index}")
+        self.stats["compactions"] += 1
 
     def _send(self, r: Replica, msgs: Sequence[Message]) -> None:
         for m in msgs:
@@ -428,6 +437,7 @@ class Simulation:
             f"node {r.id} CRASH (disk keeps term={r.disk.durable.hard_state.term}"
             f" vote={r.disk.durable.hard_state.vote} entries<={_disk_last(r)})"
         )
+        self.stats["crashes" if not r.removed else "removals"] += 1
         if not r.removed:
             down_ms = self._nemesis_rng.randint(*self.rates.crash_down_ms) if not self.quiet else 0
             self.agenda.schedule(down_ms, EventKind.RESTART, r.id, r.incarnation)
@@ -436,6 +446,7 @@ class Simulation:
         gone = r.conf.all_nodes() - conf.all_nodes()
         self._trace(f"node {r.id} applies conf {_conf(conf)}")
         r.conf = conf
+        self._configs_seen.add(conf)
         # A removed node learns it is out and shuts down, never to return (ids are not reused).
         for nid in sorted(gone):
             x = self.replicas.get(nid)
@@ -505,7 +516,7 @@ class Simulation:
         """
         raft = leader.raft
         assert raft is not None
-        if not self._faulty("partition"):
+        if not self._hunt_leader_moments or not self._faulty("partition"):
             return
         first = leader.moments.get(moment, 0) < raft.term
         leader.moments[moment] = raft.term
@@ -520,6 +531,7 @@ class Simulation:
             self._partition_until_ms = self.agenda.now_ms + self._nemesis_rng.randint(*self.rates.partition_ms)
             when = "first " if first else ""
             self._trace(f"nemesis: isolate leader {leader.id} as it {when}{moment} in term {raft.term}")
+            self.stats["partitions"] += 1
 
     def _partition(self, ids: list[int]) -> None:
         rng = self._nemesis_rng
@@ -529,6 +541,7 @@ class Simulation:
             victim = leader.id if leader is not None and rng.random() < 0.5 else rng.choice(ids)
             self.network.isolate(victim, ids)
             self._trace(f"nemesis: isolate node {victim}")
+            self.stats["partitions"] += 1
         elif shape < 0.7:
             shuffled = list(ids)
             rng.shuffle(shuffled)
@@ -536,12 +549,14 @@ class Simulation:
             groups = [sorted(shuffled[:cut]), sorted(shuffled[cut:])]
             self.network.partition(groups)
             self._trace(f"nemesis: partition {groups[0]} | {groups[1]}")
+            self.stats["partitions"] += 1
         else:
             links = [(a, b) for a in ids for b in ids if a != b]
             chosen = rng.sample(links, rng.randint(1, min(3, len(links))))
             for a, b in chosen:
                 self.network.cut(a, b)
             self._trace(f"nemesis: one-way cuts {sorted(chosen)}")
+            self.stats["partitions"] += 1
 
     def _change_membership(self) -> None:
         rng = self._nemesis_rng
@@ -571,6 +586,7 @@ class Simulation:
         if what == "transfer":
             target = rng.choice([v for v in voters if v != leader.id])
             self._trace(f"nemesis: transfer leadership {leader.id} -> {target}")
+            self.stats["transfers"] += 1
             self._refusable(lambda: raft.transfer_leadership(target), leader, "transfer")
             self._membership_after_ms = self.agenda.now_ms + self.rates.membership_gap_ms
             return
@@ -598,6 +614,7 @@ class Simulation:
                 )
                 transition = ConfChangeTransition.JOINT_IMPLICIT
         cc = ConfChange(changes, transition)
+        self.stats["conf_changes_proposed"] += 1
         self._trace(
             f"nemesis: propose conf change via node {leader.id}: "
             + ", ".join(f"{c.type.name} {c.node_id}" for c in changes)
