@@ -389,6 +389,8 @@ class RaftNode:
         self._pending_conf_index = 0
         self.prs = {}
         self._sync_progress()
+        for pr in self.prs.values():
+            pr.recent_active = False  # a new term: activity must be heard afresh
 
     def _reset_randomized_election_timeout(self) -> None:
         et = self.config.election_tick
