@@ -325,7 +325,7 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
     twin = _twins(ops, model)
     step = model.step
     reject = REJECT
-    slice_mask = max(1, slice_configurations) - 1
+    slice_size = max(1, slice_configurations)
 
     # A configuration is (linearized set, state). In a long part the set is stored as (bits above
     # its lowest gap, position of that gap): every op called before the gap is linearized, so
@@ -344,7 +344,9 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
     arrived = True
     node = head
     scan_pass = _DEFINITE
-    explored = 0
+    until_yield = slice_size
+    # lift (unlink an op's call and return events) and its undo are written out in place below:
+    # they run once per configuration, where a function call would cost as much as the work.
     while True:
         dead = False
         if arrived:
@@ -354,8 +356,9 @@ def _search(ops: Sequence[Operation], model: Model[Any], progress: _Progress, sl
                 # Only indeterminate ops are left, and each of them may never have taken effect.
                 progress.cached = len(cache)
                 return Verdict.LINEARIZABLE, [opid[x] for x in stack_node]
-            explored += 1
-            if explored & slice_mask == 0:
+            until_yield -= 1
+            if until_yield == 0:
+                until_yield = slice_size
                 if len(stack_node) > len(best):
                     best = [opid[x] for x in stack_node]
                 progress.best = best
