@@ -38,6 +38,7 @@ REPO_SRC = Path(__file__).resolve().parents[2] / "src"
 # One watch event as the tests compare it: (mod revision, "PUT"/"DELETE", key, value).
 Event = tuple[int, str, bytes, bytes]
 EVENT_TYPE_NAMES = {0: "PUT", 1: "DELETE"}
+FATAL = "FATAL"  # marks a recorder error that is not a broken connection
 
 
 def client_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -170,6 +171,9 @@ class WatchRecorder:
     prefix: bytes
     start_revision: int
     deadline_s: float = 60.0
+    stall_s: float = 0.0  # do not read the first stream for this long (a slow consumer)
+    # With BDP probing off the HTTP/2 window stays at 64 KiB, so a stalled reader really stalls.
+    channel_options: tuple[tuple[str, Any], ...] = ()
     events: list[Event] = field(default_factory=list)
     reconnects: list[tuple[str, int]] = field(default_factory=list)  # (endpoint, resumed from)
     errors: list[str] = field(default_factory=list)
@@ -220,13 +224,13 @@ class WatchRecorder:
                     return
                 self.errors.append(f"{endpoint}: {err.code()}")
             except Exception as err:  # a broken invariant inside the stream: record it, stop
-                self.errors.append(f"{endpoint}: {err!r}")
+                self.errors.append(f"{FATAL} {endpoint}: {err!r}")
                 return
             index += 1
             time.sleep(0.1)
 
     def _stream(self, endpoint: str, start_revision: int, give_up: float) -> None:
-        channel = grpc.insecure_channel(endpoint)
+        channel = grpc.insecure_channel(endpoint, options=list(self.channel_options))
         requests: queue.Queue[Any] = queue.Queue()
         requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(
             key=self.prefix, range_end=prefix_end(self.prefix), start_revision=start_revision)))
@@ -244,6 +248,9 @@ class WatchRecorder:
             call = EtcdStub(channel, "etcdserverpb.Watch").Watch(
                 feed(), timeout=max(1.0, give_up - time.monotonic()), metadata=(("hasleader", "true"),))
             self._call = call
+            if self.stall_s > 0:  # unread responses fill the HTTP/2 window; the server must hold back
+                stall, self.stall_s = self.stall_s, 0.0
+                self._stop.wait(stall)
             for resp in call:
                 if resp.canceled:
                     raise RuntimeError(f"watch canceled by {endpoint}: {resp.cancel_reason!r}")
