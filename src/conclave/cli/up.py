@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--nodes", type=int, default=3, help="number of members, 1 to 5 (default 3)")
     p.add_argument("--data-dir", default="./conclave-data", help="parent of the members' data dirs")
-    p.add_argument("--port-offset", type=int, default=0, help="add this to every port (run two clusters side by side)")
+    p.add_argument("--port-offset", type=int, default=0,
+                   help="add this multiple of 10 to every port (run two clusters side by side)")
     p.add_argument("--heartbeat-interval", default="100", help="passed to each member (ms)")
     p.add_argument("--election-timeout", default="1000", help="passed to each member (ms)")
     p.add_argument("--snapshot-count", default="10000", help="passed to each member")
@@ -70,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"conclave up: --nodes must be between 1 and {len(CLIENT_PORTS)}", file=sys.stderr)
         return 2
     off = args.port_offset
+    if off % 10 or not 0 <= off <= 12000:
+        print("conclave up: --port-offset must be a multiple of 10 between 0 and 12000", file=sys.stderr)
+        return 2
     busy = [p + off for p in CLIENT_PORTS[: args.nodes] + PEER_PORTS[: args.nodes] if _port_open(p + off)]
     if busy:
         print(f"conclave up: ports already in use on 127.0.0.1: {busy} (is a cluster already running?)",
