@@ -203,3 +203,34 @@ def test_a_stale_leader_need_not_hold_what_a_later_term_committed() -> None:
     m.observe_commit(4, new, 5, 12)
     with pytest.raises(InvariantBroken, match="leader completeness"):
         m.observe_leader_log(5, 13, old)
+
+
+def test_a_write_must_land_after_what_was_visible_when_it_was_called() -> None:
+    h = History()
+    first = h.call(1, OpKind.WRITE, 1, b"a", step=1, now_ms=1)
+    h.acknowledge_write(first, index=2, length=1, step=2, now_ms=2)
+    second = h.call(1, OpKind.WRITE, 1, b"b", step=3, now_ms=3)
+    with pytest.raises(InvariantBroken, match="landed at position 1"):
+        h.acknowledge_write(second, index=1, length=1, step=4, now_ms=4)
+
+
+def test_the_history_goes_to_the_verify_checker_and_a_reordering_is_caught() -> None:
+    from conclave.verify.checker import Verdict, check_operations
+    from conclave.verify.model import KeyValue
+
+    h = History()
+    a = h.call(1, OpKind.WRITE, 1, b"a", step=1, now_ms=1)
+    h.acknowledge_write(a, index=1, length=1, step=2, now_ms=2)
+    b = h.call(2, OpKind.WRITE, 1, b"b", step=3, now_ms=3)  # called after a returned
+    lost = h.call(3, OpKind.WRITE, 1, b"never-applied", step=3, now_ms=3)
+    h.acknowledge_write(b, index=2, length=2, step=4, now_ms=4)
+    h.give_up(lost, step=9, now_ms=9)
+    r = h.call(3, OpKind.READ, 2, b"", step=5, now_ms=5)
+    h.return_read(r, index=2, length=2, step=6, now_ms=6)
+    good = h.to_verify([b"a", b"b"], {b"a": 2, b"b": 4})
+    assert [o.f for o in good] == ["append", "append", "get"]  # the never-applied write is left out
+    assert check_operations(good, KeyValue()).verdict is Verdict.LINEARIZABLE
+    # Had the replicas applied b before a, the read "b,a," contradicts real time.
+    assert check_operations(h.to_verify([b"b", b"a"], {b"a": 2, b"b": 4}), KeyValue()).verdict is (
+        Verdict.NOT_LINEARIZABLE
+    )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from conclave.raft.types import Entry, EntryType, Message, MessageType
 from conclave.sim.errors import InvariantBroken
-from conclave.sim.machine import carries_value, decode_values
+from conclave.sim.machine import AppendOnlyList, decode_values
 from conclave.sim.mirror import LogMirror
 from conclave.storage.memory import MemoryStorage
 
@@ -53,8 +53,8 @@ class SafetyMonitor:
         self._node_commit: dict[int, int] = {}  # node -> commit index already checked
         self._leaders: dict[int, tuple[int, LogMirror]] = {}  # node -> (term, log) of live leaders
         self.applied: list[Entry] = []  # canonical applied log, index i at position i-1
-        self.values: list[bytes] = []  # canonical state machine
-        self.values_upto: list[int] = [0]  # values_upto[i]: number of values in entries 1..i
+        self._canonical = AppendOnlyList()  # the state machine every replica must agree with
+        self.values_upto: list[int] = [0]  # values_upto[i]: length of the list after entries 1..i
 
     # -- election safety ------------------------------------------------------------
 
@@ -187,9 +187,13 @@ class SafetyMonitor:
                 "state machine safety", f"node {node} applied entry {i} of term {entry.term}; term {known} committed"
             )
         self.applied.append(entry)
-        if carries_value(entry):
-            self.values.append(entry.data)
+        self._canonical.apply(entry)
         self.values_upto.append(len(self.values))
+
+    @property
+    def values(self) -> list[bytes]:
+        """The canonical list: every replica's list is a prefix of it."""
+        return self._canonical.values
 
     def observe_restore(self, node: int, index: int, data: bytes) -> None:
         if index > len(self.applied):

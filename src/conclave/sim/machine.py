@@ -1,7 +1,10 @@
 """The replicated state machine of the simulation: an append-only list of client values.
 
 Theory of operation: every committed NORMAL entry with non-empty data appends its data
-to the list; empty entries (a new leader's no-op) and conf changes append nothing. The
+to the list, unless the list already holds it; empty entries (a new leader's no-op) and
+conf changes append nothing. Values are unique request ids, and a proposal can reach
+the log twice (a forwarded proposal duplicated on the wire, a client retry), so the
+apply step is idempotent per value, as a real service deduplicates by request id. The
 list is small enough to snapshot whole, which lets the simulation exercise compaction
 and InstallSnapshot. ``applied_index`` must advance one entry at a time; a gap or a
 step backwards is a bug in whoever fed the entries, so it raises.
@@ -30,6 +33,7 @@ def carries_value(entry: Entry) -> bool:
 class AppendOnlyList:
     def __init__(self) -> None:
         self.values: list[bytes] = []
+        self._seen: set[bytes] = set()  # membership tests only; never iterated (bytes hash per process)
         self.applied_index = 0
 
     def apply(self, entry: Entry) -> None:
@@ -38,11 +42,13 @@ class AppendOnlyList:
                 "apply order", f"entry {entry.index} applied after {self.applied_index} (entries must apply in order)"
             )
         self.applied_index = entry.index
-        if carries_value(entry):
+        if carries_value(entry) and entry.data not in self._seen:
+            self._seen.add(entry.data)
             self.values.append(entry.data)
 
     def restore(self, index: int, data: bytes) -> None:
         self.values = decode_values(data)
+        self._seen = set(self.values)
         self.applied_index = index
 
     def image(self) -> bytes:

@@ -55,6 +55,8 @@ from conclave.sim.invariants import SafetyMonitor
 from conclave.sim.machine import carries_value
 from conclave.sim.network import LinkConditions, Network
 from conclave.sim.replica import Replica
+from conclave.verify.checker import Limits, Verdict, check_operations
+from conclave.verify.model import KeyValue
 
 CLUSTER_SIZES = (3, 5, 7)
 TICK_MS = 10
@@ -68,6 +70,7 @@ COMPACT_EVERY_ENTRIES = 8  # small, so lagging and new nodes often need InstallS
 MAX_SIZE_PER_MSG_CHOICES = (1, 1, 1, 200, 1024 * 1024)
 MAX_INFLIGHT_CHOICES = (1, 2, 8, 256)
 READY_LOOP_MAX = 1000
+LINEARIZABILITY_POLLS_MAX = 2000  # search slices (64 configurations each) before the check gives up
 QUIET_STEPS_MAX = 50_000  # a message storm that never lets virtual time advance is a liveness failure too
 
 T = TypeVar("T")
@@ -149,6 +152,7 @@ class Simulation:
         self._client_op: dict[int, Operation] = {}
         self.stats: Counter[str] = Counter()
         self._configs_seen: set[ConfState] = set()
+        self._applied_step: dict[bytes, int] = {}  # value -> step at which a replica first applied it
 
     # -- running ---------------------------------------------------------------------
 
@@ -340,6 +344,7 @@ class Simulation:
             self.monitor.observe_apply(r.id, e)
             r.machine.apply(e)
             if carries_value(e):
+                self._applied_step.setdefault(e.data, self.step)
                 op = r.pending_writes.pop(e.data, None)
                 if op is not None:
                     self.history.acknowledge_write(
@@ -733,6 +738,32 @@ class Simulation:
                     "durability",
                     f"acknowledged {op.describe()} is not at position {op.length} of leader {leader.id}'s list",
                 )
+        self._check_linearizable()
+
+    def _check_linearizable(self) -> None:
+        """The whole client history, writes and reads, must have a linearization (verify's checker)."""
+        budget = [LINEARIZABILITY_POLLS_MAX]
+
+        def exhausted() -> bool:
+            budget[0] -= 1
+            return budget[0] < 0
+
+        ops = self.history.to_verify(self.monitor.values, self._applied_step)
+        result = check_operations(ops, KeyValue(), Limits(should_stop=exhausted, memory_bytes_max=64 << 20))
+        self.stats["linearizability_configurations"] += result.configurations
+        if result.verdict is Verdict.UNKNOWN:
+            self.stats["linearizability_unknown"] += 1
+            self._trace(f"quiet: linearizability check gave up ({result.reason})")
+        elif result.verdict is Verdict.NOT_LINEARIZABLE:
+            part = result.failing[0]
+            stuck = "; ".join(f"{b.op.f} {b.op.input or ''}->{b.op.output or ''}: {b.reason}" for b in part.blocked[:3])
+            raise InvariantBroken(
+                "linearizability",
+                f"the client history ({len(ops)} operations) has no linearization; "
+                f"longest linearizable prefix {len(part.order)} operations; then {stuck}",
+            )
+        else:
+            self._trace(f"quiet: the {len(ops)} client operations are linearizable")
 
     # -- trace ------------------------------------------------------------------------------
 
