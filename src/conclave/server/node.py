@@ -159,6 +159,8 @@ class Node:
         self.started_at = time.monotonic()
         self.watch_callbacks: dict[int, Callable[[], None]] = {}
         self._joined_members: list[Member] = []
+        self.fatal = False
+        self._closed = False
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
 
@@ -289,8 +291,9 @@ class Node:
         raise ConfigError("cannot join: no member of --initial-cluster answered (" + "; ".join(errors) + ")")
 
     async def stop(self) -> None:
-        if not self._running:
+        if self._closed or not self._tasks:
             return
+        self._closed = True
         self._running = False
         for t in self._tasks:
             t.cancel()
@@ -299,8 +302,10 @@ class Node:
                 await t
         self._waiters.fail_all(kverr.Stopped())
         await self.transport.close()
-        await asyncio.get_running_loop().run_in_executor(self._fsync_pool, self.storage.sync)
-        self.storage.close()
+        if not self.fatal:
+            await asyncio.get_running_loop().run_in_executor(self._fsync_pool, self.storage.sync)
+        with contextlib.suppress(Exception):
+            self.storage.close()
         self._fsync_pool.shutdown(wait=True)
         self.stopped.set()
 
@@ -387,18 +392,30 @@ class Node:
 
     async def _raft_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            ops, self._ops = self._ops, []
-            for op in ops:
-                op()
-            while self.raft.has_ready():
-                rd = self.raft.ready()
-                await self._handle_ready(rd, loop)
-                if self._ops:
-                    self._wake.set()
-                    break
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                ops, self._ops = self._ops, []
+                for op in ops:
+                    op()
+                while self.raft.has_ready():
+                    rd = self.raft.ready()
+                    await self._handle_ready(rd, loop)
+                    if self._ops:
+                        self._wake.set()
+                        break
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # An assertion in the core, a failed fsync, a state machine bug: continuing could
+            # serve wrong data. Crash-only: stop, say why, exit non-zero, let a supervisor restart.
+            log.critical("fatal error in the raft loop; stopping this member", exc_info=exc)
+            self.stop_reason = f"fatal: {type(exc).__name__}: {exc}"
+            self.fatal = True
+            self._running = False
+            self._waiters.fail_all(kverr.Stopped())
+            self.stopped.set()
 
     async def _handle_ready(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> None:
         if rd.soft_state is not None:
@@ -607,20 +624,32 @@ class Node:
             raise kverr.Timeout() from None
 
     async def read_barrier(self) -> None:
-        """Wait until this member may serve a linearizable read (ReadIndex, batched)."""
+        """Wait until this member may serve a linearizable read (ReadIndex, batched).
+
+        A round lost to a leader change is retried with the new leader until the request
+        timeout, as etcd does; with no leader at all the read fails fast.
+        """
         if not self._running:
             raise kverr.Stopped()
         if self.raft.leader_id == NONE:
             raise kverr.NoLeader()
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        first = not self._reads.queued
-        self._reads.queued.append(fut)
-        if first:
-            self._submit(self._issue_read_index)
-        try:
-            await asyncio.wait_for(fut, self.cfg.request_timeout_s)
-        except TimeoutError:
-            raise kverr.Timeout() from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.request_timeout_s
+        while True:
+            fut: asyncio.Future[int] = loop.create_future()
+            first = not self._reads.queued
+            self._reads.queued.append(fut)
+            if first:
+                self._submit(self._issue_read_index)
+            try:
+                await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
+                return
+            except TimeoutError:
+                raise kverr.Timeout() from None
+            except (kverr.LeaderChanged, kverr.NoLeader):
+                if not self._running or loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
 
     def _issue_read_index(self) -> None:
         batch, self._reads.queued = self._reads.queued, []

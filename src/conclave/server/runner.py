@@ -83,9 +83,12 @@ async def _main(cfg: ServerConfig) -> int:
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({removed, stopping}, return_when=asyncio.FIRST_COMPLETED)
     reason = member.node.stop_reason
+    fatal = member.node.fatal
     await member.stop()
     if reason:
         print(f"conclave serve: {reason}", file=sys.stderr)
+    if fatal:
+        return 1
     log.info("stopped cleanly")
     return 0
 
