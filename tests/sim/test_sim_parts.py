@@ -71,6 +71,17 @@ def test_state_machine_applies_in_order_and_snapshots() -> None:
     assert decode_values(encode_values([])) == []
 
 
+def test_a_value_proposed_twice_is_applied_once_at_its_first_position() -> None:
+    sm = AppendOnlyList()
+    sm.apply(Entry(1, 1, data=b"a"))
+    sm.apply(Entry(1, 2, data=b"b"))
+    sm.apply(Entry(1, 3, data=b"a"))  # a duplicated forwarded proposal
+    assert sm.values == [b"a", b"b"] and sm.position[b"a"] == 1
+    sm.restore(3, sm.image())
+    sm.apply(Entry(2, 4, data=b"b"))
+    assert sm.values == [b"a", b"b"] and sm.position[b"b"] == 2
+
+
 def test_two_leaders_in_one_term_is_a_violation() -> None:
     m = SafetyMonitor()
     m.observe_role(1, 3, True)

@@ -44,3 +44,13 @@ def test_no_faults_makes_steady_progress() -> None:
     assert result.ok, result.violation
     assert result.leader_terms == 1  # nothing ever disturbs the first leader
     assert result.ops.get("write_ok", 0) > 20 and result.ops.get("read_ok", 0) > 5
+
+
+@pytest.mark.parametrize(
+    ("seed", "nodes", "why"),
+    [
+        (1132, 3, "a write acknowledged from a duplicate entry after a snapshot already held its value"),
+    ],
+)
+def test_seeds_that_once_failed_for_a_simulator_bug(seed: int, nodes: int, why: str, failures: Failures) -> None:
+    assert failures(range(seed, seed + 1), SimOptions(nodes=nodes)) == [], why

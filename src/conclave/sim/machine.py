@@ -33,7 +33,8 @@ def carries_value(entry: Entry) -> bool:
 class AppendOnlyList:
     def __init__(self) -> None:
         self.values: list[bytes] = []
-        self._seen: set[bytes] = set()  # membership tests only; never iterated (bytes hash per process)
+        # value -> its 1-based position in the list; lookups only, never iterated (bytes hash per process)
+        self.position: dict[bytes, int] = {}
         self.applied_index = 0
 
     def apply(self, entry: Entry) -> None:
@@ -42,13 +43,13 @@ class AppendOnlyList:
                 "apply order", f"entry {entry.index} applied after {self.applied_index} (entries must apply in order)"
             )
         self.applied_index = entry.index
-        if carries_value(entry) and entry.data not in self._seen:
-            self._seen.add(entry.data)
+        if carries_value(entry) and entry.data not in self.position:
             self.values.append(entry.data)
+            self.position[entry.data] = len(self.values)
 
     def restore(self, index: int, data: bytes) -> None:
         self.values = decode_values(data)
-        self._seen = set(self.values)
+        self.position = {v: i for i, v in enumerate(self.values, 1)}
         self.applied_index = index
 
     def image(self) -> bytes:

@@ -105,7 +105,6 @@ class SimResult:
     steps: int = 0
     time_ms: int = 0
     violation: Violation | None = None
-    messages_sent: int = 0
     ops: dict[str, int] = field(default_factory=dict)
     leader_terms: int = 0
     commit_index: int = 0
@@ -168,7 +167,6 @@ class Simulation:
             self._trace(f"VIOLATION {e.rule}: {e.detail}")
         result.steps = self.step
         result.time_ms = self.agenda.now_ms
-        result.messages_sent = self.network.sent
         result.ops = self.history.counts()
         result.leader_terms = len(self.monitor.leader_of_term)
         result.commit_index = self.monitor.commit_max
@@ -187,12 +185,13 @@ class Simulation:
         return ev
 
     def _boot(self) -> None:
-        voters = frozenset(range(1, self.options.nodes + 1))
+        voters = sorted(self._bootstrap.voters)
         self._trace(
-            f"boot seed={self.seed} nodes={sorted(voters)} faults={sorted(self.options.faults)}"
-            f" rule={self.options.fault_rule or '-'}"
+            f"boot seed={self.seed} nodes={voters} faults={sorted(self.options.faults)}"
+            f" rule={self.options.fault_rule or '-'} max_size_per_msg={self._max_size_per_msg}"
+            f" max_inflight_msgs={self._max_inflight_msgs} leader_moments={self._hunt_leader_moments}"
         )
-        for nid in sorted(voters):
+        for nid in voters:
             self._add_replica(nid, self._bootstrap)
         self.agenda.schedule(self.rates.round_ms, EventKind.FAULT)
         for c in range(1, self.options.clients + 1):
@@ -347,10 +346,11 @@ class Simulation:
                 self._applied_step.setdefault(e.data, self.step)
                 op = r.pending_writes.pop(e.data, None)
                 if op is not None:
-                    self.history.acknowledge_write(
-                        op, e.index, self.monitor.values_upto[e.index], self.step, self.agenda.now_ms
-                    )
-                    self._trace(f"client {op.client} <- ok write {e.data.decode()} at index {e.index}")
+                    # The value's place in the list, which an earlier copy of the same
+                    # proposal (or a snapshot holding it) may have fixed before this entry.
+                    position = r.machine.position[e.data]
+                    self.history.acknowledge_write(op, e.index, position, self.step, self.agenda.now_ms)
+                    self._trace(f"client {op.client} <- ok write {e.data.decode()} at position {position}")
         if rd.committed:
             self._trace(f"node {r.id} applied up to {r.machine.applied_index}")
         for rs in rd.read_states:
