@@ -604,10 +604,10 @@ class Simulation:
         else:
             new_id = self._next_node_id
             self._next_node_id += 1
-            # Empty log and disk, but the cluster's bootstrap configuration: the log's conf
-            # changes are deltas from it (an empty one makes a joiner that replays the log
-            # from index 1 believe it is a one-voter cluster; seed 6 found that).
-            self._add_replica(new_id, self._bootstrap)
+            # A joiner starts empty, without even the bootstrap configuration: it learns
+            # the configuration from the leader. (Early cores let such a node replay the
+            # log's conf changes onto an empty set and elect itself alone: seed 6 found it.)
+            self._add_replica(new_id, None)
             if what == "add_learner":
                 changes = (ConfChangeSingle(ConfChangeType.ADD_LEARNER, new_id),)
             elif what == "add_voter":
