@@ -188,17 +188,16 @@ class AsyncClient:
             if remaining <= 0:
                 raise DeadlineExceeded(f"{method}: no answer within {budget:g}s (last error: {last})")
             transport = await self._connect(deadline)
-            sent = False
             try:
-                sent = True
-                return await asyncio.wait_for(transport.request(method, arg), max(remaining, 0.001))
+                async with asyncio.timeout(remaining):  # cheaper than wait_for: no extra task per call
+                    return await transport.request(method, arg)
             except ConnectionLost as exc:
                 self._drop(transport)
                 last = exc
                 if exc.sent and not safe:
                     raise OutcomeUnknown(f"{method}: {exc}; the write may or may not have been applied") from None
             except TimeoutError:
-                if not safe and sent:
+                if not safe:  # the request was written before the deadline passed
                     raise OutcomeUnknown(
                         f"{method}: no answer within {budget:g}s; the write may or may not have been applied"
                     ) from None

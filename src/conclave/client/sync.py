@@ -49,6 +49,16 @@ class _Loop:
         return self.run(run())
 
     def stop(self) -> None:
+        if self.loop.is_running() and threading.current_thread() is not self.thread:
+            async def cancel_all() -> None:
+                # Background work (session keep-alives, watches) ends with the client.
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout=5)
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
