@@ -34,7 +34,7 @@ def test_trace_of_one_seed_shows_messages_roles_and_commits() -> None:
     out = sim("--seed", "2", "--trace", "--steps", "800")
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("send APP", "recv VOTE", "becomes LEADER", "applied up to", "quiet:"):
+    for needle in ("send APP", "recv VOTE", "becomes LEADER", "commits up to", "applied up to", "CRASH", "quiet:"):
         assert needle in text
     assert text.splitlines()[-1] == "1 seeds, 0 violations"
 

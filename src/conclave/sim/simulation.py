@@ -311,8 +311,10 @@ class Simulation:
         if rd.hard_state is not None:
             before = self.monitor.commit_max
             self.monitor.observe_commit(r.id, r.log, rd.hard_state.commit, rd.hard_state.term)
-            if r.role == Role.LEADER and self.monitor.commit_max > before:
-                self._leader_moment(r, "commits")
+            if self.monitor.commit_max > before:
+                self._trace(f"node {r.id} commits up to {rd.hard_state.commit} (first to know {before + 1}..)")
+                if r.role == Role.LEADER:
+                    self._leader_moment(r, "commits")
         self._send(r, rd.messages)
         if rd.must_sync():
             r.disk.save(rd.hard_state, rd.entries, rd.snapshot)
