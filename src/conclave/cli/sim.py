@@ -89,7 +89,13 @@ def run(args: argparse.Namespace) -> int:
     totals: Counter[str] = Counter()
     began = time.perf_counter()
     for seed in seeds:
-        result = run_seed(seed, options, trace)
+        try:
+            result = run_seed(seed, options, trace)
+        except Exception as e:  # a bug in the simulator itself: report it like a violation, with the seed
+            violations += 1
+            print(f"FAIL seed {seed}: simulator error {type(e).__name__}: {e}")
+            print(f"  replay: conclave sim --seed {seed} {replay} --trace")
+            continue
         steps_total += result.steps
         totals.update(result.stats)
         totals.update(result.ops)

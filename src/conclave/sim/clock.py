@@ -21,6 +21,7 @@ class EventKind(IntEnum):
     FAULT = 3  # payload: unused; the fault scheduler decides what happens
     CLIENT = 4  # payload: client index
     RESTART = 5  # payload: node id
+    REPORT = 6  # payload: a local Message (SNAP_STATUS) from the transport to its own node
 
 
 @dataclass(slots=True, order=True)

@@ -255,6 +255,8 @@ class Simulation:
             else:
                 assert isinstance(ev.payload, int)
                 self._client_call(ev.payload)
+        elif kind == EventKind.REPORT:
+            self._report(ev)
         elif kind == EventKind.RESTART:
             r = self.replicas[ev.node_id]
             if r.raft is None and not r.removed and ev.incarnation == r.incarnation:
@@ -386,7 +388,9 @@ class Simulation:
         index, image = r.machine.applied_index, r.machine.image()
         try:
             snap: Snapshot = self._core(lambda: raft.compact(index, image), r.id, "compact", refusable=True)
-        except CompactionError as e:
+        except RaftError as e:
+            if not isinstance(e, CompactionError):
+                raise InvariantBroken("core failure", f"node {r.id} compact({index}) raised {e!r}") from e
             # The core may already hold a newer snapshot the driver has not been handed yet
             # (one arrived while the previous Ready was being synced): nothing to do.
             self._trace(f"node {r.id} does not compact: {e}")
@@ -424,12 +428,20 @@ class Simulation:
             self._report_snapshot(m, failed=False)
 
     def _report_snapshot(self, m: Message, failed: bool) -> None:
-        """Tell the sender how its snapshot send went, as a real transport would."""
+        """Tell the sender how its snapshot send went, a moment later, as a real transport would."""
         s = self.replicas.get(m.frm)
-        if s is None or s.raft is None:
-            return
+        if s is not None and s.raft is not None:
+            status = Message(MessageType.SNAP_STATUS, to=m.frm, frm=m.to, term=0, reject=failed)
+            self.agenda.schedule(1, EventKind.REPORT, s.id, s.incarnation, status)
+
+    def _report(self, ev: Event) -> None:
+        s = self.replicas[ev.node_id]
         raft = s.raft
-        status = Message(MessageType.SNAP_STATUS, to=m.frm, frm=m.to, term=0, reject=failed)
+        if raft is None or ev.incarnation != s.incarnation:
+            return
+        assert isinstance(ev.payload, Message)
+        status = ev.payload
+        self._trace(f"node {s.id} hears its snapshot to {status.frm} {'failed' if status.reject else 'arrived'}")
         self._core(lambda: raft.step(status), s.id, "step(SNAP_STATUS)")
         self._process(s)
 
