@@ -258,6 +258,9 @@ def test_membership_learner_join_promote_update_remove(cluster_factory: Callable
     rc, out = ctl(eps, "member", "promote", format(m4["ID"], "x"))
     assert rc == 0 and "promoted" in out, out
     assert ctl([new.endpoint], "put", "from", "m4")[0] == 0
+    # The joined member is a full voter: it can lead (its configuration is the cluster's).
+    rc, out = ctl(eps, "move-leader", format(m4["ID"], "x"))
+    assert rc == 0 and f"to {m4['ID']:x}" in out, out
     rc, out = ctl(eps, "member", "update", format(m4["ID"], "x"), f"--peer-urls={new.peer_url}")
     assert rc == 0 and "updated" in out, out
     rc, out = ctl([new.endpoint], "member", "remove", format(m1["ID"], "x"))

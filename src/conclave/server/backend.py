@@ -23,6 +23,7 @@ from conclave.api.backend import MemberInfo, StatusInfo, WatchDelivery
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 from conclave.kv.validation import validate_request
+from conclave.raft.codec import conf_state_to_tuple
 from conclave.raft.errors import NotLeader as RaftNotLeader
 from conclave.raft.errors import ProposalDropped, RaftError
 from conclave.raft.types import (
@@ -388,7 +389,9 @@ class NodeBackend:
             raise kverr.Timeout() from None
 
     async def _rpc_cluster_info(self, _args: Any) -> list[Any]:
-        return [self.node.cluster_id, [m.to_wire() for m in self.node.members.values()]]
+        node = self.node
+        members = [m.to_wire() for m in node.members.values()]
+        return [node.cluster_id, [members, conf_state_to_tuple(node._bootstrap_conf)]]
 
     # ------------------------------------------------------------------ maintenance
 

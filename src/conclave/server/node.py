@@ -43,7 +43,7 @@ from conclave.kv import errors as kverr
 from conclave.kv.lease import Lessor
 from conclave.kv.types import LeaseGrantRequest, LeaseRevokeRequest
 from conclave.kv.watch import WatchHub
-from conclave.raft.codec import decode_conf_change
+from conclave.raft.codec import conf_state_from_tuple, decode_conf_change
 from conclave.raft.errors import NotLeader as RaftNotLeader
 from conclave.raft.errors import ProposalDropped
 from conclave.raft.node import RaftNode
@@ -67,7 +67,12 @@ log = logging.getLogger("conclave.node")
 
 # Entry payload tags: the first byte says which state machine an entry is for.
 TAG_KV = b"K"
+TAG_BATCH = b"B"  # many key-value commands in one entry: one log entry, one append, one ack
 TAG_MEMBER = b"M"
+# The store sees index ``raft_index * BATCH_SLOTS + position in the batch``: strictly growing and
+# the same on every replica, which is all it needs (apply order, lease ids).
+BATCH_SLOTS = 1 << 12
+BATCH_BYTES_MAX = 512 * 1024
 
 
 @dataclass(slots=True)
@@ -161,6 +166,8 @@ class Node:
         self._joined_members: list[Member] = []
         self.fatal = False
         self._closed = False
+        self._kv_batch: list[tuple[int, bytes]] = []
+        self._bootstrap_conf = ConfState()
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
 
@@ -217,6 +224,9 @@ class Node:
         self.storage = self._open_storage()
         if fresh and self.cfg.initial_cluster_state == "existing":
             await self._join_existing()
+        if fresh and self.cfg.initial_cluster_state == "existing":
+            self.storage.save_bootstrap(self._bootstrap_conf)
+            self.storage.sync()
         if fresh:
             if self.cfg.initial_cluster_state == "new":
                 ids = self.cfg.initial_member_ids()
@@ -226,6 +236,7 @@ class Node:
                 self.storage.sync()
             self._write_meta()
         persisted: PersistedState = self.storage.load()
+        self._bootstrap_conf = persisted.conf_state
         if persisted.snapshot is not None:
             self._restore_snapshot(persisted.snapshot.data)
             self._snapshot_index = persisted.snapshot.meta.index
@@ -280,7 +291,10 @@ class Node:
                     errors.append(f"{url}: {exc}")
                     continue
                 self.cluster_id = int(cid)
-                self.members = {m.id: m for m in (Member.from_wire(w) for w in wires)}
+                self.members = {m.id: m for m in (Member.from_wire(w) for w in wires[0])}
+                # The configuration the cluster was founded with: the joiner replays the leader's
+                # log from its start, and configuration changes apply on top of it.
+                self._bootstrap_conf = conf_state_from_tuple(wires[1])
                 if self.member_id not in self.members:
                     raise ConfigError(
                         f"member {self.cfg.name} ({self.member_id:x}) is not in the cluster yet: add it first "
@@ -358,9 +372,9 @@ class Node:
             self.hub.catch_up()
         if self.raft.leader_id == NONE or not self._running:
             return
-        if self.lessor.is_primary:
+        if self.lessor.is_primary and self.raft.role == Role.LEADER:
             for lid in self.lessor.expired(now_ms()):
-                self._spawn(self.propose_kv(LeaseRevokeRequest(id=lid)))
+                self._propose_expiry(lid)
         me = self.members.get(self.member_id)
         if me is not None and not self._publishing and (
             me.client_urls != self.cfg.advertise_client_urls or me.native_urls != self.cfg.listen_native_urls
@@ -368,6 +382,21 @@ class Node:
         ):
             self._publishing = True
             self._spawn(self._publish_self())
+
+    def _propose_expiry(self, lease_id: int) -> None:
+        """Propose the revocation of an expired lease, on this leader's own log only.
+
+        Never forwarded: a leader that was paused (SIGSTOP, a long GC) wakes up believing every
+        deadline passed while a new leader kept the leases alive. Appended here, its revoke is
+        in a stale term and can never commit; forwarded, it would be committed by the new leader.
+        If this member still leads when the lessor retries, the next attempt goes through.
+        """
+        from conclave.kv.command import encode_command
+
+        data = TAG_KV + self.member_id.to_bytes(8, "big") + encode_command(LeaseRevokeRequest(id=lease_id), 0)
+        if self.raft.role == Role.LEADER:
+            with contextlib.suppress(RaftNotLeader, ProposalDropped):
+                self.raft.propose(data)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -465,8 +494,6 @@ class Node:
     # ------------------------------------------------------------------ apply
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
-        from conclave.kv.command import decode_command
-
         for e in entries:
             if e.index <= self._applied:
                 continue
@@ -478,19 +505,11 @@ class Node:
                 continue
             tag, body = e.data[:1], e.data[1:]
             if tag == TAG_KV:
+                self._apply_kv(int.from_bytes(body[:8], "big"), body[8:], e.index * BATCH_SLOTS)
+            elif tag == TAG_BATCH:
                 origin = int.from_bytes(body[:8], "big")
-                seq, cmd = decode_command(body[8:])
-                try:
-                    result: Any = self.store.apply(cmd, e.index)
-                    error: BaseException | None = None
-                except kverr.EtcdError as exc:
-                    result, error = None, exc
-                if self.store.last_events:
-                    self.hub.publish(self.store.last_events)
-                if error is None:
-                    self._after_apply(cmd, result)
-                if origin == self.member_id:
-                    self._waiters.resolve(seq, result, error)
+                for i, one in enumerate(msgpack.unpackb(body[8:], raw=False)):
+                    self._apply_kv(origin, one, e.index * BATCH_SLOTS + i)
             elif tag == TAG_MEMBER:
                 origin, seq, attrs = msgpack.unpackb(body, raw=False)
                 m = Member.from_wire(attrs)
@@ -502,6 +521,22 @@ class Node:
                         self._sync_peers()
                 if origin == self.member_id:
                     self._waiters.resolve(seq, None)
+
+    def _apply_kv(self, origin: int, encoded: bytes, store_index: int) -> None:
+        from conclave.kv.command import decode_command
+
+        seq, cmd = decode_command(encoded)
+        try:
+            result: Any = self.store.apply(cmd, store_index)
+            error: BaseException | None = None
+        except kverr.EtcdError as exc:
+            result, error = None, exc
+        if self.store.last_events:
+            self.hub.publish(self.store.last_events)
+        if error is None:
+            self._after_apply(cmd, result)
+        if origin == self.member_id:
+            self._waiters.resolve(seq, result, error)
 
     def _apply_conf_change(self, e: Entry) -> None:
         cc = decode_conf_change(e.data)
@@ -594,11 +629,53 @@ class Node:
         from conclave.kv.command import encode_command
 
         seq, fut = self._waiters.register()
-        data = TAG_KV + self.member_id.to_bytes(8, "big") + encode_command(cmd, seq)
-        if len(data) > self.cfg.max_request_bytes:
+        encoded = encode_command(cmd, seq)
+        if len(encoded) + 9 > self.cfg.max_request_bytes:
             self._waiters.drop(seq)
             raise kverr.RequestTooLarge()
-        return await self._propose(seq, fut, data)
+        if not self._running:
+            self._waiters.drop(seq)
+            raise kverr.Stopped()
+        if self.raft.leader_id == NONE:
+            self._waiters.drop(seq)
+            raise kverr.NoLeader()
+        # Every command that arrives while the loop is busy (typically: during an fsync) goes
+        # into the same log entry.
+        self._kv_batch.append((seq, encoded))
+        if len(self._kv_batch) == 1:
+            self._submit(self._flush_kv_batch)
+        return await self._await_applied(seq, fut)
+
+    def _flush_kv_batch(self) -> None:
+        batch, self._kv_batch = self._kv_batch, []
+        origin = self.member_id.to_bytes(8, "big")
+        start = 0
+        while start < len(batch):
+            end, size = start, 0
+            while end < len(batch) and end - start < BATCH_SLOTS and (end == start or size < BATCH_BYTES_MAX):
+                size += len(batch[end][1])
+                end += 1
+            chunk = batch[start:end]
+            start = end
+            if len(chunk) == 1:
+                data = TAG_KV + origin + chunk[0][1]
+            else:
+                data = TAG_BATCH + origin + msgpack.packb([enc for _, enc in chunk], use_bin_type=True)
+            try:
+                self.raft.propose(data)
+            except RaftNotLeader:
+                for seq, _ in chunk:
+                    self._waiters.resolve(seq, error=kverr.NoLeader())
+            except ProposalDropped:
+                for seq, _ in chunk:
+                    self._waiters.resolve(seq, error=kverr.TooManyRequests())
+
+    async def _await_applied(self, seq: int, fut: asyncio.Future[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(fut, self.cfg.request_timeout_s)
+        except TimeoutError:
+            self._waiters.drop(seq)
+            raise kverr.Timeout() from None
 
     async def _propose(self, seq: int, fut: asyncio.Future[Any], data: bytes) -> Any:
         if not self._running:
@@ -617,11 +694,7 @@ class Node:
                 self._waiters.resolve(seq, error=kverr.TooManyRequests())
 
         self._submit(op)
-        try:
-            return await asyncio.wait_for(fut, self.cfg.request_timeout_s)
-        except TimeoutError:
-            self._waiters.drop(seq)
-            raise kverr.Timeout() from None
+        return await self._await_applied(seq, fut)
 
     async def read_barrier(self) -> None:
         """Wait until this member may serve a linearizable read (ReadIndex, batched).
