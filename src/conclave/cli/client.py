@@ -171,7 +171,8 @@ def _range_end(args: argparse.Namespace, key: bytes) -> bytes:
         return prefix_end(key or b"\0")
     if args.from_key:
         return b"\0"
-    return args.range_end.encode()
+    end: bytes = args.range_end.encode()
+    return end
 
 
 def _print_kvs(kvs: Sequence[Any], args: argparse.Namespace) -> None:

@@ -125,7 +125,7 @@ class _Target:
             kv.CompareTarget.VALUE: "value",
             kv.CompareTarget.LEASE: "lease",
         }[self.target]
-        operand: Any = to_bytes(other) if self.target == kv.CompareTarget.VALUE else int(other)  # type: ignore[call-overload]
+        operand: Any = to_bytes(other) if self.target == kv.CompareTarget.VALUE else int(other)
         return kv.Compare(result, self.target, self.key, self.range_end, **{field: operand})
 
     def __eq__(self, other: object) -> kv.Compare:  # type: ignore[override]
