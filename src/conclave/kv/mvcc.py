@@ -249,7 +249,8 @@ class Store:
             raise errors.NoSpace()
 
     def _alarm_active(self, alarm: AlarmType) -> bool:
-        return any(a == alarm for _, a in self._alarms)
+        # Checked on every write: the common case (no alarm at all) must cost nothing.
+        return bool(self._alarms) and any(a == alarm for _, a in self._alarms)
 
     # ------------------------------------------------------------------ put
 
