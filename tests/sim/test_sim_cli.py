@@ -31,7 +31,7 @@ def test_a_broken_rule_exits_one_and_prints_a_replay_command() -> None:
 
 
 def test_trace_of_one_seed_shows_messages_roles_and_commits() -> None:
-    out = sim("--seed", "2", "--trace", "--steps", "800")
+    out = sim("--seed", "2", "--trace")
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for needle in ("send APP", "recv VOTE", "becomes LEADER", "commits up to", "applied up to", "CRASH", "quiet:"):

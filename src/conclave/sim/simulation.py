@@ -85,6 +85,10 @@ class SimOptions:
     clients: int = 3
     quiet_ms: int = 3000
     check_persistence_rule: bool = True
+    # False: joiners start with no configuration at all. The core then never learns one
+    # by log replay, and a joiner holding the longest log can block every election
+    # (a liveness bug, tests/sim/test_sim_core_findings.py).
+    joiners_know_bootstrap: bool = True
     rates: FaultRates = FaultRates()
 
     def validate(self) -> None:
@@ -618,10 +622,11 @@ class Simulation:
         else:
             new_id = self._next_node_id
             self._next_node_id += 1
-            # A joiner starts empty, without even the bootstrap configuration: it learns
-            # the configuration from the leader. (Early cores let such a node replay the
-            # log's conf changes onto an empty set and elect itself alone: seed 6 found it.)
-            self._add_replica(new_id, None)
+            # A joiner starts with an empty log and disk. By default it is told the cluster's
+            # founding configuration (the log's conf changes are deltas from it), as
+            # etcd's --initial-cluster does; without it the core can only learn the
+            # configuration from a snapshot (see SimOptions.joiners_know_bootstrap).
+            self._add_replica(new_id, self._bootstrap if self.options.joiners_know_bootstrap else None)
             if what == "add_learner":
                 changes = (ConfChangeSingle(ConfChangeType.ADD_LEARNER, new_id),)
             elif what == "add_voter":
