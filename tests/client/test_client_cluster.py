@@ -143,3 +143,29 @@ def test_worker_helper_reports_errors(cluster: ProcessCluster) -> None:
     proc = spawn("no-such-role", native_endpoints(cluster))
     with pytest.raises(AssertionError):
         finish(proc, 30)
+
+
+def test_watch_moves_off_a_paused_member_without_losing_events(cluster: ProcessCluster) -> None:
+    leader = leader_member(cluster)
+    victim = next(m for m in cluster.members if m is not leader)  # a follower: no election needed
+    others = [m.native_endpoint for m in cluster.members if m is not victim]
+    try:
+        with Client([victim.native_endpoint, *others], discover=False, timeout=10) as wc, \
+                Client(others, discover=False) as writer:
+            w = wc.watch("paused/", prefix=True)
+            w.start()
+            writer.put("paused/0", "a")
+            assert w.next(timeout=5).kv.key == b"paused/0"
+            victim.pause()  # SIGSTOP: the connection stays open, nothing is answered
+            for i in range(1, 6):
+                writer.put(f"paused/{i}", "b")
+            got = [w.next(timeout=15).kv.key for _ in range(5)]
+            assert got == [f"paused/{i}".encode() for i in range(1, 6)]
+            assert wc.aio.endpoint != victim.native_endpoint
+            start = time.monotonic()
+            assert wc.get("paused/5") == b"b"  # reads go elsewhere too
+            assert time.monotonic() - start < 5
+            w.close()
+    finally:
+        victim.resume()
+        restore(cluster)

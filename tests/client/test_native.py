@@ -194,6 +194,9 @@ def test_unknown_method_and_bad_arguments_get_error_answers() -> None:
         with pytest.raises(InvalidArgument, match="malformed native request"):
             await ch.call("put", [["key-as-str"]])
         assert (await ch.call("range", [kv.RangeRequest(b"k")]))  # still usable
+        assert await ch.call("ping", []) == [True, backend.current_revision()]
+        backend.leader = False
+        assert (await ch.call("ping", []))[0] is False
         ch.close()
 
     run(body)

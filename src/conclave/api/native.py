@@ -241,6 +241,7 @@ class _Dispatch:
             "status": self._status,
             "hash_kv": self._hash_kv,
             "move_leader": self._move_leader,
+            "ping": self._ping,
         }
 
     @staticmethod
@@ -276,6 +277,11 @@ class _Dispatch:
     async def _hash_kv(self, args: list[Any]) -> Any:
         (revision,) = self._ints(args, 1)
         return await self.backend.hash_kv(revision)
+
+    async def _ping(self, args: list[Any]) -> list[Any]:
+        """Liveness and leader knowledge of this member, for clients holding idle streams."""
+        self._ints(args, 0)
+        return [bool(self.backend.has_leader()), int(self.backend.current_revision())]
 
     async def _move_leader(self, args: list[Any]) -> None:
         (target,) = self._ints(args, 1)

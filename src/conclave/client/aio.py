@@ -54,8 +54,12 @@ DEFAULT_GRPC_ENDPOINTS = ("127.0.0.1:2379", "127.0.0.1:22379", "127.0.0.1:32379"
 RETRY_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.3)
 WATCH_RECONNECT_S = 60.0
 
+WATCH_PROBE_IDLE_S = 1.0  # an idle watch checks its member this often ...
+WATCH_PROBE_TIMEOUT_S = 2.0  # ... and moves to another one when it does not answer in time
+WATCH_LEADERLESS_PROBES_MAX = 2
+WATCH_CREATE_ATTEMPT_S = 3.0  # ... or has known no leader this many probes in a row
 _IDEMPOTENT = frozenset({
-    "range", "lease_keep_alive", "lease_time_to_live", "lease_leases", "member_list", "status", "hash_kv",
+    "ping", "range", "lease_keep_alive", "lease_time_to_live", "lease_leases", "member_list", "status", "hash_kv",
 })
 
 
@@ -188,8 +192,11 @@ class AsyncClient:
             if remaining <= 0:
                 raise DeadlineExceeded(f"{method}: no answer within {budget:g}s (last error: {last})")
             transport = await self._connect(deadline)
+            # A read gets a share of the budget per member, so a silent (paused, partitioned)
+            # member costs a fraction of the deadline and the retry goes elsewhere.
+            attempt_s = min(remaining, max(budget / 3, 1.0)) if safe else remaining
             try:
-                async with asyncio.timeout(remaining):  # cheaper than wait_for: no extra task per call
+                async with asyncio.timeout(attempt_s):  # cheaper than wait_for: no extra task per call
                     return await transport.request(method, arg)
             except ConnectionLost as exc:
                 self._drop(transport)
@@ -201,7 +208,11 @@ class AsyncClient:
                     raise OutcomeUnknown(
                         f"{method}: no answer within {budget:g}s; the write may or may not have been applied"
                     ) from None
-                raise DeadlineExceeded(f"{method}: no answer within {budget:g}s") from None
+                last = DeadlineExceeded(f"{method}: {transport.endpoint} did not answer in {attempt_s:g}s")
+                self._drop(transport)
+                if deadline - loop.time() <= 0:
+                    raise DeadlineExceeded(f"{method}: no answer within {budget:g}s") from None
+                continue
             except cerr.ServerError as exc:
                 raise exc from None
             except cerr.ServerTimeout as exc:
@@ -480,6 +491,7 @@ class Watch:
         self.handle: Any = None
         self.closed = False
         self.created_revision = 0
+        self.leaderless_probes = 0
 
     def __aiter__(self) -> Watch:
         return self
@@ -515,8 +527,9 @@ class Watch:
                 req = kv.WatchCreateRequest(req.key, req.range_end, self.next_revision, req.progress_notify,
                                             req.filters, req.prev_kv)
             try:
-                handle, revision = await asyncio.wait_for(transport.watch(req, callback),
-                                                          max(0.01, deadline - asyncio.get_running_loop().time()))
+                # A bounded attempt: a paused member still accepts connections but never answers.
+                attempt_s = min(WATCH_CREATE_ATTEMPT_S, max(0.01, deadline - asyncio.get_running_loop().time()))
+                handle, revision = await asyncio.wait_for(transport.watch(req, callback), attempt_s)
             except (ConnectionLost, TimeoutError, cerr.Unavailable) as exc:
                 self.client._drop(transport)
                 if asyncio.get_running_loop().time() >= deadline:
@@ -549,10 +562,12 @@ class Watch:
             wait = None if until is None else until - loop.time()
             if wait is not None and wait <= 0:
                 raise TimeoutError("no watch event in time")
+            slice_s = WATCH_PROBE_IDLE_S if wait is None else min(wait, WATCH_PROBE_IDLE_S)
             try:
-                gen, delivery, exc = await asyncio.wait_for(self.queue.get(), wait)
+                gen, delivery, exc = await asyncio.wait_for(self.queue.get(), slice_s)
             except TimeoutError:
-                raise TimeoutError("no watch event in time") from None
+                await self._probe()
+                continue
             if gen != self.generation:
                 continue  # from a stream that was replaced
             if exc is not None:
@@ -576,6 +591,35 @@ class Watch:
                     raise Compacted(compact_revision=delivery.compact_revision)
                 if not self.pending:
                     raise Unavailable(f"watch canceled by the server: {delivery.cancel_reason or 'no reason'}")
+
+    async def _probe(self) -> None:
+        """While idle, make sure the member still answers and knows a leader; else move on.
+
+        A paused or partitioned member keeps the connection open but delivers nothing; etcd's
+        clients guard against this with keep-alive pings and "require leader" watches.
+        """
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        try:
+            async with asyncio.timeout(WATCH_PROBE_TIMEOUT_S):
+                has_leader, _ = await transport.request("ping", None)
+        except (ClientError, TimeoutError):
+            has_leader = None
+        if has_leader:
+            self.leaderless_probes = 0
+            return
+        self.leaderless_probes += 1
+        if has_leader is None or self.leaderless_probes >= WATCH_LEADERLESS_PROBES_MAX:
+            log.info("watch: %s %s; resuming elsewhere from revision %d", transport.endpoint,
+                     "does not answer" if has_leader is None else "has no leader", self.next_revision)
+            self.leaderless_probes = 0
+            if self.handle is not None:
+                with contextlib.suppress(Exception):
+                    transport.cancel_watch(self.handle)
+            self.client._drop(transport)
+            self.transport = None
+            await self._open(asyncio.get_running_loop().time() + WATCH_RECONNECT_S)
 
     def close(self) -> None:
         self.closed = True

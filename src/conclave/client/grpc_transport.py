@@ -111,6 +111,9 @@ class GrpcTransport:
             h = r.header
             return Status(self.endpoint, h.cluster_id, h.member_id, h.raft_term, r.version, r.dbSize, r.leader,
                           r.raftIndex, r.raftAppliedIndex, r.isLearner, tuple(r.errors), h.revision, r.dbSizeInUse)
+        if method == "ping":
+            r = await self.maint.Status(pb.StatusRequest())
+            return [r.leader != 0, r.header.revision]
         if method == "hash_kv":
             r = await self.maint.HashKV(pb.HashKVRequest(revision=int(arg)))
             return kv.HashKVResponse(kv.ResponseHeader(revision=r.header.revision), r.hash, r.compact_revision)
