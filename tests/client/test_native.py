@@ -223,3 +223,61 @@ def test_watch_streams_events_and_cancel_stops_them() -> None:
                 await old.next(5)
 
     run(body)
+
+
+def test_retries_only_where_safe() -> None:
+    """A write refused before proposing moves to another member; a write whose answer is lost
+    raises OutcomeUnknown; a read whose answer is lost is retried."""
+    from conclave.client import OutcomeUnknown
+    from conclave.kv import errors as kverr
+
+    class NoLeaderHere(FakeBackend):
+        async def put(self, req: kv.PutRequest) -> kv.PutResponse:
+            raise kverr.NoLeader()
+
+    class Hangs(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered = asyncio.Event()
+            self.range_calls = 0
+
+        async def put(self, req: kv.PutRequest) -> kv.PutResponse:
+            self.entered.set()
+            await asyncio.sleep(3600)
+            raise AssertionError
+
+        async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
+            self.range_calls += 1
+            if self.range_calls == 1:
+                self.entered.set()
+                await asyncio.sleep(3600)
+            return await super().range(req)
+
+    async def main() -> None:
+        refusing, good, hanging = NoLeaderHere(), FakeBackend(), Hangs()
+        servers = [await native.start_native_server(b, Cfg(["http://127.0.0.1:0"])) for b in (refusing, good, hanging)]
+        eps = [f"127.0.0.1:{s.ports[0]}" for s in servers]
+        try:
+            async with AsyncClient([eps[0], eps[1]], discover=False) as c:
+                await c.put("k", "v")  # NoLeader on the first member: safely sent to the second
+                assert good.store.revision == 2 and refusing.store.revision == 1
+            async with AsyncClient([eps[2]], discover=False) as c:
+                put = asyncio.ensure_future(c.put("k", "v"))
+                await hanging.entered.wait()
+                for conn in list(servers[2].connections):
+                    conn.transport.abort()  # the answer is lost after the request left
+                with pytest.raises(OutcomeUnknown):
+                    await put
+            async with AsyncClient([eps[2]], discover=False) as c:
+                hanging.entered.clear()
+                get = asyncio.ensure_future(c.get("k"))
+                await hanging.entered.wait()
+                for conn in list(servers[2].connections):
+                    conn.transport.abort()
+                assert await get is None  # retried on a new connection
+                assert hanging.range_calls == 2
+        finally:
+            for s in servers:
+                s.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
