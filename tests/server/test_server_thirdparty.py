@@ -7,6 +7,7 @@ the etcd protos; the scripts print a JSON result that these tests assert on.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,35 @@ def test_library_lock_mutual_exclusion(cluster: ProcessCluster, library: str, tm
         assert res["violations"] == 0 and len(res["intervals"]) == rounds and all(res["held_checks"]), res
     assert _overlaps(results[0]["intervals"], results[1]["intervals"]) == []
     assert results[0]["waited"] + results[1]["waited"] >= 1, results
+
+
+@pytest.mark.parametrize("library", sorted(LIBRARIES))
+def test_library_lock_passes_on_when_the_holder_dies(cluster: ProcessCluster, library: str, tmp_path: Path) -> None:
+    # The holder refreshes its lock lease (TTL 2 s) and is then SIGKILLed while holding the lock.
+    # Fails if: the waiter gets the lock while the holder is alive and refreshing, or before the
+    # holder's lease can have expired (kill + TTL - one refresh period), or not within TTL + slack
+    # of the kill (expiry did not delete the lock key, or the waiter was not woken).
+    ttl_s = 2
+    name = f"/tp-dies/{library}"
+    holder = spawn_client(LIBRARIES[library], "hold", cluster.endpoints[0], name, str(ttl_s))
+    waiter = spawn_client(LIBRARIES[library], "lock", cluster.endpoints[1], name, "1", "0.1",
+                          str(tmp_path / "inside"), stdin=subprocess.PIPE)
+    try:
+        assert read_line(holder, 30, f"{library} holder") == "held"
+        assert read_line(waiter, 30, f"{library} waiter") == "ready"
+        assert waiter.stdin is not None
+        waiter.stdin.write("go\n")
+        waiter.stdin.flush()
+        time.sleep(1.5 * ttl_s)  # longer than the TTL: only the holder's refreshes keep the lock
+        assert waiter.poll() is None, "the waiter finished while the holder still held the lock"
+        holder.kill()
+        killed_at = time.monotonic()
+        result = finish_client(waiter, f"{library} waiter", 30)
+    finally:
+        stop_process(holder)
+        stop_process(waiter)
+    assert "error" not in result, result
+    entered = result["intervals"][0][0]
+    assert entered >= killed_at + ttl_s - ttl_s / 4 - 0.2, f"entered {entered - killed_at:.2f}s after the kill"
+    assert entered <= killed_at + ttl_s + 4.0, f"entered {entered - killed_at:.2f}s after the kill"
+    print(f"{library}: waiter entered {entered - killed_at:.2f}s after the holder was killed (TTL {ttl_s}s)")

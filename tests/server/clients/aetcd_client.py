@@ -6,6 +6,9 @@
     aetcd_client.py lock ENDPOINT NAME ROUNDS HOLD_S MARKER
         prints "ready", waits for a line on stdin, then takes aetcd's lock ROUNDS times, holding
         it HOLD_S seconds inside a CriticalSection.
+    aetcd_client.py hold ENDPOINT NAME TTL
+        takes aetcd's lock with a TTL-second lease, prints "held", then refreshes the lease every
+        TTL/4 seconds for up to 60 s (the test kills it while it holds the lock).
 
 Prints one JSON object as its last line. Every wait is bounded.
 """
@@ -109,11 +112,28 @@ async def lock(endpoint: str, name: bytes, rounds: int, hold_s: float, marker: s
             "held_checks": held_checks}
 
 
+async def hold(endpoint: str, name: bytes, ttl: int) -> dict[str, Any]:
+    async with client(endpoint) as c:
+        lk = c.lock(name, ttl=ttl)
+        if not await lk.acquire(timeout=30):
+            return {"error": "lock not acquired within 30 s"}
+        print("held", flush=True)
+        refreshes = 0
+        stop_at = time.monotonic() + 60
+        while time.monotonic() < stop_at:
+            await lk.refresh()
+            refreshes += 1
+            await asyncio.sleep(ttl / 4)
+        return {"refreshes": refreshes}
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "basic":
         result = asyncio.run(basic(argv[1], argv[2], argv[3].encode()))
     elif len(argv) == 6 and argv[0] == "lock":
         result = asyncio.run(lock(argv[1], argv[2].encode(), int(argv[3]), float(argv[4]), argv[5]))
+    elif len(argv) == 4 and argv[0] == "hold":
+        result = asyncio.run(hold(argv[1], argv[2].encode(), int(argv[3])))
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -7,6 +7,9 @@ protos and needs PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python with the installe
     etcd3_client.py lock ENDPOINT NAME ROUNDS HOLD_S MARKER
         prints "ready", waits for a line on stdin, then takes etcd3's lock ROUNDS times, holding
         it HOLD_S seconds inside a CriticalSection.
+    etcd3_client.py hold ENDPOINT NAME TTL
+        takes etcd3's lock with a TTL-second lease, prints "held", then refreshes the lease every
+        TTL/4 seconds for up to 60 s (the test kills it while it holds the lock).
 
 Prints one JSON object as its last line. Every wait is bounded.
 """
@@ -138,11 +141,31 @@ def lock(endpoint: str, name: str, rounds: int, hold_s: float, marker: str) -> d
             "held_checks": held_checks}
 
 
+def hold(endpoint: str, name: str, ttl: int) -> dict[str, Any]:
+    c = client(endpoint)
+    try:
+        lk = c.lock(name, ttl=ttl)
+        if not lk.acquire(timeout=30):
+            return {"error": "lock not acquired within 30 s"}
+        print("held", flush=True)
+        refreshes = 0
+        stop_at = time.monotonic() + 60
+        while time.monotonic() < stop_at:
+            list(lk.refresh())
+            refreshes += 1
+            time.sleep(ttl / 4)
+        return {"refreshes": refreshes}
+    finally:
+        c.close()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "basic":
         result = basic(argv[1], argv[2], argv[3].encode())
     elif len(argv) == 6 and argv[0] == "lock":
         result = lock(argv[1], argv[2], int(argv[3]), float(argv[4]), argv[5])
+    elif len(argv) == 4 and argv[0] == "hold":
+        result = hold(argv[1], argv[2], int(argv[3]))
     else:
         print(__doc__, file=sys.stderr)
         return 2
