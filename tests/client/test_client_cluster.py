@@ -97,7 +97,7 @@ def test_session_keys_disappear_when_the_process_dies(cluster: ProcessCluster) -
     assert "lease" in line, proc.stderr.read() if proc.stderr else ""
     with Client(native_endpoints(cluster)) as c:
         assert c.get("alive/worker-1") is not None
-        time.sleep(1.5)  # longer than the TTL: the background keep-alive holds it
+        time.sleep(2.5)  # longer than the TTL: the background keep-alive holds it
         assert c.get("alive/worker-1") is not None
         proc.kill()
         proc.wait()

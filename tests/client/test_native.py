@@ -281,3 +281,31 @@ def test_retries_only_where_safe() -> None:
                 s.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_moving_to_another_member_does_not_cut_requests_in_flight() -> None:
+    from conclave.kv import errors as kverr
+
+    class Refuses(FakeBackend):
+        async def put(self, req: kv.PutRequest) -> kv.PutResponse:
+            raise kverr.NoLeader()
+
+        async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
+            await asyncio.sleep(0.3)
+            return await super().range(req)
+
+    async def main() -> None:
+        servers = [await native.start_native_server(b, Cfg(["http://127.0.0.1:0"])) for b in (Refuses(), FakeBackend())]
+        eps = [f"127.0.0.1:{s.ports[0]}" for s in servers]
+        try:
+            async with AsyncClient(eps, discover=False) as c:
+                slow = asyncio.ensure_future(c.get("k"))
+                await asyncio.sleep(0.05)
+                await c.put("k", "v")  # refused by the first member, applied by the second
+                assert await slow is None  # the read in flight on the first member still completes
+                assert c.endpoint == eps[1]
+        finally:
+            for s in servers:
+                s.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

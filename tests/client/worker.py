@@ -77,7 +77,7 @@ def append(client: Client, name: str, count: int, pause_s: float) -> None:
 
 
 def session(client: Client, key: str) -> None:
-    s = client.session(ttl=1)
+    s = client.session(ttl=2)
     client.put(key, str(os.getpid()), lease=s.lease_id)
     emit(lease=s.lease_id)
     time.sleep(120)  # killed by the test

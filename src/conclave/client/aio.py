@@ -86,7 +86,11 @@ class AsyncClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.discover = discover and protocol == "native"
-        self._transport: Transport | None = None
+        # One connection per member, opened on demand and kept: moving to another member (no
+        # leader there, a slow read) must not cut the requests still in flight on this one.
+        self._pool: dict[str, Transport] = {}
+        self._transport: Transport | None = None  # the member new requests go to
+        self._connect_lock = asyncio.Lock()
         self._next = 0
         self._connecting: asyncio.Future[Transport] | None = None
         self._closed = False
@@ -102,9 +106,10 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        self._transport = None
+        pool, self._pool = self._pool, {}
+        for t in pool.values():
+            t.close()
 
     @property
     def endpoint(self) -> str | None:
@@ -120,6 +125,13 @@ class AsyncClient:
 
     async def _connect(self, deadline: float) -> Transport:
         """A live transport; tries each endpoint once per round until the deadline."""
+        t = self._transport
+        if t is not None and not t.closed:
+            return t
+        async with self._connect_lock:  # one connection attempt at a time, shared by every caller
+            return await self._connect_locked(deadline)
+
+    async def _connect_locked(self, deadline: float) -> Transport:
         loop = asyncio.get_running_loop()
         last: BaseException | None = None
         rounds = 0
@@ -134,6 +146,10 @@ class AsyncClient:
                 if t is not None and t.closed and t.endpoint == endpoint and len(self.endpoints) > 1:
                     self._next += 1
                     continue
+                pooled = self._pool.get(endpoint)
+                if pooled is not None and not pooled.closed and pooled is not t:
+                    self._transport = pooled
+                    return pooled
                 try:
                     transport = await self._open(endpoint)
                 except ConnectionLost as exc:
@@ -142,6 +158,13 @@ class AsyncClient:
                     if loop.time() >= deadline:
                         break
                     continue
+                if self._closed:
+                    transport.close()
+                    raise Unavailable("the client is closed")
+                stale = self._pool.get(endpoint)
+                if stale is not None:
+                    stale.close()
+                self._pool[endpoint] = transport
                 self._transport = transport
                 if self.discover and not self._discovered:
                     self._discovered = await self.sync_endpoints(transport)
@@ -173,10 +196,17 @@ class AsyncClient:
         return bool(members) and all(m.native_urls for m in members)
 
     def _drop(self, transport: Transport) -> None:
+        """The connection is dead or its member silent: close it and move to the next member."""
+        self._move_on(transport)
+        if self._pool.get(transport.endpoint) is transport:
+            del self._pool[transport.endpoint]
+        transport.close()
+
+    def _move_on(self, transport: Transport) -> None:
+        """Send new requests to the next member; ``transport`` stays open for what is in flight."""
         if self._transport is transport:
             self._transport = None
             self._next += 1
-        transport.close()
 
     async def request(self, method: str, arg: Any = None, *, timeout: float | None = None,
                       idempotent: bool | None = None) -> Any:
@@ -219,10 +249,10 @@ class AsyncClient:
                 if not safe:
                     raise OutcomeUnknown(f"{method}: {exc}; the write may or may not have been applied") from None
                 last = exc
-                self._drop(transport)
+                self._move_on(transport)
             except Unavailable as exc:  # no leader / not leader / stopped: refused before proposing
                 last = exc
-                self._drop(transport)
+                self._move_on(transport)
             except ClientError as exc:
                 raise exc from None
             except Exception as exc:
