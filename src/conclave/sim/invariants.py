@@ -10,9 +10,10 @@ the monitor keeps just enough global history to check, incrementally:
 - log matching: two logs holding an entry with the same index and term hold the same
   entry and agree on the term of the entry before it (so, by induction, on the whole
   prefix); terms never decrease along a log; a log has no gaps;
-- leader completeness: a leader's log holds every committed entry, when it is elected
-  and whenever an older-term entry becomes known as committed; no node rewrites an
-  entry that is known committed;
+- leader completeness: a leader holds every entry committed in an earlier term, checked
+  when it is elected and again whenever such an entry becomes known as committed (the
+  term of commitment is the term of the node that reports it, an upper bound); no node
+  rewrites an entry it holds that is known committed;
 - state machine safety: no two nodes apply different entries at one index, and an
   installed snapshot equals the applied prefix it claims to cover;
 - the persistence rule (DESIGN.md): a vote is granted and an append acknowledged only
