@@ -157,6 +157,22 @@ def watch_once_history(endpoint: str, prefix: bytes, start_revision: int, until_
     return [e for e in events if e[0] <= until_revision]
 
 
+def expected_prevs(events: list[Event]) -> list[bytes | None]:
+    """The prev_kv value each event must carry: the key's value just before it (None: absent).
+
+    Assumes no key under the watched prefix existed before the first event.
+    """
+    state: dict[bytes, bytes] = {}
+    prevs: list[bytes | None] = []
+    for _rev, kind, key, value in events:
+        prevs.append(state.get(key))
+        if kind == "PUT":
+            state[key] = value
+        else:
+            state.pop(key, None)
+    return prevs
+
+
 @dataclass
 class WatchRecorder:
     """A watcher thread that survives the death of its member by resuming elsewhere.
@@ -174,7 +190,9 @@ class WatchRecorder:
     stall_s: float = 0.0  # do not read the first stream for this long (a slow consumer)
     # With BDP probing off the HTTP/2 window stays at 64 KiB, so a stalled reader really stalls.
     channel_options: tuple[tuple[str, Any], ...] = ()
+    prev_kv: bool = False  # ask for prev_kv; ``prevs[i]`` is the previous value for ``events[i]``
     events: list[Event] = field(default_factory=list)
+    prevs: list[bytes | None] = field(default_factory=list)
     reconnects: list[tuple[str, int]] = field(default_factory=list)  # (endpoint, resumed from)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -233,7 +251,7 @@ class WatchRecorder:
         channel = grpc.insecure_channel(endpoint, options=list(self.channel_options))
         requests: queue.Queue[Any] = queue.Queue()
         requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(
-            key=self.prefix, range_end=prefix_end(self.prefix), start_revision=start_revision)))
+            key=self.prefix, range_end=prefix_end(self.prefix), start_revision=start_revision, prev_kv=self.prev_kv)))
 
         def feed() -> Iterator[Any]:
             while not self._stop.is_set():
@@ -255,8 +273,10 @@ class WatchRecorder:
                 if resp.canceled:
                     raise RuntimeError(f"watch canceled by {endpoint}: {resp.cancel_reason!r}")
                 batch = [event_of(ev) for ev in resp.events]
+                prevs = [bytes(ev.prev_kv.value) if ev.HasField("prev_kv") else None for ev in resp.events]
                 with self._lock:
                     self.events.extend(batch)
+                    self.prevs.extend(prevs)
                 if self._stop.is_set():
                     return
         finally:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,15 @@ import pytest
 from conclave.api import pb
 from conclave.server.launcher import ProcessCluster
 
-from .compat_support import FATAL, Event, WatchRecorder, prefix_end, started_cluster, watch_once_history
+from .compat_support import (
+    FATAL,
+    Event,
+    WatchRecorder,
+    expected_prevs,
+    prefix_end,
+    started_cluster,
+    watch_once_history,
+)
 from .conftest import Etcd, leader_of, wait_for
 
 PREFIX = b"/wc/"
@@ -110,7 +119,7 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
     probe.close()
     eps = cluster.endpoints
     recorders = [
-        WatchRecorder(m.name, eps[i:] + eps[:i], PREFIX, start_rev, deadline_s=90)
+        WatchRecorder(m.name, eps[i:] + eps[:i], PREFIX, start_rev, deadline_s=90, prev_kv=True)
         for i, m in enumerate(cluster.members)
     ]
     for r in recorders:
@@ -128,7 +137,7 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
         cluster.wait_ready(members=[leader])
         # A watch on the restarted member at once, from the start: it replays history that member may
         # still be catching up on, then follows live.
-        late = WatchRecorder("restarted", [leader.endpoint], PREFIX, start_rev, deadline_s=60)
+        late = WatchRecorder("restarted", [leader.endpoint], PREFIX, start_rev, deadline_s=60, prev_kv=True)
         late.start()
         recorders.append(late)
         for t in threads:
@@ -170,6 +179,7 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
     for r in recorders:
         assert not [e for e in r.errors if e.startswith(FATAL)], (r.name, r.errors)
         assert r.events == truth, (r.name, len(r.events), len(truth), _first_difference(r.events, truth))
+        assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
     killed = next(r for r in recorders if r.endpoints[0] == leader.endpoint and r.name != "restarted")
     assert killed.reconnects, "the watcher on the killed leader never had to resume elsewhere"
     print(f"watchers caught up {caught_up_s:.2f}s after the last write; errors {[r.errors for r in recorders]}")
@@ -177,7 +187,7 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
           f"{[w.failures for w in writers]}, reconnects {[(r.name, r.reconnects) for r in recorders]}")
 
 
-def _first_difference(got: list[Event], want: list[Event]) -> tuple[int, Event | None, Event | None]:
+def _first_difference(got: list[Any], want: list[Any]) -> tuple[int, Any, Any]:
     for i, (a, b) in enumerate(zip(got, want, strict=False)):
         if a != b:
             return i, a, b
@@ -200,7 +210,7 @@ def test_stalled_watchers_fall_behind_and_catch_up_exactly(cluster: ProcessClust
     follower = next(m for m in cluster.members if m is not leader)
     recorders = [
         WatchRecorder(f"stalled-{m.name}", [m.endpoint], prefix, start_rev, deadline_s=60, stall_s=STALL_S,
-                      channel_options=(("grpc.http2.bdp_probe", 0),))
+                      channel_options=(("grpc.http2.bdp_probe", 0),), prev_kv=True)
         for m in (leader, follower)
     ]
     recorders.append(WatchRecorder("reader", [eps[2]], prefix, start_rev, deadline_s=60))
@@ -210,7 +220,8 @@ def test_stalled_watchers_fall_behind_and_catch_up_exactly(cluster: ProcessClust
     try:
         t0 = time.monotonic()
         for i in range(80):  # 50 keys per revision: whole revisions must stay together
-            ops = [pb.RequestOp(request_put=pb.PutRequest(key=prefix + f"{i}/{k}".encode(), value=value + b"%d" % i))
+            # The same 50 keys each time, so every event after the first txn carries a prev_kv.
+            ops = [pb.RequestOp(request_put=pb.PutRequest(key=prefix + b"%d" % k, value=value + b"%d" % i))
                    for k in range(50)]
             client.kv.Txn(pb.TxnRequest(success=ops), timeout=10)
         write_s = time.monotonic() - t0  # a blocked apply loop would have failed a Txn (10 s deadline)
@@ -226,4 +237,6 @@ def test_stalled_watchers_fall_behind_and_catch_up_exactly(cluster: ProcessClust
     for r in recorders:
         assert not r.errors, (r.name, r.errors)
         assert r.events == truth, (r.name, len(r.events), len(truth), _first_difference(r.events, truth))
+        if r.prev_kv:
+            assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
     print(f"4000 events written in {write_s:.2f}s while two watchers were stalled for {STALL_S}s")
