@@ -140,6 +140,9 @@ class SyncProxy:
             return plain
         return attr
 
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(type(self))) | {n for n in dir(self._target) if not n.startswith("_")})
+
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._target, name, value)
 
