@@ -32,6 +32,16 @@ def test_same_surface_over_both_protocols(cluster: ProcessCluster, protocol: str
         lease.revoke()
         assert c.get(f"{protocol}/eph") is None
         assert len(c.members()) == 3 and c.status().leader != 0
+        w = c.watch(f"{protocol}/w", prefix=True)
+        w.start()
+        c.put(f"{protocol}/w1", "x")
+        c.delete(f"{protocol}/w1")
+        assert [(e.type, e.kv.key) for e in (w.next(timeout=5), w.next(timeout=5))] == [
+            (EventType.PUT, f"{protocol}/w1".encode()), (EventType.DELETE, f"{protocol}/w1".encode())]
+        w.close()
+        with c.lock(f"{protocol}-lock", ttl=5) as held:
+            assert held.fencing_token > 0
+        assert c.counter(f"{protocol}-n").increment(2) == 2
         assert c.delete(f"{protocol}/", prefix=True).deleted == 3
 
 
