@@ -191,6 +191,7 @@ class WatchRecorder:
     # With BDP probing off the HTTP/2 window stays at 64 KiB, so a stalled reader really stalls.
     channel_options: tuple[tuple[str, Any], ...] = ()
     prev_kv: bool = False  # ask for prev_kv; ``prevs[i]`` is the previous value for ``events[i]``
+    require_leader: bool = True  # send clientv3's ``hasleader`` metadata
     events: list[Event] = field(default_factory=list)
     prevs: list[bytes | None] = field(default_factory=list)
     reconnects: list[tuple[str, int]] = field(default_factory=list)  # (endpoint, resumed from)
@@ -263,8 +264,9 @@ class WatchRecorder:
 
         try:
             # hasleader: a member cut off from the leader ends the stream, so we move on (as clientv3).
+            metadata = (("hasleader", "true"),) if self.require_leader else ()
             call = EtcdStub(channel, "etcdserverpb.Watch").Watch(
-                feed(), timeout=max(1.0, give_up - time.monotonic()), metadata=(("hasleader", "true"),))
+                feed(), timeout=max(1.0, give_up - time.monotonic()), metadata=metadata)
             self._call = call
             if self.stall_s > 0:  # unread responses fill the HTTP/2 window; the server must hold back
                 stall, self.stall_s = self.stall_s, 0.0

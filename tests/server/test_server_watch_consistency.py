@@ -9,10 +9,12 @@ writes, against range reads at past revisions, and equal on every member).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -240,3 +242,59 @@ def test_stalled_watchers_fall_behind_and_catch_up_exactly(cluster: ProcessClust
         if r.prev_kv:
             assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
     print(f"4000 events written in {write_s:.2f}s while two watchers were stalled for {STALL_S}s")
+
+
+def test_watchers_on_a_member_that_catches_up_by_snapshot(tmp_path: Path) -> None:
+    # A follower is killed; the leader then writes far more than --snapshot-count entries and
+    # compacts its log past the follower's last index, so the restarted follower can only catch up
+    # by receiving a snapshot and replacing its store. Two watchers use only that follower: one that
+    # was there before the kill and resumes from its last revision + 1, one created from the start
+    # revision as soon as the port opens (without hasleader, so before the snapshot arrives). Both
+    # must get every event exactly once (the snapshot carries the MVCC history to replay from).
+    # Fails if: either misses, repeats or reorders events or prev_kv values, or the leader did not
+    # compact past the follower (then the snapshot path was not taken and this test is void).
+    cluster = ProcessCluster(tmp_path / "snap", 3, snapshot_count=40)
+    prefix = b"/wc-snap/"
+    try:
+        cluster.start()
+        leader = leader_of(cluster)
+        follower = next(m for m in cluster.members if m is not leader)
+        writer = Etcd(leader.endpoint)
+        start_rev = int(writer.get(b"/").header.revision) + 1
+        resumer = WatchRecorder("resumer", [follower.endpoint], prefix, start_rev, deadline_s=60, prev_kv=True)
+        resumer.start()
+        late = WatchRecorder("late", [follower.endpoint], prefix, start_rev, deadline_s=60, prev_kv=True,
+                             require_leader=False)
+        recorders = [resumer, late]
+        try:
+            for i in range(10):
+                writer.put(prefix + b"%d" % (i % 9), b"before-%d" % i)
+            killed_rev = int(writer.get(b"/").header.revision)
+            assert resumer.wait_until(killed_rev, 10)
+            follower.kill()
+            for i in range(200):
+                writer.put(prefix + b"%d" % (i % 9), b"during-%d" % i)
+            late.start()  # retries every 0.1 s until the restarted member accepts it
+            follower.start()
+            for i in range(20):
+                writer.put(prefix + b"%d" % (i % 9), b"after-%d" % i)
+            final_rev = int(writer.get(b"/").header.revision)
+            for r in recorders:
+                r.wait_until(final_rev, 20)
+        finally:
+            for r in recorders:
+                r.stop()
+            writer.close()
+        truth = watch_once_history(follower.endpoint, prefix, start_rev, final_rev)
+        assert len(truth) == 230
+        for r in recorders:
+            assert not [e for e in r.errors if e.startswith(FATAL)], (r.name, r.errors)
+            assert r.events == truth, (r.name, len(r.events), len(truth), _first_difference(r.events, truth))
+            assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
+        assert resumer.reconnects, "the resumer's member was killed: it must have reconnected"
+    finally:
+        cluster.stop()
+    compacted = [int(m) for m in re.findall(r"snapshot at index (\d+)", leader.log_text())]
+    assert compacted and max(compacted) > killed_rev + 100, (compacted, killed_rev)
+    print(f"leader compacted at {compacted}; follower was killed at revision {killed_rev}; "
+          f"late watcher errors before it connected: {len(late.errors)}")
