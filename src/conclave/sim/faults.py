@@ -54,6 +54,7 @@ class FaultRates:
     crash: float = 0.05
     crash_down_ms: tuple[int, int] = (1, 200)
     crash_majority_allowed: float = 0.25  # chance a crash may take down a majority
+    crash_leader_bias: float = 0.4  # chance the crash picks the leader rather than any node
     crash_before_sync: float = 0.02  # per Ready that needs an fsync
     wire_change: float = 0.08  # chance to pick new drop/dup/latency conditions
     drop_rates: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5)

@@ -512,7 +512,8 @@ class Simulation:
             leader = self._leader()
             limit = len(ids) - 1 if rng.random() < rates.crash_majority_allowed else (len(ids) - 1) // 2
             if up and len(ids) - len(up) < limit:
-                victim = leader.id if leader is not None and rng.random() < 0.4 else rng.choice(up)
+                pick_leader = leader is not None and rng.random() < rates.crash_leader_bias
+                victim = leader.id if pick_leader and leader is not None else rng.choice(up)
                 self._crash(self.replicas[victim])
         wire = [k for k in ("drop", "dup", "reorder") if self._faulty(k)]
         if wire and rng.random() < rates.wire_change:
