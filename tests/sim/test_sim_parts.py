@@ -245,3 +245,10 @@ def test_the_history_goes_to_the_verify_checker_and_a_reordering_is_caught() -> 
     assert check_operations(h.to_verify([b"b", b"a"], {b"a": 2, b"b": 4}), KeyValue()).verdict is (
         Verdict.NOT_LINEARIZABLE
     )
+
+
+def test_the_cli_offers_exactly_the_cores_fault_rules() -> None:
+    from conclave.raft.node import FAULTS
+    from conclave.sim.faults import FAULT_RULES
+
+    assert set(FAULT_RULES) == FAULTS  # FAULT_RULES keeps a stable order for --help
