@@ -9,6 +9,11 @@ Starts a 3-member Conclave cluster (``ProcessCluster``, fsync on, 127.0.0.1) and
 * gRPC put / range (linearizable) with ``conclave.api.load`` (the `conclave bench` generator);
 then stops it, starts a 3-member etcd 3.4 the same way and measures gRPC put / range again.
 Members of one cluster run alone on the machine while they are measured.
+
+First, ``--adapter`` (on by default) isolates the protocol's own cost: the native server adapter in
+a process of its own in front of a backend that answers at once (no Raft, no store), driven by
+the client library with 64 requests in flight; it reports the server's and the client's CPU per
+operation (the issue's estimate for msgpack framing: 5-30 us; a Python gRPC server: 200-300 us).
 """
 
 from __future__ import annotations
@@ -145,6 +150,107 @@ def run_grpc(endpoints: list[str], op: str, concurrency: int, processes: int, du
             "mean_ms": r.latency_ms_mean, "errors": r.errors, "client_cpu_us_per_op": r.generator_cpu_us_per_op}
 
 
+class _InstantBackend:
+    """Answers put and range at once: what remains is the protocol's own cost."""
+
+    cluster_id = 1
+    member_id = 1
+
+    def raft_term(self) -> int:
+        return 1
+
+    def has_leader(self) -> bool:
+        return True
+
+    def current_revision(self) -> int:
+        return 1
+
+    async def put(self, req: Any) -> Any:
+        from conclave.kv import types as kv
+
+        return kv.PutResponse(kv.ResponseHeader(revision=1))
+
+    async def range(self, req: Any) -> Any:
+        from conclave.kv import types as kv
+
+        return kv.RangeResponse(kv.ResponseHeader(revision=1), (kv.KeyValue(req.key, 1, 1, 1, VALUE),), False, 1)
+
+    def __getattr__(self, name: str) -> Any:  # every other call: not measured here
+        async def unsupported(*_: Any) -> Any:
+            raise NotImplementedError(name)
+
+        return unsupported
+
+
+class _AdapterCfg:
+    listen_native_urls = ["http://127.0.0.1:0"]
+    max_request_bytes = 1536 * 1024
+
+
+def _adapter_server(ports: Any, stop: Any) -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from conclave.api.native import start_native_server
+
+    async def main() -> None:
+        server = await start_native_server(_InstantBackend(), _AdapterCfg())
+        ports.put(server.ports[0])
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait, 600)
+        server.close()
+
+    asyncio.run(main())
+
+
+def _proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_adapter(duration_s: float, in_flight: int = 64) -> list[dict[str, Any]]:
+    ctx = mp.get_context("spawn")
+    ports, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_adapter_server, args=(ports, stop))
+    proc.start()
+    port = ports.get(timeout=READY_TIMEOUT_S)
+    rows = []
+
+    async def drive(op: str) -> dict[str, Any]:
+        from conclave import AsyncClient
+
+        async with AsyncClient([f"127.0.0.1:{port}"], discover=False) as c:
+            await c.put("warm", "up")
+            done = 0
+            end = time.perf_counter() + duration_s
+            server0, client0 = _proc_cpu_s(proc.pid), time.process_time()
+
+            async def one() -> None:
+                nonlocal done
+                while time.perf_counter() < end:
+                    if op == "put":
+                        await c.put(b"k%05d" % (done % 1000), VALUE)
+                    else:
+                        await c.get_kv(b"k%05d" % (done % 1000))
+                    done += 1
+
+            await asyncio.gather(*(one() for _ in range(in_flight)))
+            server_us = (_proc_cpu_s(proc.pid) - server0) / max(1, done) * 1e6
+            client_us = (time.process_time() - client0) / max(1, done) * 1e6
+            return {"op": op, "ops_per_s": done / duration_s, "server_cpu_us_per_op": server_us,
+                    "client_cpu_us_per_op": client_us}
+
+    try:
+        for op in ("put", "get"):
+            rows.append(asyncio.run(drive(op)))
+    finally:
+        stop.set()
+        proc.join(10)
+    return rows
+
+
 def _warm(cluster: ProcessCluster, native: bool) -> None:
     from conclave import Client
 
@@ -159,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="64,256", help="concurrent requests, comma-separated (default %(default)s)")
     p.add_argument("--processes", type=int, default=2, help="load generator processes (default %(default)s)")
     p.add_argument("--no-etcd", action="store_true", help="skip the real etcd 3.4 runs")
+    p.add_argument("--no-adapter", action="store_true", help="skip the protocol-only measurement")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -173,6 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             _print_row(rows[-1])
 
+    if not args.no_adapter:
+        adapter = run_adapter(min(args.duration, 3.0))
+        if args.json:
+            rows.extend({"system": "adapter-only", **r} for r in adapter)
+        else:
+            print("native protocol alone (instant backend, 64 in flight, one connection):")
+            for r in adapter:
+                print(f"  {r['op']:<4} {r['ops_per_s']:>9,.0f} ops/s   server {r['server_cpu_us_per_op']:.1f} us/op"
+                      f"   client {r['client_cpu_us_per_op']:.1f} us/op", flush=True)
+            print(flush=True)
     with tempfile.TemporaryDirectory(prefix="native-bench-") as tmp:
         if not args.json:
             print(f"{'system':<10} {'protocol':<8} {'op':<5} {'conc':>5} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
