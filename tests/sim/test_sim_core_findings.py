@@ -2,7 +2,9 @@
 
 Each test asserts the behaviour the core should have and is marked xfail while the bug
 stands; it names the seed, the options and what goes wrong, so the core's authors can
-replay it with ``conclave sim``-style options from Python.
+replay it from Python. The marks are not strict because the core is still changing
+under other hands: an XPASS means the bug is fixed or the seeds no longer reach it
+(rescan with SimOptions as in the test before removing the mark).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from conclave.sim.simulation import SimOptions, run_seed
     strict=False,
 )
 def test_a_joiner_without_bootstrap_configuration_does_not_block_elections() -> None:
-    options = SimOptions(nodes=3, joiners_know_bootstrap=False)
+    # The fault kinds are spelled out so that a new kind joining "all" does not move the seeds.
+    kinds = frozenset({"partition", "crash", "drop", "dup", "reorder", "membership"})
+    options = SimOptions(nodes=3, faults=kinds, joiners_know_bootstrap=False)
     failing = [seed for seed in (586, 827, 1706) if run_seed(seed, options).violation is not None]
     assert failing == []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from conclave.sim.errors import SetupError
 
-FAULT_KINDS: tuple[str, ...] = ("partition", "crash", "drop", "dup", "reorder", "membership")
+FAULT_KINDS: tuple[str, ...] = ("partition", "crash", "pause", "drop", "dup", "reorder", "membership")
 FAULT_RULES: tuple[str, ...] = ("commit_previous_term", "vote_without_log_check", "forget_vote", "ack_before_persist")
 
 
@@ -56,6 +56,9 @@ class FaultRates:
     crash_majority_allowed: float = 0.25  # chance a crash may take down a majority
     crash_leader_bias: float = 0.4  # chance the crash picks the leader rather than any node
     crash_before_sync: float = 0.02  # per Ready that needs an fsync
+    pause: float = 0.04  # a process stops (GC pause, SIGSTOP) and later resumes with its state
+    pause_ms: tuple[int, int] = (5, 300)
+    pause_leader_bias: float = 0.5
     wire_change: float = 0.08  # chance to pick new drop/dup/latency conditions
     drop_rates: tuple[float, ...] = (0.0, 0.05, 0.2, 0.5)
     dup_rates: tuple[float, ...] = (0.0, 0.1, 0.3)

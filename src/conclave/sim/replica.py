@@ -37,6 +37,7 @@ class Replica:
         self.pending_writes: dict[bytes, Operation] = {}
         self.pending_reads: dict[bytes, Operation] = {}
         self.waiting_reads: list[tuple[int, Operation]] = []
+        self.paused_until_ms = 0  # a paused process handles nothing before this time
         self.moments: dict[str, int] = {}  # nemesis bookkeeping: last term a leader moment was seen
 
     @property
@@ -64,6 +65,7 @@ class Replica:
         self.syncing = None
         self.incarnation += 1
         self.role = Role.FOLLOWER
+        self.paused_until_ms = 0
         waiting = [*self.pending_writes.values(), *self.pending_reads.values(), *(op for _, op in self.waiting_reads)]
         self.pending_writes.clear()
         self.pending_reads.clear()

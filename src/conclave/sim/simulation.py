@@ -75,6 +75,9 @@ QUIET_STEPS_MAX = 50_000  # a message storm that never lets virtual time advance
 
 T = TypeVar("T")
 
+# Events addressed to one node, which a paused node defers.
+_NODE_EVENTS = frozenset({EventKind.TICK, EventKind.DELIVER, EventKind.SYNC_DONE, EventKind.REPORT})
+
 
 @dataclass(frozen=True, slots=True)
 class SimOptions:
@@ -229,6 +232,8 @@ class Simulation:
 
     def _handle(self, ev: Event) -> None:
         kind = ev.kind
+        if kind in _NODE_EVENTS and self._defer_while_paused(ev):
+            return
         if kind == EventKind.TICK:
             r = self.replicas[ev.node_id]
             if r.raft is None or ev.incarnation != r.incarnation:
@@ -265,6 +270,16 @@ class Simulation:
             r = self.replicas[ev.node_id]
             if r.raft is None and not r.removed and ev.incarnation == r.incarnation:
                 self._start(r)
+
+    def _defer_while_paused(self, ev: Event) -> bool:
+        """A paused process (GC pause, SIGSTOP) handles nothing until it resumes: its timer
+        fires once on resume, and what arrived meanwhile waits in its socket buffer."""
+        nid = ev.payload.to if isinstance(ev.payload, Message) and ev.kind == EventKind.DELIVER else ev.node_id
+        r = self.replicas.get(nid)
+        if r is None or r.paused_until_ms <= self.agenda.now_ms:
+            return False
+        self.agenda.schedule(r.paused_until_ms - self.agenda.now_ms, ev.kind, ev.node_id, ev.incarnation, ev.payload)
+        return True
 
     def _core(self, call: Callable[[], T], node: int, what: str, refusable: bool = False) -> T:
         """Run a call into the Raft core. Whatever escapes it is a found bug, except a
@@ -526,6 +541,16 @@ class Simulation:
             )
             n = self.network.conditions
             self._trace(f"nemesis: wire drop={n.drop_rate} dup={n.dup_rate} latency=1..{n.latency_max_ms}ms")
+        if self._faulty("pause") and rng.random() < rates.pause:
+            running = [self.replicas[nid] for nid in ids if self.replicas[nid].raft is not None]
+            running = [r for r in running if r.paused_until_ms <= now]
+            leader = self._leader()
+            if running:
+                pick_leader = leader is not None and leader in running and rng.random() < rates.pause_leader_bias
+                r = leader if pick_leader and leader is not None else rng.choice(running)
+                r.paused_until_ms = now + rng.randint(*rates.pause_ms)
+                self._trace(f"nemesis: pause node {r.id} until {r.paused_until_ms}ms")
+                self.stats["pauses"] += 1
         if self._faulty("membership") and now >= self._membership_after_ms and rng.random() < rates.membership:
             self._change_membership()
 
@@ -666,11 +691,12 @@ class Simulation:
         rng = self._client_rng
         self.agenda.schedule(rng.randint(*CLIENT_THINK_MS), EventKind.CLIENT, payload=client)
         busy = self._client_op.get(client)
-        live = [r for r in self._live() if not r.removed]
+        now = self.agenda.now_ms
+        live = [r for r in self._live() if not r.removed and r.paused_until_ms <= now]
         if (busy is not None and busy.status is OpStatus.PENDING) or not live:
             return
         leader = self._leader()
-        r = leader if leader is not None and rng.random() < 0.5 else rng.choice(live)
+        r = leader if leader is not None and leader in live and rng.random() < 0.5 else rng.choice(live)
         if rng.random() < 0.7:
             self._client_op[client] = self._write(r, client, WRITE_TIMEOUT_MS)
         else:
@@ -722,6 +748,8 @@ class Simulation:
         self.quiet = True
         self.network.heal()
         self.network.conditions = LinkConditions()
+        for r in self.replicas.values():
+            r.paused_until_ms = min(r.paused_until_ms, self.agenda.now_ms)
         self._trace("quiet: every fault heals; a leader must commit a probe write")
         for r in list(self.replicas.values()):
             if r.raft is None and not r.removed:
