@@ -13,11 +13,12 @@ handled exactly as a server would (send, save, fsync, send the persisted message
 apply, serve reads, advance), and every observation goes to the ``SafetyMonitor``
 and the ``History``, which raise ``InvariantBroken`` the moment a rule breaks.
 
-Phases: a faulty phase of ``steps`` steps, in which the nemesis partitions, crashes
-(also between save and fsync), drops, duplicates, delays and reorders, and changes
-membership; then a quiet phase in which every fault heals and a leader must be
+Phases: a faulty phase of ``steps`` steps, in which the nemesis partitions (also one-way), crashes
+(also between save and fsync), pauses, drops, duplicates, delays and reorders, and
+changes membership; then a quiet phase in which every fault heals and a leader must be
 elected and commit a probe write within ``quiet_ms`` of virtual time (liveness), and
-every acknowledged write must be in that leader's state machine (durability).
+every acknowledged write must be in that leader's state machine (durability); last,
+the whole client history goes through ``conclave.verify``'s linearizability checker.
 
 Rules for this module: it may use ``random`` but never a real clock, thread, socket
 or the OS; anything the Raft core raises that is not a ``RaftError`` on a call that
