@@ -309,3 +309,44 @@ def test_moving_to_another_member_does_not_cut_requests_in_flight() -> None:
                 s.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.reading = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 1)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def abort(self) -> None:
+        pass
+
+
+def test_a_peer_that_does_not_read_its_answers_is_not_read_either() -> None:
+    async def main() -> None:
+        server = native.NativeServer(FakeBackend(), 4096)
+        conn = native.NativeConnection(server)
+        transport = _FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        frames = b"".join(native.pack_frame([i, "no_such_method", []]) for i in range(10))
+        conn.pause_writing()  # the socket's send buffer is full
+        assert not transport.reading
+        conn.data_received(frames)
+        await asyncio.sleep(0.01)
+        assert transport.written == [] and len(conn.buffer) == len(frames)  # nothing taken on
+        conn.resume_writing()
+        await asyncio.sleep(0.01)
+        assert transport.reading and conn.buffer == bytearray()
+        assert b"".join(transport.written).count(b"unknown native method") == 10
+
+    asyncio.run(main())

@@ -337,11 +337,15 @@ class NativeConnection(asyncio.Protocol):
             task.cancel()
 
     def pause_writing(self) -> None:
+        # A peer that does not read its answers must not make us buffer more of them: stop
+        # reading its requests too until the socket drains.
         self.writing_paused = True
+        self._sync_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         self._pump_watches()
+        self._resume()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -353,7 +357,7 @@ class NativeConnection(asyncio.Protocol):
         buf = self.buffer
         pos = 0
         try:
-            while not self.closed and self.in_flight < IN_FLIGHT_MAX and len(buf) - pos >= 4:
+            while not self.closed and not self._blocked() and len(buf) - pos >= 4:
                 (length,) = FRAME_HEADER.unpack_from(buf, pos)
                 if length > self.frame_bytes_max:
                     raise ProtocolViolation(f"frame of {length} bytes exceeds the limit of {self.frame_bytes_max}")
@@ -368,9 +372,26 @@ class NativeConnection(asyncio.Protocol):
             return
         if pos:
             del buf[:pos]
-        if self.in_flight >= IN_FLIGHT_MAX and not self.reading_paused and self.transport is not None:
+        self._sync_reading()
+
+    def _blocked(self) -> bool:
+        return self.in_flight >= IN_FLIGHT_MAX or self.writing_paused
+
+    def _sync_reading(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        if self._blocked() and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        """Read again once answers drained (hysteresis: half the in-flight limit)."""
+        if not self.reading_paused or self.closed or self.writing_paused or self.in_flight >= IN_FLIGHT_MAX // 2:
+            return
+        self.reading_paused = False
+        self._parse()  # frames already buffered first
+        if not self.reading_paused and self.transport is not None:
+            self.transport.resume_reading()
 
     def fail(self, reason: str) -> None:
         """Close this connection because its peer broke the protocol (nobody else is affected)."""
@@ -414,11 +435,7 @@ class NativeConnection(asyncio.Protocol):
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         self.in_flight -= 1
-        if self.reading_paused and self.in_flight < IN_FLIGHT_MAX // 2 and not self.closed:
-            self.reading_paused = False
-            self._parse()
-            if not self.reading_paused and self.transport is not None:
-                self.transport.resume_reading()
+        self._resume()
 
     async def _run_unary(self, rid: int, handler: Handler, args: list[Any]) -> None:
         try:
