@@ -19,8 +19,9 @@ is fixed by ``kv/types.py`` and both ends share this module's :func:`pack_value`
 Limits: a frame longer than ``max_request_bytes + FRAME_OVERHEAD_BYTES`` or a body that is not a
 well-formed envelope closes that connection with a logged reason (nobody else is affected); at
 ``IN_FLIGHT_MAX`` unanswered requests the server stops reading from the connection until answers
-drain (back-pressure instead of unbounded memory); while the socket's send buffer is full, watch
-deliveries stay in the hub (which cancels watchers that fall too far behind).
+drain (back-pressure instead of unbounded memory); while the socket's send buffer is full, no
+request is read and watch deliveries stay in the hub (which cancels watchers that fall too far
+behind).
 
 What this module must never do: hold a business rule. Validation, quotas, linearizability and
 leases live in the backend; here there is only decoding, dispatch, encoding and flow control.
