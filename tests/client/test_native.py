@@ -350,3 +350,29 @@ def test_a_peer_that_does_not_read_its_answers_is_not_read_either() -> None:
         assert b"".join(transport.written).count(b"unknown native method") == 10
 
     asyncio.run(main())
+
+
+def test_keep_alive_stream_pushes_ttls_until_the_lease_is_gone() -> None:
+    async def body(server: native.NativeServer, ep: str, backend: Any) -> None:
+        async with AsyncClient([ep], discover=False) as c:
+            lease = await c.lease(30)
+            ch = await NativeChannel.connect(ep, 2)
+            items: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
+            rid, first = await ch.open_stream("lease_keep_alive_stream", [lease.id, 50],
+                                              lambda item, exc: items.put_nowait((item, exc)))
+            assert first is None
+            assert [await asyncio.wait_for(items.get(), 5) for _ in range(2)] == [(30, None), (30, None)]
+            await lease.revoke()
+            while True:
+                _, exc = await asyncio.wait_for(items.get(), 5)
+                if exc is not None:
+                    break
+            assert isinstance(exc, LeaseNotFound) and all(not conn.streams for conn in server.connections)
+            other = await c.lease(30)
+            rid, _ = await ch.open_stream("lease_keep_alive_stream", [other.id, 50], lambda item, exc: None)
+            ch.cancel_stream(rid)
+            await asyncio.sleep(0.1)
+            assert all(not conn.streams for conn in server.connections)
+            ch.close()
+
+    run(body)
