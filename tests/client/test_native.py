@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from api.fake_backend import FakeBackend  # tests/ is on sys.path (rootdir-based import of test packages)
 
 from conclave import AsyncClient
 from conclave.api import native
@@ -27,7 +28,6 @@ from conclave.client import (
 )
 from conclave.client.native import NativeChannel
 from conclave.kv import types as kv
-from tests.api.fake_backend import FakeBackend
 
 
 @dataclass
