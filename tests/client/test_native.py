@@ -214,6 +214,13 @@ def test_watch_streams_events_and_cancel_stops_them() -> None:
             assert [(e.type, e.kv.key) for e in got if e] == [
                 (kv.EventType.PUT, b"w/0"), (kv.EventType.PUT, b"w/1"), (kv.EventType.DELETE, b"w/0")]
             w.close()
+            async with c.watch("w/", prefix=True, start_revision=1) as again:  # async iterator, from history
+                keys = []
+                async for ev in again:
+                    keys.append(ev.kv.key)
+                    if len(keys) == 3:
+                        break
+            assert keys == [b"w/0", b"w/1", b"w/0"]
             await asyncio.sleep(0.05)
             conn = next(iter(server.connections))
             assert not conn.streams and backend.watcher_count() == 0
