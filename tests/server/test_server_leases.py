@@ -20,7 +20,15 @@ import pytest
 from conclave.api import pb
 from conclave.server.launcher import ProcessCluster, ProcessMember
 
-from .compat_support import WatchRecorder, finish_client, read_line, spawn_client, started_cluster, stop_process
+from .compat_support import (
+    WatchRecorder,
+    finish_client,
+    kill_cluster,
+    read_line,
+    spawn_client,
+    started_cluster,
+    stop_process,
+)
 from .conftest import Etcd, leader_of, wait_for
 
 TTL_S = 3
@@ -36,7 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
     try:
         yield c
     finally:
-        c.stop()
+        kill_cluster(c)
 
 
 def grant(client: Etcd, ttl: int) -> int:
@@ -239,8 +247,7 @@ def test_reference_etcd_keeps_leases_across_a_paused_leader(tmp_path: Path) -> N
         reference.start()
         paused_leader_scenario(reference)
     finally:
-        for m in reference.members:  # its data is not needed: skip etcd's slow graceful shutdown
-            m.kill()
+        kill_cluster(reference)  # its data is not needed: skip etcd's slow graceful shutdown
 
 
 def paused_leader_scenario(cluster: ProcessCluster) -> None:

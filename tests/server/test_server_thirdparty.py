@@ -16,7 +16,15 @@ import pytest
 
 from conclave.server.launcher import ProcessCluster
 
-from .compat_support import finish_client, read_line, run_client, spawn_client, started_cluster, stop_process
+from .compat_support import (
+    finish_client,
+    kill_cluster,
+    read_line,
+    run_client,
+    spawn_client,
+    started_cluster,
+    stop_process,
+)
 
 LIBRARIES = {"aetcd": "aetcd_client.py", "etcd3": "etcd3_client.py"}
 
@@ -27,7 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
     try:
         yield c
     finally:
-        c.stop()
+        kill_cluster(c)
 
 
 @pytest.mark.parametrize("library", sorted(LIBRARIES))

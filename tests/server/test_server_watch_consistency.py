@@ -28,6 +28,7 @@ from .compat_support import (
     Event,
     WatchRecorder,
     expected_prevs,
+    kill_cluster,
     prefix_end,
     started_cluster,
     watch_once_history,
@@ -46,7 +47,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster
     try:
         yield c
     finally:
-        c.stop()
+        kill_cluster(c)
 
 
 @dataclass
@@ -293,7 +294,7 @@ def test_watchers_on_a_member_that_catches_up_by_snapshot(tmp_path: Path) -> Non
             assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
         assert resumer.reconnects, "the resumer's member was killed: it must have reconnected"
     finally:
-        cluster.stop()
+        kill_cluster(cluster)
     compacted = [int(m) for m in re.findall(r"snapshot at index (\d+)", leader.log_text())]
     assert compacted and max(compacted) > killed_rev + 100, (compacted, killed_rev)
     print(f"leader compacted at {compacted}; follower was killed at revision {killed_rev}; "
