@@ -116,9 +116,16 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
     # Fails if: a watcher misses, repeats or reorders an event (also across its resume on another
     # member, or on the restarted member while it catches up), sees a different key/value than
     # committed, a watch is canceled by the server, the members' histories differ, the history
-    # lacks an acknowledged write, has a revision gap, or disagrees with range reads at past revisions.
+    # lacks an acknowledged write, has a revision gap, or disagrees with range reads at past revisions,
+    # or a lease expiry is not one revision of DELETEs.
     probe = Etcd(cluster.endpoints[0])
     start_rev = int(probe.get(b"/").header.revision) + 1
+    # Three keys on a lease nobody keeps alive: its expiry (a revoke through the log, around the
+    # leader kill) must reach every watcher as three DELETEs in one revision.
+    lease_id = int(probe.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=2), timeout=10).ID)
+    leased = [PREFIX + b"leased/%d" % i for i in range(3)]
+    for k in leased:
+        probe.put(k, b"expiring", lease=lease_id)
     probe.close()
     eps = cluster.endpoints
     recorders = [
@@ -149,6 +156,8 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
         assert [w.done_ops for w in writers] == [OPS_PER_WRITER] * 2, [w.done_ops for w in writers]
 
         reader = Etcd(eps[0])
+        wait_for(lambda: not reader.get(PREFIX + b"leased/", range_end=prefix_end(PREFIX + b"leased/")).kvs, 20,
+                 "the leased keys to expire")
         final = reader.kv.Range(pb.RangeRequest(key=PREFIX, range_end=prefix_end(PREFIX)), timeout=10)
         final_rev = int(final.header.revision)
         t0 = time.monotonic()
@@ -172,6 +181,8 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
     acked = [e for w in writers for e in w.acked]
     assert set(acked) <= set(truth), sorted(set(acked) - set(truth))[:5]
     assert len(acked) >= 2 * OPS_PER_WRITER * 3 // 4  # deletes of an already deleted key add nothing
+    expiry = [e for e in truth if e[2] in leased and e[1] == "DELETE"]
+    assert [e[2] for e in expiry] == leased and len({e[0] for e in expiry}) == 1, expiry
 
     # The history agrees with MVCC range reads at past revisions.
     for rev in [*range(start_rev, final_rev + 1, max(1, (final_rev - start_rev) // 8)), final_rev]:
