@@ -611,9 +611,17 @@ class Simulation:
     def _change_membership(self) -> None:
         rng = self._nemesis_rng
         leader = self._leader()
-        if leader is None or leader.raft is None or leader.conf.joint:
+        if leader is None or leader.raft is None:
             return
         conf = leader.conf
+        if conf.joint:
+            if not conf.auto_leave:  # an explicit joint change waits for the leave to be proposed
+                raft_ = leader.raft
+                self._trace(f"nemesis: propose leaving the joint configuration via node {leader.id}")
+                self.stats["conf_changes_proposed"] += 1
+                self._refusable(lambda: raft_.propose_conf_change(ConfChange()), leader, "leave joint")
+                self._membership_after_ms = self.agenda.now_ms + self.rates.membership_gap_ms
+            return
         voters, learners = sorted(conf.voters), sorted(conf.learners)
         n = self.options.nodes
         choices: list[str] = ["transfer"] if len(voters) > 1 else []
@@ -663,7 +671,7 @@ class Simulation:
                     ConfChangeSingle(ConfChangeType.ADD_VOTER, new_id),
                     ConfChangeSingle(ConfChangeType.REMOVE_NODE, rng.choice(voters)),
                 )
-                transition = ConfChangeTransition.JOINT_IMPLICIT
+                transition = rng.choice((ConfChangeTransition.JOINT_IMPLICIT, ConfChangeTransition.JOINT_EXPLICIT))
         cc = ConfChange(changes, transition)
         self.stats["conf_changes_proposed"] += 1
         self._trace(
