@@ -383,3 +383,25 @@ def test_keep_alive_stream_pushes_ttls_until_the_lease_is_gone() -> None:
             ch.close()
 
     run(body)
+
+
+def test_a_watch_leaves_a_member_that_knows_no_leader() -> None:
+    async def main() -> None:
+        cut_off, healthy = FakeBackend(), FakeBackend()
+        servers = [await native.start_native_server(b, Cfg(["http://127.0.0.1:0"])) for b in (cut_off, healthy)]
+        eps = [f"127.0.0.1:{s.ports[0]}" for s in servers]
+        try:
+            async with AsyncClient(eps, discover=False) as c:
+                w = c.watch("k")
+                await w.start()
+                assert c.endpoint == eps[0]
+                cut_off.leader = False  # e.g. on the minority side of a partition
+                await healthy.put(kv.PutRequest(b"k", b"v"))  # revision 2 elsewhere
+                ev = await w.next(timeout=10)
+                assert ev is not None and ev.kv.value == b"v" and c.endpoint == eps[1]
+                w.close()
+        finally:
+            for s in servers:
+                s.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))

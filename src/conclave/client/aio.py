@@ -522,6 +522,7 @@ class Watch:
         self.closed = False
         self.created_revision = 0
         self.leaderless_probes = 0
+        self.last_activity = 0.0
 
     def __aiter__(self) -> Watch:
         return self
@@ -538,6 +539,7 @@ class Watch:
         if self.queue is None:
             self.queue = asyncio.Queue()
             await self._open(asyncio.get_running_loop().time() + self.client.timeout)
+            self.last_activity = asyncio.get_running_loop().time()
 
     async def _open(self, deadline: float) -> None:
         assert self.queue is not None
@@ -596,8 +598,11 @@ class Watch:
             try:
                 gen, delivery, exc = await asyncio.wait_for(self.queue.get(), slice_s)
             except TimeoutError:
-                await self._probe()
+                if loop.time() - self.last_activity >= WATCH_PROBE_IDLE_S:
+                    await self._probe()
+                    self.last_activity = loop.time()
                 continue
+            self.last_activity = loop.time()
             if gen != self.generation:
                 continue  # from a stream that was replaced
             if exc is not None:
@@ -647,7 +652,10 @@ class Watch:
             if self.handle is not None:
                 with contextlib.suppress(Exception):
                     transport.cancel_watch(self.handle)
-            self.client._drop(transport)
+            if has_leader is None:
+                self.client._drop(transport)  # silent: nothing on it will be answered
+            else:
+                self.client._move_on(transport)  # alive: let its other requests finish there
             self.transport = None
             await self._open(asyncio.get_running_loop().time() + WATCH_RECONNECT_S)
 
@@ -744,12 +752,4 @@ class Session:
         await self.close()
 
 
-async def first_event(watch: Watch, timeout: float | None) -> kv.Event:
-    """The next event of ``watch`` (TimeoutError after ``timeout``)."""
-    ev = await watch.next(timeout)
-    if ev is None:
-        raise Unavailable("watch closed")
-    return ev
-
-
-__all__ = ["AsyncClient", "Lease", "Session", "Txn", "Watch", "first_event"]
+__all__ = ["AsyncClient", "Lease", "Session", "Txn", "Watch"]
