@@ -157,6 +157,20 @@ def watch_once_history(endpoint: str, prefix: bytes, start_revision: int, until_
     return [e for e in events if e[0] <= until_revision]
 
 
+def progress_violations(recorder: WatchRecorder) -> list[str]:
+    """Progress responses that lied: an event at or below the announced revision came after it,
+    or the announced revision is below an event already delivered."""
+    bad = []
+    for count, revision in recorder.progress:
+        before, after = recorder.events[:count], recorder.events[count:]
+        if before and before[-1][0] > revision:
+            bad.append(f"progress {revision} after event at revision {before[-1][0]}")
+        late = [e for e in after if e[0] <= revision]
+        if late:
+            bad.append(f"progress {revision} then {len(late)} events at or below it, first {late[0]}")
+    return bad
+
+
 def expected_prevs(events: list[Event]) -> list[bytes | None]:
     """The prev_kv value each event must carry: the key's value just before it (None: absent).
 
@@ -192,8 +206,11 @@ class WatchRecorder:
     channel_options: tuple[tuple[str, Any], ...] = ()
     prev_kv: bool = False  # ask for prev_kv; ``prevs[i]`` is the previous value for ``events[i]``
     require_leader: bool = True  # send clientv3's ``hasleader`` metadata
+    progress_every_s: float = 0.0  # send a WatchProgressRequest this often (0: never)
     events: list[Event] = field(default_factory=list)
     prevs: list[bytes | None] = field(default_factory=list)
+    # (number of events received before it, revision) for every progress response
+    progress: list[tuple[int, int]] = field(default_factory=list)
     reconnects: list[tuple[str, int]] = field(default_factory=list)  # (endpoint, resumed from)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -217,6 +234,16 @@ class WatchRecorder:
                 return True
             time.sleep(0.05)
         return self.last_revision >= revision
+
+    def wait_progress(self, revision: int, timeout: float) -> bool:
+        """Wait for a progress response announcing at least ``revision`` (needs progress_every_s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.progress and self.progress[-1][1] >= revision:
+                    return True
+            time.sleep(0.05)
+        return False
 
     def stop(self) -> None:
         self._stop.set()
@@ -255,10 +282,14 @@ class WatchRecorder:
             key=self.prefix, range_end=prefix_end(self.prefix), start_revision=start_revision, prev_kv=self.prev_kv)))
 
         def feed() -> Iterator[Any]:
+            next_progress = time.monotonic() + self.progress_every_s
             while not self._stop.is_set():
                 try:
-                    item = requests.get(timeout=0.2)
+                    item = requests.get(timeout=min(0.2, self.progress_every_s or 0.2))
                 except queue.Empty:
+                    if self.progress_every_s and time.monotonic() >= next_progress:
+                        next_progress = time.monotonic() + self.progress_every_s
+                        yield pb.WatchRequest(progress_request=pb.WatchProgressRequest())
                     continue
                 yield item
 
@@ -274,6 +305,11 @@ class WatchRecorder:
             for resp in call:
                 if resp.canceled:
                     raise RuntimeError(f"watch canceled by {endpoint}: {resp.cancel_reason!r}")
+                if not resp.events and not resp.created:
+                    # A progress response: every event at or below this revision was delivered.
+                    with self._lock:
+                        self.progress.append((len(self.events), int(resp.header.revision)))
+                    continue
                 batch = [event_of(ev) for ev in resp.events]
                 prevs = [bytes(ev.prev_kv.value) if ev.HasField("prev_kv") else None for ev in resp.events]
                 with self._lock:

@@ -30,6 +30,7 @@ from .compat_support import (
     expected_prevs,
     kill_cluster,
     prefix_end,
+    progress_violations,
     started_cluster,
     watch_once_history,
 )
@@ -129,7 +130,8 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
     probe.close()
     eps = cluster.endpoints
     recorders = [
-        WatchRecorder(m.name, eps[i:] + eps[:i], PREFIX, start_rev, deadline_s=90, prev_kv=True)
+        WatchRecorder(m.name, eps[i:] + eps[:i], PREFIX, start_rev, deadline_s=90, prev_kv=True,
+                      progress_every_s=0.1)
         for i, m in enumerate(cluster.members)
     ]
     for r in recorders:
@@ -147,7 +149,8 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
         cluster.wait_ready(members=[leader])
         # A watch on the restarted member at once, from the start: it replays history that member may
         # still be catching up on, then follows live.
-        late = WatchRecorder("restarted", [leader.endpoint], PREFIX, start_rev, deadline_s=60, prev_kv=True)
+        late = WatchRecorder("restarted", [leader.endpoint], PREFIX, start_rev, deadline_s=60, prev_kv=True,
+                             progress_every_s=0.1)
         late.start()
         recorders.append(late)
         for t in threads:
@@ -164,6 +167,7 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
         for r in recorders:
             r.wait_until(final_rev, 20)
         caught_up_s = time.monotonic() - t0
+        progressed = {r.name: r.wait_progress(final_rev, 5) for r in recorders}
     finally:
         for w in writers:
             w.stop.set()
@@ -172,6 +176,7 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
             r.stop()
         print(f"recorders stopped in {time.monotonic() - t1:.2f}s")
 
+    assert all(progressed.values()), progressed
     truth = watch_once_history(eps[0], PREFIX, start_rev, final_rev)
     for m in cluster.members[1:]:  # every member (the restarted one too) has the same history
         assert watch_once_history(m.endpoint, PREFIX, start_rev, final_rev) == truth, m.name
@@ -193,6 +198,7 @@ def test_watchers_on_every_member_see_the_committed_sequence_across_leader_kill(
     for r in recorders:
         assert not [e for e in r.errors if e.startswith(FATAL)], (r.name, r.errors)
         assert r.events == truth, (r.name, len(r.events), len(truth), _first_difference(r.events, truth))
+        assert r.progress and progress_violations(r) == [], (r.name, progress_violations(r)[:3], len(r.progress))
         assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
     killed = next(r for r in recorders if r.endpoints[0] == leader.endpoint and r.name != "restarted")
     assert killed.reconnects, "the watcher on the killed leader never had to resume elsewhere"
@@ -224,10 +230,10 @@ def test_stalled_watchers_fall_behind_and_catch_up_exactly(cluster: ProcessClust
     follower = next(m for m in cluster.members if m is not leader)
     recorders = [
         WatchRecorder(f"stalled-{m.name}", [m.endpoint], prefix, start_rev, deadline_s=60, stall_s=STALL_S,
-                      channel_options=(("grpc.http2.bdp_probe", 0),), prev_kv=True)
+                      channel_options=(("grpc.http2.bdp_probe", 0),), prev_kv=True, progress_every_s=0.2)
         for m in (leader, follower)
     ]
-    recorders.append(WatchRecorder("reader", [eps[2]], prefix, start_rev, deadline_s=60))
+    recorders.append(WatchRecorder("reader", [eps[2]], prefix, start_rev, deadline_s=60, progress_every_s=0.05))
     for r in recorders:
         r.start()
     value = b"v" * 700
@@ -242,15 +248,18 @@ def test_stalled_watchers_fall_behind_and_catch_up_exactly(cluster: ProcessClust
         final_rev = int(client.get(b"/").header.revision)
         for r in recorders:
             r.wait_until(final_rev, 30)
+        progressed = {r.name: r.wait_progress(final_rev, 5) for r in recorders}
     finally:
         for r in recorders:
             r.stop()
         client.close()
+    assert all(progressed.values()), progressed
     truth = watch_once_history(eps[1], prefix, start_rev, final_rev, timeout=30)
     assert len(truth) == 80 * 50 and [e[0] for e in truth] == sorted(e[0] for e in truth)
     for r in recorders:
         assert not r.errors, (r.name, r.errors)
         assert r.events == truth, (r.name, len(r.events), len(truth), _first_difference(r.events, truth))
+        assert r.progress and progress_violations(r) == [], (r.name, progress_violations(r)[:3], len(r.progress))
         if r.prev_kv:
             assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
     print(f"4000 events written in {write_s:.2f}s while two watchers were stalled for {STALL_S}s")
@@ -273,10 +282,11 @@ def test_watchers_on_a_member_that_catches_up_by_snapshot(tmp_path: Path) -> Non
         follower = next(m for m in cluster.members if m is not leader)
         writer = Etcd(leader.endpoint)
         start_rev = int(writer.get(b"/").header.revision) + 1
-        resumer = WatchRecorder("resumer", [follower.endpoint], prefix, start_rev, deadline_s=60, prev_kv=True)
+        resumer = WatchRecorder("resumer", [follower.endpoint], prefix, start_rev, deadline_s=60, prev_kv=True,
+                                progress_every_s=0.1)
         resumer.start()
         late = WatchRecorder("late", [follower.endpoint], prefix, start_rev, deadline_s=60, prev_kv=True,
-                             require_leader=False)
+                             require_leader=False, progress_every_s=0.1)
         recorders = [resumer, late]
         try:
             for i in range(10):
@@ -293,15 +303,19 @@ def test_watchers_on_a_member_that_catches_up_by_snapshot(tmp_path: Path) -> Non
             final_rev = int(writer.get(b"/").header.revision)
             for r in recorders:
                 r.wait_until(final_rev, 20)
+            # Idle and caught up: a progress request must now be answered with the final revision.
+            progressed = {r.name: r.wait_progress(final_rev, 5) for r in recorders}
         finally:
             for r in recorders:
                 r.stop()
             writer.close()
+        assert all(progressed.values()), progressed
         truth = watch_once_history(follower.endpoint, prefix, start_rev, final_rev)
         assert len(truth) == 230
         for r in recorders:
             assert not [e for e in r.errors if e.startswith(FATAL)], (r.name, r.errors)
             assert r.events == truth, (r.name, len(r.events), len(truth), _first_difference(r.events, truth))
+            assert r.progress and progress_violations(r) == [], (r.name, progress_violations(r)[:3], len(r.progress))
             assert r.prevs == expected_prevs(truth), (r.name, _first_difference(r.prevs, expected_prevs(truth)))
         assert resumer.reconnects, "the resumer's member was killed: it must have reconnected"
     finally:
