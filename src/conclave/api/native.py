@@ -192,6 +192,8 @@ def unpack_as(cls: type[Any], value: Any) -> Any:
         return cls(*[dec(v) for dec, v in zip(plan, value, strict=False)])
     except ValueError as exc:  # construction-time invariants (e.g. RequestOp's oneof)
         raise MalformedRequest(str(exc)) from None
+    except RecursionError:  # nested transactions deeper than any real request
+        raise MalformedRequest("request nested too deeply") from None
 
 
 def error_payload(err: BaseException) -> list[str]:
