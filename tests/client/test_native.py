@@ -405,3 +405,25 @@ def test_a_watch_leaves_a_member_that_knows_no_leader() -> None:
                 s.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_random_bytes_never_raise_out_of_the_connection() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.binary(max_size=64), max_size=8), st.booleans())
+    def check(chunks: list[bytes], framed: bool) -> None:
+        async def main() -> None:
+            server = native.NativeServer(FakeBackend(), 4096)
+            conn = native.NativeConnection(server)
+            conn.connection_made(_FakeTransport())  # type: ignore[arg-type]
+            for chunk in chunks:  # garbage, or garbage wrapped in well-formed length prefixes
+                conn.data_received(native.FRAME_HEADER.pack(len(chunk)) + chunk if framed else chunk)
+            await asyncio.sleep(0)
+            for task in list(conn.tasks):
+                task.cancel()
+
+        asyncio.run(main())
+
+    check()
