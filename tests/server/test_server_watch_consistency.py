@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from conclave.api import pb
+from conclave.api.stubs import EtcdStub
 from conclave.server.launcher import ProcessCluster
 
 from .compat_support import (
@@ -324,3 +325,50 @@ def test_watchers_on_a_member_that_catches_up_by_snapshot(tmp_path: Path) -> Non
     assert compacted and max(compacted) > killed_rev + 100, (compacted, killed_rev)
     print(f"leader compacted at {compacted}; follower was killed at revision {killed_rev}; "
           f"late watcher errors before it connected: {len(late.errors)}")
+
+
+def test_watcher_on_a_member_without_leader_is_told_and_resumes(cluster: ProcessCluster) -> None:
+    # The two other members are SIGSTOPped: the remaining one has no leader, so a hasleader watch
+    # stream on it must end with Unavailable "etcdserver: no leader" (as etcd 3.4 does, within a few
+    # election timeouts) and a new one is refused at once. The watcher then resumes on the others
+    # once they are back, and its record must still be the committed history.
+    # Fails if: the stream is not ended (the watcher never reconnects), a new hasleader watch is
+    # accepted without a leader, or the resumed record differs from the history.
+    prefix = b"/wc-noleader/"
+    lone, others = cluster.members[0], cluster.members[1:]
+    writer = Etcd(others[0].endpoint)
+    start_rev = int(writer.get(b"/").header.revision) + 1
+    recorder = WatchRecorder("lone", [m.endpoint for m in cluster.members], prefix, start_rev, deadline_s=60)
+    recorder.start()
+    try:
+        for i in range(5):
+            writer.put(prefix + b"%d" % i, b"before")
+        assert recorder.wait_until(start_rev + 4, 10)
+        for m in others:
+            m.pause()
+        try:
+            wait_for(lambda: bool(recorder.errors), 10, "the lone member to end the hasleader watch stream")
+            assert recorder.errors[0].endswith("StatusCode.UNAVAILABLE"), recorder.errors
+            lone_client = Etcd(lone.endpoint)
+            try:
+                create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=prefix))
+                with pytest.raises(grpc.RpcError) as refused:
+                    list(EtcdStub(lone_client.channel, "etcdserverpb.Watch").Watch(
+                        iter([create]), timeout=5, metadata=(("hasleader", "true"),)))
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert refused.value.details() == "etcdserver: no leader"
+            finally:
+                lone_client.close()
+        finally:
+            for m in others:
+                m.resume()
+        for i in range(5):
+            wait_for(lambda i=i: writer.put(prefix + b"%d" % i, b"after") is not None, 15, "a write after resume")
+        final_rev = int(writer.get(b"/").header.revision)
+        assert recorder.wait_until(final_rev, 20)
+    finally:
+        recorder.stop()
+        writer.close()
+    truth = watch_once_history(lone.endpoint, prefix, start_rev, final_rev)
+    assert recorder.events == truth, _first_difference(recorder.events, truth)
+    assert recorder.reconnects
