@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -66,7 +67,27 @@ class Member:
             await self.node.stop()
 
 
+GC_THRESHOLDS = (20_000, 10, 100)
+GC_FREEZE_INTERVAL_S = 1.0
+
+
+async def _gc_freezer() -> None:
+    """Keep the cyclic garbage collector off the store.
+
+    The store holds millions of long-lived, acyclic objects (key revisions, events). Left to
+    itself, CPython's full collections rescan all of them: in a 3-member run that was 12 pauses
+    of up to 330 ms in 5 s and a third of the CPU. Moving what survived to the permanent
+    generation every second (``gc.freeze``) makes every collection scan only young objects;
+    memory is still freed by reference counting, only cycles among frozen objects are kept.
+    """
+    while True:
+        await asyncio.sleep(GC_FREEZE_INTERVAL_S)
+        gc.freeze()
+
+
 async def _main(cfg: ServerConfig) -> int:
+    gc.set_threshold(*GC_THRESHOLDS)
+    freezer = asyncio.ensure_future(_gc_freezer())
     member = Member(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,6 +105,7 @@ async def _main(cfg: ServerConfig) -> int:
     await asyncio.wait({removed, stopping}, return_when=asyncio.FIRST_COMPLETED)
     reason = member.node.stop_reason
     fatal = member.node.fatal
+    freezer.cancel()
     await member.stop()
     if reason:
         print(f"conclave serve: {reason}", file=sys.stderr)
