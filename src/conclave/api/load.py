@@ -51,6 +51,7 @@ class LoadConfig:
     consistency: str = "l"
     processes: int = 1
     seed: int = 1
+    protocol: str = "grpc"  # or "native": Conclave's own protocol through conclave.AsyncClient
 
     def validate(self) -> None:
         if self.op not in OPS:
@@ -71,6 +72,8 @@ class LoadConfig:
             raise LoadError("--key-size and --key-space must be >= 1 and --val-size >= 0")
         if self.consistency not in ("l", "s"):
             raise LoadError("--consistency must be l (linearizable) or s (serializable)")
+        if self.protocol not in ("grpc", "native"):
+            raise LoadError("--protocol must be grpc (the etcd API) or native (Conclave's own)")
 
 
 @dataclass(slots=True)
@@ -108,6 +111,7 @@ class LoadReport:
     generator_sys_s: float
     generator_cpu_us_per_op: float
     generator_cpu_per_process: tuple[dict[str, float], ...]
+    protocol: str = "grpc"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,7 +122,8 @@ class LoadReport:
     def text(self) -> str:
         errors = ", ".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "none"
         lines = [
-            f"op {self.op}: {self.clients} clients, {self.conns} connections, {self.processes} processes, "
+            f"op {self.op} ({self.protocol}): {self.clients} clients, {self.conns} connections, "
+            f"{self.processes} processes, "
             f"key {self.key_size} B, value {self.val_size} B"
             + (f", consistency {self.consistency}" if self.op == "range" else ""),
             f"  {self.ops} ops in {self.duration_s:.2f} s = {self.ops_per_s:,.0f} ops/s (errors: {errors})",
@@ -171,7 +176,88 @@ def _request_factory(cfg: LoadConfig, rng: random.Random) -> tuple[str, str, Any
     return "etcdserverpb.KV", "Range", lambda: range_cls(key=rng.choice(keys), serializable=serializable)
 
 
+def _native_call_factory(cfg: LoadConfig, rng: random.Random, client: Any) -> Any:
+    """The native-protocol equivalent of ``_request_factory``: a coroutine function per op."""
+    from conclave.client.types import put_op
+
+    value = b"v" * cfg.val_size
+    if cfg.op == "put":
+        return lambda: client.put(key_bytes(rng.randrange(cfg.key_space), cfg.key_size), value)
+    if cfg.op == "txn-put":
+        return lambda: client.transaction(
+            [], [put_op(key_bytes(rng.randrange(cfg.key_space), cfg.key_size), value)], []
+        )
+    serializable = cfg.consistency == "s"
+    keys = [key_bytes(i, cfg.key_size) for i in range(min(cfg.key_space, RANGE_KEYS_MAX))]
+    return lambda: client.range(rng.choice(keys), serializable=serializable)
+
+
+async def _run_native_worker(cfg: LoadConfig, index: int, ready: Any, go: Any) -> WorkerResult:
+    from conclave.client import AsyncClient, ClientError
+
+    result = WorkerResult(index)
+    clients = split(cfg.clients, cfg.processes, index)
+    conns = max(1, split(cfg.conns, cfg.processes, index))
+    # One pipelined native connection per AsyncClient; each talks to one member only.
+    natives = [
+        AsyncClient([cfg.endpoints[(index + i) % len(cfg.endpoints)]], discover=False, timeout=REQUEST_TIMEOUT_S)
+        for i in range(conns)
+    ]
+    try:
+        try:
+            for c in natives:
+                await asyncio.wait_for(c.range(b"\0", count_only=True), CONNECT_TIMEOUT_S)
+        except (TimeoutError, ClientError, OSError) as err:
+            result.failure = f"cannot reach {cfg.endpoints} over the native protocol: {err}"
+            ready.put(index)
+            return result
+        rng = random.Random(cfg.seed * 1_000_003 + index)
+        calls = [_native_call_factory(cfg, rng, c) for c in natives]
+        latencies = array.array("q")
+        errors: dict[str, int] = {}
+        ready.put(index)
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, go.wait, READY_TIMEOUT_S):
+            result.failure = "never released by the parent"
+            return result
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        deadline = start + cfg.duration_s
+
+        async def one_client(call: Any) -> None:
+            perf = time.perf_counter
+            record = latencies.append
+            while True:
+                t0 = perf()
+                if t0 >= deadline:
+                    return
+                try:
+                    await call()
+                except ClientError as err:
+                    name = type(err).__name__
+                    errors[name] = errors.get(name, 0) + 1
+                    continue
+                t1 = perf()
+                if t1 <= deadline:
+                    record(int((t1 - t0) * 1e6))
+
+        await asyncio.gather(*(one_client(calls[i % len(calls)]) for i in range(clients)))
+        result.elapsed_s = time.perf_counter() - start
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        result.user_s = usage1.ru_utime - usage0.ru_utime
+        result.sys_s = usage1.ru_stime - usage0.ru_stime
+        result.ops = len(latencies)
+        result.errors = errors
+        result.latencies_us = latencies.tobytes()
+        return result
+    finally:
+        for c in natives:
+            await c.close()
+
+
 async def _run_worker(cfg: LoadConfig, index: int, ready: Any, go: Any) -> WorkerResult:
+    if cfg.protocol == "native":
+        return await _run_native_worker(cfg, index, ready, go)
     import grpc
 
     from conclave.api.stubs import rpc
@@ -260,6 +346,14 @@ def worker_main(cfg: LoadConfig, index: int, ready: Any, go: Any, results: Any) 
 
 async def _prefill(cfg: LoadConfig) -> None:
     """Ranges read existing keys: write them first (outside the measured window)."""
+    if cfg.protocol == "native":
+        from conclave.client import AsyncClient
+
+        value = b"v" * cfg.val_size
+        async with AsyncClient([cfg.endpoints[0]], discover=False, timeout=REQUEST_TIMEOUT_S) as c:
+            count = min(cfg.key_space, RANGE_KEYS_MAX)
+            await asyncio.gather(*(c.put(key_bytes(i, cfg.key_size), value) for i in range(count)))
+        return
     import grpc
 
     from conclave.api import pb
@@ -361,6 +455,7 @@ def _report(cfg: LoadConfig, results: list[WorkerResult]) -> LoadReport:
         key_size=cfg.key_size,
         val_size=cfg.val_size,
         consistency=cfg.consistency,
+        protocol=cfg.protocol,
         duration_s=round(window_s, 3),
         ops=ops,
         errors=errors,

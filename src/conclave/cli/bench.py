@@ -29,6 +29,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed for key choice (default 1)")
+    p.add_argument(
+        "--protocol", choices=("grpc", "native"), default="grpc",
+        help="grpc: the etcd v3 API (default; measures etcd too); native: Conclave's own protocol "
+        "(--endpoints are then native ports, e.g. 127.0.0.1:2381; --conns = pipelined connections)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         consistency=args.consistency,
         processes=args.processes,
         seed=args.seed,
+        protocol=args.protocol,
     )
     try:
         report = run_load(cfg)

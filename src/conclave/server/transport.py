@@ -80,6 +80,7 @@ class _Peer:
         self.queue: asyncio.Queue[Message | tuple[int, Any]] = asyncio.Queue(QUEUE_MESSAGES_MAX)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.connected = asyncio.Event()
+        self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def send(self, item: Message | tuple[int, Any]) -> bool:
@@ -91,7 +92,10 @@ class _Peer:
 
     async def _run(self) -> None:
         backoff = 0.05
-        while True:
+        # ``closed`` and not only cancellation: on Python 3.11 ``asyncio.wait_for`` can swallow a
+        # cancellation that arrives as the dial fails (it raises the OSError instead), and this
+        # loop would then re-dial forever and keep the process from exiting.
+        while not self.closed:
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(*self.address), timeout=2.0
@@ -168,9 +172,14 @@ class _Peer:
         self.pending.clear()
 
     async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(BaseException):
-            await self.task
+        self.closed = True
+        for _ in range(3):
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self.task), 0.5)
+            if self.task.done():
+                return
+        log.warning("peer task for member %x did not stop; abandoning it", self.node_id)
 
 
 class RemoteError(Exception):
