@@ -56,6 +56,3 @@ class Agenda:
         assert ev.due_ms >= self.now_ms
         self.now_ms = ev.due_ms
         return ev
-
-    def __len__(self) -> int:
-        return len(self._queue)

@@ -65,9 +65,6 @@ class Network:
     def partitioned(self) -> bool:
         return bool(self._cut)
 
-    def cut_links(self) -> list[tuple[int, int]]:
-        return sorted(self._cut)
-
     # -- transmission ---------------------------------------------------------------
 
     def transmit(self, frm: int, to: int) -> list[int]:

@@ -616,10 +616,10 @@ class Simulation:
         conf = leader.conf
         if conf.joint:
             if not conf.auto_leave:  # an explicit joint change waits for the leave to be proposed
-                raft_ = leader.raft
+                leader_raft = leader.raft
                 self._trace(f"nemesis: propose leaving the joint configuration via node {leader.id}")
                 self.stats["conf_changes_proposed"] += 1
-                self._refusable(lambda: raft_.propose_conf_change(ConfChange()), leader, "leave joint")
+                self._refusable(lambda: leader_raft.propose_conf_change(ConfChange()), leader, "leave joint")
                 self._membership_after_ms = self.agenda.now_ms + self.rates.membership_gap_ms
             return
         voters, learners = sorted(conf.voters), sorted(conf.learners)
