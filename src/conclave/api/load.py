@@ -24,6 +24,7 @@ import os
 import random
 import resource
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -176,6 +177,62 @@ def _request_factory(cfg: LoadConfig, rng: random.Random) -> tuple[str, str, Any
     return "etcdserverpb.KV", "Range", lambda: range_cls(key=rng.choice(keys), serializable=serializable)
 
 
+async def _measure(
+    cfg: LoadConfig,
+    index: int,
+    ready: Any,
+    go: Any,
+    result: WorkerResult,
+    calls: list[Callable[[], Awaitable[Any]]],
+    clients: int,
+    error_name: Callable[[BaseException], str | None],
+) -> WorkerResult:
+    """Closed loop: ``clients`` coroutines issue calls until the deadline; record latencies and CPU.
+
+    ``error_name`` names a failed call's error (counted, the loop goes on) or returns None for an
+    error that must propagate.
+    """
+    latencies = array.array("q")
+    errors: dict[str, int] = {}
+    ready.put(index)
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, go.wait, READY_TIMEOUT_S):
+        result.failure = "never released by the parent"
+        return result
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    deadline = start + cfg.duration_s
+
+    async def one_client(call: Callable[[], Awaitable[Any]]) -> None:
+        perf = time.perf_counter
+        record = latencies.append
+        while True:
+            t0 = perf()
+            if t0 >= deadline:
+                return
+            try:
+                await call()
+            except Exception as err:
+                name = error_name(err)
+                if name is None:
+                    raise
+                errors[name] = errors.get(name, 0) + 1
+                continue
+            t1 = perf()
+            if t1 <= deadline:
+                record(int((t1 - t0) * 1e6))
+
+    await asyncio.gather(*(one_client(calls[i % len(calls)]) for i in range(clients)))
+    result.elapsed_s = time.perf_counter() - start
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    result.user_s = usage1.ru_utime - usage0.ru_utime
+    result.sys_s = usage1.ru_stime - usage0.ru_stime
+    result.ops = len(latencies)
+    result.errors = errors
+    result.latencies_us = latencies.tobytes()
+    return result
+
+
 def _native_call_factory(cfg: LoadConfig, rng: random.Random, client: Any) -> Any:
     """The native-protocol equivalent of ``_request_factory``: a coroutine function per op."""
     from conclave.client.types import put_op
@@ -213,43 +270,8 @@ async def _run_native_worker(cfg: LoadConfig, index: int, ready: Any, go: Any) -
             return result
         rng = random.Random(cfg.seed * 1_000_003 + index)
         calls = [_native_call_factory(cfg, rng, c) for c in natives]
-        latencies = array.array("q")
-        errors: dict[str, int] = {}
-        ready.put(index)
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, go.wait, READY_TIMEOUT_S):
-            result.failure = "never released by the parent"
-            return result
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        deadline = start + cfg.duration_s
-
-        async def one_client(call: Any) -> None:
-            perf = time.perf_counter
-            record = latencies.append
-            while True:
-                t0 = perf()
-                if t0 >= deadline:
-                    return
-                try:
-                    await call()
-                except ClientError as err:
-                    name = type(err).__name__
-                    errors[name] = errors.get(name, 0) + 1
-                    continue
-                t1 = perf()
-                if t1 <= deadline:
-                    record(int((t1 - t0) * 1e6))
-
-        await asyncio.gather(*(one_client(calls[i % len(calls)]) for i in range(clients)))
-        result.elapsed_s = time.perf_counter() - start
-        usage1 = resource.getrusage(resource.RUSAGE_SELF)
-        result.user_s = usage1.ru_utime - usage0.ru_utime
-        result.sys_s = usage1.ru_stime - usage0.ru_stime
-        result.ops = len(latencies)
-        result.errors = errors
-        result.latencies_us = latencies.tobytes()
-        return result
+        return await _measure(cfg, index, ready, go, result, calls, clients,
+                              lambda err: type(err).__name__ if isinstance(err, ClientError) else None)
     finally:
         for c in natives:
             await c.close()
@@ -280,46 +302,13 @@ async def _run_worker(cfg: LoadConfig, index: int, ready: Any, go: Any) -> Worke
                 return result
         rng = random.Random(cfg.seed * 1_000_003 + index)
         service, method, make_request = _request_factory(cfg, rng)
-        calls = [rpc(ch, service, method) for ch in channels]
-        latencies = array.array("q")
-        errors: dict[str, int] = {}
-        ready.put(index)
-        loop = asyncio.get_running_loop()
-        released = await loop.run_in_executor(None, go.wait, READY_TIMEOUT_S)
-        if not released:
-            result.failure = "never released by the parent"
-            return result
-        usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        start = time.perf_counter()
-        deadline = start + cfg.duration_s
 
-        async def client(call: Any) -> None:
-            perf = time.perf_counter
-            record = latencies.append
-            while True:
-                request = make_request()
-                t0 = perf()
-                if t0 >= deadline:
-                    return
-                try:
-                    await call(request, timeout=REQUEST_TIMEOUT_S)
-                except grpc.aio.AioRpcError as err:
-                    name = err.code().name
-                    errors[name] = errors.get(name, 0) + 1
-                    continue
-                t1 = perf()
-                if t1 <= deadline:
-                    record(int((t1 - t0) * 1e6))
+        def caller(call: Any) -> Callable[[], Awaitable[Any]]:
+            return lambda: call(make_request(), timeout=REQUEST_TIMEOUT_S)
 
-        await asyncio.gather(*(client(calls[i % len(calls)]) for i in range(clients)))
-        result.elapsed_s = time.perf_counter() - start
-        usage1 = resource.getrusage(resource.RUSAGE_SELF)
-        result.user_s = usage1.ru_utime - usage0.ru_utime
-        result.sys_s = usage1.ru_stime - usage0.ru_stime
-        result.ops = len(latencies)
-        result.errors = errors
-        result.latencies_us = latencies.tobytes()
-        return result
+        grpc_calls = [caller(rpc(ch, service, method)) for ch in channels]
+        return await _measure(cfg, index, ready, go, result, grpc_calls, clients,
+                              lambda err: err.code().name if isinstance(err, grpc.aio.AioRpcError) else None)
     finally:
         for ch in channels:
             await ch.close()
