@@ -105,3 +105,19 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., ProcessCluster]]:
     finally:
         for c in made:
             c.stop()
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
+    """One 3-member cluster with a leader, shared by the tests of a module."""
+    c = ProcessCluster(tmp_path_factory.mktemp("cluster"), 3)
+    c.start()
+    cl = Etcd(c.endpoints[0])
+    try:
+        wait_for(lambda: cl.status().leader != 0, 20, "a leader")
+    finally:
+        cl.close()
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -11,14 +11,13 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conclave.server.launcher import ProcessCluster
 
-from .conftest import Etcd, etcdctl_path, wait_for
+from .conftest import etcdctl_path, wait_for
 
 ETCDCTL = etcdctl_path()
 ETCD = shutil.which("etcd")
@@ -100,16 +99,8 @@ def run_script(endpoints: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def conclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    c = ProcessCluster(tmp_path_factory.mktemp("conclave"), 3)
-    c.start()
-    cl = Etcd(c.endpoints[0])
-    wait_for(lambda: cl.status().leader != 0, 20, "a leader")
-    cl.close()
-    try:
-        yield c
-    finally:
-        c.stop()
+def conclave(module_cluster: ProcessCluster) -> ProcessCluster:
+    return module_cluster
 
 
 def test_outputs_equal_real_etcd(conclave: ProcessCluster, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,16 +88,8 @@ def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    c = ProcessCluster(tmp_path_factory.mktemp("coord"), 3)
-    c.start()
-    cl = Etcd(c.endpoints[0])
-    wait_for(lambda: cl.status().leader != 0, 20, "a leader")
-    cl.close()
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(module_cluster: ProcessCluster) -> ProcessCluster:
+    return module_cluster
 
 
 def test_watch_prefix_prev_kv_history_and_interactive(cluster: ProcessCluster) -> None:

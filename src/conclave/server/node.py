@@ -640,12 +640,7 @@ class Node:
         if len(encoded) + 9 > self.cfg.max_request_bytes:
             self._waiters.drop(seq)
             raise kverr.RequestTooLarge()
-        if not self._running:
-            self._waiters.drop(seq)
-            raise kverr.Stopped()
-        if self.raft.leader_id == NONE:
-            self._waiters.drop(seq)
-            raise kverr.NoLeader()
+        self._refuse_unless_ready(seq)
         # Every command that arrives while the loop is busy (typically: during an fsync) goes
         # into the same log entry.
         self._kv_batch.append((seq, encoded))
@@ -668,14 +663,27 @@ class Node:
                 data = TAG_KV + origin + chunk[0][1]
             else:
                 data = TAG_BATCH + origin + msgpack.packb([enc for _, enc in chunk], use_bin_type=True)
-            try:
-                self.raft.propose(data)
-            except RaftNotLeader:
-                for seq, _ in chunk:
-                    self._waiters.resolve(seq, error=kverr.NoLeader())
-            except ProposalDropped:
-                for seq, _ in chunk:
-                    self._waiters.resolve(seq, error=kverr.TooManyRequests())
+            self._propose_entry(data, [seq for seq, _ in chunk])
+
+    def _refuse_unless_ready(self, seq: int) -> None:
+        """Fail fast (and forget the waiter) when no proposal can succeed now."""
+        if not self._running:
+            self._waiters.drop(seq)
+            raise kverr.Stopped()
+        if self.raft.leader_id == NONE:
+            self._waiters.drop(seq)
+            raise kverr.NoLeader()
+
+    def _propose_entry(self, data: bytes, seqs: list[int]) -> None:
+        """Hand one entry to Raft (inside the loop); a refusal fails every request it carries."""
+        try:
+            self.raft.propose(data)
+        except RaftNotLeader:
+            for seq in seqs:
+                self._waiters.resolve(seq, error=kverr.NoLeader())
+        except ProposalDropped:
+            for seq in seqs:
+                self._waiters.resolve(seq, error=kverr.TooManyRequests())
 
     async def _await_applied(self, seq: int, fut: asyncio.Future[Any]) -> Any:
         try:
@@ -685,22 +693,8 @@ class Node:
             raise kverr.Timeout() from None
 
     async def _propose(self, seq: int, fut: asyncio.Future[Any], data: bytes) -> Any:
-        if not self._running:
-            self._waiters.drop(seq)
-            raise kverr.Stopped()
-        if self.raft.leader_id == NONE:
-            self._waiters.drop(seq)
-            raise kverr.NoLeader()
-
-        def op() -> None:
-            try:
-                self.raft.propose(data)
-            except RaftNotLeader:
-                self._waiters.resolve(seq, error=kverr.NoLeader())
-            except ProposalDropped:
-                self._waiters.resolve(seq, error=kverr.TooManyRequests())
-
-        self._submit(op)
+        self._refuse_unless_ready(seq)
+        self._submit(lambda: self._propose_entry(data, [seq]))
         return await self._await_applied(seq, fut)
 
     async def read_barrier(self) -> None:
