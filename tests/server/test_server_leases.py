@@ -7,12 +7,10 @@ refresh, endpoint failover round robin), so it can be SIGSTOPped like a paused a
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -238,16 +236,10 @@ def test_resumed_paused_leader_does_not_expire_kept_alive_leases(cluster: Proces
     paused_leader_scenario(cluster)
 
 
-def test_reference_etcd_keeps_leases_across_a_paused_leader(tmp_path: Path) -> None:
-    # The same scenario against real etcd 3.4: shows the scenario itself is sound (it passes there).
-    if shutil.which("etcd") is None:
-        pytest.skip("no etcd binary (make system-deps installs it)")
-    reference = ProcessCluster(tmp_path / "etcd", 3, kind="etcd")
-    try:
-        reference.start()
-        paused_leader_scenario(reference)
-    finally:
-        kill_cluster(reference)  # its data is not needed: skip etcd's slow graceful shutdown
+# There is deliberately no reference run of this scenario against etcd 3.4: a full-suite run saw
+# etcd 3.4.23 itself delete the key 0.01 s after its paused leader resumed (a stale-leader lease
+# revocation), so etcd is not a stable reference here; Conclave never proposes an expiry anywhere
+# but on its own leader's log (server/node.py, _propose_expiry).
 
 
 def paused_leader_scenario(cluster: ProcessCluster) -> None:
