@@ -118,12 +118,18 @@ class _Peer:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             writer.write(encode_frame(HELLO, [self.transport.node_id, self.transport.cluster_id]))
             self.connected.set()
+            log.info("connected to member %x at %s:%d", self.node_id, *self.address)
             reader_task = asyncio.get_running_loop().create_task(self._read_responses(reader))
             try:
                 await self._pump(writer, reader_task)
             except (OSError, ConnectionError, asyncio.IncompleteReadError):
                 pass
+            except Exception:
+                # Whatever went wrong with this connection, the dialler must live on: a dead peer task
+                # silently cut this member off from that peer for good.
+                log.exception("peer connection to member %x failed", self.node_id)
             finally:
+                log.info("connection to member %x lost", self.node_id)
                 # Never await here: a suppressed CancelledError would swallow our own cancellation
                 # and keep this loop re-dialling after close().
                 self.connected.clear()
@@ -147,6 +153,9 @@ class _Peer:
             if raft:
                 out.append(encode_frame(RAFT, encode_messages(raft)))
             out.extend(encode_frame(item[0], item[1]) for item in items if not isinstance(item, Message))
+            if writer.is_closing():
+                # uvloop raises RuntimeError (not OSError) on a write to a closed transport.
+                return
             writer.write(b"".join(out))
             await writer.drain()
 
