@@ -329,6 +329,9 @@ class _FakeTransport:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
+    def is_closing(self) -> bool:
+        return False
+
     def pause_reading(self) -> None:
         self.reading = False
 

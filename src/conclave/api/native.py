@@ -467,7 +467,9 @@ class NativeConnection(asyncio.Protocol):
         # Coalescing every answer produced in one loop iteration into one write saves syscalls
         # when many requests are pipelined.
         self.flush_scheduled = False
-        if self.closed or self.transport is None or not self.out:
+        # uvloop raises RuntimeError on a write to a transport that is closing but whose
+        # connection_lost has not run yet: treat it as closed.
+        if self.closed or self.transport is None or self.transport.is_closing() or not self.out:
             self.out.clear()
             return
         data = b"".join(self.out)

@@ -145,7 +145,7 @@ class NativeChannel(asyncio.Protocol):
     # ---------------------------------------------------------------- calls
 
     def _send(self, method: str, args: list[Any]) -> tuple[int, asyncio.Future[Any]]:
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or self.transport.is_closing():
             raise ConnectionLost(f"connection to {self.endpoint} is closed", sent=False)
         rid = next(self.ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -162,7 +162,7 @@ class NativeChannel(asyncio.Protocol):
 
     async def open_stream(self, method: str, args: list[Any], callback: StreamCallback) -> tuple[int, Any]:
         """Send a stream-opening call; returns (stream id, first answer). ``callback`` gets the pushes."""
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or self.transport.is_closing():
             raise ConnectionLost(f"connection to {self.endpoint} is closed", sent=False)
         rid = next(self.ids)
         self.streams[rid] = callback
@@ -179,7 +179,7 @@ class NativeChannel(asyncio.Protocol):
 
     def cancel_stream(self, rid: int) -> None:
         """Stop a stream (no answer awaited; pushes already in flight are dropped)."""
-        if self.streams.pop(rid, None) is None or self.closed or self.transport is None:
+        if self.streams.pop(rid, None) is None or self.closed or self.transport is None or self.transport.is_closing():
             return
         cancel_rid = next(self.ids)
         self.transport.write(pack_frame([cancel_rid, "stream_cancel", [rid]]))
