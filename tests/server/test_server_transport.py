@@ -77,7 +77,7 @@ def test_an_unexpected_error_on_one_connection_does_not_end_the_dialler(monkeypa
 
     def flaky_write(self: asyncio.StreamWriter, data: bytes) -> None:
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 2:  # the first write is the hello
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
         real_write(self, data)
 

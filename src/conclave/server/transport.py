@@ -116,11 +116,11 @@ class _Peer:
                     import socket
 
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            writer.write(encode_frame(HELLO, [self.transport.node_id, self.transport.cluster_id]))
             self.connected.set()
             log.info("connected to member %x at %s:%d", self.node_id, *self.address)
             reader_task = asyncio.get_running_loop().create_task(self._read_responses(reader))
             try:
+                writer.write(encode_frame(HELLO, [self.transport.node_id, self.transport.cluster_id]))
                 await self._pump(writer, reader_task)
             except (OSError, ConnectionError, asyncio.IncompleteReadError):
                 pass
