@@ -73,6 +73,8 @@ TAG_MEMBER = b"M"
 # the same on every replica, which is all it needs (apply order, lease ids).
 BATCH_SLOTS = 1 << 12
 BATCH_BYTES_MAX = 512 * 1024
+# Serialise snapshots in a forked child (copy-on-write) instead of on the event loop.
+SNAPSHOT_IN_CHILD = True
 
 
 @dataclass(slots=True)
@@ -168,6 +170,7 @@ class Node:
         self._closed = False
         self._kv_batch: list[tuple[int, bytes]] = []
         self._bootstrap_conf = ConfState()
+        self._snapshot_child = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
 
@@ -608,12 +611,65 @@ class Node:
         # waits a little longer than the count, by an amount fixed by its id, so at most one member
         # of a healthy cluster is busy snapshotting at a time.
         stagger = (self.member_id % 997) * self.cfg.snapshot_count // 2000
-        if self._applied - self._snapshot_index < self.cfg.snapshot_count + stagger:
+        if self._snapshot_child or self._applied - self._snapshot_index < self.cfg.snapshot_count + stagger:
             return
+        if SNAPSHOT_IN_CHILD and hasattr(os, "fork"):
+            self._snapshot_in_child(self._applied)
+            return
+        self._install_local_snapshot(self._applied, self._snapshot_bytes())
+
+    def _snapshot_in_child(self, index: int) -> None:
+        """Serialise the store in a forked child (copy-on-write) while this member keeps serving.
+
+        Serialising a large store on the event loop held it for hundreds of milliseconds (O(state)
+        each time). The child sees the state exactly as applied up to ``index``, writes the image
+        to a file and exits; the parent picks it up and compacts Raft's log to ``index``.
+        """
+        path = Path(self.cfg.data_dir) / f"snapshot-{index}.building"
+        pid = os.fork()
+        if pid == 0:  # the child: no event loop, no logging, no locks; just bytes to a file
+            code = 1
+            try:
+                with open(path, "wb") as f:
+                    f.write(self._snapshot_bytes())
+                code = 0
+            finally:
+                os._exit(code)
+        self._snapshot_child = pid
+        self._spawn(self._collect_snapshot(pid, path, index))
+
+    async def _collect_snapshot(self, pid: int, path: Path, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+            if status != 0:
+                log.warning("snapshot child %d failed (status %d); will retry", pid, status)
+                self._snapshot_child = 0
+                return
+            data = await loop.run_in_executor(None, path.read_bytes)
+        except BaseException:
+            self._snapshot_child = 0
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+        def install() -> None:
+            # Cleared only once the log is compacted, or the next apply would fork again for the
+            # same stretch of log.
+            self._snapshot_child = 0
+            self._install_local_snapshot(index, data)
+
+        self._submit(install)
+
+    def _install_local_snapshot(self, index: int, data: bytes) -> None:
+        """Compact the log to ``index`` with the state image ``data`` (runs inside the loop)."""
+        if index <= self._snapshot_index:
+            return  # a newer snapshot (e.g. from the leader) was installed meanwhile
         t0 = time.perf_counter()
-        snap = self.raft.compact(self._applied, self._snapshot_bytes())
+        snap = self.raft.compact(index, data)
         self.storage.save(None, [], snap)
-        self._snapshot_index = self._applied
+        self._snapshot_index = index
         log.info("snapshot at index %d (%d bytes, %.0f ms on the loop)", snap.meta.index, len(snap.data),
                  1000 * (time.perf_counter() - t0))
 
