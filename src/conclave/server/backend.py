@@ -31,7 +31,6 @@ from conclave.raft.types import (
     ConfChange,
     ConfChangeSingle,
     ConfChangeType,
-    MessageType,
     Role,
 )
 from conclave.server.config import member_id as compute_member_id
@@ -461,4 +460,4 @@ def _has_put(req: kv.TxnRequest) -> bool:
     return False
 
 
-__all__ = ["MessageType", "NodeBackend"]
+__all__ = ["NodeBackend"]

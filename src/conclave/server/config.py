@@ -101,7 +101,6 @@ class ServerConfig:
     heartbeat_interval_ms: int = 100
     election_timeout_ms: int = 1000
     snapshot_count: int = 10_000
-    snapshot_catchup_entries: int = 5_000
     max_request_bytes: int = 1536 * 1024
     quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
     max_txn_ops: int = 128

@@ -161,9 +161,6 @@ class Node:
         self.stop_reason = ""
         self._applied = 0
         self._snapshot_index = 0
-        self._leader_changed: list[Callable[[int, int], None]] = []
-        self._on_apply: list[Callable[[list[Any]], None]] = []
-        self.started_at = time.monotonic()
         self.watch_callbacks: dict[int, Callable[[], None]] = {}
         self._joined_members: list[Member] = []
         self.fatal = False
@@ -267,7 +264,6 @@ class Node:
         )
         self.raft = RaftNode(raft_cfg, persisted, random.Random(self.member_id ^ int(time.time_ns())))
         self._last_leader = NONE
-        self._last_term = self.raft.term
         peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
         self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
                                    self._on_unreachable)
@@ -473,8 +469,6 @@ class Node:
         self.raft.advance(rd)
         self._release_reads()
         self._maybe_snapshot()
-        if self.raft.term != self._last_term:
-            self._last_term = self.raft.term
 
     def _on_soft_state(self, leader: int, role: Role) -> None:
         if leader != self._last_leader:
@@ -486,8 +480,6 @@ class Node:
                     if not f.done():
                         f.set_exception(kverr.LeaderChanged())
             self._reads.in_flight.clear()
-            for cb in self._leader_changed:
-                cb(old, leader)
         if role == Role.LEADER and not self.lessor.is_primary:
             # No lease may expire because of a failover: restart every deadline with slack.
             self.lessor.promote(now_ms(), self.cfg.election_timeout_ms)
