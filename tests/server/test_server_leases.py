@@ -252,6 +252,9 @@ def paused_leader_scenario(cluster: ProcessCluster) -> None:
     followers = [m for m in cluster.members if m is not leader]
     key = b"/leases/paused-leader"
     c = Etcd(followers[0].endpoint)
+    # The member we talk to may itself have just restarted (an earlier test kills members of this
+    # shared cluster): let it learn the leader first, or the grant fails fast with "no leader".
+    wait_for(lambda: c.status().leader != 0, 20, "the follower to know the leader")
     proc: subprocess.Popen[str] | None = None
     deletes = WatchRecorder("deletes", [followers[1].endpoint], key, 0, deadline_s=40)
     try:
