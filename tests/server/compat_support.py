@@ -30,8 +30,6 @@ from conclave.api import pb
 from conclave.api.stubs import EtcdStub
 from conclave.server.launcher import ProcessCluster
 
-from .conftest import leader_of
-
 CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
 REPO_SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -323,23 +321,6 @@ class WatchRecorder:
 
 
 def kill_cluster(cluster: ProcessCluster) -> None:
-    """SIGKILL every member (their data is not needed after these tests).
-
-    Not ``cluster.stop()``: a member sometimes ignores SIGTERM for good (a peer task whose
-    cancellation is lost keeps re-dialling; see the report of the compat tests), and stop() then
-    waits 10 s per cluster before killing it.
-    """
+    """SIGKILL every member: for clusters whose data and shutdown a test does not care about."""
     for m in cluster.members:
         m.kill()
-
-
-def started_cluster(root: Path, size: int = 3) -> ProcessCluster:
-    """A started cluster of real members; the caller stops it (module fixtures share one per file)."""
-    cluster = ProcessCluster(root, size)
-    try:
-        cluster.start()
-        leader_of(cluster)  # ports open is not enough: clients get "no leader" until one is elected
-    except BaseException:
-        kill_cluster(cluster)
-        raise
-    return cluster

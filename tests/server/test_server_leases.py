@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -21,10 +20,8 @@ from conclave.server.launcher import ProcessCluster, ProcessMember
 from .compat_support import (
     WatchRecorder,
     finish_client,
-    kill_cluster,
     read_line,
     spawn_client,
-    started_cluster,
     stop_process,
 )
 from .conftest import Etcd, leader_of, wait_for
@@ -37,12 +34,8 @@ EXPIRY_SLACK_S = 3.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    c = started_cluster(tmp_path_factory.mktemp("leases"))
-    try:
-        yield c
-    finally:
-        kill_cluster(c)
+def cluster(module_cluster: ProcessCluster) -> ProcessCluster:
+    return module_cluster
 
 
 def grant(client: Etcd, ttl: int) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,9 @@ from conclave.server.launcher import ProcessCluster
 
 from .compat_support import (
     finish_client,
-    kill_cluster,
     read_line,
     run_client,
     spawn_client,
-    started_cluster,
     stop_process,
 )
 
@@ -30,12 +27,8 @@ LIBRARIES = {"aetcd": "aetcd_client.py", "etcd3": "etcd3_client.py"}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    c = started_cluster(tmp_path_factory.mktemp("thirdparty"))
-    try:
-        yield c
-    finally:
-        kill_cluster(c)
+def cluster(module_cluster: ProcessCluster) -> ProcessCluster:
+    return module_cluster
 
 
 @pytest.mark.parametrize("library", sorted(LIBRARIES))

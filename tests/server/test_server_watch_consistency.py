@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from .compat_support import (
     kill_cluster,
     prefix_end,
     progress_violations,
-    started_cluster,
     watch_once_history,
 )
 from .conftest import Etcd, leader_of, wait_for
@@ -44,12 +42,8 @@ STALL_S = 4.0
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
-    c = started_cluster(tmp_path_factory.mktemp("watchc"))
-    try:
-        yield c
-    finally:
-        kill_cluster(c)
+def cluster(module_cluster: ProcessCluster) -> ProcessCluster:
+    return module_cluster
 
 
 @dataclass
