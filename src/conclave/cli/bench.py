@@ -11,7 +11,7 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="load-test an etcd v3 API endpoint (Conclave or etcd): ops/s, latency percentiles, generator CPU",
+        help="load-test Conclave or etcd over the etcd v3 API, or Conclave over its native protocol",
         description="Closed-loop load over the etcd v3 gRPC API: N concurrent clients over C connections, "
         "spread over P worker processes so the generator is not the bottleneck. Reports ops/s, "
         "p50/p90/p99 latency and the generator's own CPU use (user+sys per op and per process).",
