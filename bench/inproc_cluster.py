@@ -16,12 +16,12 @@ import sys
 import tempfile
 import time
 
+from conclave.cli.runner import GC_THRESHOLDS, _gc_freezer
 from conclave.kv import types as kv
 from conclave.server.backend import NodeBackend
 from conclave.server.config import ServerConfig
 from conclave.server.launcher import free_ports
 from conclave.server.node import Node
-from conclave.server.runner import GC_THRESHOLDS, _gc_freezer
 
 
 async def run(puts: int, in_flight: int) -> None:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/load.py --target conclave=127.0.0.1:2379 --ops put,range
 
 Starts a single-member etcd from /usr/bin/etcd on 127.0.0.1 (free ports, temp data dir, removed
-afterwards) unless --no-etcd, then runs `conclave bench` (conclave.api.load) for each operation
+afterwards) unless --no-etcd, then runs `conclave bench` (conclave.loadgen) for each operation
 against each target and prints the reports (or JSON with --json).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from load_etcd import EtcdUnavailable, LocalEtcd
 
-from conclave.api.load import OPS, LoadConfig, LoadError, parse_endpoints, run_load
+from conclave.loadgen import OPS, LoadConfig, LoadError, parse_endpoints, run_load
 
 
 def main(argv: list[str] | None = None) -> int:

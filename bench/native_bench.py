@@ -6,7 +6,7 @@
 Starts a 3-member Conclave cluster (``ProcessCluster``, fsync on, 127.0.0.1) and measures:
 * native put / get through ``conclave.AsyncClient`` (the real client library: one pipelined
   connection per worker process, ``--processes`` workers spread over the members);
-* gRPC put / range (linearizable) with ``conclave.api.load`` (the `conclave bench` generator);
+* gRPC put / range (linearizable) with ``conclave.loadgen`` (the `conclave bench` generator);
 then stops it, starts a 3-member etcd 3.4 the same way and measures gRPC put / range again.
 Members of one cluster run alone on the machine while they are measured.
 
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conclave.api.load import LoadConfig, LoadError, run_load
+from conclave.loadgen import LoadConfig, LoadError, run_load
 from conclave.server.launcher import ProcessCluster
 
 KEY_SPACE = 10_000

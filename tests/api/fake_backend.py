@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from conclave.api.backend import MemberInfo, StatusInfo, WatchDelivery
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 from conclave.kv.mvcc import Store
 from conclave.kv.validation import validate_request
 from conclave.kv.watch import Watcher, WatchHub
+from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
 
 CLUSTER_ID = 0x1234_5678_9ABC_DEF0
 MEMBER_ID = 0x0FED_CBA9_8765_4321
@@ -58,7 +58,7 @@ class FakeSubscription:
 
 
 class FakeBackend:
-    """Implements conclave.api.backend.EtcdBackend for one in-process member."""
+    """Implements conclave.wire.contract.EtcdBackend for one in-process member."""
 
     def __init__(self) -> None:
         self.cluster_id = CLUSTER_ID

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from conclave.api.load import LoadConfig, LoadError, key_bytes, parse_endpoints, run_load
 from conclave.cli.main import main
+from conclave.loadgen import LoadConfig, LoadError, key_bytes, parse_endpoints, run_load
 
 from .conftest import ServedBackend
 

@@ -28,6 +28,7 @@ from conclave.client import (
 )
 from conclave.client.native import NativeChannel
 from conclave.kv import types as kv
+from conclave.wire import native as codec
 
 
 @dataclass
@@ -54,14 +55,14 @@ def test_codec_round_trips_nested_store_values() -> None:
         success=(kv.RequestOp(request_put=kv.PutRequest(b"k", b"v", lease=7)),),
         failure=(kv.RequestOp(request_txn=kv.TxnRequest(success=(kv.RequestOp(request_range=kv.RangeRequest(b"a")),))),),
     )
-    raw = msgpack.unpackb(native.pack_value(txn), raw=False)
-    assert native.unpack_as(kv.TxnRequest, raw) == txn
+    raw = msgpack.unpackb(codec.pack_value(txn), raw=False)
+    assert codec.unpack_as(kv.TxnRequest, raw) == txn
     with pytest.raises(native.MalformedRequest):
-        native.unpack_as(kv.PutRequest, ["key-as-str", b"v"])
+        codec.unpack_as(kv.PutRequest, ["key-as-str", b"v"])
     with pytest.raises(native.MalformedRequest):
-        native.unpack_as(kv.RequestOp, [None, None, None, None])  # oneof with nothing set
+        codec.unpack_as(kv.RequestOp, [None, None, None, None])  # oneof with nothing set
     with pytest.raises(native.MalformedRequest):
-        native.unpack_as(kv.RangeRequest, [b"k"] * 20)
+        codec.unpack_as(kv.RangeRequest, [b"k"] * 20)
 
 
 def test_kv_calls_and_typed_errors() -> None:

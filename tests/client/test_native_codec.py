@@ -9,8 +9,8 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conclave.api import native
 from conclave.kv import types as kv
+from conclave.wire import native
 
 keys = st.binary(max_size=16)
 ints = st.integers(min_value=0, max_value=2**63 - 1)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from conclave.api import pb
-from conclave.api.backend import MemberInfo, StatusInfo, WatchDelivery
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
+from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
 
 _PbHeader = pb.message_class("ResponseHeader")
 _PbKeyValue = pb.message_class("KeyValue")

@@ -4,7 +4,7 @@ Theory of operation: handlers are registered as *generic* handlers
 (``grpc.method_handlers_generic_handler("etcdserverpb.KV", ...)``) whose (de)serializers come from
 the private descriptor pool of :mod:`conclave.api.pb`, so no generated ``_pb2`` module is imported.
 Each handler maps the protobuf request to a ``conclave.kv.types`` value (:mod:`conclave.api.convert`),
-awaits the :class:`~conclave.api.backend.EtcdBackend`, and maps the answer back with a full header.
+awaits the :class:`~conclave.wire.contract.EtcdBackend`, and maps the answer back with a full header.
 
 Errors: a ``conclave.kv.errors.EtcdError`` becomes ``context.abort(grpc.StatusCode[err.code],
 err.message)`` with etcd's exact text (clients match on it); anything else is logged and becomes
@@ -27,8 +27,8 @@ from typing import Any
 import grpc
 
 from conclave.api import convert, pb
-from conclave.api.backend import EtcdBackend, WatchSubscription
 from conclave.kv import errors as kverr
+from conclave.wire.contract import EtcdBackend, WatchSubscription
 
 log = logging.getLogger("conclave.api")
 

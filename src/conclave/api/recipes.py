@@ -2,7 +2,7 @@
 
 Theory of operation: etcd's v3lock / v3election servers run clientv3's ``concurrency`` recipes
 against their own KV and Watch APIs. These are the same recipes written against the
-:class:`~conclave.api.backend.EtcdBackend` directly: a contender puts ``<prefix><lease id in hex>``
+:class:`~conclave.wire.contract.EtcdBackend` directly: a contender puts ``<prefix><lease id in hex>``
 with its lease and waits, in create-revision order, for every older key under the prefix to be
 deleted (``wait_deletes``), so ownership passes in FIFO order without a thundering herd.
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conclave.api.backend import EtcdBackend, WatchDelivery
 from conclave.kv import types as kv
+from conclave.wire.contract import EtcdBackend, WatchDelivery
 
 SESSION_TTL_S = 60  # clientv3 concurrency.NewSession's default TTL, used when no lease is given
 

@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from conclave.api.load import LoadConfig, LoadError, parse_endpoints, run_load
+    from conclave.loadgen import LoadConfig, LoadError, parse_endpoints, run_load
 
     cfg = LoadConfig(
         op=args.op,

@@ -105,6 +105,6 @@ def run(args: argparse.Namespace) -> int:
     # Snapshots are serialised in a forked child that never touches gRPC: gRPC's fork handlers
     # are not needed (and only log that they were skipped).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    from conclave.server.runner import serve_forever
+    from conclave.cli.runner import serve_forever
 
     return serve_forever(cfg)

@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from conclave.api.backend import WatchDelivery
 from conclave.client import errors as cerr
 from conclave.client.errors import (
     ClientError,
@@ -46,6 +45,7 @@ from conclave.client.types import (
     to_bytes,
 )
 from conclave.kv import types as kv
+from conclave.wire.contract import WatchDelivery
 
 log = logging.getLogger("conclave.client")
 

@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 
 from conclave.api import convert, pb
-from conclave.api.backend import WatchDelivery
 from conclave.api.stubs import EtcdStub
 from conclave.client.errors import ClientError, ServerError, kind_for_message, server_error
 from conclave.client.transport import ConnectionLost, WatchCallback
 from conclave.client.types import Member, Status
 from conclave.kv import types as kv
+from conclave.wire.contract import WatchDelivery
 
 _NOT_SENT_HINTS = ("failed to connect", "connection refused", "connect failed", "name resolution")
 

@@ -18,8 +18,8 @@ from typing import Any, cast
 
 import msgpack
 
-from conclave.api.native import FRAME_HEADER, pack_frame
 from conclave.client.errors import ClientError, ProtocolError, server_error
+from conclave.wire.native import FRAME_HEADER, pack_frame
 
 FRAME_BYTES_MAX = 256 * 1024 * 1024  # answers (large ranges) may be big; this only stops garbage
 

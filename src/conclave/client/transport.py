@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from conclave.api.backend import StatusInfo, WatchDelivery
-from conclave.api.native import MalformedRequest, unpack_as
 from conclave.client.errors import ProtocolError
 from conclave.client.native import ConnectionLost, NativeChannel
 from conclave.client.types import Member, Status
 from conclave.kv import types as kv
+from conclave.wire.contract import StatusInfo, WatchDelivery
+from conclave.wire.native import MalformedRequest, unpack_as
 
 __all__ = ["ConnectionLost", "NativeTransport", "Transport", "WatchCallback"]
 

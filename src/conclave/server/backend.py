@@ -18,8 +18,6 @@ from typing import Any
 
 import msgpack
 
-from conclave import __version__
-from conclave.api.backend import MemberInfo, StatusInfo, WatchDelivery
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 from conclave.kv.validation import validate_request
@@ -37,6 +35,8 @@ from conclave.server.config import member_id as compute_member_id
 from conclave.server.config import parse_url
 from conclave.server.node import TAG_MEMBER, Member, Node, now_ms
 from conclave.server.transport import PeerUnavailable, RemoteError
+from conclave.version import __version__
+from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
 
 ETCD_API_VERSION = "3.5.0"
 MAX_LEASE_TTL_S = 9_000_000_000
@@ -95,7 +95,7 @@ class _Subscription:
 
 
 class NodeBackend:
-    """Implements ``conclave.api.backend.EtcdBackend`` (and the native protocol's calls)."""
+    """Implements ``conclave.wire.contract.EtcdBackend`` (and the native protocol's calls)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
