@@ -1026,7 +1026,9 @@ def _check_message(m: Message) -> None:
     if m.type == _M.APP:
         for n, e in enumerate(m.entries):
             if e.index != m.index + 1 + n or e.term > m.term or e.term < 1:
-                raise RemoteProtocolError(f"malformed APP from {m.frm}: entry {e} after index {m.index} in term {m.term}")
+                raise RemoteProtocolError(
+                    f"malformed APP from {m.frm}: entry {e} after index {m.index} in term {m.term}"
+                )
         if m.entries and m.entries[0].term < m.log_term:
             raise RemoteProtocolError(f"malformed APP from {m.frm}: entry terms go backwards")
     elif m.type == _M.SNAP:
