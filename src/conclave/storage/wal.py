@@ -134,6 +134,21 @@ def _refuse(what: str, values: tuple[int, ...]) -> StorageError:
     )
 
 
+def _check_widths(hs: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None) -> None:
+    """Refuse (StorageError) what the u64 records cannot hold or the core could never increment."""
+    if hs is not None and not (
+        0 <= hs.term <= COUNTER_MAX and 0 <= hs.vote <= U64_MAX and 0 <= hs.commit <= COUNTER_MAX
+    ):
+        raise _refuse("hard state (term, vote, commit)", (hs.term, hs.vote, hs.commit))
+    for e in entries:
+        if not (0 <= e.term <= COUNTER_MAX and 0 <= e.index <= COUNTER_MAX):
+            raise _refuse("entry (term, index)", (e.term, e.index))
+    if snapshot is not None:
+        meta = snapshot.meta
+        if not (0 <= meta.index <= COUNTER_MAX and 0 <= meta.term <= COUNTER_MAX):
+            raise _refuse("snapshot (index, term)", (meta.index, meta.term))
+
+
 def encode_entry(buf: bytearray, e: Entry) -> None:
     # The range check keeps a value the core could never increment out of the log; the
     # struct.error catch turns anything else unencodable into a refusal, not a crash.
@@ -658,8 +673,9 @@ class DiskStorage:
             if kept and kept[0].index <= floor:
                 kept = [e for e in kept if e.index > floor]  # a snapshot covers the rest
             last = max(self._last_index, floor)
+            # Check everything before encoding anything: a refused save leaves no trace.
+            _check_widths(hard_state, kept, snapshot if take_snapshot else None)
             if kept:
-                # Check everything before encoding anything: a refused save leaves no trace.
                 first = kept[0].index
                 if first > last + 1:
                     raise ValueError(f"entries start at index {first} but the log ends at {last}")
