@@ -67,8 +67,22 @@ def _ids(v: Any, what: str) -> frozenset[int]:
     return frozenset(_id(i, what) for i in v)
 
 
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+
+
 def entry_from_tuple(t: Any) -> Entry:
     term, index, typ, data = t
+    # Hot (every replicated entry): one inline test, the named checks only to word the error.
+    if (
+        type(term) is int
+        and type(index) is int
+        and 0 <= term <= COUNTER_MAX
+        and 0 <= index <= COUNTER_MAX
+        and type(data) is bytes
+        and type(typ) is int
+        and typ in _ENTRY_TYPES
+    ):
+        return Entry(term, index, _ENTRY_TYPES[typ], data)
     return Entry(
         term=_counter(term, "entry term"),
         index=_counter(index, "entry index"),
