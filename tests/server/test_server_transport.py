@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from conclave.raft.types import Message, MessageType
 from conclave.server.launcher import free_ports
-from conclave.server.transport import Transport
+from conclave.server.transport import HELLO, RAFT, RPC_REQ, Transport, encode_frame
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -100,3 +102,46 @@ def test_an_unexpected_error_on_one_connection_does_not_end_the_dialler(monkeypa
         assert got, "the sender never recovered from one failed connection"
 
     uvloop.run(scenario())
+
+
+MALFORMED = [
+    pytest.param(lambda cid: encode_frame(HELLO, "junk"), id="hello-not-a-list"),
+    pytest.param(lambda cid: encode_frame(HELLO, [1]), id="hello-short"),
+    pytest.param(lambda cid: encode_frame(HELLO, ["a", cid]), id="hello-id-not-int"),
+    pytest.param(lambda cid: encode_frame(HELLO, [1, "7"]), id="hello-cluster-not-int"),
+    pytest.param(lambda cid: encode_frame(HELLO, [0, 0]) + encode_frame(RPC_REQ, "x"), id="joiner-rpc-not-a-list"),
+    pytest.param(lambda cid: encode_frame(HELLO, [0, 0]) + encode_frame(RPC_REQ, [1, 2]), id="joiner-rpc-short"),
+    pytest.param(lambda cid: encode_frame(HELLO, [1, cid]) + encode_frame(RPC_REQ, [1]), id="rpc-short"),
+    pytest.param(lambda cid: encode_frame(HELLO, [1, cid]) + encode_frame(RPC_REQ, ["a", "m", 1]), id="rpc-id-str"),
+    pytest.param(lambda cid: encode_frame(HELLO, [1, cid]) + encode_frame(RPC_REQ, [1, 5, 1]), id="rpc-method-int"),
+    pytest.param(lambda cid: encode_frame(HELLO, [1, cid]) + encode_frame(RAFT, b"\xc1"), id="raft-undecodable"),
+    pytest.param(lambda cid: encode_frame("kind", 1), id="kind-not-int"),
+]
+
+
+@pytest.mark.parametrize("frames", MALFORMED)
+def test_a_malformed_frame_closes_the_connection_with_one_warning_and_no_traceback(
+    frames: Callable[[int], bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    (port,) = free_ports(1)
+    errors: list[object] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        rx = Transport(2, 7, lambda _ms: None, _no_rpc, lambda _n: None)
+        await rx.listen("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frames(7))
+        await writer.drain()
+        closed = await asyncio.wait_for(reader.read(), 5)  # EOF: the member closed the connection
+        writer.close()
+        await asyncio.sleep(0.05)
+        await rx.close()
+        assert closed == b""
+
+    with caplog.at_level(logging.DEBUG, logger="conclave"):
+        uvloop.run(scenario())
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "closing peer connection" in warnings[0].getMessage()
+    assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
+    assert not errors, f"an exception escaped to the event loop: {errors}"

@@ -42,8 +42,10 @@ def test_replay_is_identical_across_processes_with_different_hash_seeds() -> Non
 
 def test_a_violation_names_its_seed_and_step_and_replays_to_the_same_step() -> None:
     options = SimOptions(nodes=3, fault_rule="vote_without_log_check")
-    first = run_seed(0, options).violation
-    again = run_seed(0, options).violation
+    # The first violating seed of a small range (which one depends on the core's message flow).
+    seed = next(s for s in range(10) if run_seed(s, options).violation is not None)
+    first = run_seed(seed, options).violation
+    again = run_seed(seed, options).violation
     assert first is not None and again is not None
     assert str(first) == str(again)
-    assert str(first).startswith(f"seed 0 step {first.step} ")
+    assert str(first).startswith(f"seed {seed} step {first.step} ")

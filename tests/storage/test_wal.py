@@ -272,3 +272,43 @@ def test_close_waits_for_a_sync_in_flight(tmp_path: Path) -> None:
     assert not closer.is_alive()
     with pytest.raises(StorageError, match="closed"):
         s.sync()
+
+
+@pytest.mark.parametrize(
+    "hard_state, ents",
+    [
+        (HardState(2**64 - 1, 1, 0), []),  # the forged term of issue 10: refused, never persisted
+        (HardState(2**63, 1, 0), []),
+        (HardState(1, 2**64, 0), []),
+        (HardState(-1, 1, 0), []),
+        (None, [wal.Entry(2**64, 1)]),
+        (None, [wal.Entry(2**63, 1)]),
+    ],
+)
+def test_values_beyond_the_shared_width_are_refused_and_leave_no_trace(
+    tmp_path: Path, hard_state: HardState | None, ents: list[wal.Entry]
+) -> None:
+    with DiskStorage(tmp_path) as s:
+        s.save(HardState(3, 2, 0), [])
+        s.sync()
+        with pytest.raises(StorageError, match="refusing to write"):
+            s.save(hard_state, ents)
+        s.save(HardState(4, 2**64 - 1, 0), entries(1, 1, 4))  # a u64 vote (member id) is fine
+        s.sync()
+    with reopen(tmp_path) as s:
+        got = s.load()
+    assert got.hard_state == HardState(4, 2**64 - 1, 0) and got.entries == tuple(entries(1, 1, 4))
+
+
+def test_a_wal_holding_a_term_beyond_the_limit_is_refused_at_recovery(tmp_path: Path) -> None:
+    # A data dir written before terms were range-checked: a clear refusal, not a stuck member.
+    with DiskStorage(tmp_path) as s:
+        s.save(HardState(3, 2, 0), [])
+        s.sync()
+    seg = sorted((tmp_path / "wal").iterdir())[-1]
+    buf = bytearray()
+    wal.encode_record(buf, wal._HARD, wal._HARD_STATE.pack(2**64 - 1, 2, 0))
+    with seg.open("ab") as f:
+        f.write(bytes(buf))
+    with pytest.raises(CorruptionError, match="beyond"):
+        DiskStorage(tmp_path).load()

@@ -1,10 +1,20 @@
 """The one exception hierarchy of the Raft core.
 
-Theory of operation: these are raised at the API boundary of ``RaftNode`` when the
-caller asks for something the current state forbids (propose on a follower that
-cannot forward, compact beyond the applied index, an invalid membership change).
-A broken protocol invariant inside the core is an ``AssertionError`` instead: it
-can only come from a bug here, and the simulator turns it into a replayable seed.
+Theory of operation: everything the core raises on purpose is a ``RaftError``. Two kinds
+of broken rule are told apart, as h11 does (``LocalProtocolError`` /
+``RemoteProtocolError``), because a driver must treat them oppositely:
+
+- ``RemoteProtocolError``: a peer sent a message no correct Raft node sends (an entry of
+  term 0, a SNAP without a snapshot, an ack beyond our log). It is raised where the rule
+  is checked, before the message changes any state, so the driver drops the message,
+  counts it and carries on: one bad peer must not stop a member.
+- ``LocalProtocolError``: the caller misused the core (``ready`` twice, ``advance`` with
+  a foreign Ready, a message addressed to another node, an invalid Config). That is a
+  bug in the driver.
+
+Other ``RaftError`` subclasses are ordinary refusals of a request (``NotLeader``,
+``ProposalDropped``, ...). A broken invariant inside the core is an ``AssertionError``:
+it can only come from a bug here, and the simulator turns it into a replayable seed.
 """
 
 from __future__ import annotations
@@ -14,6 +24,14 @@ from conclave.raft.types import NONE
 
 class RaftError(Exception):
     """Base of every error the Raft core raises on purpose."""
+
+
+class LocalProtocolError(RaftError):
+    """The caller (the driver) misused the core: a bug on this side."""
+
+
+class RemoteProtocolError(RaftError):
+    """A peer sent a message no correct Raft node sends; the message was not applied."""
 
 
 class NotLeader(RaftError):
@@ -30,10 +48,6 @@ class ProposalDropped(RaftError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"proposal dropped: {reason}")
-
-
-class ProtocolError(RaftError):
-    """A peer sent a message no correct Raft node sends (the peer broke the protocol)."""
 
 
 class ConfChangeError(RaftError):

@@ -24,6 +24,15 @@ Configuration changes take effect at apply time, when ``advance`` is called for 
 Ready whose ``committed`` carried them; ``conf_state`` is therefore always the
 configuration as of ``applied_index``.
 
+Peer input is distrusted: ``step`` refuses a message no correct peer sends with
+``RemoteProtocolError`` before it changes any state (``_check_message``: shapes and the
+``COUNTER_MAX`` range; the leader: an ack beyond its log), so a driver can drop it and
+carry on; a caller's misuse is ``LocalProtocolError``. A follower commits only what it
+knows matches the current leader's log (``_leader_match``: the end of the prefix the
+leader's own APP or snapshot vouched for this term), never a commit index a message
+merely claims; when a heartbeat claims more, it answers ``reject`` so the leader sends
+an append that proves the match.
+
 Rules: no I/O, no clocks, no ``random`` import (randomness comes in as a
 ``RandomSource``). An ``assert`` here guards an invariant only a bug in this package
 can break.
@@ -43,15 +52,17 @@ from conclave.raft.confchange import apply_conf_change
 from conclave.raft.errors import (
     CompactionError,
     ConfChangeError,
+    LocalProtocolError,
     NotLeader,
     ProposalDropped,
-    ProtocolError,
     RaftError,
+    RemoteProtocolError,
 )
 from conclave.raft.log import RaftLog
 from conclave.raft.progress import Inflights, Progress, ProgressState
 from conclave.raft.quorum import VoteResult
 from conclave.raft.types import (
+    COUNTER_MAX,
     NONE,
     ConfChange,
     Config,
@@ -158,6 +169,10 @@ class RaftNode:
         self._randomized_election_timeout = config.election_tick
         self._pending_conf_index = 0
         self._uncommitted_size = 0
+        # (term, leader) and the last index known to match that leader's log: the bound of
+        # what a heartbeat may commit on this follower.
+        self._match_key: tuple[int, int] = (0, NONE)
+        self._leader_match = 0
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._prev_hard = hs
         self._outstanding: Ready | None = None
@@ -215,7 +230,7 @@ class RaftNode:
 
     def step(self, m: Message) -> None:
         if m.to not in (NONE, self.id):
-            raise RaftError(f"message for node {m.to} stepped into node {self.id}")
+            raise LocalProtocolError(f"message for node {m.to} stepped into node {self.id}")
         _check_message(m)
         if m.term == 0:
             pass  # local or forwarded message (PROP, READ_INDEX, SNAP_STATUS, UNREACHABLE)
@@ -296,7 +311,7 @@ class RaftNode:
 
     def ready(self) -> Ready:
         if self._outstanding is not None:
-            raise RaftError("ready() called again before advance() of the previous Ready")
+            raise LocalProtocolError("ready() called again before advance() of the previous Ready")
         soft = SoftState(self.leader_id, self.role)
         hard = self._hard_state()
         snapshot = self.log.pending_snapshot
@@ -328,7 +343,7 @@ class RaftNode:
 
     def advance(self, rd: Ready) -> None:
         if rd is not self._outstanding:
-            raise RaftError("advance() must be given the Ready returned by the last ready()")
+            raise LocalProtocolError("advance() must be given the Ready returned by the last ready()")
         self._outstanding = None
         if rd.snapshot is not None:
             snap = rd.snapshot
@@ -455,6 +470,8 @@ class RaftNode:
     def _hup(self, *, transfer: bool) -> None:
         if self.role == Role.LEADER or not self._promotable():
             return
+        if self.term >= COUNTER_MAX:
+            return  # the next term would not be accepted by any peer (nor our own WAL)
         if self.log.committed > self.applied_index and self.log.has_conf_change_between(
             self.applied_index + 1, self.log.committed
         ):
@@ -562,21 +579,27 @@ class RaftNode:
                 return  # nowhere to forward it; the client times out and retries
             self._msgs.append(dataclasses.replace(m, to=self.leader_id))
         elif t == _M.APP:
-            self._election_elapsed = 0
-            self.leader_id = m.frm
+            self._follow(m.frm)
             self._handle_append(m)
         elif t == _M.HEARTBEAT:
-            self._election_elapsed = 0
-            self.leader_id = m.frm
+            self._follow(m.frm)
             self._handle_heartbeat(m)
         elif t == _M.SNAP:
-            self._election_elapsed = 0
-            self.leader_id = m.frm
+            self._follow(m.frm)
             self._handle_snapshot(m)
         elif t == _M.TIMEOUT_NOW:
             self._hup(transfer=True)
         elif t == _M.READ_INDEX_RESP:
             self._read_states.append(ReadState(m.index, m.context))
+
+    def _follow(self, leader: int) -> None:
+        self._election_elapsed = 0
+        self.leader_id = leader
+        key = (self.term, leader)
+        if key != self._match_key:
+            # What matched another leader (or another term) says nothing about this one.
+            self._match_key = key
+            self._leader_match = 0
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
@@ -629,6 +652,12 @@ class RaftNode:
     # -- leader: replication -------------------------------------------------------
 
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        if not m.reject and m.index > self.log.last_index():
+            # Entries of our term come only from us: no correct follower acks past our log,
+            # and taking the ack would send appends from beyond our last index.
+            raise RemoteProtocolError(
+                f"APP_RESP from {m.frm} acknowledges index {m.index} beyond our last index {self.log.last_index()}"
+            )
         pr.recent_active = True
         if m.reject:
             next_probe = m.reject_hint
@@ -669,7 +698,9 @@ class RaftNode:
         pr.probe_sent = False
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             pr.inflights.free_first_one()
-        if pr.match < self.log.last_index():
+        if pr.match < self.log.last_index() or m.reject:
+            # reject: the follower could not verify our commit index from the heartbeat
+            # (it restarted, or a new leader): an append, even empty, proves the match.
             self._send_append(m.frm)
         rr = self._read_round
         if rr is not None and m.context == rr.context:
@@ -832,6 +863,8 @@ class RaftNode:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            # maybe_append committed at most last_new: the end of what this APP vouched for.
+            self._leader_match = max(self._leader_match, last_new)
             self._ack(Message(_M.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=last_new))
             return
         hint_index, hint_term = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
@@ -849,8 +882,13 @@ class RaftNode:
         )
 
     def _handle_heartbeat(self, m: Message) -> None:
-        self.log.commit_to(m.commit)
-        self._send(_M.HEARTBEAT_RESP, m.frm, context=m.context)
+        # A heartbeat proves nothing about our log: commit only up to what this leader's
+        # appends vouched for (our own commit index is in every leader's log anyway).
+        # Commit is monotonic, so a claim below it changes nothing.
+        known = max(self._leader_match, self.log.committed)
+        self.log.commit_to(min(m.commit, known))
+        # reject: "I could not commit what you claim": the leader answers with an append.
+        self._send(_M.HEARTBEAT_RESP, m.frm, context=m.context, reject=m.commit > known)
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -858,6 +896,7 @@ class RaftNode:
             return
         if self._restore(snap):
             index = self.log.last_index()
+            self._leader_match = max(self._leader_match, index)
         else:
             index = self.log.committed
         self._ack(Message(_M.APP_RESP, to=m.frm, frm=self.id, term=self.term, index=index))
@@ -870,6 +909,7 @@ class RaftNode:
             return False  # one snapshot at a time; the leader will retry
         if self.log.match_term(meta.index, meta.term):
             self.log.commit_to(meta.index)  # we already have that prefix: fast-forward
+            self._leader_match = max(self._leader_match, meta.index)
             return False
         self.log.restore(snap)
         return True
@@ -946,22 +986,24 @@ class RaftNode:
 
 def _check_config(c: Config) -> None:
     if c.id <= NONE:
-        raise RaftError(f"node id must be >= 1, got {c.id}")
+        raise LocalProtocolError(f"node id must be >= 1, got {c.id}")
     if c.heartbeat_tick < 1:
-        raise RaftError("heartbeat_tick must be >= 1")
+        raise LocalProtocolError("heartbeat_tick must be >= 1")
     if c.election_tick <= c.heartbeat_tick:
-        raise RaftError("election_tick must be greater than heartbeat_tick")
+        raise LocalProtocolError("election_tick must be greater than heartbeat_tick")
     if c.max_inflight_msgs < 1:
-        raise RaftError("max_inflight_msgs must be >= 1")
+        raise LocalProtocolError("max_inflight_msgs must be >= 1")
     if c.max_size_per_msg < 0 or c.max_uncommitted_entries_size < 1 or c.max_committed_size_per_ready < 0:
-        raise RaftError("message and uncommitted-size limits must be positive")
+        raise LocalProtocolError("message and uncommitted-size limits must be positive")
     unknown = set(c.faults) - FAULTS
     if unknown:
-        raise RaftError(f"unknown fault names {sorted(unknown)}; known: {sorted(FAULTS)}")
+        raise LocalProtocolError(f"unknown fault names {sorted(unknown)}; known: {sorted(FAULTS)}")
 
 
 def _check_persisted(p: PersistedState) -> None:
     """Recovered state that cannot come from a correct disk is refused with a clear error."""
+    if p.hard_state.term > COUNTER_MAX or p.hard_state.commit > COUNTER_MAX:
+        raise RaftError(f"recovered hard state {p.hard_state} is beyond the largest term or index, {COUNTER_MAX}")
     offset = p.snapshot.meta.index if p.snapshot is not None else 0
     ents = [e for e in p.entries if e.index > offset]
     for n, e in enumerate(ents):
@@ -977,14 +1019,20 @@ def _check_persisted(p: PersistedState) -> None:
 
 def _check_message(m: Message) -> None:
     """Refuse messages whose shape no correct peer produces, before they reach the log."""
+    if max(m.term, m.log_term, m.index, m.commit, m.reject_hint) > COUNTER_MAX or min(
+        m.term, m.log_term, m.index, m.commit, m.reject_hint
+    ) < 0:
+        raise RemoteProtocolError(f"{m.type.name} from {m.frm}: a term or index outside [0, {COUNTER_MAX}]")
     if m.type == _M.APP:
         for n, e in enumerate(m.entries):
             if e.index != m.index + 1 + n or e.term > m.term or e.term < 1:
-                raise ProtocolError(f"malformed APP from {m.frm}: entry {e} after index {m.index} in term {m.term}")
+                raise RemoteProtocolError(
+                    f"malformed APP from {m.frm}: entry {e} after index {m.index} in term {m.term}"
+                )
         if m.entries and m.entries[0].term < m.log_term:
-            raise ProtocolError(f"malformed APP from {m.frm}: entry terms go backwards")
+            raise RemoteProtocolError(f"malformed APP from {m.frm}: entry terms go backwards")
     elif m.type == _M.SNAP:
         if m.snapshot is None or m.snapshot.meta.index < 1 or m.snapshot.meta.term > m.term:
-            raise ProtocolError(f"malformed SNAP from {m.frm}")
+            raise RemoteProtocolError(f"malformed SNAP from {m.frm}")
     elif m.type == _M.PROP and (not m.entries or any(e.index or e.term for e in m.entries)):
-        raise ProtocolError(f"malformed PROP from {m.frm}: proposals carry unnumbered entries")
+        raise RemoteProtocolError(f"malformed PROP from {m.frm}: proposals carry unnumbered entries")

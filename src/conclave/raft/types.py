@@ -30,6 +30,16 @@ from typing import Protocol
 NONE = 0
 """Node id meaning "nobody" (no vote, no known leader). Real node ids are >= 1."""
 
+U64_MAX = 2**64 - 1
+"""The one width of ids, terms and indexes: unsigned 64-bit, on the wire (msgpack) and
+in the WAL (``<Q``). Node ids may use the whole width (etcd member ids are random u64)."""
+
+COUNTER_MAX = 2**63 - 1
+"""The largest term or index a member accepts from a peer or its disk. Terms and indexes
+are incremented, so a value at the width's limit (or near it) can never be allowed in: a
+node holding term 2**64-1 could never campaign again. Half the width leaves 2**63
+increments of headroom, which no honest cluster reaches."""
+
 
 class EntryType(IntEnum):
     NORMAL = 0

@@ -61,6 +61,7 @@ from conclave.raft.types import (
     Role,
 )
 from conclave.server.config import ConfigError, ServerConfig, parse_url
+from conclave.server.peer_guard import PeerGuard, reachable_members
 from conclave.server.transport import Transport
 
 log = logging.getLogger("conclave.node")
@@ -164,6 +165,7 @@ class Node:
         self.watch_callbacks: dict[int, Callable[[], None]] = {}
         self._joined_members: list[Member] = []
         self.fatal = False
+        self.peer_guard = PeerGuard(self.member_id)
         self._closed = False
         self._kv_batch: list[tuple[int, bytes]] = []
         self._bootstrap_conf = ConfState()
@@ -341,9 +343,10 @@ class Node:
 
     def _on_peer_messages(self, msgs: list[Message]) -> None:
         def op() -> None:
+            # Through the guard: non-members and protocol breakers are dropped, not fatal.
+            members = reachable_members(self.raft.conf_state, self.members)
             for m in msgs:
-                if m.to == self.member_id:
-                    self.raft.step(m)
+                self.peer_guard.step(self.raft, m, members)
 
         self._submit(op)
 

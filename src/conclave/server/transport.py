@@ -66,10 +66,26 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, Any]:
         kind, body = msgpack.unpackb(payload, raw=False)
     except Exception as exc:
         raise TransportError(f"malformed frame: {exc}") from None
-    return int(kind), body
+    if type(kind) is not int:
+        raise TransportError(f"malformed frame: kind {kind!r:.40}")
+    return kind, body
 
 
 RpcHandler = Callable[[str, Any], Awaitable[Any]]
+
+
+def _hello(body: Any) -> tuple[int, int]:
+    """``[member id, cluster id]``; anything else is a TransportError (one warning, no traceback)."""
+    if not isinstance(body, list) or len(body) != 2 or not all(type(v) is int and v >= 0 for v in body):
+        raise TransportError(f"malformed hello {body!r:.80}")
+    return body[0], body[1]
+
+
+def _rpc_request(body: Any) -> list[Any]:
+    """``[request id, method name, args]``; anything else is a TransportError."""
+    if not isinstance(body, list) or len(body) != 3 or type(body[0]) is not int or not isinstance(body[1], str):
+        raise TransportError(f"malformed rpc request {body!r:.80}")
+    return body
 
 
 class _Peer:
@@ -164,15 +180,21 @@ class _Peer:
             while True:
                 kind, body = await read_frame(reader)
                 if kind == RPC_RESP:
+                    if not isinstance(body, list) or len(body) != 3:
+                        raise TransportError(f"malformed rpc response {body!r:.80}")
                     rid, ok, value = body
-                    fut = self.pending.pop(rid, None)
+                    fut = self.pending.pop(rid, None) if isinstance(rid, int) else None
                     if fut is not None and not fut.done():
                         if ok:
                             fut.set_result(value)
+                        elif isinstance(value, list) and len(value) == 2:
+                            fut.set_exception(RemoteError(str(value[0]), str(value[1])))
                         else:
-                            fut.set_exception(RemoteError(*value))
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, TransportError):
+                            fut.set_exception(RemoteError("RemoteError", f"malformed error {value!r:.80}"))
+        except (OSError, ConnectionError, asyncio.IncompleteReadError):
             return
+        except TransportError as exc:
+            log.warning("closing peer connection to member %x: %s", self.node_id, exc)
 
     def _fail_pending(self) -> None:
         for fut in self.pending.values():
@@ -271,11 +293,11 @@ class Transport:
             kind, body = await read_frame(reader)
             if kind != HELLO:
                 raise TransportError("first frame is not a hello")
-            _remote_id, remote_cluster = body
+            _remote_id, remote_cluster = _hello(body)
             if remote_cluster == 0:
                 # A member that is joining does not know the cluster id yet: it may ask for it.
                 kind, body = await read_frame(reader)
-                if kind != RPC_REQ or body[1] != "cluster_info":
+                if kind != RPC_REQ or _rpc_request(body)[1] != "cluster_info":
                     raise TransportError("a peer without a cluster id may only ask for cluster_info")
                 await self._answer(writer, body)
                 return
@@ -291,13 +313,15 @@ class Transport:
                     except CodecError as exc:
                         raise TransportError(str(exc)) from None
                 elif kind == RPC_REQ:
-                    asyncio.get_running_loop().create_task(self._answer(writer, body))
+                    asyncio.get_running_loop().create_task(self._answer(writer, _rpc_request(body)))
                 else:
                     raise TransportError(f"unexpected frame kind {kind}")
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except TransportError as exc:
             log.warning("closing peer connection from %s: %s", peer_desc, exc)
+        except Exception as exc:  # whatever a peer sends must not end in a traceback
+            log.warning("closing peer connection from %s: %s: %s", peer_desc, type(exc).__name__, exc)
         finally:
             self._conns.discard(writer)
             writer.close()

@@ -72,7 +72,7 @@ from zlib import crc32
 import msgpack
 
 from conclave.raft.codec import conf_state_from_tuple, conf_state_to_tuple
-from conclave.raft.types import ConfState, Entry, EntryType, HardState, PersistedState, Snapshot
+from conclave.raft.types import COUNTER_MAX, U64_MAX, ConfState, Entry, EntryType, HardState, PersistedState, Snapshot
 from conclave.storage import snapshot as snapfile
 from conclave.storage.base import CorruptionError, RaftStorage, StorageError
 from conclave.storage.disk import (
@@ -127,8 +127,37 @@ def encode_record(buf: bytearray, rtype: int, payload: bytes) -> None:
     buf += payload
 
 
+def _refuse(what: str, values: tuple[int, ...]) -> StorageError:
+    return StorageError(
+        f"refusing to write {what} {values}: every term and index must be in [0, {COUNTER_MAX}] "
+        f"and every node id in [0, {U64_MAX}] (the WAL and the wire share one u64 width)"
+    )
+
+
+def _check_widths(hs: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None) -> None:
+    """Refuse (StorageError) what the u64 records cannot hold or the core could never increment."""
+    if hs is not None and not (
+        0 <= hs.term <= COUNTER_MAX and 0 <= hs.vote <= U64_MAX and 0 <= hs.commit <= COUNTER_MAX
+    ):
+        raise _refuse("hard state (term, vote, commit)", (hs.term, hs.vote, hs.commit))
+    for e in entries:
+        if not (0 <= e.term <= COUNTER_MAX and 0 <= e.index <= COUNTER_MAX):
+            raise _refuse("entry (term, index)", (e.term, e.index))
+    if snapshot is not None:
+        meta = snapshot.meta
+        if not (0 <= meta.index <= COUNTER_MAX and 0 <= meta.term <= COUNTER_MAX):
+            raise _refuse("snapshot (index, term)", (meta.index, meta.term))
+
+
 def encode_entry(buf: bytearray, e: Entry) -> None:
-    head = _ENTRY_HEAD.pack(e.term, e.index, e.type)
+    # The range check keeps a value the core could never increment out of the log; the
+    # struct.error catch turns anything else unencodable into a refusal, not a crash.
+    if e.term > COUNTER_MAX or e.index > COUNTER_MAX:
+        raise _refuse("entry (term, index)", (e.term, e.index))
+    try:
+        head = _ENTRY_HEAD.pack(e.term, e.index, e.type)
+    except struct.error:
+        raise _refuse("entry (term, index)", (e.term, e.index)) from None
     data = e.data
     body = _HEADER_BODY.pack(_ENTRY_HEAD.size + len(data), _ENTRY, crc32(data, crc32(head)))
     buf += body
@@ -138,11 +167,24 @@ def encode_entry(buf: bytearray, e: Entry) -> None:
 
 
 def encode_hard_state(buf: bytearray, hs: HardState) -> None:
-    encode_record(buf, _HARD, _HARD_STATE.pack(hs.term, hs.vote, hs.commit))
+    values = (hs.term, hs.vote, hs.commit)
+    if hs.term > COUNTER_MAX or hs.commit > COUNTER_MAX:
+        raise _refuse("hard state (term, vote, commit)", values)
+    try:
+        payload = _HARD_STATE.pack(*values)
+    except struct.error:
+        raise _refuse("hard state (term, vote, commit)", values) from None
+    encode_record(buf, _HARD, payload)
 
 
 def encode_snapshot_marker(buf: bytearray, index: int, term: int) -> None:
-    encode_record(buf, _SNAP, _SNAP_MARK.pack(index, term))
+    if index > COUNTER_MAX or term > COUNTER_MAX:
+        raise _refuse("snapshot marker (index, term)", (index, term))
+    try:
+        payload = _SNAP_MARK.pack(index, term)
+    except struct.error:
+        raise _refuse("snapshot marker (index, term)", (index, term)) from None
+    encode_record(buf, _SNAP, payload)
 
 
 # ---------------------------------------------------------------------------------
@@ -427,6 +469,13 @@ def _replay_segments(segments: list[Segment], snap: Snapshot | None) -> Recovery
                 if end_b - start_b != _HARD_STATE.size:
                     raise _corrupt(seg.path, offset, "hard state record of the wrong size")
                 hs = HardState(*_HARD_STATE.unpack_from(buf, start_b))
+                if hs.term > COUNTER_MAX or hs.commit > COUNTER_MAX:
+                    # Written before terms were range-checked (a forged huge term): a member
+                    # holding it could never campaign again, so say so instead of stalling.
+                    raise _corrupt(
+                        seg.path, offset,
+                        f"hard state {hs} holds a term or commit beyond {COUNTER_MAX}, the largest a member accepts",
+                    )
                 if offset == 0 and n > 0 and hs != hard_state:
                     # A segment starts with the hard state its predecessor ended with.
                     prev = replayed[n - 1].path
@@ -624,8 +673,9 @@ class DiskStorage:
             if kept and kept[0].index <= floor:
                 kept = [e for e in kept if e.index > floor]  # a snapshot covers the rest
             last = max(self._last_index, floor)
+            # Check everything before encoding anything: a refused save leaves no trace.
+            _check_widths(hard_state, kept, snapshot if take_snapshot else None)
             if kept:
-                # Check everything before encoding anything: a refused save leaves no trace.
                 first = kept[0].index
                 if first > last + 1:
                     raise ValueError(f"entries start at index {first} but the log ends at {last}")
