@@ -7,11 +7,11 @@ import random
 
 import pytest
 
+from conclave.kv.types import PutRequest
 from conclave.raft.types import Entry, EntryType, HardState, Message, MessageType
 from conclave.sim.clock import Agenda, EventKind
 from conclave.sim.errors import InvariantBroken, SetupError
 from conclave.sim.faults import FAULT_KINDS, parse_faults
-from conclave.kv.types import PutRequest
 from conclave.sim.history import Canonical, History, OpStatus
 from conclave.sim.invariants import SafetyMonitor
 from conclave.sim.kvmachine import KvMachine, encode_batch, encode_lease_expiry

@@ -8,17 +8,43 @@ the whole run is a function of the seed: one seed = one exact replay.
 
 The run is a loop over events from the ``Agenda`` (see ``clock``). One event is one
 *step*: a node ticks, a message arrives, an fsync completes, the nemesis acts, a
-client calls or times out. After each step the affected node's ``Ready`` batches are
-handled exactly as a server would (send, save, fsync, send the persisted messages,
-apply, serve reads, advance), and every observation goes to the ``SafetyMonitor``
-and the ``History``, which raise ``InvariantBroken`` the moment a rule breaks.
+client calls, keeps a lease alive, checks its watch, or times out. After each step
+the affected node's ``Ready`` batches are handled exactly as a server would (send,
+save, fsync, send the persisted messages, apply, serve reads, advance), and every
+observation goes to the ``SafetyMonitor`` and the ``History``, which raise
+``InvariantBroken`` the moment a rule breaks.
+
+Every member runs the real state machine (``kvmachine``: the MVCC store with the
+server's entry framing) under a simulated driver that does what the server does:
+- batching: writes that arrive while the member's fsync is in progress enter the log
+  together as one batch entry, each command tagged ``(member, seq)``;
+- forwarding: a follower's proposals and ReadIndex requests travel to the leader
+  inside Raft; after a leader change the driver proposes its unanswered batches
+  again, and the state machine applies each command once;
+- linearizable reads take a ReadIndex and read the store once it has applied that
+  far; serializable reads read the local store at once;
+- leases: which leases exist is replicated; deadlines live in each member's
+  ``Lessor`` on virtual time, only the leader's counts (promoted with slack when it
+  wins), the leader proposes expiry on its own log only, and a keep-alive (forwarded
+  by followers) is renewed only by a leader that has applied an entry of its term;
+- watches: each client keeps one stream open on some member from the revision after
+  the last event it saw, reopened elsewhere when the member crashes or installs a
+  snapshot.
+
+Checked as the run goes: the Raft rules (``invariants``); every replica at one applied
+index has the same store hash, and a snapshot restores it; a command is applied once;
+any read returns the committed value of its key at its revision; linearizable answers
+respect the revision already visible at their call (``history``); every watch event
+is the next committed one (no gap, no duplicate, in order); a lease whose keep-alive
+reached the current leader is not revoked by expiry before the promised time.
 
 Phases: a faulty phase of ``steps`` steps, in which the nemesis partitions (also one-way), crashes
 (also between save and fsync), pauses, drops, duplicates, delays and reorders, and
 changes membership; then a quiet phase in which every fault heals and a leader must be
 elected and commit a probe write within ``quiet_ms`` of virtual time (liveness), and
 every acknowledged write must be in that leader's state machine (durability); last,
-the whole client history goes through ``conclave.verify``'s linearizability checker.
+the whole client history goes through ``conclave.verify``'s linearizability checker
+(its kv model, key by key; timed-out writes are resolved by what the replicas applied).
 
 Rules for this module: it may use ``random`` but never a real clock, thread, socket
 or the OS; anything the Raft core raises that is not a ``RaftError`` on a call that
@@ -964,12 +990,12 @@ class Simulation:
         if raft.role == Role.LEADER:
             self._renew(r, lid)
             return
-        leader = raft.leader_id
-        if not leader or leader not in self.replicas:
+        to = raft.leader_id
+        if not to or to not in self.replicas:
             return
-        for d in self.network.transmit(r.id, leader):
-            target = self.replicas[leader]
-            self.agenda.schedule(d, EventKind.RPC, leader, target.incarnation, lambda t=target: self._renew(t, lid))
+        target = self.replicas[to]
+        for d in self.network.transmit(r.id, to):
+            self.agenda.schedule(d, EventKind.RPC, to, target.incarnation, functools.partial(self._renew, target, lid))
 
     def _renew(self, r: Replica, lid: int) -> None:
         raft = r.raft
