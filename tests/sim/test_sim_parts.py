@@ -7,13 +7,14 @@ import random
 
 import pytest
 
+from conclave.kv.types import PutRequest
 from conclave.raft.types import Entry, EntryType, HardState, Message, MessageType
 from conclave.sim.clock import Agenda, EventKind
 from conclave.sim.errors import InvariantBroken, SetupError
 from conclave.sim.faults import FAULT_KINDS, parse_faults
-from conclave.sim.history import History, OpKind, OpStatus
+from conclave.sim.history import Canonical, History, OpStatus
 from conclave.sim.invariants import SafetyMonitor
-from conclave.sim.machine import AppendOnlyList, decode_values, encode_values
+from conclave.sim.kvmachine import KvMachine, encode_batch, encode_lease_expiry
 from conclave.sim.mirror import LogMirror
 from conclave.sim.network import LinkConditions, Network
 from conclave.storage.memory import MemoryStorage
@@ -60,26 +61,34 @@ def test_mirror_replaces_suffix_and_reports_lost_entries() -> None:
     assert (log.base_index, log.last_index, log.term_at(5), log.term_at(4)) == (5, 5, 3, None)
 
 
-def test_state_machine_applies_in_order_and_snapshots() -> None:
-    sm = AppendOnlyList()
-    sm.apply(Entry(1, 1))  # a leader's empty entry adds no value
-    sm.apply(Entry(1, 2, data=b"a"))
+def test_state_machine_applies_batches_in_order_and_snapshots() -> None:
+    sm = KvMachine()
+    sm.apply(Entry(1, 1))  # a leader's empty entry is no command
+    batch = encode_batch(7, [(1, PutRequest(key=b"a", value=b"1")), (2, PutRequest(key=b"b", value=b"2"))])
+    results = sm.apply(Entry(1, 2, data=batch))
+    assert [(r.origin, r.seq, r.error) for r in results] == [(7, 1, None), (7, 2, None)]
+    assert sm.store.revision == 3 and [e.kv.key for e in results[1].events] == [b"b"]
     sm.apply(Entry(1, 3, EntryType.CONF_CHANGE, b"cc"))
-    assert sm.values == [b"a"] and decode_values(sm.image()) == [b"a"]
-    with pytest.raises(InvariantBroken, match="apply order"):
-        sm.apply(Entry(1, 5, data=b"b"))
-    assert decode_values(encode_values([])) == []
+    copy = KvMachine()
+    copy.restore(3, sm.image())
+    assert copy.hash() == sm.hash() and copy.applied_index == 3
+    with pytest.raises(ValueError, match="in order"):
+        sm.apply(Entry(1, 5, data=batch))
 
 
-def test_a_value_proposed_twice_is_applied_once_at_its_first_position() -> None:
-    sm = AppendOnlyList()
-    sm.apply(Entry(1, 1, data=b"a"))
-    sm.apply(Entry(1, 2, data=b"b"))
-    sm.apply(Entry(1, 3, data=b"a"))  # a duplicated forwarded proposal
-    assert sm.values == [b"a", b"b"] and sm.position[b"a"] == 1
-    sm.restore(3, sm.image())
-    sm.apply(Entry(2, 4, data=b"b"))
-    assert sm.values == [b"a", b"b"] and sm.position[b"b"] == 2
+def test_a_batch_that_reaches_the_log_twice_is_applied_once() -> None:
+    sm, broken = KvMachine(), KvMachine(dedupe=False)
+    put = encode_batch(7, [(1, PutRequest(key=b"a", value=b"1"))])
+    for m in (sm, broken):
+        m.apply(Entry(1, 1, data=put))
+        m.apply(Entry(1, 2, data=encode_batch(8, [(1, PutRequest(key=b"a", value=b"2"))])))
+    copy = KvMachine()
+    copy.restore(2, sm.image())  # the once-only table travels in the snapshot
+    assert copy.apply(Entry(2, 3, data=put)) == [] and sm.apply(Entry(2, 3, data=put)) == []
+    assert sm.store.revision == 3 and copy.hash() == sm.hash()
+    assert len(broken.apply(Entry(2, 3, data=put))) == 1 and broken.store.revision == 4
+    expiry = sm.apply(Entry(2, 4, data=encode_lease_expiry(5)))
+    assert expiry[0].origin == 0 and expiry[0].error is not None  # no such lease
 
 
 def test_two_leaders_in_one_term_is_a_violation() -> None:
@@ -149,13 +158,16 @@ def test_applying_different_entries_at_one_index_is_a_violation() -> None:
         m.observe_apply(3, Entry(2, 1, data=b"y"))
 
 
-def test_a_snapshot_must_equal_the_applied_prefix() -> None:
+def test_replicas_at_one_applied_index_must_hash_alike_and_snapshots_too() -> None:
     m = SafetyMonitor()
     m.observe_apply(1, Entry(1, 1, data=b"x"))
-    m.observe_apply(1, Entry(1, 2, data=b"y"))
-    m.observe_restore(2, 2, encode_values([b"x", b"y"]))
+    m.observe_hash(1, 1, 0xAB)
+    m.observe_hash(2, 1, 0xAB)
+    m.observe_restore(3, 1, 0xAB)
+    with pytest.raises(InvariantBroken, match="store hash"):
+        m.observe_hash(3, 1, 0xCD)
     with pytest.raises(InvariantBroken, match="snapshot"):
-        m.observe_restore(2, 2, encode_values([b"x"]))
+        m.observe_restore(2, 1, 0xCD)
 
 
 def test_granting_two_votes_in_a_term_is_a_violation() -> None:
@@ -185,14 +197,16 @@ def test_persistence_rule_votes_and_acks_only_from_disk() -> None:
 
 def test_a_stale_read_is_not_linearizable() -> None:
     h = History()
-    w = h.call(1, OpKind.WRITE, 1, b"a", step=1, now_ms=1)
-    early = h.call(2, OpKind.READ, 2, b"", step=1, now_ms=1)  # concurrent with the write: may miss it
-    h.acknowledge_write(w, index=3, length=1, step=2, now_ms=2)
-    h.return_read(early, index=2, length=0, step=3, now_ms=3)
-    late = h.call(2, OpKind.READ, 2, b"", step=4, now_ms=4)
+    w = h.call(1, "put", 1, "k", "a", step=1, now_ms=1)
+    early = h.call(2, "get", 2, "k", None, step=1, now_ms=1)  # concurrent with the write: may miss it
+    h.complete(w, 2, step=2, now_ms=2, new_revision=True)
+    h.complete(early, 1, step=3, now_ms=3, new_revision=False)
+    stale = h.call(3, "sget", 2, "k", None, step=4, now_ms=4)
+    h.complete(stale, 1, step=4, now_ms=4, new_revision=False)  # serializable: may be stale
+    late = h.call(2, "get", 2, "k", None, step=4, now_ms=4)
     with pytest.raises(InvariantBroken, match="linearizability"):
-        h.return_read(late, index=2, length=0, step=5, now_ms=5)
-    assert late.status is OpStatus.OK and h.counts()["write_ok"] == 1
+        h.complete(late, 1, step=5, now_ms=5, new_revision=False)
+    assert late.status is OpStatus.OK and h.counts()["put_ok"] == 1
 
 
 def test_fault_kinds_parse_and_reject_unknown_names() -> None:
@@ -216,39 +230,49 @@ def test_a_stale_leader_need_not_hold_what_a_later_term_committed() -> None:
         m.observe_leader_log(5, 13, old)
 
 
-def test_a_write_must_land_after_what_was_visible_when_it_was_called() -> None:
+def test_a_write_must_take_a_revision_after_what_was_visible_when_it_was_called() -> None:
     h = History()
-    first = h.call(1, OpKind.WRITE, 1, b"a", step=1, now_ms=1)
-    h.acknowledge_write(first, index=2, length=1, step=2, now_ms=2)
-    second = h.call(1, OpKind.WRITE, 1, b"b", step=3, now_ms=3)
-    with pytest.raises(InvariantBroken, match="landed at position 1"):
-        h.acknowledge_write(second, index=1, length=1, step=4, now_ms=4)
+    first = h.call(1, "put", 1, "k", "a", step=1, now_ms=1)
+    h.complete(first, 2, step=2, now_ms=2, new_revision=True)
+    second = h.call(1, "put", 1, "k", "b", step=3, now_ms=3)
+    with pytest.raises(InvariantBroken, match="revision 2 was already visible"):
+        h.complete(second, 2, step=4, now_ms=4, new_revision=True)
 
 
 def test_the_history_goes_to_the_verify_checker_and_a_reordering_is_caught() -> None:
     from conclave.verify.checker import Verdict, check_operations
     from conclave.verify.model import KeyValue
 
-    h = History()
-    a = h.call(1, OpKind.WRITE, 1, b"a", step=1, now_ms=1)
-    h.acknowledge_write(a, index=1, length=1, step=2, now_ms=2)
-    b = h.call(2, OpKind.WRITE, 1, b"b", step=3, now_ms=3)  # called after a returned
-    lost = h.call(3, OpKind.WRITE, 1, b"never-applied", step=3, now_ms=3)
-    h.acknowledge_write(b, index=2, length=2, step=4, now_ms=4)
-    h.give_up(lost, step=9, now_ms=9)
-    r = h.call(3, OpKind.READ, 2, b"", step=5, now_ms=5)
-    h.return_read(r, index=2, length=2, step=6, now_ms=6)
-    good = h.to_verify([b"a", b"b"], {b"a": 2, b"b": 4})
-    assert [o.f for o in good] == ["append", "append", "get"]  # the never-applied write is left out
-    assert check_operations(good, KeyValue()).verdict is Verdict.LINEARIZABLE
-    # Had the replicas applied b before a, the read "b,a," contradicts real time.
-    assert check_operations(h.to_verify([b"b", b"a"], {b"a": 2, b"b": 4}), KeyValue()).verdict is (
-        Verdict.NOT_LINEARIZABLE
-    )
+    def run(b_first: bool) -> Verdict:
+        h = History()
+        a = h.call(1, "put", 1, "k", "a", step=1, now_ms=1)
+        a.origin, a.seq = 1, 1
+        h.complete(a, 2, step=2, now_ms=2, new_revision=True)
+        b = h.call(2, "cas", 1, "k", "b", step=3, now_ms=3)  # called after a returned
+        b.origin, b.seq, b.expected = 1, 2, "a"
+        lost = h.call(3, "put", 1, "k", "never-applied", step=3, now_ms=3)
+        lost.origin, lost.seq = 1, 3
+        h.complete(b, 3, step=4, now_ms=4, new_revision=True)
+        h.give_up(lost, step=9, now_ms=9)
+        r = h.call(3, "get", 2, "k", None, step=5, now_ms=5)
+        h.complete(r, 3, step=6, now_ms=6, new_revision=False)
+        r.output = "a" if b_first else "b"
+        canonical = {
+            (1, 1): Canonical(2, 1, True, False, None, (), ("k", "a")),
+            (1, 2): Canonical(4, 2, True, True, None, (), ("k", "b")),
+        }
+        ops = h.to_verify(canonical, [])
+        assert [o.f for o in ops] == ["put", "cas", "get"]  # the never-applied write is left out
+        return check_operations(ops, KeyValue()).verdict
+
+    assert run(b_first=False) is Verdict.LINEARIZABLE
+    # A read of "a" after the cas to "b" returned contradicts real time.
+    assert run(b_first=True) is Verdict.NOT_LINEARIZABLE
 
 
-def test_the_cli_offers_exactly_the_cores_fault_rules() -> None:
+def test_the_cli_offers_the_cores_fault_rules_and_the_drivers() -> None:
     from conclave.raft.node import FAULTS
-    from conclave.sim.faults import FAULT_RULES
+    from conclave.sim.faults import DRIVER_RULES, FAULT_RULES, RAFT_RULES
 
-    assert set(FAULT_RULES) == FAULTS  # FAULT_RULES keeps a stable order for --help
+    assert set(RAFT_RULES) == FAULTS  # RAFT_RULES keeps a stable order for --help
+    assert FAULT_RULES == RAFT_RULES + DRIVER_RULES and not set(DRIVER_RULES) & FAULTS

@@ -1,7 +1,10 @@
-"""Many seeds of the real Raft core under every fault kind must show no violation.
+"""Many seeds of the real Raft core and the real state machine under every fault kind must
+show no violation.
 
-Budget: about 730 seeds of 3000 faulty-phase steps each (plus the quiet phase), split
-so pytest shows where the time goes.
+Budget: about 60 seeds of 3000 faulty-phase steps each (plus the quiet phase), split so
+pytest shows where the time goes; a seed costs ~0.3-0.6 s now that every member runs the
+MVCC store and the clients issue etcd requests. The full sweep (2000 seeds on 3 and on
+5 nodes) is `conclave sim --seeds 2000`, run by hand (docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -15,26 +18,26 @@ from conclave.sim.simulation import SimOptions
 
 Failures = Callable[[range, SimOptions], list[str]]  # the fixture in conftest.py
 
-BATCH = 50
+BATCH = 10
 
 
-@pytest.mark.parametrize("first", range(0, 400, BATCH))
+@pytest.mark.parametrize("first", range(0, 30, BATCH))
 def test_three_nodes_all_faults(first: int, failures: Failures) -> None:
     assert failures(range(first, first + BATCH), SimOptions(nodes=3)) == []
 
 
-@pytest.mark.parametrize("first", range(0, 250, BATCH))
+@pytest.mark.parametrize("first", range(0, 10, BATCH))
 def test_five_nodes_all_faults(first: int, failures: Failures) -> None:
     assert failures(range(first, first + BATCH), SimOptions(nodes=5)) == []
 
 
 def test_seven_nodes_all_faults(failures: Failures) -> None:
-    assert failures(range(20), SimOptions(nodes=7)) == []
+    assert failures(range(3), SimOptions(nodes=7)) == []
 
 
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 def test_each_fault_kind_alone(kind: str, failures: Failures) -> None:
-    assert failures(range(1000, 1010), SimOptions(nodes=3, faults=frozenset({kind}))) == []
+    assert failures(range(1000, 1002), SimOptions(nodes=3, faults=frozenset({kind}))) == []
 
 
 def test_no_faults_makes_steady_progress() -> None:
@@ -43,14 +46,7 @@ def test_no_faults_makes_steady_progress() -> None:
     result = run_seed(5, SimOptions(nodes=3, faults=frozenset()))
     assert result.ok, result.violation
     assert result.leader_terms == 1  # nothing ever disturbs the first leader
-    assert result.ops.get("write_ok", 0) > 20 and result.ops.get("read_ok", 0) > 5
-
-
-@pytest.mark.parametrize(
-    ("seed", "nodes", "why"),
-    [
-        (1132, 3, "a write acknowledged from a duplicate entry after a snapshot already held its value"),
-    ],
-)
-def test_seeds_that_once_failed_for_a_simulator_bug(seed: int, nodes: int, why: str, failures: Failures) -> None:
-    assert failures(range(seed, seed + 1), SimOptions(nodes=nodes)) == [], why
+    ops = result.ops
+    assert ops.get("put_ok", 0) > 20 and ops.get("get_ok", 0) > 5 and ops.get("cas_ok", 0) > 5, ops
+    for mechanism in ("watch_events", "keepalives", "compactions", "batches"):
+        assert result.stats.get(mechanism, 0) > 0, (mechanism, result.stats)

@@ -17,16 +17,21 @@ DEFAULT_STEPS = 3000
 
 
 def register(sub: Any) -> None:
-    from conclave.sim.faults import FAULT_KINDS, FAULT_RULES
+    from conclave.sim.faults import DRIVER_RULES, FAULT_KINDS, FAULT_RULES, RAFT_RULES
 
     p = sub.add_parser(
         "sim",
-        help="deterministic simulation: real Raft nodes under injected faults, invariants checked every step",
+        help="deterministic simulation: real Raft nodes and state machine under injected faults",
         description=(
-            "Run the real Raft core on a simulated cluster (virtual clock, lossy reordering network, "
-            "crashes that lose unsynced writes, membership changes) and check election safety, log matching, "
-            "leader completeness, state machine safety, linearizable reads, durability of acknowledged "
-            "writes and liveness after faults heal. One seed is one exact replay."
+            "Run the real Raft core and the real MVCC state machine on every member of a simulated cluster "
+            "(virtual clock, lossy reordering network, crashes that lose unsynced writes, pauses, membership "
+            "changes), behind a simulated driver that batches, forwards, serves ReadIndex reads and expires "
+            "leases from the leader. Simulated clients issue put, range (linearizable and serializable), txn "
+            "with compares, delete range, compaction, lease grant / keep-alive / revoke and watches. Checked: "
+            "election safety, log matching, leader completeness, state machine safety (one store hash per "
+            "applied index), exactly-once apply, watch streams without gap or duplicate, kept-alive leases "
+            "never expiring, durability of acknowledged writes, liveness after faults heal and "
+            "linearizability of the whole client history. One seed is one exact replay."
         ),
     )
     which = p.add_mutually_exclusive_group()
@@ -51,7 +56,10 @@ def register(sub: Any) -> None:
         "--fault-rule",
         choices=FAULT_RULES,
         metavar="NAME",
-        help=f"break one Raft rule on every node, to show the simulator catches it: {', '.join(FAULT_RULES)}",
+        help=(
+            "break one rule on every node, to show the simulator catches it; of the Raft core: "
+            f"{', '.join(RAFT_RULES)}; of the state machine or driver: {', '.join(DRIVER_RULES)}"
+        ),
     )
     p.add_argument(
         "--trace", action="store_true", help="with --seed: print every step (messages, roles, crashes, commits)"

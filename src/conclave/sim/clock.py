@@ -22,6 +22,7 @@ class EventKind(IntEnum):
     CLIENT = 4  # payload: client index
     RESTART = 5  # payload: node id
     REPORT = 6  # payload: a local Message (SNAP_STATUS) from the transport to its own node
+    RPC = 7  # payload: a callable, a driver-to-driver request (a forwarded lease keep-alive) arriving
 
 
 @dataclass(slots=True, order=True)

@@ -14,7 +14,17 @@ from dataclasses import dataclass
 from conclave.sim.errors import SetupError
 
 FAULT_KINDS: tuple[str, ...] = ("partition", "crash", "pause", "drop", "dup", "reorder", "membership")
-FAULT_RULES: tuple[str, ...] = ("commit_previous_term", "vote_without_log_check", "forget_vote", "ack_before_persist")
+# Broken rules of the Raft core (switched on in the core's Config.faults) ...
+RAFT_RULES: tuple[str, ...] = ("commit_previous_term", "vote_without_log_check", "forget_vote", "ack_before_persist")
+# ... and of the state machine or the driver, switched on in the simulated driver (sim/ only):
+# - expire_on_follower_clock: every member tracks lease deadlines and proposes expiries from
+#   its own clock, though keep-alives only reach the leader;
+# - read_before_term_commit: a new leader serves linearizable reads from its state at once,
+#   before it has committed an entry of its term (and without a heartbeat round);
+# - apply_batch_twice: the state machine applies a batch again when it reaches the log a
+#   second time (the driver re-proposes after a leader change; the wire duplicates).
+DRIVER_RULES: tuple[str, ...] = ("expire_on_follower_clock", "read_before_term_commit", "apply_batch_twice")
+FAULT_RULES: tuple[str, ...] = RAFT_RULES + DRIVER_RULES
 
 
 def parse_faults(text: str) -> frozenset[str]:

@@ -14,8 +14,9 @@ the monitor keeps just enough global history to check, incrementally:
   when it is elected and again whenever such an entry becomes known as committed (the
   term of commitment is the term of the node that reports it, an upper bound); no node
   rewrites an entry it holds that is known committed;
-- state machine safety: no two nodes apply different entries at one index, and an
-  installed snapshot equals the applied prefix it claims to cover;
+- state machine safety: no two nodes apply different entries at one index, every
+  replica at one applied index has the same store hash, and an installed snapshot
+  restores the store hash of the applied prefix it claims to cover;
 - the persistence rule (DESIGN.md): a vote is granted and an append acknowledged only
   when what it promises is already on the node's disk (synced).
 
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 
 from conclave.raft.types import Entry, EntryType, Message, MessageType
 from conclave.sim.errors import InvariantBroken
-from conclave.sim.machine import AppendOnlyList, decode_values
 from conclave.sim.mirror import LogMirror
 from conclave.storage.memory import MemoryStorage
 
@@ -54,8 +54,7 @@ class SafetyMonitor:
         self._node_commit: dict[int, int] = {}  # node -> commit index already checked
         self._leaders: dict[int, tuple[int, LogMirror]] = {}  # node -> (term, log) of live leaders
         self.applied: list[Entry] = []  # canonical applied log, index i at position i-1
-        self._canonical = AppendOnlyList()  # the state machine every replica must agree with
-        self.values_upto: list[int] = [0]  # values_upto[i]: length of the list after entries 1..i
+        self.hash_at: dict[int, int] = {}  # applied index -> store hash first seen there
 
     # -- election safety ------------------------------------------------------------
 
@@ -188,26 +187,27 @@ class SafetyMonitor:
                 "state machine safety", f"node {node} applied entry {i} of term {entry.term}; term {known} committed"
             )
         self.applied.append(entry)
-        self._canonical.apply(entry)
-        self.values_upto.append(len(self.values))
 
-    @property
-    def values(self) -> list[bytes]:
-        """The canonical list: every replica's list is a prefix of it."""
-        return self._canonical.values
+    def observe_hash(self, node: int, index: int, digest: int) -> None:
+        """``node`` has applied up to ``index`` and its store hashes to ``digest``."""
+        first = self.hash_at.setdefault(index, digest)
+        if first != digest:
+            raise InvariantBroken(
+                "state machine safety",
+                f"node {node} at applied index {index} has store hash {digest:08x}, another replica had {first:08x}",
+            )
 
-    def observe_restore(self, node: int, index: int, data: bytes) -> None:
+    def observe_restore(self, node: int, index: int, digest: int) -> None:
         if index > len(self.applied):
             raise InvariantBroken(
                 "state machine safety", f"node {node} installed a snapshot at {index}, beyond any applied entry"
             )
-        got = decode_values(data)
-        want = self.values[: self.values_upto[index]]
-        if got != want:
+        want = self.hash_at.get(index)
+        if want is not None and want != digest:
             raise InvariantBroken(
                 "state machine safety",
-                f"node {node} installed a snapshot at {index} holding {len(got)} values that differ from the "
-                f"{len(want)} values applied up to there",
+                f"node {node} installed a snapshot at {index} whose store hash {digest:08x} differs from the "
+                f"{want:08x} of the entries applied up to there",
             )
 
     # -- the persistence rule -------------------------------------------------------------

@@ -1,26 +1,49 @@
-"""One simulated server: a real ``RaftNode`` with its disk, state machine and clients' waiters.
+"""One simulated server: a real ``RaftNode`` with its disk, the real state machine, its
+lease deadlines, its watchers and the driver's waiting requests.
 
 Theory of operation: a ``Replica`` outlives the ``RaftNode`` inside it. A crash drops
 the node object and everything volatile (unsynced writes, the pending fsync, the
-state machine, waiting client operations); a restart builds a fresh ``RaftNode`` from
-what ``MemoryStorage.load`` still holds, exactly as a real process would from its
-WAL. The replica does no scheduling and no checking; the simulation drives it.
+state machine, the lessor's deadlines, open watches, queued and waiting client
+requests); a restart builds a fresh ``RaftNode`` from what ``MemoryStorage.load`` still
+holds and restores the state machine from the snapshot on disk, exactly as a real
+process would from its WAL. The replica does no scheduling and no checking; the
+simulation drives it.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 
+from conclave.kv.command import Command
+from conclave.kv.lease import Lessor
 from conclave.raft.node import RaftNode
 from conclave.raft.types import Config, ConfState, Ready, Role
 from conclave.sim.history import Operation
-from conclave.sim.machine import AppendOnlyList
+from conclave.sim.kvmachine import KvMachine
 from conclave.sim.mirror import LogMirror
 from conclave.storage.memory import MemoryStorage
 
 
+@dataclass(slots=True)
+class Watch:
+    """A client's watch stream open on one member: every event from ``start_rev`` on."""
+
+    client: int
+    start_rev: int
+    events: int = 0
+
+
+@dataclass(slots=True)
+class Proposal:
+    """One entry the driver proposed and may propose again (same ids) after a leader change."""
+
+    data: bytes
+    seqs: list[int] = field(default_factory=list)
+
+
 class Replica:
-    def __init__(self, config: Config, bootstrap: ConfState | None) -> None:
+    def __init__(self, config: Config, bootstrap: ConfState | None, dedupe: bool = True) -> None:
         self.id = config.id
         self.config = config
         self.disk = MemoryStorage()
@@ -30,11 +53,17 @@ class Replica:
         self.incarnation = 0
         self.removed = False
         self.log = LogMirror()
-        self.machine = AppendOnlyList()
+        self.dedupe = dedupe
+        self.machine = KvMachine(dedupe)
+        self.lessor = Lessor()
+        self.watches: list[Watch] = []
+        self.queue: list[tuple[int, Command]] = []  # commands waiting for the fsync in progress to end
+        self.pending: dict[int, Operation] = {}  # seq -> the request waiting for its apply
+        self.proposals: list[Proposal] = []
+        self.leader_seen = 0
         self.syncing: Ready | None = None
         self.role = Role.FOLLOWER
         self.conf = ConfState()
-        self.pending_writes: dict[bytes, Operation] = {}
         self.pending_reads: dict[bytes, Operation] = {}
         self.waiting_reads: list[tuple[int, Operation]] = []
         self.paused_until_ms = 0  # a paused process handles nothing before this time
@@ -50,9 +79,11 @@ class Replica:
         self.raft = RaftNode(self.config, persisted, rng)
         self.incarnation += 1
         self.log = LogMirror.from_persisted(persisted)
-        self.machine = AppendOnlyList()
+        self.machine = KvMachine(self.dedupe)
         if persisted.snapshot is not None:
             self.machine.restore(persisted.snapshot.meta.index, persisted.snapshot.data)
+        self.lessor = Lessor()
+        self.leader_seen = 0
         self.syncing = None
         self.role = self.raft.role
         self.conf = self.raft.conf_state
@@ -66,8 +97,11 @@ class Replica:
         self.incarnation += 1
         self.role = Role.FOLLOWER
         self.paused_until_ms = 0
-        waiting = [*self.pending_writes.values(), *self.pending_reads.values(), *(op for _, op in self.waiting_reads)]
-        self.pending_writes.clear()
+        waiting = [*self.pending.values(), *self.pending_reads.values(), *(op for _, op in self.waiting_reads)]
+        self.pending.clear()
+        self.queue.clear()
+        self.proposals.clear()
+        self.watches.clear()
         self.pending_reads.clear()
         self.waiting_reads.clear()
         return waiting

@@ -8,17 +8,43 @@ the whole run is a function of the seed: one seed = one exact replay.
 
 The run is a loop over events from the ``Agenda`` (see ``clock``). One event is one
 *step*: a node ticks, a message arrives, an fsync completes, the nemesis acts, a
-client calls or times out. After each step the affected node's ``Ready`` batches are
-handled exactly as a server would (send, save, fsync, send the persisted messages,
-apply, serve reads, advance), and every observation goes to the ``SafetyMonitor``
-and the ``History``, which raise ``InvariantBroken`` the moment a rule breaks.
+client calls, keeps a lease alive, checks its watch, or times out. After each step
+the affected node's ``Ready`` batches are handled exactly as a server would (send,
+save, fsync, send the persisted messages, apply, serve reads, advance), and every
+observation goes to the ``SafetyMonitor`` and the ``History``, which raise
+``InvariantBroken`` the moment a rule breaks.
+
+Every member runs the real state machine (``kvmachine``: the MVCC store with the
+server's entry framing) under a simulated driver that does what the server does:
+- batching: writes that arrive while the member's fsync is in progress enter the log
+  together as one batch entry, each command tagged ``(member, seq)``;
+- forwarding: a follower's proposals and ReadIndex requests travel to the leader
+  inside Raft; after a leader change the driver proposes its unanswered batches
+  again, and the state machine applies each command once;
+- linearizable reads take a ReadIndex and read the store once it has applied that
+  far; serializable reads read the local store at once;
+- leases: which leases exist is replicated; deadlines live in each member's
+  ``Lessor`` on virtual time, only the leader's counts (promoted with slack when it
+  wins), the leader proposes expiry on its own log only, and a keep-alive (forwarded
+  by followers) is renewed only by a leader that has applied an entry of its term;
+- watches: each client keeps one stream open on some member from the revision after
+  the last event it saw, reopened elsewhere when the member crashes or installs a
+  snapshot.
+
+Checked as the run goes: the Raft rules (``invariants``); every replica at one applied
+index has the same store hash, and a snapshot restores it; a command is applied once;
+any read returns the committed value of its key at its revision; linearizable answers
+respect the revision already visible at their call (``history``); every watch event
+is the next committed one (no gap, no duplicate, in order); a lease whose keep-alive
+reached the current leader is not revoked by expiry before the promised time.
 
 Phases: a faulty phase of ``steps`` steps, in which the nemesis partitions (also one-way), crashes
 (also between save and fsync), pauses, drops, duplicates, delays and reorders, and
 changes membership; then a quiet phase in which every fault heals and a leader must be
 elected and commit a probe write within ``quiet_ms`` of virtual time (liveness), and
 every acknowledged write must be in that leader's state machine (durability); last,
-the whole client history goes through ``conclave.verify``'s linearizability checker.
+the whole client history goes through ``conclave.verify``'s linearizability checker
+(its kv model, key by key; timed-out writes are resolved by what the replicas applied).
 
 Rules for this module: it may use ``random`` but never a real clock, thread, socket
 or the OS; anything the Raft core raises that is not a ``RaftError`` on a call that
@@ -27,6 +53,8 @@ may refuse is a found bug and becomes a ``Violation`` with the seed and the step
 
 from __future__ import annotations
 
+import bisect
+import functools
 import random
 import traceback
 from collections import Counter
@@ -34,6 +62,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from conclave.kv import types as kt
+from conclave.kv.command import Command
+from conclave.kv.errors import EtcdError
 from conclave.raft.errors import CompactionError, RaftError
 from conclave.raft.types import (
     ConfChange,
@@ -50,12 +81,12 @@ from conclave.raft.types import (
 )
 from conclave.sim.clock import Agenda, Event, EventKind
 from conclave.sim.errors import InvariantBroken, SetupError, Violation
-from conclave.sim.faults import FAULT_KINDS, FAULT_RULES, FaultRates
-from conclave.sim.history import History, Operation, OpKind, OpStatus
+from conclave.sim.faults import FAULT_KINDS, FAULT_RULES, RAFT_RULES, FaultRates
+from conclave.sim.history import Canonical, Expiry, History, Operation, OpStatus
 from conclave.sim.invariants import SafetyMonitor
-from conclave.sim.machine import carries_value
+from conclave.sim.kvmachine import Result, encode_batch, encode_lease_expiry
 from conclave.sim.network import LinkConditions, Network
-from conclave.sim.replica import Replica
+from conclave.sim.replica import Proposal, Replica, Watch
 from conclave.verify.checker import Limits, Verdict, check_operations
 from conclave.verify.model import KeyValue
 
@@ -72,12 +103,17 @@ MAX_SIZE_PER_MSG_CHOICES = (1, 1, 1, 200, 1024 * 1024)
 MAX_INFLIGHT_CHOICES = (1, 2, 8, 256)
 READY_LOOP_MAX = 1000
 LINEARIZABILITY_POLLS_MAX = 2000  # search slices (64 configurations each) before the check gives up
+KEYS = ("k0", "k1", "k2", "k3")
+LEASE_TTL_S = 1
+KEEPALIVE_MS = 200
+WATCH_CHECK_MS = 50
+LEASE_EXTEND_MS = ELECTION_TICKS * TICK_MS  # a new leader restarts every deadline with this slack (as the server)
 QUIET_STEPS_MAX = 50_000  # a message storm that never lets virtual time advance is a liveness failure too
 
 T = TypeVar("T")
 
 # Events addressed to one node, which a paused node defers.
-_NODE_EVENTS = frozenset({EventKind.TICK, EventKind.DELIVER, EventKind.SYNC_DONE, EventKind.REPORT})
+_NODE_EVENTS = frozenset({EventKind.TICK, EventKind.DELIVER, EventKind.SYNC_DONE, EventKind.REPORT, EventKind.RPC})
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +191,23 @@ class Simulation:
         self._partition_until_ms = 0
         self._membership_after_ms = 0
         self._value_seq = 0
+        self._seq = 0  # (origin, seq) ids must stay unique across restarts: one counter for the run
+        self._client_lease: dict[int, int] = {}  # client -> lease id it holds
+        self._client_seen: dict[tuple[int, str], str | None] = {}  # (client, key) -> last value it read
+        self._watches: dict[int, Watch] = {}  # client -> its watch stream (open or to reopen)
+        self._watch_next: dict[int, int] = {}  # client -> revision its next event must have
+        self._watch_node: dict[int, int] = {}  # client -> member its stream is open on
+        self.canonical: dict[tuple[int, int], Canonical] = {}
+        self._events: list[kt.Event] = []  # every committed event in revision order (first apply)
+        self._event_revs: list[int] = []
+        self._expiries: dict[int, Expiry] = {}  # lease -> its (first) expiry
+        self._expiry_log: list[Expiry] = []
+        self._applied_max = 0
+        self._promise_ms: dict[int, int] = {}  # lease -> until when the current leader promised it lives
         self._bootstrap = ConfState(voters=frozenset(range(1, options.nodes + 1)))
         self._client_op: dict[int, Operation] = {}
         self.stats: Counter[str] = Counter()
         self._configs_seen: set[ConfState] = set()
-        self._applied_step: dict[bytes, int] = {}  # value -> step at which a replica first applied it
 
     # -- running ---------------------------------------------------------------------
 
@@ -206,7 +254,8 @@ class Simulation:
             self.agenda.schedule(self._client_rng.randint(*CLIENT_THINK_MS), EventKind.CLIENT, payload=c)
 
     def _add_replica(self, nid: int, bootstrap: ConfState | None) -> Replica:
-        faults = frozenset({self.options.fault_rule}) if self.options.fault_rule else frozenset()
+        rule = self.options.fault_rule
+        faults = frozenset({rule}) if rule in RAFT_RULES else frozenset()
         config = Config(
             id=nid,
             election_tick=ELECTION_TICKS,
@@ -215,13 +264,14 @@ class Simulation:
             max_inflight_msgs=self._max_inflight_msgs,
             faults=faults,
         )
-        r = Replica(config, bootstrap)
+        r = Replica(config, bootstrap, dedupe=rule != "apply_batch_twice")
         self.replicas[nid] = r
         self._start(r)
         return r
 
     def _start(self, r: Replica) -> None:
         commit = self._core(lambda: r.start(random.Random(self._node_rng.getrandbits(64))), r.id, "start")
+        self._reset_lessor(r)
         self.monitor.reset_node(r.id, commit)
         self._trace(
             f"node {r.id} starts: term={r.raft.term if r.raft else '?'} log={r.log.base_index}+"
@@ -241,6 +291,7 @@ class Simulation:
                 return
             self._core(r.raft.tick, r.id, "tick")
             self.agenda.schedule(TICK_MS, EventKind.TICK, r.id, r.incarnation)
+            self._expire_leases(r)
             self._process(r)
         elif kind == EventKind.DELIVER:
             assert isinstance(ev.payload, Message)
@@ -254,6 +305,7 @@ class Simulation:
             r.syncing = None
             self._trace(f"node {r.id} fsync done")
             self._finish_ready(r, rd)
+            self._flush(r)
             self._process(r)
         elif kind == EventKind.FAULT:
             if not self.quiet:
@@ -262,11 +314,21 @@ class Simulation:
         elif kind == EventKind.CLIENT:
             if isinstance(ev.payload, Operation):
                 self._client_timeout(ev.payload)
+            elif isinstance(ev.payload, tuple):
+                what, client = ev.payload
+                if what == "keepalive":
+                    self._keepalive(client)
+                else:
+                    self._watch_check(client)
             else:
                 assert isinstance(ev.payload, int)
                 self._client_call(ev.payload)
         elif kind == EventKind.REPORT:
             self._report(ev)
+        elif kind == EventKind.RPC:
+            r = self.replicas[ev.node_id]
+            if r.raft is not None and ev.incarnation == r.incarnation and callable(ev.payload):
+                ev.payload()
         elif kind == EventKind.RESTART:
             r = self.replicas[ev.node_id]
             if r.raft is None and not r.removed and ev.incarnation == r.incarnation:
@@ -321,6 +383,11 @@ class Simulation:
             r.role = rd.soft_state.role
             if r.role != Role.LEADER:
                 self.monitor.observe_not_leader(r.id)
+            self._role_changed(r)
+        if rd.soft_state is not None and rd.soft_state.leader != r.leader_seen:
+            r.leader_seen = rd.soft_state.leader
+            if r.leader_seen:
+                self._retry_proposals(r)
         if rd.snapshot is not None:
             meta = rd.snapshot.meta
             r.log.install(meta.index, meta.term)
@@ -359,24 +426,28 @@ class Simulation:
         self._send(r, rd.persisted_messages)
         if rd.snapshot is not None and rd.snapshot.meta.index > r.machine.applied_index:
             meta = rd.snapshot.meta
-            self.monitor.observe_restore(r.id, meta.index, rd.snapshot.data)
             r.machine.restore(meta.index, rd.snapshot.data)
+            self.monitor.observe_restore(r.id, meta.index, r.machine.hash())
+            self._reset_lessor(r)
+            # A watch cannot follow its member across a snapshot (its events are gone): end it.
+            self._close_watches(r)
             self._trace(f"node {r.id} installs snapshot at {meta.index} (term {meta.term})")
             self.stats["snapshots_installed"] += 1
         for e in rd.committed:
+            if e.index <= r.machine.applied_index:
+                continue
             self.monitor.observe_apply(r.id, e)
-            r.machine.apply(e)
-            if carries_value(e):
-                self._applied_step.setdefault(e.data, self.step)
-                op = r.pending_writes.pop(e.data, None)
-                if op is not None:
-                    # The value's place in the list, which an earlier copy of the same
-                    # proposal (or a snapshot holding it) may have fixed before this entry.
-                    position = r.machine.position[e.data]
-                    self.history.acknowledge_write(op, e.index, position, self.step, self.agenda.now_ms)
-                    self._trace(f"client {op.client} <- ok write {e.data.decode()} at position {position}")
+            first = e.index > self._applied_max
+            self._applied_max = max(self._applied_max, e.index)
+            try:
+                results = r.machine.apply(e)
+            except (EtcdError, ValueError) as exc:
+                raise InvariantBroken("core failure", f"node {r.id} cannot apply entry {e.index}: {exc!r}") from exc
+            for res in results:
+                self._applied(r, e.index, res, first)
         if rd.committed:
-            self._trace(f"node {r.id} applied up to {r.machine.applied_index}")
+            self.monitor.observe_hash(r.id, r.machine.applied_index, r.machine.hash())
+            self._trace(f"node {r.id} applied up to {r.machine.applied_index} (revision {r.machine.store.revision})")
         for rs in rd.read_states:
             op = r.pending_reads.pop(rs.context, None)
             if op is not None:
@@ -388,6 +459,87 @@ class Simulation:
         if r.raft is not None and r.machine.applied_index - r.log.base_index >= COMPACT_EVERY_ENTRIES:
             self._compact(r)
 
+    def _applied(self, r: Replica, index: int, res: Result, first: bool) -> None:
+        """One command applied on ``r``: lessor bookkeeping, watchers, the waiting client."""
+        cmd, now = res.command, self.agenda.now_ms
+        if (
+            res.error is None
+            and isinstance(cmd, kt.LeaseGrantRequest)
+            and isinstance(res.response, kt.LeaseGrantResponse)
+        ):
+            r.lessor.grant(res.response.id, res.response.ttl, now)
+            if self._is_current_leader(r):
+                self._promise(res.response.id, now + res.response.ttl * 1000)
+        elif res.error is None and isinstance(cmd, kt.LeaseRevokeRequest):
+            r.lessor.revoke(cmd.id)
+        if first:
+            self._record_canonical(index, res)
+        if res.events:
+            for w in r.watches:
+                self._deliver_events(w, res.events)
+        if res.origin == r.id and res.seq:
+            op = r.pending.pop(res.seq, None)
+            if op is not None:
+                self._answer(op, index, res)
+
+    def _record_canonical(self, index: int, res: Result) -> None:
+        cmd = res.command
+        for ev in res.events:
+            self._events.append(ev)
+            self._event_revs.append(ev.kv.mod_revision)
+        deleted = tuple(ev.kv.key.decode() for ev in res.events if ev.type == kt.EventType.DELETE)
+        if res.origin == 0 and isinstance(cmd, kt.LeaseRevokeRequest):
+            x = self._expiries.pop(cmd.id, None)
+            if res.error is None:
+                self._check_lease_promise(cmd.id)
+            if x is not None:
+                x.applied_step, x.deleted = self.step, deleted
+            return
+        if not res.seq:
+            return
+        seen = self.canonical.get((res.origin, res.seq))
+        if seen is not None:
+            raise InvariantBroken(
+                "exactly once",
+                f"command {res.origin}/{res.seq} applied again at entry {index}; it was applied at entry {seen.index}",
+            )
+        succeeded, observed, put = False, None, None
+        if isinstance(cmd, kt.PutRequest):
+            put = (cmd.key.decode(), cmd.value.decode())
+        elif isinstance(res.response, kt.TxnResponse):
+            succeeded = res.response.succeeded
+            if not succeeded and res.response.responses:
+                rr = res.response.responses[0].response_range
+                observed = rr.kvs[0].value.decode() if rr is not None and rr.kvs else None
+        self.canonical[(res.origin, res.seq)] = Canonical(
+            self.step, index, res.error is None, succeeded, observed, deleted, put
+        )
+
+    def _answer(self, op: Operation, index: int, res: Result) -> None:
+        now = self.agenda.now_ms
+        op.index = index
+        if res.error is not None:
+            self.history.refuse(op, self.step, now)
+            self._trace(f"client {op.client} <- {op.kind} {op.key} refused by the state machine: {res.error}")
+            return
+        resp = res.response
+        header = getattr(resp, "header", None)
+        revision = header.revision if isinstance(header, kt.ResponseHeader) else 0
+        if isinstance(resp, kt.TxnResponse) and not resp.succeeded and resp.responses:
+            rr = resp.responses[0].response_range
+            op.output = rr.kvs[0].value.decode() if rr is not None and rr.kvs else None
+            self._client_seen[(op.client, op.key)] = op.output
+        elif op.kind in ("put", "cas"):
+            self._client_seen[(op.client, op.key)] = op.value
+        if isinstance(resp, kt.LeaseGrantResponse):
+            self._client_lease[op.client] = resp.id
+            self.agenda.schedule(KEEPALIVE_MS, EventKind.CLIENT, payload=("keepalive", op.client))
+        if revision:
+            self.history.complete(op, revision, self.step, now, new_revision=bool(res.events))
+        else:
+            self.history._finish(op, OpStatus.OK, self.step, now)
+        self._trace(f"client {op.client} <- ok {op.kind} {op.key} at index {index} revision {revision}")
+
     def _serve_reads(self, r: Replica) -> None:
         if not r.waiting_reads:
             return
@@ -397,10 +549,35 @@ class Simulation:
             if index > applied:
                 still.append((index, op))
                 continue
-            length = len(r.machine.values)
-            self._trace(f"client {op.client} <- ok read length {length} (read index {index}, applied {applied})")
-            self.history.return_read(op, applied, length, self.step, self.agenda.now_ms)
+            self._serve_read(r, op, f"read index {index}")
         r.waiting_reads = still
+
+    def _serve_read(self, r: Replica, op: Operation, why: str) -> None:
+        resp = r.machine.store.range(kt.RangeRequest(key=op.key.encode(), serializable=op.kind == "sget"))
+        op.output = resp.kvs[0].value.decode() if resp.kvs else None
+        self._check_read_state(r, op, resp.header.revision)
+        self._client_seen[(op.client, op.key)] = op.output
+        self.history.complete(op, resp.header.revision, self.step, self.agenda.now_ms, new_revision=False)
+        self._trace(
+            f"client {op.client} <- ok {op.kind} {op.key}={op.output} revision {resp.header.revision} "
+            f"({why}, applied {r.machine.applied_index})"
+        )
+
+    def _check_read_state(self, r: Replica, op: Operation, revision: int) -> None:
+        """Any read, serializable too, must return the committed value of its key at its revision."""
+        want: str | None = None
+        end = bisect.bisect_right(self._event_revs, revision)
+        for i in range(end - 1, -1, -1):
+            ev = self._events[i]
+            if ev.kv.key.decode() == op.key:
+                want = ev.kv.value.decode() if ev.type == kt.EventType.PUT else None
+                break
+        if want != op.output:
+            raise InvariantBroken(
+                "state machine safety",
+                f"node {r.id} answered {op.kind} {op.key}={op.output} at revision {revision}, "
+                f"but the committed value there is {want}",
+            )
 
     def _compact(self, r: Replica) -> None:
         raft = r.raft
@@ -692,6 +869,207 @@ class Simulation:
         self._process(r)
         return True
 
+    # -- the simulated driver: batching, retries, leases, watches ------------------------------
+
+    def _submit(self, r: Replica, op: Operation, cmd: Command) -> None:
+        """Hand a write to ``r``'s driver. While an fsync is in progress commands queue up and
+        enter the log together, as one batch entry, when it ends (as the server batches)."""
+        self._seq += 1
+        op.origin, op.seq = r.id, self._seq
+        r.pending[op.seq] = op
+        r.queue.append((op.seq, cmd))
+        if r.syncing is None:
+            self._flush(r)
+        if op.status is OpStatus.PENDING:
+            self.agenda.schedule(WRITE_TIMEOUT_MS, EventKind.CLIENT, payload=op)
+
+    def _flush(self, r: Replica) -> None:
+        if not r.queue or r.raft is None:
+            return
+        batch, r.queue = r.queue, []
+        data = encode_batch(r.id, batch)
+        if len(batch) > 1:
+            self.stats["batches"] += 1
+            self.stats["batched_commands"] += len(batch)
+        raft = r.raft
+        if self._refusable(lambda: raft.propose(data), r, "propose"):
+            r.proposals.append(Proposal(data, [seq for seq, _ in batch]))
+            return
+        for seq, _ in batch:
+            op = r.pending.pop(seq, None)
+            if op is not None:
+                self.history.refuse(op, self.step, self.agenda.now_ms)
+
+    def _retry_proposals(self, r: Replica) -> None:
+        """A new leader is known: propose again (same ids) what may have been lost with the old
+        one (a forwarded proposal the old leader never appended). The state machine applies a
+        command once, whichever copy commits first."""
+        raft = r.raft
+        if raft is None:
+            return
+        r.proposals = [p for p in r.proposals if any(seq in r.pending for seq in p.seqs)]
+        for p in list(r.proposals):
+            data = p.data
+            if self._refusable(functools.partial(raft.propose, data), r, "re-propose"):
+                self.stats["proposals_retried"] += 1
+
+    def _role_changed(self, r: Replica) -> None:
+        if self.options.fault_rule == "expire_on_follower_clock":
+            return  # every member keeps deadlines as if it led (set up in _reset_lessor)
+        if r.role == Role.LEADER and not r.lessor.is_primary:
+            r.lessor.promote(self.agenda.now_ms, LEASE_EXTEND_MS)
+        elif r.role != Role.LEADER and r.lessor.is_primary:
+            r.lessor.demote()
+
+    def _reset_lessor(self, r: Replica) -> None:
+        from conclave.kv.lease import Lessor
+
+        now = self.agenda.now_ms
+        r.lessor = Lessor()
+        store = r.machine.store
+        for lid in store.lease_ids():
+            r.lessor.grant(lid, store.lease_ttl(lid), now)
+        broken = self.options.fault_rule == "expire_on_follower_clock"
+        if broken or (r.raft is not None and r.raft.role == Role.LEADER):
+            r.lessor.promote(now, LEASE_EXTEND_MS)
+
+    def _is_current_leader(self, r: Replica) -> bool:
+        """``r`` leads the highest term any node has led: a promise it makes is the cluster's."""
+        raft = r.raft
+        return (
+            raft is not None and raft.role == Role.LEADER and raft.term == max(self.monitor.leader_of_term, default=0)
+        )
+
+    def _promise(self, lease: int, until_ms: int) -> None:
+        self._promise_ms[lease] = max(self._promise_ms.get(lease, 0), until_ms)
+
+    def _check_lease_promise(self, lease: int) -> None:
+        until = self._promise_ms.get(lease, 0)
+        if self.agenda.now_ms < until:
+            raise InvariantBroken(
+                "lease kept alive",
+                f"lease {lease:x} is revoked by expiry at {self.agenda.now_ms}ms, but the leader kept it alive "
+                f"until {until}ms (a keep-alive that reached the current leader)",
+            )
+
+    def _expire_leases(self, r: Replica) -> None:
+        """The leader proposes the revocation of an expired lease on its own log only (never
+        forwarded: a paused old leader's stale expiry must not be committed by a new leader)."""
+        raft = r.raft
+        if raft is None:
+            return
+        broken = self.options.fault_rule == "expire_on_follower_clock"
+        if raft.role != Role.LEADER and not broken:
+            return
+        for lid in r.lessor.expired(self.agenda.now_ms):
+            data = encode_lease_expiry(lid)
+            if self._refusable(functools.partial(raft.propose, data), r, "lease expiry"):
+                self._trace(f"node {r.id} proposes the expiry of lease {lid:x}")
+                self.stats["lease_expiries_proposed"] += 1
+                if lid not in self._expiries:
+                    x = Expiry(lid, self.step)
+                    self._expiries[lid] = x
+                    self._expiry_log.append(x)
+
+    def _keepalive(self, client: int) -> None:
+        """A client's keep-alive goes to a member; a follower forwards it to the leader it knows.
+        The leader renews only once it has applied everything committed, including an entry of
+        its own term (so an older leader's expiry of the lease cannot still be on its way)."""
+        lid = self._client_lease.get(client)
+        if lid is None or self.quiet:
+            return
+        self.agenda.schedule(KEEPALIVE_MS, EventKind.CLIENT, payload=("keepalive", client))
+        live = [r for r in self._live() if not r.removed and r.paused_until_ms <= self.agenda.now_ms]
+        if not live:
+            return
+        leader = self._leader()
+        r = leader if leader in live and self._client_rng.random() < 0.5 else self._client_rng.choice(live)
+        assert r is not None
+        raft = r.raft
+        assert raft is not None
+        if raft.role == Role.LEADER:
+            self._renew(r, lid)
+            return
+        to = raft.leader_id
+        if not to or to not in self.replicas:
+            return
+        target = self.replicas[to]
+        for d in self.network.transmit(r.id, to):
+            self.agenda.schedule(d, EventKind.RPC, to, target.incarnation, functools.partial(self._renew, target, lid))
+
+    def _renew(self, r: Replica, lid: int) -> None:
+        raft = r.raft
+        if raft is None or raft.role != Role.LEADER:
+            return
+        commit = raft.commit_index
+        if r.machine.applied_index < commit or r.log.term_at(commit) != raft.term:
+            self._trace(f"node {r.id} defers keep-alive of lease {lid:x}: it has not applied an entry of its term")
+            return
+        try:
+            ttl = r.lessor.renew(lid, self.agenda.now_ms)
+        except EtcdError as e:
+            self._trace(f"node {r.id} refuses keep-alive of lease {lid:x}: {e}")
+            return  # unknown or expiring lease (or not primary): the client learns NotFound
+        self._trace(f"node {r.id} renews lease {lid:x} for {ttl}s")
+        self.stats["keepalives"] += 1
+        if self._is_current_leader(r):
+            self._promise(lid, self.agenda.now_ms + ttl * 1000)
+
+    def _watch_check(self, client: int) -> None:
+        """Keep one watch stream per client open, from the revision after the last event it
+        saw; a stream ends with its member (crash, removal, snapshot) and is reopened elsewhere."""
+        if self.quiet:
+            return
+        self.agenda.schedule(WATCH_CHECK_MS, EventKind.CLIENT, payload=("watch", client))
+        w = self._watches.get(client)
+        if w is not None:
+            r = self.replicas.get(self._watch_node.get(client, 0))
+            if r is not None and r.raft is not None and any(x is w for x in r.watches):
+                return
+        live = [r for r in self._live() if not r.removed and r.paused_until_ms <= self.agenda.now_ms]
+        if not live:
+            return
+        r = self._client_rng.choice(live)
+        start = self._watch_next.get(client, 1)
+        store = r.machine.store
+        if start < store.compact_revision:
+            # etcd refuses a watch from a compacted revision; the client starts over from there.
+            self._trace(f"client {client} watch from {start} on node {r.id}: compacted at {store.compact_revision}")
+            start = store.compact_revision
+            self.stats["watch_compacted"] += 1
+        w = Watch(client, start)
+        self._watches[client] = w
+        self._watch_node[client] = r.id
+        self._watch_next[client] = start
+        self.stats["watches_opened"] += 1
+        r.watches.append(w)
+        if start <= store.revision:
+            self._deliver_events(w, store.events_since(start))
+
+    def _deliver_events(self, w: Watch, events: Sequence[kt.Event]) -> None:
+        """Every event must be the next committed one: no gap, no duplicate, in order."""
+        for ev in events:
+            if ev.kv.mod_revision < w.start_rev:
+                continue  # a lagging member applies what the stream started after
+            nxt = self._watch_next.get(w.client, 1)
+            pos = w.events
+            first = bisect.bisect_left(self._event_revs, w.start_rev) + pos
+            want = self._events[first] if first < len(self._events) else None
+            if want is None or ev != want:
+                raise InvariantBroken(
+                    "watch",
+                    f"client {w.client}'s watch (from revision {w.start_rev}) got {_event(ev)} as its event "
+                    f"{pos + 1}, but the committed event there is {_event(want) if want else 'none yet'} "
+                    f"(next revision expected {nxt})",
+                )
+            w.events += 1
+            # One apply hands over all the events of its revision, so a stream never ends mid-revision.
+            self._watch_next[w.client] = ev.kv.mod_revision + 1
+            self.stats["watch_events"] += 1
+
+    def _close_watches(self, r: Replica) -> None:
+        r.watches.clear()
+
     # -- clients --------------------------------------------------------------------------
 
     def _client_call(self, client: int) -> None:
@@ -699,6 +1077,9 @@ class Simulation:
             return
         rng = self._client_rng
         self.agenda.schedule(rng.randint(*CLIENT_THINK_MS), EventKind.CLIENT, payload=client)
+        if client not in self._watches:
+            self.agenda.schedule(0, EventKind.CLIENT, payload=("watch", client))
+            self._watches[client] = Watch(client, 1)
         busy = self._client_op.get(client)
         now = self.agenda.now_ms
         live = [r for r in self._live() if not r.removed and r.paused_until_ms <= now]
@@ -706,32 +1087,88 @@ class Simulation:
             return
         leader = self._leader()
         r = leader if leader is not None and leader in live and rng.random() < 0.5 else rng.choice(live)
-        if rng.random() < 0.7:
-            self._client_op[client] = self._write(r, client, WRITE_TIMEOUT_MS)
-        else:
-            self._client_op[client] = self._read(r, client)
+        self._client_op[client] = self._request(r, client)
 
-    def _write(self, r: Replica, client: int, timeout_ms: int) -> Operation:
+    def _request(self, r: Replica, client: int) -> Operation:
+        """One etcd-style request chosen at random, through ``r``'s driver."""
+        rng, step, now = self._client_rng, self.step, self.agenda.now_ms
+        key = rng.choice(KEYS)
         self._value_seq += 1
-        value = f"c{client}.{self._value_seq}".encode()
-        op = self.history.call(client, OpKind.WRITE, r.id, value, self.step, self.agenda.now_ms)
-        self._trace(f"client {client} -> write {value.decode()} via node {r.id}")
-        raft = r.raft
-        assert raft is not None
-        r.pending_writes[value] = op
-        if not self._refusable(lambda: raft.propose(value), r, "propose"):
-            if r.pending_writes.pop(value, None) is not None:
-                self.history.refuse(op, self.step, self.agenda.now_ms)
-        elif op.status is OpStatus.PENDING:
-            self.agenda.schedule(timeout_ms, EventKind.CLIENT, payload=op)
+        value = f"c{client}.{self._value_seq}"
+        lease = self._client_lease.get(client)
+        x = rng.random()
+        if x < 0.25:
+            op = self.history.call(client, "put", r.id, key, value, step, now)
+            self._trace(f"client {client} -> put {key}={value} via node {r.id}")
+            self._submit(r, op, kt.PutRequest(key=key.encode(), value=value.encode()))
+        elif x < 0.50:
+            return self._read(r, client, key, serializable=x >= 0.45)
+        elif x < 0.65:
+            expected = self._client_seen.get((client, key))
+            op = self.history.call(client, "cas", r.id, key, value, step, now)
+            op.expected = expected
+            compare = (
+                kt.Compare(kt.CompareResult.EQUAL, kt.CompareTarget.VALUE, key.encode(), value=expected.encode())
+                if expected is not None
+                else kt.Compare(kt.CompareResult.EQUAL, kt.CompareTarget.CREATE, key.encode(), create_revision=0)
+            )
+            txn = kt.TxnRequest(
+                compare=(compare,),
+                success=(kt.RequestOp(request_put=kt.PutRequest(key=key.encode(), value=value.encode())),),
+                failure=(kt.RequestOp(request_range=kt.RangeRequest(key=key.encode())),),
+            )
+            self._trace(f"client {client} -> txn if {key}=={expected} then put {value} via node {r.id}")
+            self._submit(r, op, txn)
+        elif x < 0.70:
+            op = self.history.call(client, "delete", r.id, key, None, step, now)
+            self._trace(f"client {client} -> delete {key} via node {r.id}")
+            self._submit(r, op, kt.DeleteRangeRequest(key=key.encode()))
+        elif x < 0.72:
+            op = self.history.call(client, "delrange", r.id, "k", None, step, now)
+            self._trace(f"client {client} -> delete range k* via node {r.id}")
+            self._submit(r, op, kt.DeleteRangeRequest(key=b"k", range_end=b"l"))
+        elif x < 0.75:
+            rev = max(1, self.history.visible_rev - 5)
+            op = self.history.call(client, "compact", r.id, "", str(rev), step, now)
+            self._trace(f"client {client} -> compact at revision {rev} via node {r.id}")
+            self._submit(r, op, kt.CompactionRequest(revision=rev))
+        elif lease is None and x < 0.85:
+            op = self.history.call(client, "grant", r.id, "", None, step, now)
+            self._trace(f"client {client} -> lease grant ttl {LEASE_TTL_S}s via node {r.id}")
+            self._submit(r, op, kt.LeaseGrantRequest(ttl=LEASE_TTL_S))
+        elif lease is not None and x < 0.92:
+            lkey = f"l{client}"
+            op = self.history.call(client, "put", r.id, lkey, value, step, now)
+            self._trace(f"client {client} -> put {lkey}={value} lease {lease:x} via node {r.id}")
+            self._submit(r, op, kt.PutRequest(key=lkey.encode(), value=value.encode(), lease=lease))
+        elif lease is not None and x < 0.93:
+            op = self.history.call(client, "revoke", r.id, "", None, step, now)
+            self._trace(f"client {client} -> lease revoke {lease:x} via node {r.id}")
+            del self._client_lease[client]  # whatever the outcome, the client stops keeping it alive
+            self._submit(r, op, kt.LeaseRevokeRequest(id=lease))
+        else:
+            return self._read(r, client, f"l{client}" if lease is not None else key, serializable=False)
         return op
 
-    def _read(self, r: Replica, client: int) -> Operation:
-        op = self.history.call(client, OpKind.READ, r.id, b"", self.step, self.agenda.now_ms)
-        ctx = f"r{op.op_id}".encode()
-        self._trace(f"client {client} -> read via node {r.id} (ctx {ctx.decode()})")
+    def _read(self, r: Replica, client: int, key: str, serializable: bool) -> Operation:
+        kind = "sget" if serializable else "get"
+        op = self.history.call(client, kind, r.id, key, None, self.step, self.agenda.now_ms)
         raft = r.raft
         assert raft is not None
+        if serializable:
+            self._serve_read(r, op, "serializable: local state")
+            return op
+        commit = raft.commit_index
+        if (
+            self.options.fault_rule == "read_before_term_commit"
+            and raft.role == Role.LEADER
+            and r.log.term_at(commit) != raft.term
+            and r.machine.applied_index >= commit
+        ):
+            self._serve_read(r, op, "BROKEN: a new leader reads before committing in its term")
+            return op
+        ctx = f"r{op.op_id}".encode()
+        self._trace(f"client {client} -> get {key} via node {r.id} (ctx {ctx.decode()})")
         r.pending_reads[ctx] = op
         if not self._refusable(lambda: raft.read_index(ctx), r, "read_index"):
             if r.pending_reads.pop(ctx, None) is not None:
@@ -744,8 +1181,8 @@ class Simulation:
         if op.status is not OpStatus.PENDING:
             return
         r = self.replicas[op.node]
-        if op.kind is OpKind.WRITE:
-            r.pending_writes.pop(op.value, None)
+        if op.seq:
+            r.pending.pop(op.seq, None)
         r.pending_reads = {k: v for k, v in r.pending_reads.items() if v is not op}
         r.waiting_reads = [(i, w) for i, w in r.waiting_reads if w is not op]
         self.history.give_up(op, self.step, self.agenda.now_ms)
@@ -771,7 +1208,12 @@ class Simulation:
             if leader is not None and stale:
                 if probe is not None and probe.status is OpStatus.PENDING:
                     self._client_timeout(probe)
-                probe = self._write(leader, 0, self.options.quiet_ms)
+                probe = self.history.call(
+                    0, "put", leader.id, "probe", f"probe{self.step}", self.step, self.agenda.now_ms
+                )
+                self._submit(
+                    leader, probe, kt.PutRequest(key=b"probe", value=probe.value.encode() if probe.value else b"")
+                )
                 if probe.status is OpStatus.OK:
                     break
             if self.agenda.now_ms - start_ms > self.options.quiet_ms or self.step - start_step > QUIET_STEPS_MAX:
@@ -788,12 +1230,17 @@ class Simulation:
             self._handle(self._next_event())
         leader = self.replicas[probe.node]
         self._trace(f"quiet: leader {leader.id} committed the probe after {self.agenda.now_ms - start_ms}ms")
-        values = leader.machine.values
-        for op in self.history.acknowledged_writes():
-            if op.length > len(values) or values[op.length - 1] != op.value:
+        applied = self.monitor.applied
+        for op in self.history.ops:
+            if op.status is not OpStatus.OK or not op.seq:
+                continue
+            c = self.canonical.get((op.origin, op.seq))
+            entry = applied[op.index - 1] if 0 < op.index <= len(applied) else None
+            if c is None or entry is None or op.index > leader.machine.applied_index:
                 raise InvariantBroken(
                     "durability",
-                    f"acknowledged {op.describe()} is not at position {op.length} of leader {leader.id}'s list",
+                    f"acknowledged {op.describe()} (entry {op.index}) is not in leader {leader.id}'s state "
+                    f"(applied {leader.machine.applied_index})",
                 )
         self._check_linearizable()
 
@@ -805,7 +1252,7 @@ class Simulation:
             budget[0] -= 1
             return budget[0] < 0
 
-        ops = self.history.to_verify(self.monitor.values, self._applied_step)
+        ops = self.history.to_verify(self.canonical, self._expiry_log)
         result = check_operations(ops, KeyValue(), Limits(should_stop=exhausted, memory_bytes_max=64 << 20))
         self.stats["linearizability_configurations"] += result.configurations
         if result.verdict is Verdict.UNKNOWN:
@@ -848,6 +1295,11 @@ def _msg(m: Message) -> str:
     if m.snapshot is not None:
         parts.append(f"snap@{m.snapshot.meta.index}")
     return " ".join(parts)
+
+
+def _event(e: kt.Event) -> str:
+    what = "PUT" if e.type == kt.EventType.PUT else "DELETE"
+    return f"{what} {e.kv.key.decode()}={e.kv.value.decode()}@{e.kv.mod_revision}"
 
 
 def _conf(c: ConfState) -> str:
