@@ -28,6 +28,8 @@ import grpc
 
 from conclave.api import convert, pb
 from conclave.api.backend import EtcdBackend, WatchSubscription
+from conclave.api.election import ElectionService
+from conclave.api.lock import LockService
 from conclave.kv import errors as kverr
 
 log = logging.getLogger("conclave.api")
@@ -42,24 +44,6 @@ LEADER_CHECK_S = 1.0  # like etcd's monitorLeader: one check per (default) elect
 PROGRESS_NOTIFY_S = 600.0  # etcd's default --experimental-watch-progress-notify-interval (10 min)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
-
-
-class ElectionError(kverr.EtcdError):
-    """clientv3/concurrency errors the Election service returns as plain (Unknown) gRPC errors."""
-
-    code = "UNKNOWN"
-
-
-class ElectionNoLeader(ElectionError):
-    message = "election: no leader"
-
-
-class ElectionNotLeader(ElectionError):
-    message = "election: not leader"
-
-
-class MissingLeaderKey(ElectionError):
-    message = '"leader" field must be provided'
 
 
 def _requires_leader(context: Any) -> bool:
@@ -590,10 +574,9 @@ class AuthService:
 
 def etcd_handlers(backend: EtcdBackend) -> list[grpc.GenericRpcHandler]:
     """Every etcd v3 service (plus Lock and Election) as generic handlers over ``backend``."""
-    from conclave.api.election import ElectionService
-    from conclave.api.lock import LockService
-
     edge = Edge(backend)
+    lock = LockService(backend, edge.header)
+    election = ElectionService(backend, edge.header)
     return [
         KVService(edge).handler(),
         WatchService(edge).handler(),
@@ -601,8 +584,19 @@ def etcd_handlers(backend: EtcdBackend) -> list[grpc.GenericRpcHandler]:
         ClusterService(edge).handler(),
         MaintenanceService(edge).handler(),
         AuthService(edge).handler(),
-        LockService(edge).handler(),
-        ElectionService(edge).handler(),
+        service_handler(
+            lock.NAME, {"Lock": edge.unary(lock.lock, "Lock.Lock"), "Unlock": edge.unary(lock.unlock, "Lock.Unlock")}
+        ),
+        service_handler(
+            election.NAME,
+            {
+                "Campaign": edge.unary(election.campaign, "Election.Campaign"),
+                "Proclaim": edge.unary(election.proclaim, "Election.Proclaim"),
+                "Resign": edge.unary(election.resign, "Election.Resign"),
+                "Leader": edge.unary(election.leader, "Election.Leader"),
+                "Observe": edge.stream(election.observe, "Election.Observe"),
+            },
+        ),
     ]
 
 
