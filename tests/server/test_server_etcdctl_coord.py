@@ -351,6 +351,42 @@ elif role == "client":
         for _ in range(rounds):
             with c.lock("jobs", ttl=10, timeout=60) as held:
                 hold(log, "client", held.fencing_token, held.key.decode())
+elif role == "ctl-elect":  # leader once etcdctl prints the leader key; SIGINT makes it resign
+    import signal
+    for i in range(rounds):
+        p = subprocess.Popen([etcdctl, "--endpoints=" + grpc_eps, "--dial-timeout=5s", "elect", "E4", f"ctl-{i}"],
+                             stdout=subprocess.PIPE, text=True)
+        key = p.stdout.readline().strip()
+        assert p.stdout.readline().strip() == f"ctl-{i}"
+        got = subprocess.run([etcdctl, "--endpoints=" + grpc_eps, "get", key, "-w", "json"], check=True,
+                             capture_output=True, timeout=30)
+        hold(log, "etcdctl", json.loads(got.stdout)["kvs"][0]["create_revision"], key)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) in (0, 130, -2), p.returncode
+elif role == "client-elect":
+    from conclave import Client
+    with Client(native_eps.split(","), timeout=20) as c:
+        for i in range(rounds):
+            e = c.election("E4", ttl=10)
+            token = e.campaign(f"client-{i}", timeout=60)
+            assert e.is_leader()
+            hold(log, "client", token, e.key.decode())
+            e.resign()
+elif role == "v3election":
+    import grpc
+    from conclave.api import pb
+    from conclave.api.stubs import EtcdStub
+    channel = grpc.insecure_channel(grpc_eps.split(",")[0])
+    election = EtcdStub(channel, "v3electionpb.Election")
+    lease = EtcdStub(channel, "etcdserverpb.Lease")
+    for i in range(rounds):
+        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=10), timeout=10).ID
+        leader = election.Campaign(pb.CampaignRequest(name=b"E4", lease=lid, value=b"v3-%d" % i), timeout=60).leader
+        seen = election.Leader(pb.LeaderRequest(name=b"E4"), timeout=10).kv
+        assert seen.key == leader.key and seen.create_revision == leader.rev
+        hold(log, "v3election", leader.rev, leader.key.decode())
+        election.Resign(pb.ResignRequest(leader=leader), timeout=10)
+        lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lid), timeout=10)
 elif role == "v3lock":
     import grpc
     from conclave.api import pb
@@ -392,20 +428,31 @@ def contenders(cluster: ProcessCluster, tmp_path: Path, roles: list[str], rounds
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def test_client_lock_etcdctl_lock_and_v3lock_exclude_each_other(cluster: ProcessCluster, tmp_path: Path) -> None:
-    rounds = 4
-    holds = sorted(contenders(cluster, tmp_path, ["client", "etcdctl", "v3lock"], rounds), key=lambda h: h["start"])
-    assert sorted(h["who"] for h in holds) == sorted(["client", "etcdctl", "v3lock"] * rounds)
+def check_one_holder_at_a_time(holds: list[dict[str, Any]], name: str, kinds: list[str], rounds: int) -> None:
+    holds.sort(key=lambda h: h["start"])
+    assert sorted(h["who"] for h in holds) == sorted(kinds * rounds)
     for before, after in pairwise(holds):
         assert after["start"] >= before["end"], f"two holders at once: {before} and {after}"
         # The fencing token (the key's create revision) grows with every new holder, whoever it is.
         assert after["token"] > before["token"], (before, after)
     for h in holds:  # one key layout: <name>/<lease id in lowercase hex, unpadded>
         prefix, _, lease_hex = h["key"].partition("/")
-        assert prefix == "jobs" and lease_hex == format(int(lease_hex, 16), "x"), h
+        assert prefix == name and lease_hex == format(int(lease_hex, 16), "x"), h
     # The three kinds really contended (FIFO hand-over interleaves them), not ran one after another.
     switches = sum(1 for a, b in pairwise(holds) if a["who"] != b["who"])
     assert switches >= 3, [h["who"] for h in holds]
+
+
+def test_client_lock_etcdctl_lock_and_v3lock_exclude_each_other(cluster: ProcessCluster, tmp_path: Path) -> None:
+    holds = contenders(cluster, tmp_path, ["client", "etcdctl", "v3lock"], 4)
+    check_one_holder_at_a_time(holds, "jobs", ["client", "etcdctl", "v3lock"], 4)
+
+
+def test_client_election_etcdctl_elect_and_v3election_never_lead_at_once(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    holds = contenders(cluster, tmp_path, ["client-elect", "ctl-elect", "v3election"], 3)
+    check_one_holder_at_a_time(holds, "E4", ["client", "etcdctl", "v3election"], 3)
 
 
 def test_client_election_etcdctl_elect_and_v3election_see_one_leader(cluster: ProcessCluster) -> None:
