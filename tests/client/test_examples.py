@@ -27,13 +27,6 @@ def test_fenced_lock_refuses_the_stale_holder(cluster: ProcessCluster, tmp_path:
     assert "Task was destroyed" not in r.stderr
 
 
-def test_fencing_demo_refuses_the_stale_write_through_the_v3lock_service(cluster: ProcessCluster) -> None:
-    r = run_example("fencing_demo.py", "--endpoint", cluster.members[0].endpoint)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "REJECTED A's write" in r.stdout
-    assert "without fencing B's update was LOST; with fencing it was kept" in r.stdout
-
-
 def test_leader_election_fails_over_when_the_leader_is_killed(cluster: ProcessCluster) -> None:
     r = run_example("leader_election.py", "--demo", "--endpoints", ",".join(native_endpoints(cluster)))
     assert r.returncode == 0, r.stdout + r.stderr
