@@ -4,15 +4,15 @@ Theory of operation: every recipe is a key layout plus transactions whose compar
 decision atomic in the replicated log.
 
 * ``Lock`` / ``Election``: etcd's own concurrency recipe, the one ``etcdctl lock``/``elect``, the
-  v3lock / v3election services (``conclave.api.lock``/``election``) and etcd's Go and Python
-  clients run, with its key layout, so all of them exclude each other on one name. The lock or
-  election named N is the set of keys under ``N/``; a contender owns ``N/<session lease id in
-  lowercase hex, unpadded>``, created with its lease in a transaction guarded by
-  ``create_revision == 0`` (so a retry finds its own key). The contender whose key has the
-  smallest create revision holds it; every other one waits for the deletion of the key with the
-  largest create revision below its own (its predecessor, not the holder: no thundering herd),
-  then looks again. The create revision is the fencing token: revisions only grow, so it is
-  strictly larger for every later holder.
+  v3lock / v3election services (``conclave.api.lock``/``election``) and etcd's Go client
+  (``concurrency.Mutex``/``Election``) run, with its key layout, so all of them exclude each other
+  on one name. The lock or election named N is the set of keys under ``N/``; a contender owns
+  ``N/<session lease id in lowercase hex, unpadded>``, created with its lease in a transaction
+  guarded by ``create_revision == 0`` (so a retry finds its own key). The contender whose key has
+  the smallest create revision holds it; every other one waits for the deletion of the key with the
+  largest create revision below its own (its predecessor, not the holder: no thundering herd), then
+  looks again. The create revision is the fencing token: revisions only grow, so it is strictly
+  larger for every later holder.
 * ``Counter``: read (value, mod revision), then put the new value only if the mod revision did not
   move (compare-and-set loop) = linearizable increment-and-get.
 * ``claim_unique``: create-if-absent (compare create_revision == 0); the :class:`Claim` answered is
