@@ -175,3 +175,13 @@ class ElectionService:
                         yield pb.LeaderResponse(header=header, kv=convert.key_value_to_pb(event.kv))
             finally:
                 feed.close()
+
+    def methods(self, unary: Callable[[Any, str], Any], stream: Callable[[Any, str], Any]) -> dict[str, Any]:
+        """The service's RPCs by method name, wrapped by the edge's ``unary``/``stream(fn, where)``."""
+        return {
+            "Campaign": unary(self.campaign, "Election.Campaign"),
+            "Proclaim": unary(self.proclaim, "Election.Proclaim"),
+            "Resign": unary(self.resign, "Election.Resign"),
+            "Leader": unary(self.leader, "Election.Leader"),
+            "Observe": stream(self.observe, "Election.Observe"),
+        }

@@ -584,19 +584,8 @@ def etcd_handlers(backend: EtcdBackend) -> list[grpc.GenericRpcHandler]:
         ClusterService(edge).handler(),
         MaintenanceService(edge).handler(),
         AuthService(edge).handler(),
-        service_handler(
-            lock.NAME, {"Lock": edge.unary(lock.lock, "Lock.Lock"), "Unlock": edge.unary(lock.unlock, "Lock.Unlock")}
-        ),
-        service_handler(
-            election.NAME,
-            {
-                "Campaign": edge.unary(election.campaign, "Election.Campaign"),
-                "Proclaim": edge.unary(election.proclaim, "Election.Proclaim"),
-                "Resign": edge.unary(election.resign, "Election.Resign"),
-                "Leader": edge.unary(election.leader, "Election.Leader"),
-                "Observe": edge.stream(election.observe, "Election.Observe"),
-            },
-        ),
+        service_handler(lock.NAME, lock.methods(edge.unary)),
+        service_handler(election.NAME, election.methods(edge.unary, edge.stream)),
     ]
 
 

@@ -85,3 +85,7 @@ class LockService:
             raise kverr.KeyNotProvided()
         r = await self.backend.delete_range(kv.DeleteRangeRequest(key=request.key))
         return pb.UnlockResponse(header=self.header(r.header.revision))
+
+    def methods(self, unary: Callable[[Any, str], Any]) -> dict[str, Any]:
+        """The service's RPCs by method name, each wrapped by the edge's ``unary(fn, where)``."""
+        return {"Lock": unary(self.lock, "Lock.Lock"), "Unlock": unary(self.unlock, "Lock.Unlock")}
