@@ -319,7 +319,17 @@ def test_check_perf_small_load_passes(cluster: ProcessCluster) -> None:
 CONTENDER = r'''
 import json, os, subprocess, sys, time
 
-HOLD_S = 0.15
+HOLD_S = 0.2
+
+
+def ready_then_wait_for_go(log, role):
+    """Start contending together, once every process has imported and connected (a slow start
+    under load must not serialise the contenders and leave nothing to exclude)."""
+    open(f"{log}.ready-{role}", "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(f"{log}.go"):
+        assert time.monotonic() < deadline, "no go signal"
+        time.sleep(0.02)
 
 
 def record(log, who, token, key, start, end):
@@ -341,6 +351,7 @@ if role == "hold":  # run by etcdctl lock while it holds the lock, which names i
                          capture_output=True, timeout=30)
     hold(log, "etcdctl", json.loads(got.stdout)["kvs"][0]["create_revision"], key)
 elif role == "etcdctl":
+    ready_then_wait_for_go(log, role)
     for _ in range(rounds):
         subprocess.run([etcdctl, "--endpoints=" + grpc_eps, "--dial-timeout=5s", "lock", "--ttl", "10", "jobs",
                         "--", sys.executable, __file__, "hold", grpc_eps, native_eps, log, "0", etcdctl],
@@ -348,11 +359,14 @@ elif role == "etcdctl":
 elif role == "client":
     from conclave import Client
     with Client(native_eps.split(","), timeout=20) as c:
+        c.get("warm")
+        ready_then_wait_for_go(log, role)
         for _ in range(rounds):
             with c.lock("jobs", ttl=10, timeout=60) as held:
                 hold(log, "client", held.fencing_token, held.key.decode())
 elif role == "ctl-elect":  # leader once etcdctl prints the leader key; SIGINT makes it resign
     import signal
+    ready_then_wait_for_go(log, role)
     for i in range(rounds):
         p = subprocess.Popen([etcdctl, "--endpoints=" + grpc_eps, "--dial-timeout=5s", "elect", "E4", f"ctl-{i}"],
                              stdout=subprocess.PIPE, text=True)
@@ -366,6 +380,8 @@ elif role == "ctl-elect":  # leader once etcdctl prints the leader key; SIGINT m
 elif role == "client-elect":
     from conclave import Client
     with Client(native_eps.split(","), timeout=20) as c:
+        c.get("warm")
+        ready_then_wait_for_go(log, role)
         for i in range(rounds):
             e = c.election("E4", ttl=10)
             token = e.campaign(f"client-{i}", timeout=60)
@@ -379,6 +395,8 @@ elif role == "v3election":
     channel = grpc.insecure_channel(grpc_eps.split(",")[0])
     election = EtcdStub(channel, "v3electionpb.Election")
     lease = EtcdStub(channel, "etcdserverpb.Lease")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    ready_then_wait_for_go(log, role)
     for i in range(rounds):
         lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=10), timeout=10).ID
         leader = election.Campaign(pb.CampaignRequest(name=b"E4", lease=lid, value=b"v3-%d" % i), timeout=60).leader
@@ -395,6 +413,8 @@ elif role == "v3lock":
     lock = EtcdStub(channel, "v3lockpb.Lock")
     lease = EtcdStub(channel, "etcdserverpb.Lease")
     kvs = EtcdStub(channel, "etcdserverpb.KV")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    ready_then_wait_for_go(log, role)
     for _ in range(rounds):
         lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=10), timeout=10).ID
         key = lock.Lock(pb.LockRequest(name=b"jobs", lease=lid), timeout=60).key
@@ -419,6 +439,9 @@ def contenders(cluster: ProcessCluster, tmp_path: Path, roles: list[str], rounds
         for role in roles
     ]
     try:
+        wait_for(lambda: all(Path(f"{log}.ready-{role}").exists() for role in roles)
+                 or any(p.poll() is not None for p in procs), 60, "contenders ready")  # a failed one shows below
+        Path(f"{log}.go").touch()
         for p in procs:
             out, _ = p.communicate(timeout=120)
             assert p.returncode == 0, out.decode()[-3000:]
