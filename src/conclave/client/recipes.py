@@ -101,27 +101,15 @@ async def _wait_for_event(client: CoreClient, key: bytes, from_revision: int, de
         watch.close()
 
 
-async def _create_own_key(client: CoreClient, key: bytes, val: bytes, lease_id: int) -> int:
-    """Create ``key`` with the session lease if absent; its create revision (ours either way)."""
-    r = await client.transaction([create_revision(key) == 0], [put_op(key, val, lease=lease_id)], [get_op(key)],
-                                 idempotent=True)
-    if r.succeeded:
-        return r.header.revision
-    kvs = r.responses[0].response_range.kvs if r.responses[0].response_range else ()
-    if not kvs:
-        raise SessionExpired("the contender key vanished while it was being created")
-    return kvs[0].create_revision
-
-
-async def _campaign_key(client: CoreClient, key: bytes, val: bytes, lease_id: int) -> tuple[int, bytes]:
-    """Create the candidate key with ``val`` if absent; (its create revision, its current value)."""
+async def _create_own_key(client: CoreClient, key: bytes, val: bytes, lease_id: int) -> tuple[int, bytes]:
+    """Create ``key`` with ``val`` and the session lease if absent; (its create revision, its value)."""
     r = await client.transaction([create_revision(key) == 0], [put_op(key, val, lease=lease_id)], [get_op(key)],
                                  idempotent=True)
     if r.succeeded:
         return r.header.revision, val
     kvs = r.responses[0].response_range.kvs if r.responses[0].response_range else ()
     if not kvs:
-        raise SessionExpired("the candidate key vanished while it was being created")
+        raise SessionExpired("the contender key vanished while it was being created")
     return kvs[0].create_revision, kvs[0].value
 
 
@@ -163,7 +151,7 @@ class Lock:
         self.session = await self.client.session(self.ttl)
         try:
             self.key = contender_key(self.prefix, self.session.lease_id)
-            my_rev = await _create_own_key(self.client, self.key, b"", self.session.lease_id)
+            my_rev, _ = await _create_own_key(self.client, self.key, b"", self.session.lease_id)
             await _wait_predecessors(self.client, self.prefix, my_rev, deadline)
             mine = await self.client.get_kv(self.key)
             if mine is None or mine.create_revision != my_rev:
@@ -225,10 +213,13 @@ class Election:
         self.key = contender_key(self.prefix, self.session.lease_id)
         wanted = to_bytes(val)
         try:
-            my_rev, current = await _campaign_key(self.client, self.key, wanted, self.session.lease_id)
-            self.revision = my_rev
-            if current != wanted:  # resumed a campaign of this session under another value
-                await self.proclaim(wanted)
+            my_rev, current = await _create_own_key(self.client, self.key, wanted, self.session.lease_id)
+            if current != wanted:  # resumed a campaign of this session under another value: as etcd, update it
+                r = await self.client.transaction([create_revision(self.key) == my_rev],
+                                                  [put_op(self.key, wanted, lease=self.session.lease_id)],
+                                                  idempotent=True)
+                if not r.succeeded:
+                    raise SessionExpired("the election's session expired while campaigning")
             await _wait_predecessors(self.client, self.prefix, my_rev, deadline)
             mine = await self.client.get_kv(self.key)
             if mine is None or mine.create_revision != my_rev:
@@ -236,6 +227,7 @@ class Election:
         except BaseException:
             await asyncio.shield(self.resign())
             raise
+        self.revision = my_rev
         return my_rev
 
     async def proclaim(self, val: KeyLike) -> None:
