@@ -4,8 +4,10 @@ Run against `make run`'s cluster (or any Conclave/etcd endpoint):
 
     .venv/bin/python examples/fencing_demo.py [--endpoint 127.0.0.1:2379]
 
-Two workers, A and B, share a lock whose key is attached to a 2-second lease (the lock
-recipe etcdctl `lock` uses: create the key only if absent, owner = lease). A takes the
+Two workers, A and B, share the lock "demo/fencing-lock" through the v3lock service, whose
+recipe is etcd's own (the one `etcdctl lock` and the Python client's `client.lock()` run: the
+holder's key `demo/fencing-lock/<lease id in hex>` is attached to its 2-second lease, so an
+`etcdctl lock demo/fencing-lock` in another terminal waits for the same lock). A takes the
 lock, then *pauses* (a GC pause, a VM migration, SIGSTOP...) long enough for its lease to
 expire. The store deletes A's key, B takes the lock, and writes to a downstream storage
 service. Then A wakes up, still believing it holds the lock, and writes too.
@@ -26,7 +28,7 @@ import grpc
 from conclave.api import pb
 from conclave.api.stubs import EtcdStub
 
-LOCK_KEY = b"demo/fencing-lock"
+LOCK_NAME = b"demo/fencing-lock"
 
 
 class Storage:
@@ -53,27 +55,23 @@ class Worker:
         ch = grpc.insecure_channel(endpoint)
         self.kv = EtcdStub(ch, "etcdserverpb.KV")
         self.lease = EtcdStub(ch, "etcdserverpb.Lease")
+        self.lock = EtcdStub(ch, "v3lockpb.Lock")
         self.lease_id = 0
+        self.key = b""
 
     def acquire(self, ttl: int, timeout_s: float = 30) -> int:
         """Take the lock; return its fencing token (the lock key's create revision)."""
         self.lease_id = self.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl)).ID
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            txn = pb.TxnRequest(
-                compare=[pb.Compare(key=LOCK_KEY, target=pb.Compare.CREATE, result=pb.Compare.EQUAL,
-                                    create_revision=0)],
-                success=[pb.RequestOp(request_put=pb.PutRequest(key=LOCK_KEY, value=self.name.encode(),
-                                                                lease=self.lease_id))],
-                failure=[pb.RequestOp(request_range=pb.RangeRequest(key=LOCK_KEY))],
-            )
-            resp = self.kv.Txn(txn)
-            if resp.succeeded:
-                return int(self.kv.Range(pb.RangeRequest(key=LOCK_KEY)).kvs[0].create_revision)
-            time.sleep(0.2)  # a real client watches the key instead of polling
-        raise TimeoutError(f"{self.name} could not take the lock")
+        try:  # Lock waits (watching its predecessor's key) until every older holder's key is gone
+            self.key = self.lock.Lock(pb.LockRequest(name=LOCK_NAME, lease=self.lease_id), timeout=timeout_s).key
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"{self.name} could not take the lock") from None
+            raise
+        return int(self.kv.Range(pb.RangeRequest(key=self.key)).kvs[0].create_revision)
 
     def release(self) -> None:
+        self.lock.Unlock(pb.UnlockRequest(key=self.key))
         self.lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=self.lease_id))
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conclave import Client
+from conclave import AsyncClient, Client
 from conclave.client import LamportClock, LockTimeout, NotElected, Timestamp
 from conclave.server.launcher import ProcessCluster
 
@@ -141,6 +142,30 @@ def test_claim_unique_is_first_come_and_can_be_temporary(cluster: ProcessCluster
         assert c.claim_unique("tmp", "slot", "me", lease=lease.id).claimed
         lease.revoke()
         assert c.claim_unique("tmp", "slot", "you").claimed
+
+
+def test_a_refused_claim_is_falsy_so_if_claim_unique_does_not_take_the_branch(cluster: ProcessCluster) -> None:
+    """Regression (issue 10): ``if client.claim_unique(...)`` took the branch for a value held by another."""
+    with Client(native_endpoints(cluster)) as c:
+        me, other = "owner-me", "owner-other"
+        assert c.claim_unique("users", "alice", other)
+        taken = False
+        if c.claim_unique("users", "alice", me):
+            taken = True
+        assert not taken
+        refused = c.claim_unique("users", "alice", me)
+        assert not refused and not refused.claimed and refused.owner == other.encode()
+        mine = c.claim_unique("users", "bob", me)
+        assert mine and mine.claimed and bool(c.claim_unique("users", "bob", me))  # a retry is still ours
+
+
+def test_async_claim_is_falsy_when_refused(cluster: ProcessCluster) -> None:
+    async def run() -> tuple[bool, bool]:
+        async with AsyncClient(native_endpoints(cluster)) as c:
+            return bool(await c.claim_unique("users-aio", "carol", "a")), bool(
+                await c.claim_unique("users-aio", "carol", "b"))
+
+    assert asyncio.run(run()) == (True, False)
 
 
 def test_barrier_and_double_barrier(cluster: ProcessCluster) -> None:

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,3 +309,226 @@ def test_snapshot_save_and_restore_into_a_new_cluster(
 def test_check_perf_small_load_passes(cluster: ProcessCluster) -> None:
     rc, out = ctl(cluster.endpoints, "check", "perf", "--load=s", timeout=150)
     assert rc == 0 and out.rstrip().endswith("PASS"), out[-2000:]
+
+
+# ------------------------------------------------ one lock and one election with etcd's recipe (issue 10)
+
+# Run as a separate process per contender kind. Every interval is recorded inside the hold (after
+# acquiring, before releasing), with time.monotonic(), which is one clock for every process of the
+# machine; so two recorded intervals that overlap prove two holders at once.
+CONTENDER = r'''
+import json, os, subprocess, sys, time
+
+HOLD_S = 0.2
+
+
+def ready_then_wait_for_go(log, role):
+    """Start contending together, once every process has imported and connected (a slow start
+    under load must not serialise the contenders and leave nothing to exclude)."""
+    open(f"{log}.ready-{role}", "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(f"{log}.go"):
+        assert time.monotonic() < deadline, "no go signal"
+        time.sleep(0.02)
+
+
+def record(log, who, token, key, start, end):
+    with open(log, "a") as f:
+        f.write(json.dumps({"who": who, "token": token, "key": key, "start": start, "end": end}) + "\n")
+
+
+def hold(log, who, token, key):
+    start = time.monotonic()
+    time.sleep(HOLD_S)
+    record(log, who, token, key, start, time.monotonic())
+
+
+role, grpc_eps, native_eps, log, rounds, etcdctl = sys.argv[1:7]
+rounds = int(rounds)
+if role == "hold":  # run by etcdctl lock while it holds the lock, which names its key in the environment
+    key = os.environ["ETCD_LOCK_KEY"]  # (ETCD_LOCK_REV is a header revision, not the fencing token)
+    got = subprocess.run([etcdctl, "--endpoints=" + grpc_eps, "get", key, "-w", "json"], check=True,
+                         capture_output=True, timeout=30)
+    hold(log, "etcdctl", json.loads(got.stdout)["kvs"][0]["create_revision"], key)
+elif role == "etcdctl":
+    ready_then_wait_for_go(log, role)
+    for _ in range(rounds):
+        subprocess.run([etcdctl, "--endpoints=" + grpc_eps, "--dial-timeout=5s", "lock", "--ttl", "10", "jobs",
+                        "--", sys.executable, __file__, "hold", grpc_eps, native_eps, log, "0", etcdctl],
+                       check=True, timeout=90)
+elif role == "client":
+    from conclave import Client
+    with Client(native_eps.split(","), timeout=20) as c:
+        c.get("warm")
+        ready_then_wait_for_go(log, role)
+        for _ in range(rounds):
+            with c.lock("jobs", ttl=10, timeout=60) as held:
+                hold(log, "client", held.fencing_token, held.key.decode())
+elif role == "ctl-elect":  # leader once etcdctl prints the leader key; SIGINT makes it resign
+    import signal
+    ready_then_wait_for_go(log, role)
+    for i in range(rounds):
+        p = subprocess.Popen([etcdctl, "--endpoints=" + grpc_eps, "--dial-timeout=5s", "elect", "E4", f"ctl-{i}"],
+                             stdout=subprocess.PIPE, text=True)
+        key = p.stdout.readline().strip()
+        assert p.stdout.readline().strip() == f"ctl-{i}"
+        got = subprocess.run([etcdctl, "--endpoints=" + grpc_eps, "get", key, "-w", "json"], check=True,
+                             capture_output=True, timeout=30)
+        hold(log, "etcdctl", json.loads(got.stdout)["kvs"][0]["create_revision"], key)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) in (0, 130, -2), p.returncode
+elif role == "client-elect":
+    from conclave import Client
+    with Client(native_eps.split(","), timeout=20) as c:
+        c.get("warm")
+        ready_then_wait_for_go(log, role)
+        for i in range(rounds):
+            e = c.election("E4", ttl=10)
+            token = e.campaign(f"client-{i}", timeout=60)
+            assert e.is_leader()
+            hold(log, "client", token, e.key.decode())
+            e.resign()
+elif role == "v3election":
+    import grpc
+    from conclave.api import pb
+    from conclave.api.stubs import EtcdStub
+    channel = grpc.insecure_channel(grpc_eps.split(",")[0])
+    election = EtcdStub(channel, "v3electionpb.Election")
+    lease = EtcdStub(channel, "etcdserverpb.Lease")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    ready_then_wait_for_go(log, role)
+    for i in range(rounds):
+        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=10), timeout=10).ID
+        leader = election.Campaign(pb.CampaignRequest(name=b"E4", lease=lid, value=b"v3-%d" % i), timeout=60).leader
+        seen = election.Leader(pb.LeaderRequest(name=b"E4"), timeout=10).kv
+        assert seen.key == leader.key and seen.create_revision == leader.rev
+        hold(log, "v3election", leader.rev, leader.key.decode())
+        election.Resign(pb.ResignRequest(leader=leader), timeout=10)
+        lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lid), timeout=10)
+elif role == "v3lock":
+    import grpc
+    from conclave.api import pb
+    from conclave.api.stubs import EtcdStub
+    channel = grpc.insecure_channel(grpc_eps.split(",")[0])
+    lock = EtcdStub(channel, "v3lockpb.Lock")
+    lease = EtcdStub(channel, "etcdserverpb.Lease")
+    kvs = EtcdStub(channel, "etcdserverpb.KV")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    ready_then_wait_for_go(log, role)
+    for _ in range(rounds):
+        lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=10), timeout=10).ID
+        key = lock.Lock(pb.LockRequest(name=b"jobs", lease=lid), timeout=60).key
+        token = kvs.Range(pb.RangeRequest(key=key), timeout=10).kvs[0].create_revision
+        hold(log, "v3lock", token, key.decode())
+        lock.Unlock(pb.UnlockRequest(key=key), timeout=10)
+        lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=lid), timeout=10)
+'''
+
+
+def contenders(cluster: ProcessCluster, tmp_path: Path, roles: list[str], rounds: int) -> list[dict[str, Any]]:
+    """Run one process per role; every one must finish (bounded) and exit 0; the intervals they held."""
+    assert ETCDCTL is not None
+    script = tmp_path / "contender.py"
+    script.write_text(CONTENDER)
+    log = tmp_path / "holds.jsonl"
+    grpc_eps = ",".join(cluster.endpoints)
+    native_eps = ",".join(m.native_endpoint for m in cluster.members)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), role, grpc_eps, native_eps, str(log), str(rounds), ETCDCTL],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        for role in roles
+    ]
+    try:
+        wait_for(lambda: all(Path(f"{log}.ready-{role}").exists() for role in roles)
+                 or any(p.poll() is not None for p in procs), 60, "contenders ready")  # a failed one shows below
+        Path(f"{log}.go").touch()
+        for p in procs:
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, out.decode()[-3000:]
+    finally:
+        for p in procs:
+            stop(p, signal.SIGKILL)
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def check_one_holder_at_a_time(holds: list[dict[str, Any]], name: str, kinds: list[str], rounds: int) -> None:
+    holds.sort(key=lambda h: h["start"])
+    assert sorted(h["who"] for h in holds) == sorted(kinds * rounds)
+    for before, after in pairwise(holds):
+        assert after["start"] >= before["end"], f"two holders at once: {before} and {after}"
+        # The fencing token (the key's create revision) grows with every new holder, whoever it is.
+        assert after["token"] > before["token"], (before, after)
+    for h in holds:  # one key layout: <name>/<lease id in lowercase hex, unpadded>
+        prefix, _, lease_hex = h["key"].partition("/")
+        assert prefix == name and lease_hex == format(int(lease_hex, 16), "x"), h
+    # The three kinds really contended (FIFO hand-over interleaves them), not ran one after another.
+    switches = sum(1 for a, b in pairwise(holds) if a["who"] != b["who"])
+    assert switches >= 3, [h["who"] for h in holds]
+
+
+def test_client_lock_etcdctl_lock_and_v3lock_exclude_each_other(cluster: ProcessCluster, tmp_path: Path) -> None:
+    holds = contenders(cluster, tmp_path, ["client", "etcdctl", "v3lock"], 4)
+    check_one_holder_at_a_time(holds, "jobs", ["client", "etcdctl", "v3lock"], 4)
+
+
+def test_client_election_etcdctl_elect_and_v3election_never_lead_at_once(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    holds = contenders(cluster, tmp_path, ["client-elect", "ctl-elect", "v3election"], 3)
+    check_one_holder_at_a_time(holds, "E4", ["client", "etcdctl", "v3election"], 3)
+
+
+def test_client_election_etcdctl_elect_and_v3election_see_one_leader(cluster: ProcessCluster) -> None:
+    import grpc
+
+    from conclave import Client
+    from conclave.api import pb
+    from conclave.api.stubs import EtcdStub
+
+    eps = cluster.endpoints
+    channel = grpc.insecure_channel(eps[0])
+    election = EtcdStub(channel, "v3electionpb.Election")
+    lease = EtcdStub(channel, "etcdserverpb.Lease")
+    observer = spawn(eps[2:3], "elect", "-l", "E3")
+    ctl_candidate: subprocess.Popen[bytes] | None = None
+    with Client([m.native_endpoint for m in cluster.members], timeout=20) as client:
+        py = client.election("E3", ttl=10)
+        try:
+            py.campaign("py", timeout=20)
+            assert py.key.startswith(b"E3/")
+            # etcdctl's observer and the v3election service see the Python client's leadership.
+            assert read_lines(observer, 2) == [py.key.decode(), "py"]
+            got = election.Leader(pb.LeaderRequest(name=b"E3"), timeout=10).kv
+            assert (bytes(got.key), bytes(got.value)) == (py.key, b"py")
+            # An etcdctl candidate and a v3election candidate wait behind it.
+            ctl_candidate = spawn(eps[1:2], "elect", "E3", "ctl")
+            kvs = EtcdStub(channel, "etcdserverpb.KV")
+            candidates = pb.RangeRequest(key=b"E3/", range_end=b"E30", count_only=True)
+            wait_for(lambda: kvs.Range(candidates, timeout=10).count == 2, 20, "etcdctl's candidate key")
+            lid = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30), timeout=10).ID
+            campaign = election.Campaign.future(pb.CampaignRequest(name=b"E3", lease=lid, value=b"grpc"), timeout=60)
+            time.sleep(1.0)
+            assert ctl_candidate.poll() is None and not campaign.done()
+            assert py.is_leader()
+            # The Python leader resigns: the older waiting candidate (etcdctl's) leads, seen by all.
+            py.resign()
+            line = read_lines(ctl_candidate, 2, timeout=20)
+            assert line[1] == "ctl", line
+            assert read_lines(observer, 2, timeout=20) == line
+            current = py.leader()
+            assert current is not None and (current.key.decode(), current.value) == (line[0], b"ctl")
+            assert not campaign.done()
+            # etcdctl resigns on SIGINT: the v3election candidate leads.
+            stop(ctl_candidate, signal.SIGINT)
+            leader = campaign.result(timeout=20).leader
+            assert bytes(leader.key) == b"E3/%x" % lid
+            assert read_lines(observer, 2, timeout=20) == [bytes(leader.key).decode(), "grpc"]
+            current = py.leader()
+            assert current is not None and current.value == b"grpc"
+            assert current.create_revision == leader.rev
+            election.Resign(pb.ResignRequest(leader=leader), timeout=10)
+        finally:
+            if ctl_candidate is not None:
+                stop(ctl_candidate)
+            stop(observer)
+            channel.close()

@@ -1,27 +1,45 @@
 """The v3electionpb.Election service: etcd's leader election, server-side.
 
-Theory of operation (clientv3 ``concurrency.Election``): candidates for election N each own a key
-``N/<lease in hex>`` holding their proclaimed value; the leader is the candidate whose key has the
-lowest create revision. Campaign creates the key (or resumes it) and waits until every older key is
-deleted; the returned LeaderKey (name, key, rev = create revision, lease) fences later Proclaim and
-Resign calls, which are transactions guarded by ``create_revision(key) == rev``. Leader answers the
-current leader's key-value; Observe streams every proclamation of successive leaders in order.
+Theory of operation (clientv3 ``concurrency.Election``, the recipe ``etcdctl elect`` and the Python
+client's ``Election`` also run, on the same keys, so they all see one leader per name): candidates
+for election N each own a key ``N/<lease in hex>`` holding their proclaimed value; the leader is the
+candidate whose key has the lowest create revision. Campaign creates the key (or resumes it) and
+waits until every older key is deleted; the returned LeaderKey (name, key, rev = create revision,
+lease) fences later Proclaim and Resign calls, which are transactions guarded by
+``create_revision(key) == rev``. Leader answers the current leader's key-value; Observe streams
+every proclamation of successive leaders in order.
+
+Layering: the gRPC edge (``grpc_server``) imports this module and registers its methods; this
+module never imports the edge (``header`` is handed in). The Election errors live here.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
-
-import grpc
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from conclave.api import convert, pb, recipes
-from conclave.api.grpc_server import ElectionNoLeader, ElectionNotLeader, MissingLeaderKey
+from conclave.api.backend import EtcdBackend
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 
-if TYPE_CHECKING:
-    from conclave.api.grpc_server import Edge
+
+class ElectionError(kverr.EtcdError):
+    """clientv3/concurrency errors the Election service returns as plain (Unknown) gRPC errors."""
+
+    code = "UNKNOWN"
+
+
+class ElectionNoLeader(ElectionError):
+    message = "election: no leader"
+
+
+class ElectionNotLeader(ElectionError):
+    message = "election: not leader"
+
+
+class MissingLeaderKey(ElectionError):
+    message = '"leader" field must be provided'
 
 
 def _guarded(key: bytes, rev: int, op: kv.RequestOp) -> kv.TxnRequest:
@@ -34,9 +52,13 @@ def _guarded(key: bytes, rev: int, op: kv.RequestOp) -> kv.TxnRequest:
 
 
 class ElectionService:
-    def __init__(self, edge: Edge) -> None:
-        self.edge = edge
-        self.backend = edge.backend
+    """Campaign, Proclaim, Resign, Leader and Observe; ``header(revision)`` builds response headers."""
+
+    NAME = "v3electionpb.Election"
+
+    def __init__(self, backend: EtcdBackend, header: Callable[[int], Any]) -> None:
+        self.backend = backend
+        self.header = header
 
     async def campaign(self, request: Any, context: Any) -> Any:
         if not request.name:
@@ -73,7 +95,7 @@ class ElectionService:
             await recipes.delete_quietly(backend, key)
             raise
         return pb.CampaignResponse(
-            header=self.edge.header(resp.header.revision),
+            header=self.header(resp.header.revision),
             leader=pb.LeaderKey(name=name, key=key, rev=rev, lease=lease),
         )
 
@@ -90,7 +112,7 @@ class ElectionService:
         )
         if not r.succeeded:
             raise ElectionNotLeader()
-        return pb.ProclaimResponse(header=self.edge.header(r.header.revision))
+        return pb.ProclaimResponse(header=self.header(r.header.revision))
 
     async def resign(self, request: Any, context: Any) -> Any:
         if not request.HasField("leader"):
@@ -99,13 +121,13 @@ class ElectionService:
         r = await self.backend.txn(
             _guarded(leader.key, leader.rev, kv.RequestOp(request_delete_range=kv.DeleteRangeRequest(key=leader.key)))
         )
-        return pb.ResignResponse(header=self.edge.header(r.header.revision))
+        return pb.ResignResponse(header=self.header(r.header.revision))
 
     async def leader(self, request: Any, context: Any) -> Any:
         r = await recipes.first_created(self.backend, bytes(request.name) + b"/")
         if not r.kvs:
             raise ElectionNoLeader()
-        return pb.LeaderResponse(header=self.edge.header(r.header.revision), kv=convert.key_value_to_pb(r.kvs[0]))
+        return pb.LeaderResponse(header=self.header(r.header.revision), kv=convert.key_value_to_pb(r.kvs[0]))
 
     async def observe(self, request: Any, context: Any) -> AsyncIterator[Any]:
         backend = self.backend
@@ -135,7 +157,7 @@ class ElectionService:
                 if found is None:
                     continue  # compacted while waiting: look again
                 leader_kv = found
-            yield pb.LeaderResponse(header=self.edge.header(revision), kv=convert.key_value_to_pb(leader_kv))
+            yield pb.LeaderResponse(header=self.header(revision), kv=convert.key_value_to_pb(leader_kv))
             feed = recipes.EventFeed(
                 backend, kv.WatchCreateRequest(key=leader_kv.key, start_revision=leader_kv.mod_revision + 1)
             )
@@ -149,22 +171,17 @@ class ElectionService:
                         if event.type == kv.EventType.DELETE:
                             deleted = True
                             break
-                        header = self.edge.header(delivery.revision or event.kv.mod_revision)
+                        header = self.header(delivery.revision or event.kv.mod_revision)
                         yield pb.LeaderResponse(header=header, kv=convert.key_value_to_pb(event.kv))
             finally:
                 feed.close()
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        from conclave.api.grpc_server import service_handler
-
-        e = self.edge
-        return service_handler(
-            "v3electionpb.Election",
-            {
-                "Campaign": e.unary(self.campaign, "Election.Campaign"),
-                "Proclaim": e.unary(self.proclaim, "Election.Proclaim"),
-                "Resign": e.unary(self.resign, "Election.Resign"),
-                "Leader": e.unary(self.leader, "Election.Leader"),
-                "Observe": e.stream(self.observe, "Election.Observe"),
-            },
-        )
+    def methods(self, unary: Callable[[Any, str], Any], stream: Callable[[Any, str], Any]) -> dict[str, Any]:
+        """The service's RPCs by method name, wrapped by the edge's ``unary``/``stream(fn, where)``."""
+        return {
+            "Campaign": unary(self.campaign, "Election.Campaign"),
+            "Proclaim": unary(self.proclaim, "Election.Proclaim"),
+            "Resign": unary(self.resign, "Election.Resign"),
+            "Leader": unary(self.leader, "Election.Leader"),
+            "Observe": stream(self.observe, "Election.Observe"),
+        }

@@ -27,6 +27,8 @@ from typing import Any
 import grpc
 
 from conclave.api import convert, pb
+from conclave.api.election import ElectionService
+from conclave.api.lock import LockService
 from conclave.kv import errors as kverr
 from conclave.wire.contract import EtcdBackend, WatchSubscription
 
@@ -42,24 +44,6 @@ LEADER_CHECK_S = 1.0  # like etcd's monitorLeader: one check per (default) elect
 PROGRESS_NOTIFY_S = 600.0  # etcd's default --experimental-watch-progress-notify-interval (10 min)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
-
-
-class ElectionError(kverr.EtcdError):
-    """clientv3/concurrency errors the Election service returns as plain (Unknown) gRPC errors."""
-
-    code = "UNKNOWN"
-
-
-class ElectionNoLeader(ElectionError):
-    message = "election: no leader"
-
-
-class ElectionNotLeader(ElectionError):
-    message = "election: not leader"
-
-
-class MissingLeaderKey(ElectionError):
-    message = '"leader" field must be provided'
 
 
 def _requires_leader(context: Any) -> bool:
@@ -590,10 +574,9 @@ class AuthService:
 
 def etcd_handlers(backend: EtcdBackend) -> list[grpc.GenericRpcHandler]:
     """Every etcd v3 service (plus Lock and Election) as generic handlers over ``backend``."""
-    from conclave.api.election import ElectionService
-    from conclave.api.lock import LockService
-
     edge = Edge(backend)
+    lock = LockService(backend, edge.header)
+    election = ElectionService(backend, edge.header)
     return [
         KVService(edge).handler(),
         WatchService(edge).handler(),
@@ -601,8 +584,8 @@ def etcd_handlers(backend: EtcdBackend) -> list[grpc.GenericRpcHandler]:
         ClusterService(edge).handler(),
         MaintenanceService(edge).handler(),
         AuthService(edge).handler(),
-        LockService(edge).handler(),
-        ElectionService(edge).handler(),
+        service_handler(lock.NAME, lock.methods(edge.unary)),
+        service_handler(election.NAME, election.methods(edge.unary, edge.stream)),
     ]
 
 

@@ -1,25 +1,26 @@
 """The v3lockpb.Lock service: etcd's distributed mutex, server-side.
 
-Theory of operation (clientv3 ``concurrency.Mutex``): the lock named N is the set of keys under
-``N/``; a caller holding lease L owns key ``N/<L in hex>``. Lock creates that key (or finds it, so
-locking twice with one lease is one acquisition), then waits until every key under ``N/`` created
-before it is deleted. The caller owns the lock while its key exists; Unlock deletes the key, and the
-lease expiring deletes it too. A Lock call abandoned by its client deletes its key so it does not
-block later callers.
+Theory of operation (clientv3 ``concurrency.Mutex``, the recipe ``etcdctl lock`` and the Python
+client's ``Lock`` also run, on the same keys, so all three exclude each other on one name): the lock
+named N is the set of keys under ``N/``; a caller holding lease L owns key ``N/<L in hex>``. Lock
+creates that key (or finds it, so locking twice with one lease is one acquisition), then waits until
+every key under ``N/`` created before it is deleted. The caller owns the lock while its key exists;
+Unlock deletes the key, and the lease expiring deletes it too. A Lock call abandoned by its client
+deletes its key so it does not block later callers.
+
+Layering: the gRPC edge (``grpc_server``) imports this module and registers its methods; this
+module never imports the edge (``header`` is handed in).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import grpc
+from collections.abc import Callable
+from typing import Any
 
 from conclave.api import pb, recipes
+from conclave.api.backend import EtcdBackend
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
-
-if TYPE_CHECKING:
-    from conclave.api.grpc_server import Edge
 
 
 class SessionExpired(kverr.EtcdError):
@@ -30,9 +31,13 @@ class SessionExpired(kverr.EtcdError):
 
 
 class LockService:
-    def __init__(self, edge: Edge) -> None:
-        self.edge = edge
-        self.backend = edge.backend
+    """The Lock and Unlock calls; ``header(revision)`` builds the response header (the edge's)."""
+
+    NAME = "v3lockpb.Lock"
+
+    def __init__(self, backend: EtcdBackend, header: Callable[[int], Any]) -> None:
+        self.backend = backend
+        self.header = header
 
     async def lock(self, request: Any, context: Any) -> Any:
         if not request.name:
@@ -73,18 +78,14 @@ class LockService:
             check = await backend.range(kv.RangeRequest(key=my_key))
             if not check.kvs:
                 raise SessionExpired()
-        return pb.LockResponse(header=self.edge.header(header.revision), key=my_key)
+        return pb.LockResponse(header=self.header(header.revision), key=my_key)
 
     async def unlock(self, request: Any, context: Any) -> Any:
         if not request.key:
             raise kverr.KeyNotProvided()
         r = await self.backend.delete_range(kv.DeleteRangeRequest(key=request.key))
-        return pb.UnlockResponse(header=self.edge.header(r.header.revision))
+        return pb.UnlockResponse(header=self.header(r.header.revision))
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        from conclave.api.grpc_server import service_handler
-
-        e = self.edge
-        return service_handler(
-            "v3lockpb.Lock", {"Lock": e.unary(self.lock, "Lock.Lock"), "Unlock": e.unary(self.unlock, "Lock.Unlock")}
-        )
+    def methods(self, unary: Callable[[Any, str], Any]) -> dict[str, Any]:
+        """The service's RPCs by method name, each wrapped by the edge's ``unary(fn, where)``."""
+        return {"Lock": unary(self.lock, "Lock.Lock"), "Unlock": unary(self.unlock, "Lock.Unlock")}

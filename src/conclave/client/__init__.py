@@ -2,10 +2,11 @@
 
 ``Client(endpoints=["127.0.0.1:2381", ...])`` speaks the native protocol; ``protocol="grpc"``
 speaks the etcd v3 API. Recipes (lock, election, counter, queue, broadcast, barriers,
-claim_unique) are reached from the client; ``LamportClock`` is standalone.
+claim_unique) are reached from the client; ``LamportClock`` is standalone. ``AsyncClient``
+(in ``recipes``) is ``CoreClient`` (in ``aio``, the primitives) plus the recipe factories.
 """
 
-from conclave.client.aio import AsyncClient, Lease, Session, Txn, Watch
+from conclave.client.aio import CoreClient, Lease, Session, Txn, Watch
 from conclave.client.clock import LamportClock, Timestamp
 from conclave.client.errors import (
     ClientError,
@@ -28,6 +29,7 @@ from conclave.client.errors import (
     SessionExpired,
     Unavailable,
 )
+from conclave.client.recipes import AsyncClient, Election, Lock
 from conclave.client.sync import Client
 from conclave.client.types import (
     Claim,
@@ -49,10 +51,10 @@ from conclave.client.types import (
 )
 
 __all__ = [
-    "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "DeadlineExceeded", "Event", "EventType",
-    "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue", "LamportClock", "Lease", "LeaseInfo",
-    "LeaseNotFound", "LockTimeout", "Member", "NoLeader", "NoSpace", "NotElected", "NotLeader",
-    "OutcomeUnknown", "ProtocolError", "QueueEmpty", "ServerError", "ServerTimeout", "Session",
-    "SessionExpired", "Status", "Timestamp", "Txn", "Unavailable", "Watch", "create_revision", "delete_op",
-    "get_op", "lease", "mod_revision", "put_op", "txn_op", "value", "version",
+    "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "CoreClient", "DeadlineExceeded",
+    "Election", "Event", "EventType", "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue",
+    "LamportClock", "Lease", "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader",
+    "NoSpace", "NotElected", "NotLeader", "OutcomeUnknown", "ProtocolError", "QueueEmpty", "ServerError",
+    "ServerTimeout", "Session", "SessionExpired", "Status", "Timestamp", "Txn", "Unavailable", "Watch",
+    "create_revision", "delete_op", "get_op", "lease", "mod_revision", "put_op", "txn_op", "value", "version",
 ]

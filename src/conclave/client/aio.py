@@ -1,4 +1,4 @@
-"""``AsyncClient``: the asyncio Conclave client (``Client`` is its synchronous twin).
+"""``CoreClient``: the asyncio Conclave client's primitives (``AsyncClient`` adds the recipes).
 
 Theory of operation
 -------------------
@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 from conclave.client import errors as cerr
 from conclave.client.errors import (
@@ -63,8 +63,12 @@ _IDEMPOTENT = frozenset({
 })
 
 
-class AsyncClient:
-    """Connect with ``AsyncClient(endpoints=[...])``; use ``async with`` or ``await client.close()``."""
+class CoreClient:
+    """The store's primitives (KV, transactions, watches, leases, sessions, cluster calls).
+
+    Users construct :class:`~conclave.client.recipes.AsyncClient`, which is this class plus one
+    factory per recipe; ``CoreClient`` knows nothing of recipes, so recipes import it, not the reverse.
+    """
 
     def __init__(
         self,
@@ -98,7 +102,7 @@ class AsyncClient:
 
     # ---------------------------------------------------------------- connection
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -417,64 +421,13 @@ class AsyncClient:
         r: kv.HashKVResponse = await self.request("hash_kv", revision, timeout=timeout)
         return r
 
-    # ---------------------------------------------------------------- recipes
-
-    def lock(self, name: KeyLike, ttl: int = 10, *, timeout: float | None = None) -> Any:
-        """A :class:`~conclave.client.recipes.Lock`; ``async with client.lock("x") as held:``."""
-        from conclave.client.recipes import Lock
-
-        return Lock(self, name, ttl, timeout=timeout)
-
-    def election(self, name: KeyLike, ttl: int = 10) -> Any:
-        from conclave.client.recipes import Election
-
-        return Election(self, name, ttl)
-
-    def counter(self, name: KeyLike) -> Any:
-        from conclave.client.recipes import Counter
-
-        return Counter(self, name)
-
-    def queue(self, name: KeyLike) -> Any:
-        from conclave.client.recipes import Queue
-
-        return Queue(self, name)
-
-    def broadcast(self, name: KeyLike) -> Any:
-        from conclave.client.recipes import Broadcast
-
-        return Broadcast(self, name)
-
-    def barrier(self, name: KeyLike) -> Any:
-        from conclave.client.recipes import Barrier
-
-        return Barrier(self, name)
-
-    def double_barrier(self, name: KeyLike, count: int, ttl: int = 10) -> Any:
-        from conclave.client.recipes import DoubleBarrier
-
-        return DoubleBarrier(self, name, count, ttl)
-
-    async def claim_unique(self, namespace: KeyLike, value: KeyLike, owner: KeyLike, *,
-                           lease: int = 0, timeout: float | None = None) -> Any:
-        """Claim ``value`` in ``namespace`` for ``owner`` if nobody holds it (create-if-absent)."""
-        from conclave.client.recipes import claim_unique
-
-        return await claim_unique(self, namespace, value, owner, lease=lease, timeout=timeout)
-
-    async def release_unique(self, namespace: KeyLike, value: KeyLike, owner: KeyLike, *,
-                             timeout: float | None = None) -> bool:
-        from conclave.client.recipes import release_unique
-
-        return await release_unique(self, namespace, value, owner, timeout=timeout)
-
 
 class Txn:
     """Fluent transaction: ``.if_(compares...).then(ops...).else_(ops...)``, then ``await .commit()``."""
 
     _sync_wrap = True
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: CoreClient) -> None:
         self.client = client
         self.compares: list[kv.Compare] = []
         self.success: list[kv.RequestOp] = []
@@ -510,7 +463,7 @@ class Watch:
 
     _sync_wrap = True
 
-    def __init__(self, client: AsyncClient, req: kv.WatchCreateRequest) -> None:
+    def __init__(self, client: CoreClient, req: kv.WatchCreateRequest) -> None:
         self.client = client
         self.req = req
         self.next_revision = req.start_revision
@@ -675,7 +628,7 @@ class Lease:
 
     _sync_wrap = True
 
-    def __init__(self, client: AsyncClient, lease_id: int, ttl: int) -> None:
+    def __init__(self, client: CoreClient, lease_id: int, ttl: int) -> None:
         self.client = client
         self.id = lease_id
         self.ttl = ttl
@@ -703,7 +656,7 @@ class Session:
 
     _sync_wrap = True
 
-    def __init__(self, client: AsyncClient, ttl: int = 10) -> None:
+    def __init__(self, client: CoreClient, ttl: int = 10) -> None:
         self.client = client
         self.ttl = ttl
         self.lease_id = 0
@@ -752,4 +705,4 @@ class Session:
         await self.close()
 
 
-__all__ = ["AsyncClient", "Lease", "Session", "Txn", "Watch"]
+__all__ = ["CoreClient", "Lease", "Session", "Txn", "Watch"]

@@ -1,21 +1,31 @@
-"""Coordination recipes built from the store's primitives: compare-and-set, leases and watches.
+"""Coordination recipes built on :class:`~conclave.client.aio.CoreClient`: compare-and-set, leases, watches.
 
-Theory of operation: every recipe is a key layout under ``conclave/<recipe>/<name>/`` plus
-transactions whose compares make the decision atomic in the replicated log.
+Theory of operation: every recipe is a key layout plus transactions whose compares make the
+decision atomic in the replicated log.
 
-* ``Lock`` / ``Election``: each contender creates ``<prefix><lease id>`` with its session lease;
-  the contender whose key has the smallest create revision holds it; the others watch only their
-  predecessor's key (no thundering herd). The create revision is the fencing token: it grows with
-  every new holder because revisions only grow.
+* ``Lock`` / ``Election``: etcd's own concurrency recipe, the one ``etcdctl lock``/``elect``, the
+  v3lock / v3election services (``conclave.api.lock``/``election``) and etcd's Go client
+  (``concurrency.Mutex``/``Election``) run, with its key layout, so all of them exclude each other
+  on one name. The lock or election named N is the set of keys under ``N/``; a contender owns
+  ``N/<session lease id in lowercase hex, unpadded>``, created with its lease in a transaction
+  guarded by ``create_revision == 0`` (so a retry finds its own key). The contender whose key has
+  the smallest create revision holds it; every other one waits for the deletion of the key with the
+  largest create revision below its own (its predecessor, not the holder: no thundering herd), then
+  looks again. The create revision is the fencing token: revisions only grow, so it is strictly
+  larger for every later holder.
 * ``Counter``: read (value, mod revision), then put the new value only if the mod revision did not
   move (compare-and-set loop) = linearizable increment-and-get.
-* ``claim_unique``: create-if-absent (compare create_revision == 0).
+* ``claim_unique``: create-if-absent (compare create_revision == 0); the :class:`Claim` answered is
+  truthy only when the claim is the caller's.
 * ``Queue``: items are keys ordered by create revision; a consumer takes the oldest by deleting it
   under a compare of its mod revision, so exactly one consumer succeeds.
 * ``Broadcast``: appending bumps a head key's version and writes the message under that sequence
   number in one transaction conditional on the version, so sequence numbers are dense and their
   order is the log's; subscribers read then watch and see one sequence with no gap.
 * ``Barrier`` / ``DoubleBarrier``: etcd's recipes (a key to wait on; N participants enter and leave).
+
+Layering: recipes import the core client; the core never imports recipes. :class:`AsyncClient`
+(the class users construct) is the core client plus one factory per recipe, defined here.
 
 Writes that may have been applied before an error (``OutcomeUnknown``) are retried only where the
 transaction is idempotent by construction (lock keys are named by lease, claims compare owners).
@@ -25,9 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
-from conclave.client.aio import AsyncClient, Session
+from conclave.client.aio import CoreClient, Session
 from conclave.client.errors import (
     LockTimeout,
     NotElected,
@@ -50,7 +60,17 @@ from conclave.client.types import (
 )
 from conclave.kv import types as kv
 
-ROOT = b"conclave/"
+ROOT = b"conclave/"  # every recipe but Lock and Election (whose layout is etcd's) lives under it
+
+
+def contender_prefix(name: KeyLike) -> bytes:
+    """The prefix of lock or election ``name``'s contender keys: ``<name>/``, as etcd's concurrency."""
+    return to_bytes(name) + b"/"
+
+
+def contender_key(prefix: bytes, lease_id: int) -> bytes:
+    """A contender's key: the prefix and its lease id in lowercase hex, unpadded (Go's ``%x``)."""
+    return prefix + b"%x" % lease_id
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -63,7 +83,7 @@ def _left(deadline: float | None) -> float | None:
     return max(0.0, deadline - asyncio.get_running_loop().time())
 
 
-async def _wait_for_event(client: AsyncClient, key: bytes, from_revision: int, deadline: float | None,
+async def _wait_for_event(client: CoreClient, key: bytes, from_revision: int, deadline: float | None,
                           kind: kv.EventType | None = None, prefix: bool = False) -> None:
     """Return at the first event (of ``kind``) on ``key`` at or after ``from_revision``."""
     watch = client.watch(key, prefix=prefix, start_revision=from_revision)
@@ -81,19 +101,19 @@ async def _wait_for_event(client: AsyncClient, key: bytes, from_revision: int, d
         watch.close()
 
 
-async def _create_own_key(client: AsyncClient, key: bytes, val: bytes, lease_id: int) -> int:
-    """Create ``key`` with the session lease if absent; its create revision (ours either way)."""
+async def _create_own_key(client: CoreClient, key: bytes, val: bytes, lease_id: int) -> tuple[int, bytes]:
+    """Create ``key`` with ``val`` and the session lease if absent; (its create revision, its value)."""
     r = await client.transaction([create_revision(key) == 0], [put_op(key, val, lease=lease_id)], [get_op(key)],
                                  idempotent=True)
     if r.succeeded:
-        return r.header.revision
+        return r.header.revision, val
     kvs = r.responses[0].response_range.kvs if r.responses[0].response_range else ()
     if not kvs:
         raise SessionExpired("the contender key vanished while it was being created")
-    return kvs[0].create_revision
+    return kvs[0].create_revision, kvs[0].value
 
 
-async def _wait_predecessors(client: AsyncClient, prefix: bytes, my_rev: int, deadline: float | None) -> None:
+async def _wait_predecessors(client: CoreClient, prefix: bytes, my_rev: int, deadline: float | None) -> None:
     """Wait until no key under ``prefix`` has a create revision below ``my_rev``."""
     while True:
         r = await client.range(prefix, prefix_end(prefix), limit=1, max_create_revision=my_rev - 1,
@@ -115,12 +135,11 @@ class Lock:
     """
 
     _sync_wrap = True
-    PREFIX = ROOT + b"lock/"
 
-    def __init__(self, client: AsyncClient, name: KeyLike, ttl: int = 10, *, timeout: float | None = None) -> None:
+    def __init__(self, client: CoreClient, name: KeyLike, ttl: int = 10, *, timeout: float | None = None) -> None:
         self.client = client
         self.name = to_bytes(name)
-        self.prefix = self.PREFIX + self.name + b"/"
+        self.prefix = contender_prefix(self.name)
         self.ttl = ttl
         self.timeout = timeout
         self.session: Session | None = None
@@ -131,8 +150,8 @@ class Lock:
         deadline = _deadline(self.timeout if timeout is None else timeout)
         self.session = await self.client.session(self.ttl)
         try:
-            self.key = self.prefix + b"%016x" % self.session.lease_id
-            my_rev = await _create_own_key(self.client, self.key, b"", self.session.lease_id)
+            self.key = contender_key(self.prefix, self.session.lease_id)
+            my_rev, _ = await _create_own_key(self.client, self.key, b"", self.session.lease_id)
             await _wait_predecessors(self.client, self.prefix, my_rev, deadline)
             mine = await self.client.get_kv(self.key)
             if mine is None or mine.create_revision != my_rev:
@@ -176,11 +195,11 @@ class Election:
     ``leader()`` (the current leader's record or None) and ``observe()`` (each new leader)."""
 
     _sync_wrap = True
-    PREFIX = ROOT + b"election/"
 
-    def __init__(self, client: AsyncClient, name: KeyLike, ttl: int = 10) -> None:
+    def __init__(self, client: CoreClient, name: KeyLike, ttl: int = 10) -> None:
         self.client = client
-        self.prefix = self.PREFIX + to_bytes(name) + b"/"
+        self.name = to_bytes(name)
+        self.prefix = contender_prefix(self.name)
         self.ttl = ttl
         self.session: Session | None = None
         self.key = b""
@@ -191,15 +210,24 @@ class Election:
         deadline = _deadline(timeout)
         if self.session is None or not self.session.alive:
             self.session = await self.client.session(self.ttl)
-        self.key = self.prefix + b"%016x" % self.session.lease_id
+        self.key = contender_key(self.prefix, self.session.lease_id)
+        wanted = to_bytes(val)
         try:
-            my_rev = await _create_own_key(self.client, self.key, to_bytes(val), self.session.lease_id)
+            my_rev, current = await _create_own_key(self.client, self.key, wanted, self.session.lease_id)
+            if current != wanted:  # resumed a campaign of this session under another value: as etcd, update it
+                r = await self.client.transaction([create_revision(self.key) == my_rev],
+                                                  [put_op(self.key, wanted, lease=self.session.lease_id)],
+                                                  idempotent=True)
+                if not r.succeeded:
+                    raise SessionExpired("the election's session expired while campaigning")
             await _wait_predecessors(self.client, self.prefix, my_rev, deadline)
+            mine = await self.client.get_kv(self.key)
+            if mine is None or mine.create_revision != my_rev:
+                raise SessionExpired("the election's session expired while campaigning")
         except BaseException:
-            await self.resign()
+            await asyncio.shield(self.resign())
             raise
         self.revision = my_rev
-        await self.proclaim(val)
         return my_rev
 
     async def proclaim(self, val: KeyLike) -> None:
@@ -252,7 +280,7 @@ class Counter:
     _sync_wrap = True
     PREFIX = ROOT + b"counter/"
 
-    def __init__(self, client: AsyncClient, name: KeyLike) -> None:
+    def __init__(self, client: CoreClient, name: KeyLike) -> None:
         self.client = client
         self.key = self.PREFIX + to_bytes(name)
 
@@ -281,12 +309,14 @@ def _unique_key(namespace: KeyLike, val: KeyLike) -> bytes:
     return ROOT + b"unique/" + to_bytes(namespace) + b"/" + to_bytes(val)
 
 
-async def claim_unique(client: AsyncClient, namespace: KeyLike, val: KeyLike, owner: KeyLike, *,
+async def claim_unique(client: CoreClient, namespace: KeyLike, val: KeyLike, owner: KeyLike, *,
                        lease: int = 0, timeout: float | None = None) -> Claim:
     """Create-if-absent: the first owner to claim ``val`` in ``namespace`` keeps it.
 
-    ``lease`` (a lease id) makes the claim temporary. Claiming again with the same owner answers
-    ``claimed=True`` (so a retry after a lost answer is safe).
+    ``lease`` (a lease id) makes the claim temporary. The answer is truthy only when ``owner`` holds
+    the value (``if await claim_unique(...):`` is safe); a refused claim is falsy and names the
+    holder. Claiming again with the same owner answers ``claimed=True`` (a retry after a lost
+    answer is safe).
     """
     key = _unique_key(namespace, val)
     who = to_bytes(owner)
@@ -301,7 +331,7 @@ async def claim_unique(client: AsyncClient, namespace: KeyLike, val: KeyLike, ow
     return Claim(held.value == who, held.value, held.create_revision, held.lease)
 
 
-async def release_unique(client: AsyncClient, namespace: KeyLike, val: KeyLike, owner: KeyLike, *,
+async def release_unique(client: CoreClient, namespace: KeyLike, val: KeyLike, owner: KeyLike, *,
                          timeout: float | None = None) -> bool:
     """Give ``val`` up if ``owner`` holds it; True when it was released."""
     key = _unique_key(namespace, val)
@@ -315,7 +345,7 @@ class Barrier:
     _sync_wrap = True
     PREFIX = ROOT + b"barrier/"
 
-    def __init__(self, client: AsyncClient, name: KeyLike) -> None:
+    def __init__(self, client: CoreClient, name: KeyLike) -> None:
         self.client = client
         self.key = self.PREFIX + to_bytes(name)
 
@@ -339,7 +369,7 @@ class DoubleBarrier:
     _sync_wrap = True
     PREFIX = ROOT + b"double-barrier/"
 
-    def __init__(self, client: AsyncClient, name: KeyLike, count: int, ttl: int = 10) -> None:
+    def __init__(self, client: CoreClient, name: KeyLike, count: int, ttl: int = 10) -> None:
         if count < 1:
             raise ValueError("count must be >= 1")
         self.client = client
@@ -387,7 +417,7 @@ class Queue:
     _sync_wrap = True
     PREFIX = ROOT + b"queue/"
 
-    def __init__(self, client: AsyncClient, name: KeyLike) -> None:
+    def __init__(self, client: CoreClient, name: KeyLike) -> None:
         self.client = client
         self.prefix = self.PREFIX + to_bytes(name) + b"/"
 
@@ -429,7 +459,7 @@ class Broadcast:
     PREFIX = ROOT + b"broadcast/"
     PAGE = 512
 
-    def __init__(self, client: AsyncClient, name: KeyLike) -> None:
+    def __init__(self, client: CoreClient, name: KeyLike) -> None:
         self.client = client
         self.prefix = self.PREFIX + to_bytes(name) + b"/"
         self.head = self.prefix + b"head"
@@ -489,8 +519,59 @@ class Broadcast:
             watch.close()
 
 
+class AsyncClient(CoreClient):
+    """The asyncio Conclave client: ``AsyncClient(endpoints=[...])``; ``async with`` or ``await client.close()``.
+
+    The core client's primitives plus one factory per recipe (``lock``, ``election``, ``counter``,
+    ``queue``, ``broadcast``, ``barrier``, ``double_barrier``, ``claim_unique``, ``release_unique``).
+    """
+
+    def __init__(
+        self,
+        endpoints: Iterable[str] | str | None = None,
+        protocol: str = "native",
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        discover: bool = True,
+    ) -> None:
+        super().__init__(endpoints, protocol=protocol, timeout=timeout, connect_timeout=connect_timeout,
+                         discover=discover)
+
+    def lock(self, name: KeyLike, ttl: int = 10, *, timeout: float | None = None) -> Lock:
+        """A :class:`Lock` on ``name`` (etcd's layout: ``etcdctl lock name`` excludes it); ``async with``."""
+        return Lock(self, name, ttl, timeout=timeout)
+
+    def election(self, name: KeyLike, ttl: int = 10) -> Election:
+        """An :class:`Election` on ``name`` (etcd's layout: ``etcdctl elect name`` takes part in it)."""
+        return Election(self, name, ttl)
+
+    def counter(self, name: KeyLike) -> Counter:
+        return Counter(self, name)
+
+    def queue(self, name: KeyLike) -> Queue:
+        return Queue(self, name)
+
+    def broadcast(self, name: KeyLike) -> Broadcast:
+        return Broadcast(self, name)
+
+    def barrier(self, name: KeyLike) -> Barrier:
+        return Barrier(self, name)
+
+    def double_barrier(self, name: KeyLike, count: int, ttl: int = 10) -> DoubleBarrier:
+        return DoubleBarrier(self, name, count, ttl)
+
+    async def claim_unique(self, namespace: KeyLike, value: KeyLike, owner: KeyLike, *,
+                           lease: int = 0, timeout: float | None = None) -> Claim:
+        """Claim ``value`` in ``namespace`` for ``owner`` if nobody holds it; the answer is truthy iff it is ours."""
+        return await claim_unique(self, namespace, value, owner, lease=lease, timeout=timeout)
+
+    async def release_unique(self, namespace: KeyLike, value: KeyLike, owner: KeyLike, *,
+                             timeout: float | None = None) -> bool:
+        return await release_unique(self, namespace, value, owner, timeout=timeout)
+
+
 __all__ = [
-    "Barrier", "Broadcast", "Counter", "DoubleBarrier", "Election", "Lock", "Queue", "claim_unique",
+    "AsyncClient", "Barrier", "Broadcast", "Counter", "DoubleBarrier", "Election", "Lock", "Queue", "claim_unique",
     "release_unique",
 ]
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 
-from conclave.client.aio import AsyncClient
+from conclave.client.recipes import AsyncClient
 
 
 class _Loop:
@@ -166,7 +166,7 @@ class SyncProxy:
 class Client(SyncProxy):
     """The synchronous Conclave client: ``Client(endpoints=["127.0.0.1:2381"])``.
 
-    Same methods as :class:`~conclave.client.aio.AsyncClient` (``get``, ``put``, ``delete``,
+    Same methods as :class:`~conclave.client.recipes.AsyncClient` (``get``, ``put``, ``delete``,
     ``get_prefix``, ``range``, ``transaction``/``txn``, ``watch``, ``lease``, ``session``,
     ``members``, ``status``, ``compact``, ``lock``, ``election``, ``counter``, ``queue``,
     ``broadcast``, ``barrier``, ``double_barrier``, ``claim_unique`` ...), without ``await``.

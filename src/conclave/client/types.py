@@ -101,12 +101,19 @@ class LeaseInfo:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The result of ``claim_unique``: ``claimed`` is True when ``owner`` holds the value."""
+    """The result of ``claim_unique``: ``claimed`` is True when ``owner`` holds the value.
+
+    Its truth value is ``claimed`` (a dataclass is otherwise always truthy, and
+    ``if client.claim_unique(...):`` must not take the branch for a claim someone else holds).
+    """
 
     claimed: bool
     owner: bytes
     revision: int
     lease: int = 0
+
+    def __bool__(self) -> bool:
+        return self.claimed
 
 
 class _Target:
