@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from conclave.api import convert, pb, recipes
-from conclave.api.backend import EtcdBackend
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
+from conclave.wire.contract import EtcdBackend
 
 
 class ElectionError(kverr.EtcdError):

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from conclave.api import pb, recipes
-from conclave.api.backend import EtcdBackend
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
+from conclave.wire.contract import EtcdBackend
 
 
 class SessionExpired(kverr.EtcdError):
