@@ -23,14 +23,25 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests and benchmarks use: etcdctl 3.4 (compatibility tests) and
-# etcd 3.4 (the peer the benchmarks compare against).
+# etcd 3.4 (the peer the benchmarks compare against). The package would start an etcd service
+# on 2379/2380; a policy-rc.d that answers 101 ("action forbidden", Debian's invoke-rc.d
+# convention) keeps any service from starting during this install, so nothing has to be
+# stopped afterwards (and no other etcd on the machine is touched). An existing policy-rc.d
+# is left as it is.
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
+APT_GET     ?= apt-get
 system-deps:
 	@if command -v etcdctl >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing etcd-client and etcd-server (apt-get)"; \
-	  (apt-get install -y -qq etcd-client etcd-server >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client etcd-server >/dev/null)) \
-	   && (pkill -x etcd || true); \
+	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
+	  echo "installing etcd-client and etcd-server (apt-get; their service is not started)"; \
+	  if [ ! -e "$(POLICY_RC_D)" ]; then \
+	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
+	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
+	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq etcd-client etcd-server >/dev/null 2>&1 || \
+	   ($(APT_GET) update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq etcd-client etcd-server >/dev/null); \
 	else echo "warning: etcdctl/etcd missing and cannot apt-get install them; their tests will skip (fail under CI=true)"; fi
 
 lint: $(STAMP)
@@ -41,6 +52,9 @@ test: $(STAMP) system-deps lint
 	$(PY) -m pytest
 
 run: $(STAMP)
+	@echo "conclave and python in the README's examples are the virtualenv's: in another terminal run"
+	@echo "    . .venv/bin/activate"
+	@echo "(or call .venv/bin/conclave and .venv/bin/python)"
 	$(VENV)/bin/conclave up --nodes 3
 
 bench: $(STAMP) system-deps

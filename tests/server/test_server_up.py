@@ -58,3 +58,53 @@ def test_up_refuses_bad_options(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "conclave", "up", "--port-offset", "3"], capture_output=True,
                           text=True, timeout=30, cwd=tmp_path)
     assert done.returncode == 2 and "multiple of 10" in done.stderr
+
+
+def test_up_says_promptly_which_member_died_and_how(tmp_path: Path) -> None:
+    import queue
+    import threading
+
+    off = _free_offset()
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conclave", "up", "--nodes", "1", "--data-dir", str(data), "--port-offset", str(off),
+         "--heartbeat-interval", "50", "--election-timeout", "500", "--ready-timeout", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: [lines.put(ln) for ln in stdout], daemon=True)
+    reader.start()
+    seen: list[str] = []
+
+    def wait_line(part: str, timeout_s: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            try:
+                ln = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            seen.append(ln)
+            if part in ln:
+                return time.monotonic() - start
+        raise AssertionError(f"no line with {part!r} in {timeout_s}s; saw {seen}")
+
+    try:
+        wait_line("cluster ready", 40)
+        time.sleep(2.5)  # longer than --ready-timeout: the old code then blamed "members not ready"
+        member = next(int(p) for p in subprocess.run(["pgrep", "-f", f"serve --name node1 --data-dir {data}"],
+                                                     capture_output=True, text=True).stdout.split())
+        os.kill(member, signal.SIGKILL)
+        took = wait_line("node1 was killed by SIGKILL", 5)
+        assert took < 3, f"reported after {took:.1f}s"
+        wait_line("restarting node1", 5)
+        wait_line("all members ready again", 40)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        reader.join(5)
+    while not lines.empty():
+        seen.append(lines.get())
+    text = "".join(seen)
+    assert "not ready" not in text and "not accepting clients" not in text, text

@@ -363,7 +363,8 @@ def watch_create_request_from_pb(m: Any) -> kv.WatchCreateRequest:
         m.range_end,
         m.start_revision,
         m.progress_notify,
-        tuple([_enum(_FILTERS, f, "watch filter") for f in m.filters]),
+        # etcd ignores filter values it does not know (FiltersFromRequest has no default case).
+        tuple([_FILTERS[f] for f in m.filters if f in _FILTERS]),
         m.prev_kv,
         m.watch_id,
         m.fragment,

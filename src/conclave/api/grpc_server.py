@@ -46,6 +46,75 @@ PROGRESS_NOTIFY_S = 600.0  # etcd's default --experimental-watch-progress-notify
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
+class Undecodable(kverr.EtcdError):
+    """A request message that does not parse: etcd (grpc-go) answers INTERNAL with this prefix."""
+
+    code = "INTERNAL"
+    message = "grpc: error unmarshalling request"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.message = f"grpc: error unmarshalling request: {reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Garbage:
+    """What the deserializer hands on for bytes that do not parse (grpc itself would say UNKNOWN)."""
+
+    reason: str
+
+
+def _deserializer(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # protobuf's DecodeError, or whatever a corrupt message raises
+            return _Garbage(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _refuse_garbage_unary(fn: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+    if streaming_response:
+        async def stream_handler(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, _Garbage):
+                await context.abort(grpc.StatusCode.INTERNAL, Undecodable(request.reason).message)
+            async for item in fn(request, context):
+                yield item
+
+        return stream_handler
+
+    async def handler(request: Any, context: Any) -> Any:
+        if isinstance(request, _Garbage):
+            await context.abort(grpc.StatusCode.INTERNAL, Undecodable(request.reason).message)
+        return await fn(request, context)
+
+    return handler
+
+
+async def _parsed(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A client stream's messages; one that does not parse ends the RPC with INTERNAL, as in etcd."""
+    async for request in request_iterator:
+        if isinstance(request, _Garbage):
+            raise Undecodable(request.reason)
+        yield request
+
+
+def _refuse_garbage_streaming(fn: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+    if streaming_response:
+        async def stream_handler(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+            # grpc.aio tells streaming handlers apart by being async generator functions.
+            async for item in fn(_parsed(request_iterator), context):
+                yield item
+
+        return stream_handler
+
+    async def handler(request_iterator: Any, context: Any) -> Any:
+        return await fn(_parsed(request_iterator), context)
+
+    return handler
+
+
 def _requires_leader(context: Any) -> bool:
     for key, value in context.invocation_metadata() or ():
         if key == "hasleader":
@@ -71,6 +140,10 @@ class Edge:
         return pb.ResponseHeader(
             cluster_id=b.cluster_id, member_id=b.member_id, revision=revision, raft_term=b.raft_term()
         )
+
+    def cluster_header(self) -> Any:
+        """etcd's Cluster service fills cluster id, member id and term only: no revision."""
+        return self.header(0)
 
     def current_header(self) -> Any:
         """For calls that touch no key: etcd still reports the store's current revision."""
@@ -122,8 +195,12 @@ def service_handler(service: str, methods: dict[str, Callable[..., Any]]) -> grp
             make = grpc.stream_unary_rpc_method_handler
         else:
             make = grpc.unary_unary_rpc_method_handler
+        if method.client_streaming:
+            fn = _refuse_garbage_streaming(fn, method.server_streaming)
+        else:
+            fn = _refuse_garbage_unary(fn, method.server_streaming)
         handlers[name] = make(
-            fn, request_deserializer=req_cls.FromString, response_serializer=resp_cls.SerializeToString
+            fn, request_deserializer=_deserializer(req_cls), response_serializer=resp_cls.SerializeToString
         )
     return grpc.method_handlers_generic_handler(service, handlers)
 
@@ -197,7 +274,8 @@ class WatchStream:
         self.ready: dict[int, None] = {}  # insertion-ordered set of watch ids with deliveries
         self.wake = asyncio.Event()
         self.progress_pending = False
-        self.reader_done = False
+        self.reader_done = False  # the client half-closed: etcd keeps serving the stream's watchers
+        self.reader_error: BaseException | None = None
         self.leader_lost = False
         self.ticker: asyncio.Task[None] | None = None
 
@@ -260,6 +338,8 @@ class WatchStream:
         )
 
     async def read(self, request_iterator: AsyncIterator[Any]) -> None:
+        """Handle the client's requests until it half-closes (one-shot watchers do so right after
+        their create request). The stream lives on, as in etcd, until the client cancels the RPC."""
         try:
             async for req in request_iterator:
                 which = req.WhichOneof("request_union")
@@ -270,6 +350,10 @@ class WatchStream:
                 elif which == "progress_request":
                     self.progress_pending = True
                     self.wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.reader_error = exc
         finally:
             self.reader_done = True
             self.wake.set()
@@ -301,7 +385,7 @@ class WatchStream:
 
     async def progress_ticker(self) -> None:
         """Every PROGRESS_NOTIFY_S, an empty response to each idle, synced progress_notify watcher."""
-        while not self.reader_done:
+        while True:  # cancelled by close()
             await asyncio.sleep(PROGRESS_NOTIFY_S)
             for watch in self.watches.values():
                 idle = not watch.sent_since_tick and watch.watch_id not in self.ready
@@ -315,7 +399,7 @@ class WatchStream:
 
     async def monitor_leader(self) -> None:
         """For ``hasleader`` streams: end the stream once the member has no leader (etcd does too)."""
-        while not self.reader_done:
+        while True:  # cancelled when the stream ends
             await asyncio.sleep(LEADER_CHECK_S)
             if not self.edge.backend.has_leader():
                 self.leader_lost = True
@@ -326,6 +410,8 @@ class WatchStream:
         while True:
             if self.leader_lost:
                 raise kverr.NoLeader()
+            if self.reader_error is not None:
+                raise self.reader_error
             if self.control:
                 yield self.control.popleft()
                 continue
@@ -338,8 +424,6 @@ class WatchStream:
                 revision = self.edge.backend.current_revision()
                 yield pb.WatchResponse(header=self.edge.header(revision), watch_id=INVALID_WATCH_ID)
                 continue
-            if self.reader_done:
-                return
             self.wake.clear()
             await self.wake.wait()
 
@@ -364,8 +448,6 @@ class WatchService:
         try:
             async for message in stream.responses():
                 yield message
-            if reader.done() and not reader.cancelled() and reader.exception() is not None:
-                raise reader.exception()  # type: ignore[misc]
         finally:
             reader.cancel()
             if monitor is not None:
@@ -437,25 +519,25 @@ class ClusterService:
 
     async def member_list(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_list()
-        return pb.MemberListResponse(header=self.edge.current_header(), members=self._members(members))
+        return pb.MemberListResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     async def member_add(self, request: Any, context: Any) -> Any:
         added, members = await self.backend.member_add(list(request.peerURLs), request.isLearner)
         return pb.MemberAddResponse(
-            header=self.edge.current_header(), member=convert.member_to_pb(added), members=self._members(members)
+            header=self.edge.cluster_header(), member=convert.member_to_pb(added), members=self._members(members)
         )
 
     async def member_remove(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_remove(request.ID)
-        return pb.MemberRemoveResponse(header=self.edge.current_header(), members=self._members(members))
+        return pb.MemberRemoveResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     async def member_update(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_update(request.ID, list(request.peerURLs))
-        return pb.MemberUpdateResponse(header=self.edge.current_header(), members=self._members(members))
+        return pb.MemberUpdateResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     async def member_promote(self, request: Any, context: Any) -> Any:
         members = await self.backend.member_promote(request.ID)
-        return pb.MemberPromoteResponse(header=self.edge.current_header(), members=self._members(members))
+        return pb.MemberPromoteResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     def handler(self) -> grpc.GenericRpcHandler:
         e = self.edge

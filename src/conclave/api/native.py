@@ -17,7 +17,12 @@ is fixed by ``kv/types.py`` and both ends share this module's :func:`pack_value`
 :func:`unpack_as`.
 
 Limits: a frame longer than ``max_request_bytes + FRAME_OVERHEAD_BYTES`` or a body that is not a
-well-formed envelope closes that connection with a logged reason (nobody else is affected); at
+well-formed envelope closes that connection with a logged reason (nobody else is affected); a
+frame whose first bytes arrived more than ``FRAME_READ_TIMEOUT_S`` ago and that is still incomplete
+closes its connection too (an idle peer cannot pin a partial frame forever); the bytes buffered
+across all connections are capped (``BUFFERED_FRAMES_MAX`` frame limits): a connection whose input
+would go over the cap stops being read (the kernel's socket buffer and TCP flow control hold the
+rest) until other connections' frames complete or time out; at
 ``IN_FLIGHT_MAX`` unanswered requests the server stops reading from the connection until answers
 drain (back-pressure instead of unbounded memory); while the socket's send buffer is full, no
 request is read and watch deliveries stay in the hub (which cancels watchers that fall too far
@@ -61,6 +66,15 @@ log = logging.getLogger("conclave.native")
 IN_FLIGHT_MAX = 512  # unanswered requests per connection before the server stops reading
 STREAMS_MAX = 1024  # open watch / keep-alive streams per connection
 KEEP_ALIVE_INTERVAL_MS_MIN = 50
+# A started frame must be complete within this time: 1.6 MB in 10 s is 160 KB/s, far below any
+# link a member serves on, while an idle peer holding a partial frame is dropped.
+FRAME_READ_TIMEOUT_S = 10.0
+# Bytes of unparsed input across every connection of a server, in frame limits (16 x 1.6 MB =
+# 26 MB at the defaults): 300 idle peers with 1.6 MB each took a member from 48 to 527 MB before.
+BUFFERED_FRAMES_MAX = 16
+READ_CHUNK_BYTES = 256 * 1024  # the most one socket read takes (asyncio's own default)
+
+
 
 
 # --------------------------------------------------------------------------- server
@@ -152,8 +166,12 @@ class _Dispatch:
         await self.backend.move_leader(target)
 
 
-class NativeConnection(asyncio.Protocol):
-    """One client connection: frame parsing, dispatch, flow control and its streams."""
+class NativeConnection(asyncio.BufferedProtocol):
+    """One client connection: frame parsing, dispatch, flow control and its streams.
+
+    A buffered protocol, so that the server decides how much is read from a socket at once: never
+    more than the server-wide budget has left (see ``NativeServer.read_view``).
+    """
 
     def __init__(self, server: NativeServer) -> None:
         self.server = server
@@ -163,7 +181,11 @@ class NativeConnection(asyncio.Protocol):
         self.peer = "?"
         self.buffer = bytearray()
         self.in_flight = 0
-        self.reading_paused = False
+        self.reading_paused = False  # back-pressure: too many requests in flight, or peer not reading
+        self.budget_paused = False  # the server-wide cap on buffered input is reached
+        self.transport_paused = False
+        self.frame_since: float | None = None  # when the incomplete frame at the buffer's head began
+        self.frame_timer: asyncio.TimerHandle | None = None
         self.writing_paused = False
         self.closed = False
         self.out: list[bytes] = []
@@ -193,6 +215,7 @@ class NativeConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        self._drop_buffer()
         for stream in self.streams.values():
             self._end_stream(stream)
         self.streams.clear()
@@ -211,8 +234,22 @@ class NativeConnection(asyncio.Protocol):
         self._pump_watches()
         self._resume()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.read_view()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.read_buffer_view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            return
         self.buffer += data
+        self.server.buffered_bytes += len(data)
+        if self.server.buffered_bytes >= self.server.buffered_bytes_max and not self.budget_paused:
+            self.budget_paused = True
+            self.server.budget_waiters[self] = None
+            self.server.note_budget_full()
+            self._apply_reading()
         self._parse()
 
     # ---------------------------------------------------------------- framing
@@ -236,7 +273,57 @@ class NativeConnection(asyncio.Protocol):
             return
         if pos:
             del buf[:pos]
+            self.server.release(pos)
+        if not buf:
+            self.frame_since = None
+        elif pos or self.frame_since is None:
+            self.frame_since = self.loop.time()  # a new frame has begun
+            self._arm_frame_timer()
         self._sync_reading()
+
+    def _arm_frame_timer(self) -> None:
+        if self.frame_timer is None and self.frame_since is not None and not self.closed:
+            delay = self.frame_since + self.server.frame_read_timeout_s - self.loop.time()
+            self.frame_timer = self.loop.call_later(max(0.0, delay), self._on_frame_timer)
+
+    def _on_frame_timer(self) -> None:
+        self.frame_timer = None
+        if self.closed or self.frame_since is None:
+            return
+        now = self.loop.time()
+        if self.reading_paused:
+            # We stopped reading (back-pressure), not the peer: its frame gets a fresh deadline.
+            self.frame_since = now
+        elif now - self.frame_since >= self.server.frame_read_timeout_s:
+            self.fail(f"a frame begun {now - self.frame_since:.1f}s ago is still incomplete "
+                      f"({len(self.buffer)} bytes buffered; the limit is {self.server.frame_read_timeout_s:g}s)")
+            return
+        self._arm_frame_timer()
+
+    def _drop_buffer(self) -> None:
+        """Give this connection's buffered input back to the server-wide budget (it is closing)."""
+        if self.frame_timer is not None:
+            self.frame_timer.cancel()
+            self.frame_timer = None
+        self.frame_since = None
+        self.server.budget_waiters.pop(self, None)
+        if self.buffer:
+            size = len(self.buffer)
+            self.buffer.clear()
+            self.server.release(size)
+
+    def _apply_reading(self) -> None:
+        """Pause or resume the socket: paused while back-pressure or the server-wide budget says so."""
+        if self.closed or self.transport is None:
+            return
+        want = self.reading_paused or self.budget_paused
+        if want == self.transport_paused:
+            return
+        self.transport_paused = want
+        if want:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def _blocked(self) -> bool:
         return self.in_flight >= IN_FLIGHT_MAX or self.writing_paused
@@ -246,7 +333,7 @@ class NativeConnection(asyncio.Protocol):
             return
         if self._blocked() and not self.reading_paused:
             self.reading_paused = True
-            self.transport.pause_reading()
+            self._apply_reading()
 
     def _resume(self) -> None:
         """Read again once answers drained (hysteresis: half the in-flight limit)."""
@@ -254,8 +341,8 @@ class NativeConnection(asyncio.Protocol):
             return
         self.reading_paused = False
         self._parse()  # frames already buffered first
-        if not self.reading_paused and self.transport is not None:
-            self.transport.resume_reading()
+        if not self.reading_paused:
+            self._apply_reading()
 
     def fail(self, reason: str) -> None:
         """Close this connection because its peer broke the protocol (nobody else is affected)."""
@@ -263,6 +350,7 @@ class NativeConnection(asyncio.Protocol):
             return
         log.warning("native: closing connection from %s: %s", self.peer, reason)
         self.closed = True
+        self._drop_buffer()
         if self.transport is not None:
             self.transport.abort()
 
@@ -449,12 +537,47 @@ class NativeConnection(asyncio.Protocol):
 class NativeServer:
     """The listeners of one member; ``close()`` is synchronous (the runner calls it on stop)."""
 
-    def __init__(self, backend: Any, max_request_bytes: int) -> None:
+    def __init__(self, backend: Any, max_request_bytes: int, *, frame_read_timeout_s: float = FRAME_READ_TIMEOUT_S,
+                 buffered_bytes_max: int = 0) -> None:
         self.backend = backend
         self.dispatch = _Dispatch(backend)
         self.frame_bytes_max = max_request_bytes + FRAME_OVERHEAD_BYTES
+        self.frame_read_timeout_s = frame_read_timeout_s
+        # At least one whole frame fits, or a legitimate large request could never be read.
+        self.buffered_bytes_max = max(buffered_bytes_max or BUFFERED_FRAMES_MAX * self.frame_bytes_max,
+                                      self.frame_bytes_max + FRAME_HEADER.size)
+        self.buffered_bytes = 0
+        self.budget_waiters: dict[NativeConnection, None] = {}  # insertion order: first paused, first resumed
+        self.budget_full_logged_at = -1e9
+        # One read buffer for every connection: the loop reads one socket at a time and each read
+        # is copied out (buffer_updated) before the next get_buffer.
+        self.read_buffer_view = memoryview(bytearray(READ_CHUNK_BYTES))
         self.connections: set[NativeConnection] = set()
         self.servers: list[asyncio.AbstractServer] = []
+
+    def read_view(self) -> memoryview:
+        """Where the next socket read goes: at most what the server-wide budget has left (at least
+        one byte; the connection that reads it then pauses), so the budget is a hard bound."""
+        left = self.buffered_bytes_max - self.buffered_bytes
+        return self.read_buffer_view[: max(1, min(READ_CHUNK_BYTES, left))]
+
+    def release(self, size: int) -> None:
+        """``size`` buffered bytes were parsed or dropped: resume connections waiting for budget."""
+        self.buffered_bytes -= size
+        assert self.buffered_bytes >= 0, self.buffered_bytes
+        while self.budget_waiters and self.buffered_bytes < self.buffered_bytes_max:
+            conn = next(iter(self.budget_waiters))
+            del self.budget_waiters[conn]
+            conn.budget_paused = False
+            conn._apply_reading()
+
+    def note_budget_full(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self.budget_full_logged_at >= 60:  # once a minute: a flood must not flood the log
+            self.budget_full_logged_at = now
+            log.warning("native: %d bytes of partial requests buffered across %d connections (limit %d): "
+                        "pausing reads until frames complete or time out", self.buffered_bytes,
+                        len(self.connections), self.buffered_bytes_max)
 
     @property
     def ports(self) -> list[int]:

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="conclave",
         description="Conclave: a Raft-replicated, linearizable key-value store that speaks the etcd v3 API.",
     )
+    from conclave import __version__
+
+    parser.add_argument("--version", action="version", version=f"conclave {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -16,10 +16,11 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("advertise-client-urls", "URLS", None, "client URLs to advertise to the cluster (default: listen URLs)"),
     ("listen-peer-urls", "URLS", "http://127.0.0.1:2380", "URLs to listen on for peer traffic"),
     ("initial-advertise-peer-urls", "URLS", None, "this member's peer URLs to advertise (default: listen URLs)"),
-    ("initial-cluster", "NAME=URL,...", None, "initial cluster configuration for bootstrapping"),
+    ("initial-cluster", "NAME=URL,...", None,
+     "initial cluster configuration for bootstrapping (default: <name>=<initial-advertise-peer-urls>)"),
     ("initial-cluster-state", "new|existing", "new", "'new' to bootstrap a cluster, 'existing' to join one"),
     ("initial-cluster-token", "TOKEN", "conclave-cluster", "initial cluster token, part of member and cluster ids"),
-    ("listen-native-urls", "URLS", "", "URLs to listen on for Conclave's native client protocol"),
+    ("listen-native-urls", "URLS", "", "URLs to listen on for Conclave's native client protocol (default: none)"),
     ("heartbeat-interval", "MS", "100", "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", "MS", "1000", "time (in milliseconds) for an election to timeout"),
     ("snapshot-count", "N", "10000", "number of committed entries that trigger a snapshot"),
@@ -37,10 +38,14 @@ def register(sub: Any) -> None:
         "serve",
         help="run one cluster member (etcd's flags; each also settable as CONCLAVE_<FLAG>)",
         description="Run one Conclave member. Flags follow etcd's names; every flag can also be set "
-        "in the environment as CONCLAVE_<FLAG_NAME>, e.g. CONCLAVE_DATA_DIR.",
+        "in the environment as CONCLAVE_<FLAG_NAME>, e.g. CONCLAVE_DATA_DIR. Once the data dir exists "
+        "it says who the member is: the bootstrap flags --initial-cluster, --initial-cluster-token "
+        "and --initial-cluster-state are then ignored (with a warning naming them), as etcd does.",
     )
     for flag, metavar, default, text in FLAGS:
-        p.add_argument(f"--{flag}", metavar=metavar, default=env_default(flag, default), help=text)
+        # The built-in default is shown (etcd's --help does too); a CONCLAVE_<FLAG> value overrides it.
+        shown = f"{text} (default: {default})" if default and "(default:" not in text else text
+        p.add_argument(f"--{flag}", metavar=metavar, default=env_default(flag, default), help=shown)
     p.set_defaults(func=run)
 
 

@@ -1,7 +1,8 @@
 """`conclave up`: a local cluster on 127.0.0.1 in one command.
 
 Each member is a child process running ``conclave serve``; this process supervises them
-(restarts one that dies, with backoff), prints a line per member once it accepts
+(restarts one that dies, with backoff, after saying how it died: the signal that killed it,
+or its exit status and last log line), prints a line per member once it accepts
 clients, and on Ctrl-C or SIGTERM stops them all gracefully.
 """
 
@@ -37,7 +38,8 @@ def register(sub: Any) -> None:
     p.add_argument("--heartbeat-interval", default="100", help="passed to each member (ms)")
     p.add_argument("--election-timeout", default="1000", help="passed to each member (ms)")
     p.add_argument("--snapshot-count", default="10000", help="passed to each member")
-    p.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for members to start")
+    p.add_argument("--ready-timeout", type=float, default=30.0,
+                   help="seconds a member may take to accept clients after it (re)starts before it is reported")
     p.set_defaults(func=run)
 
 
@@ -45,6 +47,31 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def describe_exit(returncode: int) -> str:
+    """How a member process ended, in words (a negative return code is the signal that killed it)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def last_words(log: Path, returncode: int) -> str:
+    """The member's own last log line when it failed by itself (its reason), else nothing."""
+    if returncode <= 0:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f" ({lines[-1][:200]})" if lines else ""
 
 
 def member_args(args: argparse.Namespace, i: int) -> list[str]:
@@ -92,31 +119,36 @@ def run(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes] | None] = [None] * args.nodes
     logs = [Path(args.data_dir) / f"node{i + 1}.log" for i in range(args.nodes)]
     restarts = [0] * args.nodes
+    ready = [False] * args.nodes
+    # Each member has its own readiness deadline, counted from its own (re)start: a member that
+    # dies an hour in is reported for what happened to it, never as "not ready after 30s".
+    deadlines = [0.0] * args.nodes
+    ever_ready = False
 
     def start(i: int) -> None:
         with open(logs[i], "ab") as out:
             procs[i] = subprocess.Popen(member_args(args, i), stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        ready[i] = False
+        deadlines[i] = time.monotonic() + args.ready_timeout
 
     for i in range(args.nodes):
         start(i)
-    ready = [False] * args.nodes
-    deadline = time.monotonic() + args.ready_timeout
     print(f"starting {args.nodes} member(s); logs in {args.data_dir}/nodeN.log", flush=True)
     while not stopping:
         for i, p in enumerate(procs):
             assert p is not None
             rc = p.poll()
             if rc is not None:
-                print(f"node{i + 1} exited with status {rc}; see {logs[i]}", flush=True)
+                print(f"node{i + 1} {describe_exit(rc)}{last_words(logs[i], rc)}; see {logs[i]}", flush=True)
                 restarts[i] += 1
                 if restarts[i] > 5:
                     print(f"node{i + 1} keeps failing; stopping the cluster", flush=True)
                     stopping = True
                     break
                 time.sleep(min(2.0, 0.2 * 2 ** restarts[i]))
+                print(f"restarting node{i + 1} (restart {restarts[i]} of 5)", flush=True)
                 start(i)
-                ready[i] = False
             elif not ready[i] and _port_open(CLIENT_PORTS[i] + off):
                 ready[i] = True
                 print(f"node{i + 1} ready: clients http://127.0.0.1:{CLIENT_PORTS[i] + off}, "
@@ -124,10 +156,16 @@ def run(args: argparse.Namespace) -> int:
                       flush=True)
                 if all(ready):
                     eps = ",".join(f"127.0.0.1:{CLIENT_PORTS[j] + off}" for j in range(args.nodes))
-                    print(f"cluster ready; try: etcdctl --endpoints={eps} put foo bar   (Ctrl-C stops)", flush=True)
-        if not all(ready) and time.monotonic() > deadline:
-            print(f"conclave up: members not ready after {args.ready_timeout:.0f}s; see the logs", file=sys.stderr)
-            deadline = float("inf")
+                    if ever_ready:
+                        print("all members ready again", flush=True)
+                    else:
+                        print(f"cluster ready; try: etcdctl --endpoints={eps} put foo bar   (Ctrl-C stops)",
+                              flush=True)
+                    ever_ready = True
+            elif not ready[i] and time.monotonic() > deadlines[i]:
+                print(f"conclave up: node{i + 1} is running but not accepting clients "
+                      f"{args.ready_timeout:.0f}s after it started; see {logs[i]}", file=sys.stderr, flush=True)
+                deadlines[i] = float("inf")
         time.sleep(0.1)
     print("stopping...", flush=True)
     for p in procs:

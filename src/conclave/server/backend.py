@@ -32,7 +32,7 @@ from conclave.raft.types import (
     Role,
 )
 from conclave.server.config import member_id as compute_member_id
-from conclave.server.config import parse_url
+from conclave.server.config import parse_url, reported_db_size
 from conclave.server.node import TAG_MEMBER, Member, Node, now_ms
 from conclave.server.transport import PeerUnavailable, RemoteError
 from conclave.version import __version__
@@ -50,6 +50,13 @@ _REMOTE_ERRORS: dict[str, type[kverr.EtcdError]] = {
 def _remote(exc: RemoteError) -> kverr.EtcdError:
     cls = _REMOTE_ERRORS.get(exc.kind)
     return cls() if cls is not None else kverr.EtcdError(exc.message)
+
+
+class _ConfChangePending(kverr.EtcdError):
+    """The leader has a configuration change in flight: the caller waits for it, then checks again."""
+
+    code = "UNAVAILABLE"
+    message = "etcdserver: a configuration change is already pending"
 
 
 def _header(node: Node, revision: int) -> kv.ResponseHeader:
@@ -290,7 +297,11 @@ class NodeBackend:
                 node.raft.propose_conf_change(cc)
             except RaftNotLeader:
                 node._waiters.resolve(seq, error=kverr.NoLeader())
-            except (ProposalDropped, RaftError) as exc:
+            except ProposalDropped as exc:
+                pending = "already pending" in exc.reason
+                err = _ConfChangePending() if pending else kverr.EtcdError(f"etcdserver: {exc}")
+                node._waiters.resolve(seq, error=err)
+            except RaftError as exc:
                 node._waiters.resolve(seq, error=kverr.EtcdError(f"etcdserver: {exc}"))
 
         node._submit(op)
@@ -301,6 +312,18 @@ class NodeBackend:
             raise kverr.Timeout() from None
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]:
+        # etcd checks an add against the membership the previous change left: one that races another
+        # change waits for it and is checked again (a second learner gets "too many learner members").
+        deadline = asyncio.get_running_loop().time() + self.node.cfg.request_timeout_s
+        while True:
+            try:
+                return await self._member_add_once(peer_urls, is_learner)
+            except _ConfChangePending:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise kverr.Timeout() from None
+                await asyncio.sleep(self.node.cfg.heartbeat_interval_ms / 1000)
+
+    async def _member_add_once(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]:
         try:
             urls = [u if "://" in u else "http://" + u for u in peer_urls]
             for u in urls:
@@ -400,10 +423,11 @@ class NodeBackend:
         errors = tuple(
             f"memberID:{a.member_id} alarm:{a.alarm.name}" for a in node.store.alarms()
         )
+        db_size, db_size_in_use = reported_db_size(node.store.db_size, node.store.db_size_in_use)
         return StatusInfo(
             version=ETCD_API_VERSION,
-            db_size=node.store.db_size,
-            db_size_in_use=node.store.db_size_in_use,
+            db_size=db_size,
+            db_size_in_use=db_size_in_use,
             leader=node.raft.leader_id,
             raft_index=node.raft.commit_index,
             raft_term=node.raft.term,
@@ -423,6 +447,8 @@ class NodeBackend:
         return list(resp.alarms)
 
     async def hash_kv(self, revision: int) -> kv.HashKVResponse:
+        if 0 < revision <= self.node.store.compact_revision:
+            raise kverr.Compacted()  # as etcd: the compacted revision itself is gone too
         h, compact, hash_rev = self.node.store.hash_kv(revision)
         return kv.HashKVResponse(_header(self.node, self.node.store.revision), h, compact, hash_rev)
 
@@ -436,8 +462,10 @@ class NodeBackend:
         node = self.node
         if node.raft.role != Role.LEADER:
             raise kverr.NotLeader()
+        if target_id == node.member_id:
+            return  # etcd: moving leadership to the leader is a no-op ("transferred from X to X")
         m = node.members.get(target_id)
-        if m is None or m.is_learner or target_id == node.member_id:
+        if m is None or m.is_learner:
             raise kverr.BadLeaderTransferee()
         node._submit(lambda: node.raft.transfer_leadership(target_id))
         deadline = asyncio.get_running_loop().time() + node.cfg.request_timeout_s

@@ -10,11 +10,29 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
     """A flag value that cannot be used; the message says which and why."""
+
+
+# The data dir's record of who the member is (server/datadir.py). Once it exists the bootstrap
+# flags are ignored, as etcd ignores them once its data dir exists.
+MEMBER_FILE = "member.json"
+
+
+# What etcd 3.4 reports for an empty backend (its bbolt file before the first key: `etcdctl
+# endpoint status` says 20 kB, dbSizeInUse 16384). Conclave's store estimates only its records;
+# Maintenance.Status adds this floor so sizes read as etcd's do (never "0 B" on a fresh member).
+BACKEND_EMPTY_BYTES = 20480
+BACKEND_EMPTY_IN_USE_BYTES = 16384
+
+
+def reported_db_size(store_bytes: int, store_bytes_in_use: int) -> tuple[int, int]:
+    """(dbSize, dbSizeInUse) as Maintenance.Status reports them for a store of these sizes."""
+    return BACKEND_EMPTY_BYTES + store_bytes, BACKEND_EMPTY_IN_USE_BYTES + store_bytes_in_use
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +145,15 @@ class ServerConfig:
             raise ConfigError(
                 f"--initial-cluster-state must be 'new' or 'existing', got {self.initial_cluster_state!r}"
             )
-        if self.name not in self.initial_cluster:
+        if self.bootstrapped:
+            pass  # the data dir says who this member is; --initial-cluster is not read (datadir.recover)
+        elif self.name not in self.initial_cluster:
             raise ConfigError(
                 f"--initial-cluster has no member named {self.name!r} (the value of --name); "
                 f"it lists {sorted(self.initial_cluster)}"
             )
-        mine = sorted(self.initial_cluster[self.name])
-        if mine != sorted(self.initial_advertise_peer_urls):
+        elif sorted(self.initial_cluster[self.name]) != sorted(self.initial_advertise_peer_urls):
+            mine = sorted(self.initial_cluster[self.name])
             raise ConfigError(
                 f"--initial-cluster gives {self.name!r} peer URLs {mine}, but "
                 f"--initial-advertise-peer-urls is {sorted(self.initial_advertise_peer_urls)}"
@@ -163,6 +183,11 @@ class ServerConfig:
         ):
             for u in urls:
                 parse_url(u, flag)
+
+    @property
+    def bootstrapped(self) -> bool:
+        """True when the data dir already belongs to a member (its bootstrap flags are ignored)."""
+        return (Path(self.data_dir) / MEMBER_FILE).exists()
 
     @property
     def election_ticks(self) -> int:

@@ -179,23 +179,14 @@ class Node:
         return Path(self.cfg.data_dir) / "member.json"
 
     def _check_data_dir(self) -> bool:
-        """Returns True when the data dir is new. Refuses a data dir of another cluster."""
-        path = self._meta_path()
-        if not path.exists():
+        """Returns True when the data dir is new; otherwise the data dir says who this member is."""
+        from conclave.server import datadir
+
+        ident = datadir.recover(self.cfg)  # the data dir wins over the bootstrap flags, as in etcd
+        if ident is None:
             return True
-        meta = json.loads(path.read_text())
-        if meta.get("member_id") != self.member_id or meta.get("name") != self.cfg.name:
-            raise ConfigError(
-                f"data dir {self.cfg.data_dir} belongs to member {meta.get('name')!r} "
-                f"({meta.get('member_id', 0):x}), not {self.cfg.name!r} ({self.member_id:x})"
-            )
-        if self.cfg.initial_cluster_state == "new" and meta.get("token") != self.cfg.initial_cluster_token:
-            raise ConfigError(
-                f"data dir {self.cfg.data_dir} belongs to cluster token {meta.get('token')!r}, "
-                f"not {self.cfg.initial_cluster_token!r}"
-            )
-        self.cluster_id = int(meta["cluster_id"])
-        self._joined_members = [Member.from_wire(w) for w in meta.get("members", [])]
+        self.member_id, self.cluster_id = ident.member_id, ident.cluster_id
+        self._joined_members = [Member.from_wire(w) for w in ident.members]
         return False
 
     def _write_meta(self) -> None:
@@ -203,7 +194,7 @@ class Node:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({
             "name": self.cfg.name, "member_id": self.member_id, "cluster_id": self.cluster_id,
-            "token": self.cfg.initial_cluster_token,
+            "token": self.cfg.initial_cluster_token, "initial_cluster": self.cfg.initial_cluster,
             # A member that joined an existing cluster never sees the bootstrap configuration in
             # its log: remember whom it learned about when it joined.
             "members": [m.to_wire() for m in self.members.values()]
@@ -253,9 +244,7 @@ class Node:
                 for name, urls in self.cfg.initial_cluster.items():
                     if ids[name] in persisted.conf_state.all_nodes():
                         self.members[ids[name]] = Member(ids[name], name, list(urls))
-        me = self.members.get(self.member_id)
-        if me is not None:
-            me.name = self.cfg.name
+        # A renamed member (same data dir, new --name) keeps its id; _on_tick publishes the new name.
         self.hub = WatchHub(self.store, notify=self._notify_watcher)
         raft_cfg = Config(
             id=self.member_id,
