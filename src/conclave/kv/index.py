@@ -78,7 +78,7 @@ def record_bytes(key: bytes, kv: KeyValue | None) -> int:
 
 
 def rec_main(r: Record) -> int:
-    return r.mod_revision if type(r) is KeyValue else r[0]  # type: ignore[union-attr,index]
+    return r.mod_revision if type(r) is KeyValue else r[0]  # type: ignore[index]
 
 
 def rec_sub(r: Record) -> int:
@@ -86,7 +86,7 @@ def rec_sub(r: Record) -> int:
 
 
 def rec_kv(r: Record) -> KeyValue | None:
-    return r if type(r) is KeyValue else r[2]  # type: ignore[index,return-value]
+    return r if type(r) is KeyValue else r[2]  # type: ignore[index]
 
 
 def make_record(main: int, sub: int, kv: KeyValue | None) -> Record:
@@ -101,7 +101,7 @@ def last_record(h: History) -> Record:
 
 def records_of(h: History) -> list[Record]:
     """The key's records as a list (a fresh one-item list for a single record)."""
-    return h if type(h) is list else [h]  # type: ignore[list-item,return-value]
+    return h if type(h) is list else [h]  # type: ignore[list-item]
 
 
 def rows(h: History) -> Iterator[tuple[int, int, KeyValue | None]]:
@@ -208,6 +208,16 @@ class KeyIndex:
             prev.append(kv)
             histories[k] = _append(h, (main, first_sub + offset, None))
         return prev
+
+    def values_of(self, live_keys: list[bytes]) -> list[KeyValue]:
+        """The current values of keys known to be live."""
+        out: list[KeyValue] = []
+        get = self.get
+        for k in live_keys:
+            kv = get(k)
+            assert kv is not None, "a live key has a value"
+            out.append(kv)
+        return out
 
     def live_slice(self, key: bytes, range_end: bytes) -> list[bytes]:
         lo, hi = range_bounds(self.live_keys, key, range_end)

@@ -373,8 +373,7 @@ class Store:
             if limit and sort_order == SortOrder.NONE and not filtered:
                 # Fast path: only limit+1 keys are touched.
                 lo_keys = index.live_slice(req.key, req.range_end)[: limit + 1]
-                get = index.get
-                kvs = [get(k) for k in lo_keys]  # type: ignore[misc]
+                kvs = index.values_of(lo_keys)
             else:
                 kvs = list(index.iter_live(req.key, req.range_end))
         else:
