@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 ``KeyIndex`` owns the MVCC records of the store. A *record* is one revision of one key:
 
-* a ``KeyValue`` alone when it is a put at sub revision 0 (the common case: its main revision
-  is ``kv.mod_revision``), costing nothing beyond the value the reads return anyway;
+* one ``bytes`` blob when it is a put at sub revision 0 (the common case): a fixed header
+  (create, mod = main, version, lease as four int64) followed by the value. One object per
+  revision, not tracked by the cyclic GC, instead of a KeyValue, its int objects and the value;
+  reads unpack a fresh ``KeyValue`` (the key comes from the index, the value is a slice);
 * a ``(main, sub, kv)`` tuple otherwise: a put at a later position inside its write
   transaction, or a tombstone (``kv`` is None: the key was deleted at ``main``, ending its
   generation).
@@ -32,6 +34,7 @@ passes them in) and never raises client errors.
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,8 +68,8 @@ def in_range(candidate: bytes, key: bytes, range_end: bytes) -> bool:
     return key <= candidate < range_end
 
 
-Record: TypeAlias = "KeyValue | tuple[int, int, KeyValue | None]"
-"""One revision of a key: a KeyValue (a put at sub 0) or (main, sub, kv or None for a tombstone)."""
+Record: TypeAlias = "bytes | tuple[int, int, KeyValue | None]"
+"""One revision of a key: a packed put at sub 0 (``pack_kv``) or (main, sub, kv or None for a tombstone)."""
 
 History: TypeAlias = "Record | list[Record]"
 """A key's records: the record itself when it is the only one, else a list, oldest first."""
@@ -77,21 +80,51 @@ def record_bytes(key: bytes, kv: KeyValue | None) -> int:
     return len(key) + (len(kv.value) if kv is not None else 0) + RECORD_OVERHEAD_BYTES
 
 
+_HEAD = struct.Struct("<qqqq")
+"""A packed put: create revision, mod (= main) revision, version, lease, then the value bytes."""
+
+
+def pack_kv(kv: KeyValue) -> bytes:
+    return _HEAD.pack(kv.create_revision, kv.mod_revision, kv.version, kv.lease) + kv.value
+
+
+def unpack_kv(key: bytes, blob: bytes) -> KeyValue:
+    create, mod, version, lease = _HEAD.unpack_from(blob)
+    return KeyValue(key, create, mod, version, blob[_HEAD.size :], lease)
+
+
 def rec_main(r: Record) -> int:
-    return r.mod_revision if type(r) is KeyValue else r[0]  # type: ignore[index]
+    if type(r) is bytes:
+        return int.from_bytes(r[8:16], "little", signed=True)
+    return r[0]
 
 
 def rec_sub(r: Record) -> int:
-    return 0 if type(r) is KeyValue else r[1]  # type: ignore[index]
+    return 0 if type(r) is bytes else r[1]
 
 
-def rec_kv(r: Record) -> KeyValue | None:
-    return r if type(r) is KeyValue else r[2]  # type: ignore[index]
+def rec_kv(key: bytes, r: Record) -> KeyValue | None:
+    if type(r) is bytes:
+        return unpack_kv(key, r)
+    return r[2]  # type: ignore[return-value]
+
+
+def rec_live(r: Record) -> bool:
+    """Whether the record is a value (not a tombstone)."""
+    return type(r) is bytes or r[2] is not None
+
+
+def rec_value_len(r: Record) -> int | None:
+    """The value's length (None for a tombstone), without unpacking."""
+    if type(r) is bytes:
+        return len(r) - _HEAD.size
+    kv = r[2]
+    return None if kv is None else len(kv.value)  # type: ignore[union-attr]
 
 
 def make_record(main: int, sub: int, kv: KeyValue | None) -> Record:
     if kv is not None and sub == 0 and kv.mod_revision == main:
-        return kv
+        return pack_kv(kv)
     return (main, sub, kv)
 
 
@@ -104,30 +137,31 @@ def records_of(h: History) -> list[Record]:
     return h if type(h) is list else [h]  # type: ignore[list-item]
 
 
-def rows(h: History) -> Iterator[tuple[int, int, KeyValue | None]]:
+def rows(key: bytes, h: History) -> Iterator[tuple[int, int, KeyValue | None]]:
     """(main, sub, kv) of every record, oldest first."""
     for r in records_of(h):
-        if type(r) is KeyValue:
-            yield r.mod_revision, 0, r
+        if type(r) is bytes:
+            kv = unpack_kv(key, r)
+            yield kv.mod_revision, 0, kv
         else:
             yield r  # type: ignore[misc]
 
 
-def value_at(h: History, revision: int) -> KeyValue | None:
+def value_at(key: bytes, h: History, revision: int) -> KeyValue | None:
     """The key's value as of ``revision`` (None: absent or deleted)."""
     if type(h) is not list:
-        return rec_kv(h) if rec_main(h) <= revision else None  # type: ignore[arg-type]
+        return rec_kv(key, h) if rec_main(h) <= revision else None  # type: ignore[arg-type]
     i = bisect_right(h, revision, key=rec_main) - 1
-    return rec_kv(h[i]) if i >= 0 else None
+    return rec_kv(key, h[i]) if i >= 0 else None
 
 
-def find_record(h: History, main: int, sub: int) -> tuple[KeyValue | None, KeyValue | None]:
+def find_record(key: bytes, h: History, main: int, sub: int) -> tuple[KeyValue | None, KeyValue | None]:
     """(record's kv, previous record's kv) of the record at (main, sub); KeyError if absent."""
     recs = records_of(h)
     i = bisect_left(recs, main, key=rec_main)
     while i < len(recs) and rec_main(recs[i]) == main:
         if rec_sub(recs[i]) == sub:
-            return rec_kv(recs[i]), rec_kv(recs[i - 1]) if i > 0 else None
+            return rec_kv(key, recs[i]), rec_kv(key, recs[i - 1]) if i > 0 else None
         i += 1
     raise KeyError((main, sub))
 
@@ -149,10 +183,13 @@ def compact_history(h: History, revision: int, key: bytes) -> tuple[History | No
     i = bisect_right(recs, revision, key=rec_main) - 1
     if i < 0:
         return h, 0
-    cut = i + 1 if rec_kv(recs[i]) is None else i
+    cut = i if rec_live(recs[i]) else i + 1
     if cut == 0:
         return h, 0
-    released = sum(record_bytes(key, rec_kv(r)) for r in recs[:cut])
+    released = 0
+    for r in recs[:cut]:
+        size = rec_value_len(r)
+        released += len(key) + (size or 0) + RECORD_OVERHEAD_BYTES
     kept = recs[cut:]
     if not kept:
         return None, released
@@ -174,7 +211,18 @@ class KeyIndex:
         if h is None:
             return None
         r = h[-1] if type(h) is list else h
-        return r if type(r) is KeyValue else r[2]  # type: ignore[index,return-value]
+        if type(r) is bytes:
+            return unpack_kv(key, r)
+        return r[2]  # type: ignore[return-value]
+
+    def canonical(self, key: bytes) -> bytes:
+        """The bytes object the index holds for ``key`` (``key`` itself if it has no history).
+
+        Revisions and history references then share one key object however many there are.
+        """
+        keys = self.all_keys
+        i = bisect_left(keys, key)
+        return keys[i] if i < len(keys) and keys[i] == key else key
 
     def put(self, kv: KeyValue, sub: int) -> None:
         key = kv.key
@@ -184,12 +232,12 @@ class KeyIndex:
             insort(self.all_keys, key)
             insort(self.live_keys, key)
             self.live_count += 1
-            histories[key] = kv if sub == 0 else (kv.mod_revision, sub, kv)
+            histories[key] = pack_kv(kv) if sub == 0 else (kv.mod_revision, sub, kv)
             return
-        if rec_kv(last_record(h)) is None:
+        if not rec_live(last_record(h)):
             insort(self.live_keys, key)
             self.live_count += 1
-        histories[key] = _append(h, kv if sub == 0 else (kv.mod_revision, sub, kv))
+        histories[key] = _append(h, pack_kv(kv) if sub == 0 else (kv.mod_revision, sub, kv))
 
     def delete_range(self, key: bytes, range_end: bytes, main: int, first_sub: int) -> list[KeyValue]:
         """Tombstone every live key in the range at revision ``main``; returns their last values."""
@@ -203,7 +251,7 @@ class KeyIndex:
         histories = self.histories
         for offset, k in enumerate(doomed):
             h = histories[k]
-            kv = rec_kv(last_record(h))
+            kv = rec_kv(k, last_record(h))
             assert kv is not None, "a live key's last record is a value"
             prev.append(kv)
             histories[k] = _append(h, (main, first_sub + offset, None))
@@ -240,7 +288,8 @@ class KeyIndex:
         lo, hi = range_bounds(self.all_keys, key, range_end)
         keys, histories = self.all_keys, self.histories
         for i in range(lo, hi):
-            kv = value_at(histories[keys[i]], revision)
+            k = keys[i]
+            kv = value_at(k, histories[k], revision)
             if kv is not None:
                 yield kv
 
@@ -272,6 +321,6 @@ class KeyIndex:
         """Add a key with its records (restore: keys arrive in increasing order)."""
         self.histories[key] = recs[0] if len(recs) == 1 else recs
         self.all_keys.append(key)
-        if rec_kv(recs[-1]) is not None:
+        if rec_live(recs[-1]):
             self.live_keys.append(key)
             self.live_count += 1

@@ -283,15 +283,14 @@ class Store:
         return PutResponse(header=self._header(rev), prev_kv=prev if req.prev_kv else None)
 
     def _put(self, w: _Write, req: PutRequest) -> KeyValue | None:
-        key = req.key
         index = self._index
+        key = index.canonical(req.key)  # one bytes object per key, however many revisions it has
         prev = index.get(key)
         value = prev.value if (req.ignore_value and prev is not None) else req.value
         lease = prev.lease if (req.ignore_lease and prev is not None) else req.lease
         if prev is None:
             kv = KeyValue(key, w.revision, w.revision, 1, value, lease)
         else:
-            key = prev.key  # one bytes object per key, however many revisions it has
             kv = KeyValue(key, prev.create_revision, w.revision, prev.version + 1, value, lease)
             if prev.lease and prev.lease != lease:
                 old = self._leases.get(prev.lease)
@@ -634,7 +633,7 @@ class Store:
     def _history_ref(self, i: int) -> Event:
         """The event of reference ``i``, rebuilt from its record and the one before it."""
         key, main, sub = self._ev_keys[i], self._ev_mains[i], self._ev_subs[i]
-        kv, prev = find_record(self._index.histories[key], main, sub)
+        kv, prev = find_record(key, self._index.histories[key], main, sub)
         if kv is None:
             return Event(EventType.DELETE, KeyValue(key=key, mod_revision=main), prev)
         return Event(EventType.PUT, kv, prev)
@@ -655,7 +654,7 @@ class Store:
         self._check_read_revision(rev)
         crc = 0
         for key, history in self._index.records():
-            for main, sub, kv in rows(history):
+            for main, sub, kv in rows(key, history):
                 if main > rev:
                     break
                 crc = zlib.crc32(_pack_record(key, main, sub, kv), crc)
@@ -665,7 +664,7 @@ class Store:
         """A CRC32 of the whole replicated state (not db size figures, not the applied index)."""
         crc = zlib.crc32(msgpack.packb([self._rev, self._compact_rev]))
         for key, history in self._index.records():
-            for main, sub, kv in rows(history):
+            for main, sub, kv in rows(key, history):
                 crc = zlib.crc32(_pack_record(key, main, sub, kv), crc)
         for lease_id in sorted(self._leases):
             entry = self._leases[lease_id]
@@ -684,7 +683,7 @@ class Store:
         records: list[Any] = []
         for key, history in self._index.records():
             packed: list[Any] = []
-            for main, sub, kv in rows(history):
+            for main, sub, kv in rows(key, history):
                 if kv is None:
                     packed.append([main, sub])
                 else:
