@@ -1,7 +1,7 @@
 """Soak one real member with mixed, churning load and watch its RSS (does memory stay flat?).
 
     .venv/bin/python bench/soak.py --duration 600                 # 10 minutes, default gc policy
-    .venv/bin/python bench/soak.py --duration 600 --gc-full-interval 0   # the old freeze-only policy
+    .venv/bin/python bench/soak.py --duration 600 --gc-freeze-interval 1 --gc-full-interval 0   # old policy
     .venv/bin/python bench/soak.py --duration 120 --json
 
 Starts a single-member ``conclave serve`` (ProcessCluster), then for ``--duration`` seconds runs,
@@ -156,11 +156,13 @@ def summarize(samples: list[tuple[float, int]], warmup: float) -> dict[str, floa
 
 
 def run_soak(root: Path, duration: float, warmup: float, gc_full_interval: float | None = None,
-             seed: int = 1) -> dict[str, Any]:
+             seed: int = 1, gc_freeze_interval: float | None = None) -> dict[str, Any]:
     """Start a member under ``root``, soak it, stop it; the report (see the module docstring)."""
     from conclave.server.launcher import ProcessCluster
 
     env = {} if gc_full_interval is None else {"CONCLAVE_GC_FULL_INTERVAL_S": str(gc_full_interval)}
+    if gc_freeze_interval is not None:
+        env["CONCLAVE_GC_FREEZE_INTERVAL_S"] = str(gc_freeze_interval)
     cluster = ProcessCluster(root, size=1)
     root.mkdir(parents=True, exist_ok=True)
     for m in cluster.members:
@@ -179,6 +181,7 @@ def run_soak(root: Path, duration: float, warmup: float, gc_full_interval: float
     return {
         "duration_s": duration,
         "warmup_s": warmup,
+        "gc_freeze_interval_s": gc_freeze_interval,
         "gc_full_interval_s": gc_full_interval,
         "alive_at_end": alive,
         **summarize(load["samples"], warmup),
@@ -194,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=600.0, help="seconds of load (default %(default)s)")
     p.add_argument("--warmup", type=float, default=60.0, help="seconds before the RSS baseline (default %(default)s)")
+    p.add_argument("--gc-freeze-interval", type=float, default=None,
+                   help="CONCLAVE_GC_FREEZE_INTERVAL_S for the member (default: the member's default, 0: no freezing)")
     p.add_argument("--gc-full-interval", type=float, default=None,
-                   help="CONCLAVE_GC_FULL_INTERVAL_S for the member (default: the member's default; 0: freeze only)")
+                   help="CONCLAVE_GC_FULL_INTERVAL_S for the member (with freezing; 0: freeze only)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="conclave-soak-") as root:
-        rep = run_soak(Path(root) / "c", args.duration, args.warmup, args.gc_full_interval, args.seed)
+        rep = run_soak(Path(root) / "c", args.duration, args.warmup, args.gc_full_interval, args.seed,
+                       args.gc_freeze_interval)
     if args.json:
         json.dump(rep, sys.stdout, indent=2)
         print()

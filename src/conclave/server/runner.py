@@ -70,22 +70,23 @@ class Member:
 
 
 GC_THRESHOLDS = (20_000, 10, 100)
-GC_FREEZE_INTERVAL_S = 1.0
-GC_FULL_INTERVAL_S = 300.0
-"""Default seconds between full collections of the frozen objects (env CONCLAVE_GC_FULL_INTERVAL_S; 0: never)."""
+GC_FREEZE_INTERVAL_S = 0.0
+"""Default seconds between ``gc.freeze`` calls (env CONCLAVE_GC_FREEZE_INTERVAL_S; 0: never)."""
+GC_FULL_INTERVAL_S = 30.0
+"""With periodic freezing: seconds between full collections of the frozen objects
+(env CONCLAVE_GC_FULL_INTERVAL_S; 0: never, the old freeze-only policy)."""
 
 
-def gc_full_interval() -> float:
-    """The full-collection interval: ``CONCLAVE_GC_FULL_INTERVAL_S`` or the default."""
-    raw = os.environ.get("CONCLAVE_GC_FULL_INTERVAL_S", "")
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
     if not raw:
-        return GC_FULL_INTERVAL_S
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"CONCLAVE_GC_FULL_INTERVAL_S: not a number of seconds: {raw!r}") from None
+        raise ConfigError(f"{name}: not a number of seconds: {raw!r}") from None
     if value < 0:
-        raise ConfigError(f"CONCLAVE_GC_FULL_INTERVAL_S: must be >= 0, got {raw!r}")
+        raise ConfigError(f"{name}: must be >= 0, got {raw!r}")
     return value
 
 
@@ -98,25 +99,31 @@ def full_collection() -> tuple[int, float]:
     return found, time.perf_counter() - started
 
 
-async def _gc_freezer(full_interval_s: float) -> None:
-    """Keep the cyclic garbage collector off the store, without keeping cycles forever.
+def gc_after_start() -> None:
+    """The default policy: freeze once what start-up built (modules, the restored store, replay).
 
-    The store holds hundreds of thousands of long-lived, acyclic objects (key revisions).
-    Left to itself, CPython's full collections rescan all of them: in a 3-member run that was
-    12 pauses of up to 330 ms in 5 s and a third of the CPU. Moving what survived to the
-    permanent generation every second (``gc.freeze``) makes every collection scan only young
-    objects; memory is still freed by reference counting.
+    Why not freeze every second any more: the store's records are packed ``bytes`` (not tracked
+    by the cyclic GC), so full collections no longer rescan the key space, and a periodic freeze
+    keeps every cycle that lived a second (cancelled tasks and their tracebacks, closed streams)
+    out of the collector for good: bench/soak.py measured +92 MB in 10 minutes of churn that way
+    (bench/README.md). What start-up built is long-lived and acyclic, so freezing it once costs
+    nothing and keeps it out of CPython's own (amortised) full collections.
+    """
+    gc.collect()
+    gc.freeze()
 
-    But a frozen object is never scanned again, so a cycle that lived a second (a cancelled
-    task and its exception's traceback, a closed stream's call objects) would be kept
-    forever: under an hour of churn that is unbounded growth. So every ``full_interval_s``
-    the permanent generation is unfrozen and collected once (one full pause, logged), which
-    bounds how long such garbage lives; 0 disables it (the old freeze-only policy).
+
+async def _gc_freezer(freeze_interval_s: float, full_interval_s: float) -> None:
+    """The previous policy, kept behind CONCLAVE_GC_FREEZE_INTERVAL_S for comparisons.
+
+    Freezes the survivors of every ``freeze_interval_s``; every ``full_interval_s`` the
+    permanent generation is unfrozen and collected once (one full pause, logged), which bounds
+    how long cyclic garbage lives; 0 disables that (freeze only: such garbage is kept forever).
     """
     loop = asyncio.get_running_loop()
     next_full = loop.time() + full_interval_s
     while True:
-        await asyncio.sleep(GC_FREEZE_INTERVAL_S)
+        await asyncio.sleep(freeze_interval_s)
         if full_interval_s > 0 and loop.time() >= next_full:
             found, pause = full_collection()
             log.info("gc: full collection freed %d unreachable objects in %.0f ms (%d objects frozen)",
@@ -128,12 +135,15 @@ async def _gc_freezer(full_interval_s: float) -> None:
 
 async def _main(cfg: ServerConfig) -> int:
     try:
-        full_interval = gc_full_interval()
+        freeze_interval = _env_seconds("CONCLAVE_GC_FREEZE_INTERVAL_S", GC_FREEZE_INTERVAL_S)
+        full_interval = _env_seconds("CONCLAVE_GC_FULL_INTERVAL_S", GC_FULL_INTERVAL_S)
     except ConfigError as exc:
         print(f"conclave serve: {exc}", file=sys.stderr)
         return 1
     gc.set_threshold(*GC_THRESHOLDS)
-    freezer = asyncio.ensure_future(_gc_freezer(full_interval))
+    freezer = asyncio.ensure_future(asyncio.sleep(0))
+    if freeze_interval > 0:
+        freezer = asyncio.ensure_future(_gc_freezer(freeze_interval, full_interval))
     member = Member(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -146,6 +156,8 @@ async def _main(cfg: ServerConfig) -> int:
         with contextlib.suppress(Exception):
             await member.stop()
         return 1
+    if freeze_interval <= 0:
+        gc_after_start()
     removed = asyncio.ensure_future(member.node.stopped.wait())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({removed, stopping}, return_when=asyncio.FIRST_COMPLETED)
