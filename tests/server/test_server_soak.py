@@ -4,8 +4,9 @@ The member's gc policy (server/runner.py): freeze once after start-up, then CPyt
 collections; the previous policy froze the survivors of every second, which kept every cycle
 that lived a second (+92 MB in 10 minutes of this load, bench/README.md). This test compresses
 an hour of put/overwrite/delete/lease/watch/txn churn (bench/soak.py's load, with compaction)
-into ~60 s under the default policy and asserts that RSS after warm-up does not grow beyond a
-fixed bound (the freeze-only policy grew ~9 MB a minute). bench/soak.py runs it for longer.
+into ~75 s (60 s measured after warm-up) under the default policy and asserts that RSS after
+warm-up does not grow beyond a fixed bound (the freeze-only policy grew ~9 MB a minute).
+bench/soak.py runs it for longer.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from soak import run_soak
 
-DURATION_S = 60.0
-WARMUP_S = 20.0
-MAX_GROWTH_MB = 8.0
+DURATION_S = 75.0
+WARMUP_S = 15.0
+MAX_GROWTH_MB = 5.0  # default policy: ~1.5 MB a minute of allocator noise; freeze-only: ~9 MB a minute
 
 
 def test_rss_stays_bounded_under_an_hour_of_churn_compressed(tmp_path: Path) -> None:
