@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
+import time
 from typing import Any
 
 from conclave.server.config import ConfigError, ServerConfig, parse_url
@@ -68,26 +70,80 @@ class Member:
 
 
 GC_THRESHOLDS = (20_000, 10, 100)
-GC_FREEZE_INTERVAL_S = 1.0
+GC_FREEZE_INTERVAL_S = 0.0
+"""Default seconds between ``gc.freeze`` calls (env CONCLAVE_GC_FREEZE_INTERVAL_S; 0: never)."""
+GC_FULL_INTERVAL_S = 30.0
+"""With periodic freezing: seconds between full collections of the frozen objects
+(env CONCLAVE_GC_FULL_INTERVAL_S; 0: never, the old freeze-only policy)."""
 
 
-async def _gc_freezer() -> None:
-    """Keep the cyclic garbage collector off the store.
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: not a number of seconds: {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name}: must be >= 0, got {raw!r}")
+    return value
 
-    The store holds millions of long-lived, acyclic objects (key revisions, events). Left to
-    itself, CPython's full collections rescan all of them: in a 3-member run that was 12 pauses
-    of up to 330 ms in 5 s and a third of the CPU. Moving what survived to the permanent
-    generation every second (``gc.freeze``) makes every collection scan only young objects;
-    memory is still freed by reference counting, only cycles among frozen objects are kept.
+
+def full_collection() -> tuple[int, float]:
+    """Collect cycles among frozen objects too: (unreachable objects found, pause in seconds)."""
+    started = time.perf_counter()
+    gc.unfreeze()
+    found = gc.collect()
+    gc.freeze()
+    return found, time.perf_counter() - started
+
+
+def gc_after_start() -> None:
+    """The default policy: freeze once what start-up built (modules, the restored store, replay).
+
+    Why not freeze every second any more: the store's records are packed ``bytes`` (not tracked
+    by the cyclic GC), so full collections no longer rescan the key space, and a periodic freeze
+    keeps every cycle that lived a second (cancelled tasks and their tracebacks, closed streams)
+    out of the collector for good: bench/soak.py measured +92 MB in 10 minutes of churn that way
+    (bench/README.md). What start-up built is long-lived and acyclic, so freezing it once costs
+    nothing and keeps it out of CPython's own (amortised) full collections.
     """
+    gc.collect()
+    gc.freeze()
+
+
+async def _gc_freezer(freeze_interval_s: float, full_interval_s: float) -> None:
+    """The previous policy, kept behind CONCLAVE_GC_FREEZE_INTERVAL_S for comparisons.
+
+    Freezes the survivors of every ``freeze_interval_s``; every ``full_interval_s`` the
+    permanent generation is unfrozen and collected once (one full pause, logged), which bounds
+    how long cyclic garbage lives; 0 disables that (freeze only: such garbage is kept forever).
+    """
+    loop = asyncio.get_running_loop()
+    next_full = loop.time() + full_interval_s
     while True:
-        await asyncio.sleep(GC_FREEZE_INTERVAL_S)
-        gc.freeze()
+        await asyncio.sleep(freeze_interval_s)
+        if full_interval_s > 0 and loop.time() >= next_full:
+            found, pause = full_collection()
+            log.info("gc: full collection freed %d unreachable objects in %.0f ms (%d objects frozen)",
+                     found, pause * 1000, gc.get_freeze_count())
+            next_full = loop.time() + full_interval_s
+        else:
+            gc.freeze()
 
 
 async def _main(cfg: ServerConfig) -> int:
+    try:
+        freeze_interval = _env_seconds("CONCLAVE_GC_FREEZE_INTERVAL_S", GC_FREEZE_INTERVAL_S)
+        full_interval = _env_seconds("CONCLAVE_GC_FULL_INTERVAL_S", GC_FULL_INTERVAL_S)
+    except ConfigError as exc:
+        print(f"conclave serve: {exc}", file=sys.stderr)
+        return 1
     gc.set_threshold(*GC_THRESHOLDS)
-    freezer = asyncio.ensure_future(_gc_freezer())
+    freezer = asyncio.ensure_future(asyncio.sleep(0))
+    if freeze_interval > 0:
+        freezer = asyncio.ensure_future(_gc_freezer(freeze_interval, full_interval))
     member = Member(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,6 +156,8 @@ async def _main(cfg: ServerConfig) -> int:
         with contextlib.suppress(Exception):
             await member.stop()
         return 1
+    if freeze_interval <= 0:
+        gc_after_start()
     removed = asyncio.ensure_future(member.node.stopped.wait())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({removed, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -22,8 +22,12 @@ etcd's compareToPath does); its ranges see the writes of earlier ops in the same
 Events: each apply records its events in ``last_events`` and appends them to the history,
 kept for revisions >= the compact revision (a watcher may start at exactly the compact
 revision, as in etcd). Events after the compact revision are derivable from the key index,
-so a snapshot stores records plus only the compact revision's own events, and ``restore``
-rebuilds the rest of the history.
+so the history holds no Event objects for them, only packed references: the key (the same
+bytes object the index holds), the main and the sub revision (two ``array`` columns); an
+event is rebuilt from its record and the record before it when a watcher replays it. Only
+the compact revision's own events, whose previous records compaction dropped, are kept as
+Event objects (``_boundary``). A snapshot stores records plus those boundary events, and
+``restore`` rebuilds the references.
 
 Determinism: no clocks, no randomness, no dict-order dependence in anything hashed or
 encoded; a lease granted with id 0 gets an id derived from the raft index of its command.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import gc
 import zlib
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,7 +51,7 @@ import msgpack
 
 from conclave.kv import errors
 from conclave.kv.command import Command, Noop
-from conclave.kv.index import KeyHistory, KeyIndex, record_bytes
+from conclave.kv.index import KeyIndex, Record, find_record, make_record, record_bytes, rows
 from conclave.kv.types import (
     AlarmAction,
     AlarmMember,
@@ -130,11 +135,13 @@ class Store:
 
     __slots__ = (
         "_alarms",
+        "_boundary",
         "_compact_rev",
         "_db_size",
         "_db_size_in_use",
-        "_event_revs",
-        "_events",
+        "_ev_keys",
+        "_ev_mains",
+        "_ev_subs",
         "_index",
         "_leases",
         "_rev",
@@ -148,8 +155,11 @@ class Store:
         self._compact_rev = -1
         self._leases: dict[int, LeaseEntry] = {}
         self._alarms: set[tuple[int, AlarmType]] = set()
-        self._events: list[Event] = []
-        self._event_revs: list[int] = []
+        # The event history: boundary events (at the compact revision), then references.
+        self._boundary: list[Event] = []
+        self._ev_keys: list[bytes] = []
+        self._ev_mains = array("q")
+        self._ev_subs = array("q")
         self._db_size = 0
         self._db_size_in_use = 0
         self.applied_index = 0
@@ -183,7 +193,7 @@ class Store:
 
     def __len__(self) -> int:
         """Number of live keys."""
-        return len(self._index.live)
+        return self._index.live_count
 
     # ------------------------------------------------------------------ apply
 
@@ -230,8 +240,10 @@ class Store:
         self._rev = w.revision
         events = tuple(w.events)
         self.last_events = events
-        self._events.extend(events)
-        self._event_revs.extend([w.revision] * len(events))
+        # event i of a write txn is its change at sub revision i
+        self._ev_keys.extend([e.kv.key for e in events])
+        self._ev_mains.extend([w.revision] * len(events))
+        self._ev_subs.extend(range(len(events)))
         return self._rev
 
     def _header(self, revision: int) -> ResponseHeader:
@@ -259,7 +271,7 @@ class Store:
             raise errors.KeyNotProvided()
         if req.lease != 0 and not req.ignore_lease and req.lease not in self._leases:
             raise errors.LeaseNotFound()
-        if (req.ignore_value or req.ignore_lease) and req.key not in self._index.live:
+        if (req.ignore_value or req.ignore_lease) and self._index.get(req.key) is None:
             raise errors.KeyNotFound()
 
     def _apply_put(self, req: PutRequest) -> PutResponse:
@@ -271,9 +283,9 @@ class Store:
         return PutResponse(header=self._header(rev), prev_kv=prev if req.prev_kv else None)
 
     def _put(self, w: _Write, req: PutRequest) -> KeyValue | None:
-        key = req.key
         index = self._index
-        prev = index.live.get(key)
+        key = index.canonical(req.key)  # one bytes object per key, however many revisions it has
+        prev = index.get(key)
         value = prev.value if (req.ignore_value and prev is not None) else req.value
         lease = prev.lease if (req.ignore_lease and prev is not None) else req.lease
         if prev is None:
@@ -360,7 +372,7 @@ class Store:
             if limit and sort_order == SortOrder.NONE and not filtered:
                 # Fast path: only limit+1 keys are touched.
                 lo_keys = index.live_slice(req.key, req.range_end)[: limit + 1]
-                kvs = [index.live[k] for k in lo_keys]
+                kvs = index.values_of(lo_keys)
             else:
                 kvs = list(index.iter_live(req.key, req.range_end))
         else:
@@ -451,7 +463,7 @@ class Store:
 
     def _compare(self, c: Compare) -> bool:
         if not c.range_end:
-            kv = self._index.live.get(c.key)
+            kv = self._index.get(c.key)
             kvs: Iterable[KeyValue] = () if kv is None else (kv,)
         else:
             kvs = self._index.iter_live(c.key, c.range_end)
@@ -479,11 +491,18 @@ class Store:
         return CompactionResponse(header=self._header(self._rev))
 
     def _compact(self, rev: int) -> None:
+        # Keep revision `rev` itself for watchers: its events become boundary events, built
+        # now because compaction drops the records before them (their prev_kv).
+        mains = self._ev_mains
+        lo = bisect_left(mains, rev)
+        hi = bisect_right(mains, rev)
+        boundary = [self._history_ref(i) for i in range(lo, hi)]
         released = self._index.compact(rev)
         self._db_size_in_use -= released
-        cut = bisect_left(self._event_revs, rev)  # keep revision `rev` itself for watchers
-        del self._events[:cut]
-        del self._event_revs[:cut]
+        del self._ev_keys[:hi]
+        del self._ev_mains[:hi]
+        del self._ev_subs[:hi]
+        self._boundary = boundary
         self._compact_rev = rev
 
     # ------------------------------------------------------------------ leases
@@ -584,18 +603,48 @@ class Store:
 
     def history_position(self, revision: int) -> int:
         """Position in the event history of the first event at or after ``revision``."""
-        return bisect_left(self._event_revs, revision)
+        b = self._boundary
+        if b and revision <= b[-1].kv.mod_revision:
+            return 0 if revision <= b[0].kv.mod_revision else len(b)
+        return len(b) + bisect_left(self._ev_mains, revision)
+
+    def history_revision(self, position: int) -> int:
+        """The main revision of the event at ``position`` (without building the event)."""
+        nb = len(self._boundary)
+        if position < nb:
+            return self._boundary[position].kv.mod_revision
+        return self._ev_mains[position - nb]
+
+    def history_key(self, position: int) -> bytes:
+        """The key of the event at ``position`` (without building the event)."""
+        nb = len(self._boundary)
+        if position < nb:
+            return self._boundary[position].kv.key
+        return self._ev_keys[position - nb]
 
     def history_event(self, position: int) -> Event:
-        return self._events[position]
+        nb = len(self._boundary)
+        if position < nb:
+            return self._boundary[position]
+        if position < 0:
+            raise IndexError(position)
+        return self._history_ref(position - nb)
+
+    def _history_ref(self, i: int) -> Event:
+        """The event of reference ``i``, rebuilt from its record and the one before it."""
+        key, main, sub = self._ev_keys[i], self._ev_mains[i], self._ev_subs[i]
+        kv, prev = find_record(key, self._index.histories[key], main, sub)
+        if kv is None:
+            return Event(EventType.DELETE, KeyValue(key=key, mod_revision=main), prev)
+        return Event(EventType.PUT, kv, prev)
 
     @property
     def history_length(self) -> int:
-        return len(self._events)
+        return len(self._boundary) + len(self._ev_mains)
 
     def events_since(self, revision: int) -> list[Event]:
         """Every kept event at ``revision`` or later (tests and small replays)."""
-        return self._events[self.history_position(revision) :]
+        return [self.history_event(p) for p in range(self.history_position(revision), self.history_length)]
 
     # ------------------------------------------------------------------ hashing
 
@@ -605,16 +654,17 @@ class Store:
         self._check_read_revision(rev)
         crc = 0
         for key, history in self._index.records():
-            end = bisect_right(history.mains, rev)
-            for i in range(end):
-                crc = zlib.crc32(_pack_record(key, history.mains[i], history.subs[i], history.kvs[i]), crc)
+            for main, sub, kv in rows(key, history):
+                if main > rev:
+                    break
+                crc = zlib.crc32(_pack_record(key, main, sub, kv), crc)
         return crc, self._compact_rev, rev
 
     def hash(self) -> int:
         """A CRC32 of the whole replicated state (not db size figures, not the applied index)."""
         crc = zlib.crc32(msgpack.packb([self._rev, self._compact_rev]))
         for key, history in self._index.records():
-            for main, sub, kv in zip(history.mains, history.subs, history.kvs, strict=True):
+            for main, sub, kv in rows(key, history):
                 crc = zlib.crc32(_pack_record(key, main, sub, kv), crc)
         for lease_id in sorted(self._leases):
             entry = self._leases[lease_id]
@@ -632,13 +682,13 @@ class Store:
     def _snapshot(self) -> bytes:
         records: list[Any] = []
         for key, history in self._index.records():
-            rows: list[Any] = []
-            for main, sub, kv in zip(history.mains, history.subs, history.kvs, strict=True):
+            packed: list[Any] = []
+            for main, sub, kv in rows(key, history):
                 if kv is None:
-                    rows.append([main, sub])
+                    packed.append([main, sub])
                 else:
-                    rows.append([main, sub, kv.create_revision, kv.version, kv.value, kv.lease])
-            records.append([key, rows])
+                    packed.append([main, sub, kv.create_revision, kv.version, kv.value, kv.lease])
+            records.append([key, packed])
         body = [
             SNAPSHOT_FORMAT,
             self._rev,
@@ -647,7 +697,7 @@ class Store:
             self._db_size,
             self._db_size_in_use,
             records,
-            [_pack_event(e) for e in self._events[: bisect_right(self._event_revs, self._compact_rev)]],
+            [_pack_event(e) for e in self._boundary],
             [[i, self._leases[i].ttl] for i in sorted(self._leases)],
             sorted([m, int(a)] for m, a in self._alarms),
         ]
@@ -681,59 +731,46 @@ class Store:
         for member, alarm in alarms:
             store._alarms.add((_int(member), AlarmType(alarm)))
         index = store._index
-        pending: list[tuple[int, int, bytes, KeyValue | None, KeyValue | None]] = []
+        compact = store._compact_rev
+        pending: list[tuple[int, int, bytes]] = []
         last_key: bytes | None = None
-        for key, rows in records:
+        for key, rows_ in records:
             if not isinstance(key, bytes) or (last_key is not None and key <= last_key):
                 raise ValueError("snapshot keys must be bytes in strictly increasing order")
             last_key = key
-            prev: KeyValue | None = None
-            mains: list[int] = []
-            subs: list[int] = []
-            kvs: list[KeyValue | None] = []
+            recs: list[Record] = []
+            kv: KeyValue | None = None
             last_main = -1
-            for row in rows:
+            for row in rows_:
                 main, sub = _int(row[0]), _int(row[1])
                 if main < last_main:
                     raise ValueError("record revisions must not go backwards")
                 last_main = main
-                kv: KeyValue | None = None
+                kv = None
                 if len(row) == 6:
                     kv = KeyValue(key, _int(row[2]), main, _int(row[3]), _bytes(row[4]), _int(row[5]))
                 elif len(row) != 2:
                     raise ValueError("bad record row")
-                mains.append(main)
-                subs.append(sub)
-                kvs.append(kv)
-                if main > store._compact_rev:
-                    pending.append((main, sub, key, kv, prev))
-                prev = kv
-            if not mains:
+                recs.append(make_record(main, sub, kv))
+                if main > compact:
+                    pending.append((main, sub, key))
+            if not recs:
                 raise ValueError("a snapshot key without records")
-            index.histories[key] = KeyHistory(mains, subs, kvs)
-            index.all_keys.append(key)
-            if prev is not None:
-                index.live[key] = prev
-                index.live_keys.append(key)
-                if prev.lease:
-                    entry = store._leases.get(prev.lease)
-                    if entry is None:
-                        raise ValueError(f"key attached to unknown lease {prev.lease}")
-                    entry.keys.add(key)
+            index.load(key, recs)
+            if kv is not None and kv.lease:
+                entry = store._leases.get(kv.lease)
+                if entry is None:
+                    raise ValueError(f"key attached to unknown lease {kv.lease}")
+                entry.keys.add(key)
         for packed in boundary:
             event = _unpack_event(packed)
-            if event.kv.mod_revision != store._compact_rev:
+            if event.kv.mod_revision != compact:
                 raise ValueError("boundary events must be at the compact revision")
-            store._events.append(event)
-            store._event_revs.append(event.kv.mod_revision)
+            store._boundary.append(event)
         pending.sort(key=lambda r: (r[0], r[1]))
-        for main, _sub, key, kv, prev_kv in pending:
-            if kv is None:
-                event = Event(EventType.DELETE, KeyValue(key=key, mod_revision=main), prev_kv)
-            else:
-                event = Event(EventType.PUT, kv, prev_kv)
-            store._events.append(event)
-            store._event_revs.append(main)
+        store._ev_keys.extend([r[2] for r in pending])
+        store._ev_mains.extend([r[0] for r in pending])
+        store._ev_subs.extend([r[1] for r in pending])
         return store
 
 

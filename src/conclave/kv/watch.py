@@ -303,15 +303,17 @@ class WatchHub:
         while pos < end:
             if scanned >= budget:
                 return scanned, delivered, False
-            rev = store.history_event(pos).kv.mod_revision
+            rev = store.history_revision(pos)
             wanted: list[Event] = []
             stop = pos
             while stop < end:
-                ev = store.history_event(stop)
-                if ev.kv.mod_revision != rev:
+                if store.history_revision(stop) != rev:
                     break
-                if in_range(ev.kv.key, w.key, w.range_end) and w.wants(ev):
-                    wanted.append(w.shape(ev))
+                # the store rebuilds history events on demand: only for keys the watcher covers
+                if in_range(store.history_key(stop), w.key, w.range_end):
+                    ev = store.history_event(stop)
+                    if w.wants(ev):
+                        wanted.append(w.shape(ev))
                 stop += 1
             if wanted and w.buffer and len(w.buffer) + len(wanted) > w.capacity:
                 return scanned, delivered, False  # wait for take()
