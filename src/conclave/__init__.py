@@ -18,7 +18,9 @@ if TYPE_CHECKING:
         Client,
         ClientError,
         Compacted,
+        CoreClient,
         DeadlineExceeded,
+        Election,
         Event,
         EventType,
         FutureRevision,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
         Lease,
         LeaseInfo,
         LeaseNotFound,
+        Lock,
         LockTimeout,
         Member,
         NoLeader,
@@ -60,9 +63,9 @@ if TYPE_CHECKING:
 
 # The names `conclave.client` exports (its __all__; a test checks the two lists agree), and the version.
 __all__ = [
-    "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "DeadlineExceeded", "Event", "EventType",
-    "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue", "LamportClock", "Lease", "LeaseInfo",
-    "LeaseNotFound", "LockTimeout", "Member", "NoLeader", "NoSpace", "NotElected", "NotLeader",
+    "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "CoreClient", "DeadlineExceeded",
+    "Election", "Event", "EventType", "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue",
+    "LamportClock", "Lease", "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader", "NoSpace", "NotElected", "NotLeader",
     "OutcomeUnknown", "ProtocolError", "QueueEmpty", "ServerError", "ServerTimeout", "Session",
     "SessionExpired", "Status", "Timestamp", "Txn", "Unavailable", "Watch", "__version__", "create_revision",
     "delete_op", "get_op", "lease", "mod_revision", "put_op", "txn_op", "value", "version",
