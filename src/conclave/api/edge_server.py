@@ -149,7 +149,8 @@ async def default_http_handler(
     if path == "/version":
         from conclave import __version__
 
-        return 200, ctype, json.dumps({"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}).encode()
+        version = {"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}
+        return 200, ctype, json.dumps(version).encode()
     return 404, [], b"404 page not found\n"
 
 
