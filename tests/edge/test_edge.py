@@ -10,7 +10,6 @@ import pytest
 
 from conclave.api import edge_server, pb
 from conclave.api.stubs import EtcdStub
-
 from tests.api.conftest import ServedBackend
 
 pytestmark = pytest.mark.skipif(not edge_server.available(), reason="the compiled edge is not built (make edge)")
