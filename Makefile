@@ -60,7 +60,7 @@ EDGE_SRC := $(wildcard src/conclave/edge/src/*.rs) src/conclave/edge/Cargo.toml
 $(EDGE_SO): $(EDGE_SRC) $(STAMP)
 	@if command -v cargo >/dev/null 2>&1; then \
 	  CARGO_TARGET_DIR=$(CURDIR)/target PYO3_PYTHON=$(CURDIR)/$(PY) cargo build --release --quiet \
-	    --manifest-path src/conclave/edge/Cargo.toml && cp target/release/lib_edge.so $(EDGE_SO); \
+	    --manifest-path src/conclave/edge/Cargo.toml && cp target/release/lib_edge.so $(EDGE_SO).tmp && mv -f $(EDGE_SO).tmp $(EDGE_SO); \
 	else echo "cargo not found: skipping the compiled edge; the python gRPC engine will run"; fi
 
 .PHONY: edge

@@ -668,9 +668,8 @@ impl Edge {
                 let Some(slot) = streams.get(&id) else { continue };
                 if let Out::Msg(m) = &out {
                     let q = slot.queued.fetch_add(m.len(), Ordering::AcqRel) + m.len();
-                    if q > sh.hwm && !slot.blocked.swap(true, Ordering::AcqRel) {
-                        blocked.push(id);
-                    } else if q > sh.hwm {
+                    if q > sh.hwm {
+                        slot.blocked.store(true, Ordering::Release);
                         blocked.push(id);
                     }
                 }
