@@ -48,10 +48,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy --strict $(PURE)
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) edge system-deps lint
 	$(PY) -m pytest
 
-run: $(STAMP)
+run: $(STAMP) edge
 	@echo "conclave and python in the README's examples are the virtualenv's: in another terminal run"
 	@echo "    . .venv/bin/activate"
 	@echo "(or call .venv/bin/conclave and .venv/bin/python)"
@@ -65,3 +65,17 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) conclave-data .pytest_cache .mypy_cache .ruff_cache
+
+# The compiled client edge (src/conclave/edge, Rust + PyO3): built only where cargo exists, into
+# target/ (kept, so a second build is incremental), and placed beside the package as
+# conclave/_edge.abi3.so. Without cargo the python gRPC engine runs (`conclave serve` says so).
+EDGE_SO := src/conclave/_edge.abi3.so
+EDGE_SRC := $(wildcard src/conclave/edge/src/*.rs) src/conclave/edge/Cargo.toml
+$(EDGE_SO): $(EDGE_SRC) $(STAMP)
+	@if command -v cargo >/dev/null 2>&1; then \
+	  CARGO_TARGET_DIR=$(CURDIR)/target PYO3_PYTHON=$(CURDIR)/$(PY) cargo build --release --quiet \
+	    --manifest-path src/conclave/edge/Cargo.toml && cp target/release/lib_edge.so $(EDGE_SO).tmp && mv -f $(EDGE_SO).tmp $(EDGE_SO); \
+	else echo "cargo not found: skipping the compiled edge; the python gRPC engine will run"; fi
+
+.PHONY: edge
+edge: $(EDGE_SO)

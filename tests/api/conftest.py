@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -24,7 +25,14 @@ class ServedBackend:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="etcd-api-test-loop", daemon=True)
         self.thread.start()
-        self.server: EtcdGrpcServer = self.run(start_etcd_server(self.backend, "127.0.0.1", 0, **server_kwargs))
+        # CONCLAVE_GRPC_ENGINE=rust runs these same tests on the compiled edge.
+        start: Any = start_etcd_server
+        if os.environ.get("CONCLAVE_GRPC_ENGINE", "python") in ("rust", "auto"):
+            from conclave.api import edge_server
+
+            if edge_server.choose_engine(os.environ["CONCLAVE_GRPC_ENGINE"]) == "rust":
+                start = edge_server.start_edge_server
+        self.server: EtcdGrpcServer = self.run(start(self.backend, "127.0.0.1", 0, **server_kwargs))
         self.endpoint = self.server.endpoint
         self.backend.client_urls = (f"http://{self.endpoint}",)
         self.channel = grpc.insecure_channel(self.endpoint)

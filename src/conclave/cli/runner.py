@@ -38,18 +38,36 @@ class Member:
         self.node = Node(self.cfg)
         await self.node.start()
         backend = NodeBackend(self.node)
-        import grpc
+        from conclave.api.edge_server import IMPORT_ERROR, choose_engine
 
-        from conclave.api.grpc_server import etcd_handlers, server_options
+        try:
+            engine = choose_engine(self.cfg.grpc_engine)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(str(exc)) from None
+        if engine == "rust":
+            from conclave.api.edge_server import EdgeServer
 
-        self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))
-        self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))
-        for url in self.cfg.listen_client_urls:
-            hp = parse_url(url, "listen-client-urls")
-            bound = self.grpc_server.add_insecure_port(f"{hp.host}:{hp.port}")
-            if bound == 0:
-                raise ConfigError(f"--listen-client-urls: cannot listen on {hp}")
-        await self.grpc_server.start()
+            hps = [parse_url(u, "listen-client-urls") for u in self.cfg.listen_client_urls]
+            addrs = [(hp.host, hp.port) for hp in hps]
+            self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes)
+            log.info("gRPC engine: rust (compiled edge)")
+        else:
+            import grpc
+
+            from conclave.api.grpc_server import etcd_handlers, server_options
+
+            if IMPORT_ERROR:
+                log.info("gRPC engine: python (grpc.aio); the compiled edge is not built: %s", IMPORT_ERROR)
+            else:
+                log.info("gRPC engine: python (grpc.aio)")
+            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))
+            self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))
+            for url in self.cfg.listen_client_urls:
+                hp = parse_url(url, "listen-client-urls")
+                bound = self.grpc_server.add_insecure_port(f"{hp.host}:{hp.port}")
+                if bound == 0:
+                    raise ConfigError(f"--listen-client-urls: cannot listen on {hp}")
+            await self.grpc_server.start()
         if self.cfg.listen_native_urls:
             try:
                 from conclave.api.native import start_native_server

@@ -29,6 +29,8 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("max-snapshots", "N", "5", "maximum number of snapshot files to retain (0 is unlimited)"),
     ("max-wals", "N", "5", "maximum number of WAL files to retain (0 is unlimited)"),
     ("max-learners", "N", "1", "maximum number of learners in the cluster"),
+    ("grpc-engine", "auto|rust|python", "python",
+     "etcd gRPC engine: rust = the compiled edge, python = grpc.aio, auto = rust when it is built"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
@@ -88,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_snapshots=_int(args, "max-snapshots"),
         max_wals=_int(args, "max-wals"),
         max_learners=_int(args, "max-learners"),
+        grpc_engine=str(args.grpc_engine).strip().lower(),
     )
     cfg.validate()
     return cfg

@@ -127,6 +127,7 @@ class ServerConfig:
     max_learners: int = 1
     request_timeout_ms: int = 0  # 0 = derived: 5 s + 2 election timeouts, as etcd
     fsync: bool = True
+    grpc_engine: str = "python"  # auto | rust | python (conclave.api.edge_server.choose_engine)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -158,6 +159,8 @@ class ServerConfig:
                 f"--initial-cluster gives {self.name!r} peer URLs {mine}, but "
                 f"--initial-advertise-peer-urls is {sorted(self.initial_advertise_peer_urls)}"
             )
+        if self.grpc_engine not in ("auto", "rust", "python"):
+            raise ConfigError(f"--grpc-engine must be auto, rust or python, got {self.grpc_engine!r}")
         if self.heartbeat_interval_ms <= 0:
             raise ConfigError("--heartbeat-interval must be > 0 (milliseconds)")
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:

@@ -1,0 +1,353 @@
+"""The etcd v3 gRPC API on the compiled edge (``conclave._edge``), with the same handlers as grpc.aio.
+
+Theory of operation: the Rust edge owns the client listeners, speaks HTTP/2 + gRPC framing and
+HTTP/1.1, and queues what arrives as events. The asyncio loop watches one fd (``loop.add_reader``)
+and drains every queued event in one call per wake-up. Each gRPC stream is dispatched to the
+*same* method handlers the grpc.aio engine registers (``etcd_handlers``: ``api/convert.py`` and the
+service classes, one mapping for both engines), looked up through the public
+``GenericRpcHandler.service`` API, with an :class:`EdgeContext` giving them ``abort()`` and
+``invocation_metadata()``. Responses are serialised here and handed back to the edge in batches:
+one ``Edge.send`` per loop iteration (scheduled with ``call_soon``), the GIL released while Rust
+hands them to the streams. A stream the client does not read is reported as blocked; its
+producer awaits the edge's WRITABLE event, so nothing is buffered without bound.
+
+Plain HTTP/1.1 requests on the same port go to ``http_handler(method, path, headers, body)``,
+which answers ``(status, headers, body)``; the default serves ``/health`` and ``/version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from conclave.api import pb
+from conclave.api.backend import EtcdBackend
+from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, etcd_handlers
+
+log = logging.getLogger("conclave.api.edge")
+
+try:
+    from conclave import _edge  # type: ignore[attr-defined]
+except ImportError as exc:  # no Rust toolchain when this tree was installed: the python engine runs
+    _edge = None
+    IMPORT_ERROR: str = str(exc)
+else:
+    IMPORT_ERROR = ""
+
+ENGINES = ("auto", "rust", "python")
+FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
+HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]
+
+
+def available() -> bool:
+    return _edge is not None
+
+
+def choose_engine(requested: str) -> str:
+    """``auto`` -> rust when the extension imports, else python; ``rust`` without it is an error."""
+    if requested not in ENGINES:
+        raise ValueError(f"--grpc-engine must be one of {', '.join(ENGINES)}, got {requested!r}")
+    if requested == "rust" and _edge is None:
+        raise RuntimeError(f"--grpc-engine rust: the compiled edge is not built ({IMPORT_ERROR}); run `make edge`")
+    if requested == "auto":
+        return "rust" if _edge is not None else "python"
+    return requested
+
+
+class _Details:
+    __slots__ = ("invocation_metadata", "method")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata: tuple[Any, ...] = ()
+
+
+class EdgeContext:
+    """The part of ``grpc.aio.ServicerContext`` the service handlers use."""
+
+    __slots__ = ("_cancelled", "_meta", "code", "details")
+
+    def __init__(self, meta: list[tuple[str, str]]) -> None:
+        self._meta = tuple(meta)
+        self.code: grpc.StatusCode = grpc.StatusCode.OK
+        self.details = ""
+        self._cancelled = False
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._meta
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self.code = code
+        self.details = details
+        raise grpc.aio.AbortError()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def done(self) -> bool:
+        return self._cancelled
+
+    def peer(self) -> str:
+        return "edge"
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+class _Requests:
+    """The request iterator of a client-streaming call, fed by the edge's events."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self.queue.get()
+        if item is _END:
+            self.queue.put_nowait(_END)
+            raise StopAsyncIteration
+        return item
+
+
+_END = object()
+
+
+@dataclass(slots=True)
+class _Call:
+    id: int
+    method: Any  # grpc.RpcMethodHandler
+    ctx: EdgeContext
+    requests: _Requests | None = None
+    task: asyncio.Task[None] | None = None
+    blocked: bool = False
+    writable: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def default_http_handler(
+    backend: EtcdBackend, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    ctype = [("content-type", "application/json")]
+    if path == "/health":
+        ok = backend.has_leader()
+        return (200 if ok else 503), ctype, json.dumps({"health": "true" if ok else "false"}).encode()
+    if path == "/version":
+        from conclave import __version__
+
+        version = {"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}
+        return 200, ctype, json.dumps(version).encode()
+    return 404, [], b"404 page not found\n"
+
+
+class EdgeServer:
+    """A started edge serving the etcd v3 API for ``backend`` on ``addrs`` (port 0 picks a free one)."""
+
+    def __init__(
+        self,
+        backend: EtcdBackend,
+        addrs: list[tuple[str, int]],
+        *,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_streams: int = 1000,
+        workers: int = 1,
+        http_handler: HttpHandler | None = None,
+    ) -> None:
+        if _edge is None:
+            raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
+        self.backend = backend
+        self.methods: dict[str, Any] = {}
+        handlers = etcd_handlers(backend)
+        for service, desc in pb.SERVICES.items():
+            for m in desc.methods:
+                path = f"/{service}/{m.name}"
+                for h in handlers:
+                    mh = h.service(_Details(path))
+                    if mh is not None:
+                        self.methods[path] = mh
+                        break
+        self.http_handler = http_handler
+        self.loop = asyncio.get_running_loop()
+        self.edge = _edge.Edge(addrs, max_request_bytes + GRPC_OVERHEAD_BYTES, max_streams, workers)
+        self.ports: list[int] = list(self.edge.ports)
+        self.host = addrs[0][0] if addrs else "127.0.0.1"
+        self.calls: dict[int, _Call] = {}
+        self.out: list[tuple[Any, ...]] = []
+        self.flush_pending = False
+        self.stopped = False
+        self.loop.add_reader(self.edge.fileno(), self._on_events)
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # -------------------------------------------------------------------------------- outputs
+
+    def _emit(self, item: tuple[Any, ...]) -> None:
+        self.out.append(item)
+        if len(self.out) >= FLUSH_EVERY:
+            self._flush()
+        elif not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_pending = False
+        if not self.out:
+            return
+        out, self.out = self.out, []
+        for sid in self.edge.send(out):
+            call = self.calls.get(sid)
+            if call is not None:
+                call.blocked = True
+                call.writable.clear()
+
+    def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
+        if self.calls.pop(call.id, None) is not None:
+            self._emit((call.id, _edge.OUT_TRAILERS, code.value[0], details))
+
+    # --------------------------------------------------------------------------------- events
+
+    def _on_events(self) -> None:
+        for kind, sid, a, b in self.edge.drain():
+            if kind == _edge.EV_MSG:
+                self._on_message(sid, a)
+            elif kind == _edge.EV_OPEN:
+                self._on_open(sid, a, b)
+            elif kind == _edge.EV_HALF_CLOSE:
+                call = self.calls.get(sid)
+                if call is None:
+                    continue
+                if call.requests is not None:
+                    call.requests.queue.put_nowait(_END)
+                elif call.task is None:
+                    self._finish(call, grpc.StatusCode.INTERNAL, "conclave: request message missing")
+            elif kind == _edge.EV_CANCEL:
+                call = self.calls.pop(sid, None)
+                if call is not None:
+                    call.ctx._cancelled = True
+                    if call.task is not None:
+                        call.task.cancel()
+            elif kind == _edge.EV_WRITABLE:
+                call = self.calls.get(sid)
+                if call is not None:
+                    call.blocked = False
+                    call.writable.set()
+            elif kind == _edge.EV_HTTP:
+                self.loop.create_task(self._run_http(sid, a, b))
+
+    def _on_open(self, sid: int, path: str, meta: list[tuple[str, str]]) -> None:
+        method = self.methods.get(path)
+        if method is None:
+            self._emit((sid, _edge.OUT_TRAILERS, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!"))
+            return
+        call = _Call(sid, method, EdgeContext(meta))
+        self.calls[sid] = call
+        if method.request_streaming:
+            call.requests = _Requests()
+            call.task = self.loop.create_task(self._run(call, None))
+
+    def _on_message(self, sid: int, data: bytes) -> None:
+        call = self.calls.get(sid)
+        if call is None:
+            return
+        try:
+            request = call.method.request_deserializer(data)
+        except Exception:
+            self._finish(call, grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+            if call.task is not None:
+                call.task.cancel()
+            return
+        if call.requests is not None:
+            call.requests.queue.put_nowait(request)
+        elif call.task is None:
+            call.task = self.loop.create_task(self._run(call, request))
+        # a second message on a unary call: ignored, as grpc's server reads one
+
+    # -------------------------------------------------------------------------------- running
+
+    async def _run(self, call: _Call, request: Any) -> None:
+        m = call.method
+        ser = m.response_serializer
+        try:
+            if not m.response_streaming:
+                fn = m.stream_unary if m.request_streaming else m.unary_unary
+                resp = await fn(call.requests if m.request_streaming else request, call.ctx)
+                if call.id in self.calls:
+                    self._emit((call.id, _edge.OUT_MSG, ser(resp)))
+            else:
+                fn = m.stream_stream if m.request_streaming else m.unary_stream
+                async for item in fn(call.requests if m.request_streaming else request, call.ctx):
+                    if call.id not in self.calls:
+                        return
+                    self._emit((call.id, _edge.OUT_MSG, ser(item)))
+                    if call.blocked:
+                        await call.writable.wait()
+            self._finish(call, grpc.StatusCode.OK, "")
+        except grpc.aio.AbortError:
+            self._finish(call, call.ctx.code, call.ctx.details)
+        except asyncio.CancelledError:
+            self.calls.pop(call.id, None)
+        except Exception as err:
+            log.exception("unexpected error in %s", m)
+            self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(err)}: {err}")
+
+    async def _run_http(self, sid: int, req: tuple[str, str, list[tuple[str, str]]], body: bytes) -> None:
+        method, path, headers = req
+        try:
+            if self.http_handler is not None:
+                status, hdrs, out = await self.http_handler(method, path, headers, body)
+            else:
+                status, hdrs, out = await default_http_handler(self.backend, method, path, headers, body)
+        except Exception:
+            log.exception("HTTP handler failed for %s %s", method, path)
+            status, hdrs, out = 500, [], b"internal error\n"
+        self._emit((sid, _edge.OUT_HTTP, status, hdrs, out))
+
+    # ------------------------------------------------------------------------------- shutdown
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """End every open stream with UNAVAILABLE (the edge sends it), close the listeners."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self._flush()
+        self.loop.remove_reader(self.edge.fileno())
+        await self.loop.run_in_executor(None, self.edge.stop)
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+        self.calls.clear()
+
+
+async def start_edge_server(
+    backend: EtcdBackend,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    addrs: list[tuple[str, int]] | None = None,
+    http_handler: HttpHandler | None = None,
+) -> EdgeServer:
+    """Start the compiled edge for ``backend``; raises OSError when an address cannot be bound."""
+    return EdgeServer(
+        backend, addrs or [(host, port)], max_request_bytes=max_request_bytes, http_handler=http_handler
+    )

@@ -1,0 +1,714 @@
+//! Conclave's compiled client edge (`conclave._edge`).
+//!
+//! Theory of operation: a tokio runtime on its own threads owns the client listeners. Each
+//! accepted connection is sniffed: the HTTP/2 preface (`PRI `) goes to h2, anything else is read
+//! as HTTP/1.1. Every gRPC stream (or HTTP/1.1 request) gets an id; what arrives on it becomes an
+//! [`Event`] on one shared queue. When the queue goes from empty to non-empty one byte is written
+//! to a socket pair whose read end the asyncio loop watches (`loop.add_reader`), so the loop
+//! wakes once per batch and `Edge.drain()` takes every queued event in one call. Python answers
+//! with `Edge.send(batch)`: one call, the GIL released while the outputs are handed to the stream
+//! tasks. The edge carries no business rule: it moves bytes, gRPC length prefixes and status
+//! trailers.
+//!
+//! Limits: a gRPC message over `max_msg` bytes ends its stream with RESOURCE_EXHAUSTED; a
+//! truncated message or a compressed one ends the stream; a protocol error closes that
+//! connection; nothing closes the member. Responses are written only as the client's HTTP/2 flow
+//! control window allows; once more than `hwm` bytes wait on one stream, `send` reports the stream
+//! as blocked and a `WRITABLE` event tells Python when it fell below half of that again, so Python
+//! stops producing for a client that does not read.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue, Response};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+const EV_OPEN: u8 = 0;
+const EV_MSG: u8 = 1;
+const EV_HALF_CLOSE: u8 = 2;
+const EV_CANCEL: u8 = 3;
+const EV_WRITABLE: u8 = 4;
+const EV_HTTP: u8 = 5;
+
+const OUT_MSG: u8 = 0;
+const OUT_TRAILERS: u8 = 1;
+const OUT_HTTP: u8 = 2;
+
+const RESOURCE_EXHAUSTED: u32 = 8;
+const INTERNAL: u32 = 13;
+const UNAVAILABLE: u32 = 14;
+const UNIMPLEMENTED: u32 = 12;
+
+const HTTP1_MAX_HEAD: usize = 64 * 1024;
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+enum Event {
+    Open { id: u64, path: String, meta: Vec<(String, String)> },
+    Msg { id: u64, data: Bytes },
+    HalfClose { id: u64 },
+    Cancel { id: u64 },
+    Writable { id: u64 },
+    Http { id: u64, method: String, path: String, headers: Vec<(String, String)>, body: Bytes },
+}
+
+enum Out {
+    Msg(Bytes),
+    Trailers(u32, String),
+    Http(u16, Vec<(String, String)>, Bytes),
+}
+
+struct Slot {
+    tx: mpsc::UnboundedSender<Out>,
+    queued: Arc<AtomicUsize>,
+    blocked: Arc<AtomicBool>,
+}
+
+struct Shared {
+    events: Mutex<Vec<Event>>,
+    wake_w: StdUnixStream,
+    streams: Mutex<HashMap<u64, Slot>>,
+    next_id: AtomicU64,
+    max_msg: usize,
+    hwm: usize,
+    open_connections: AtomicUsize,
+}
+
+impl Shared {
+    fn push(&self, ev: Event) {
+        let was_empty = {
+            let mut q = self.events.lock().unwrap();
+            let e = q.is_empty();
+            q.push(ev);
+            e
+        };
+        if was_empty {
+            // A full socket buffer means a wake-up is already pending: nothing is lost.
+            let _ = (&self.wake_w).write(&[1]);
+        }
+    }
+
+    fn register(&self) -> (u64, mpsc::UnboundedReceiver<Out>, mpsc::UnboundedSender<Out>, Arc<AtomicUsize>, Arc<AtomicBool>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let blocked = Arc::new(AtomicBool::new(false));
+        self.streams
+            .lock()
+            .unwrap()
+            .insert(id, Slot { tx: tx.clone(), queued: queued.clone(), blocked: blocked.clone() });
+        (id, rx, tx, queued, blocked)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.streams.lock().unwrap().remove(&id);
+    }
+}
+
+/// grpc-message is percent-encoded (gRPC over HTTP/2 spec): bytes outside 0x20..=0x7E and '%'.
+fn percent_encode(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for &b in msg.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn status_headers(code: u32, msg: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("grpc-status", HeaderValue::from(code));
+    if !msg.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&percent_encode(msg)) {
+            h.insert("grpc-message", v);
+        }
+    }
+    h
+}
+
+fn grpc_response(trailers_only: Option<(u32, &str)>) -> Response<()> {
+    let mut r = Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    if let Some((code, msg)) = trailers_only {
+        r.headers_mut().extend(status_headers(code, msg));
+    }
+    r
+}
+
+/// Write `data` as the client's flow-control window allows (never buffer past it in h2).
+async fn write_data(s: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        s.reserve_capacity(data.len());
+        let cap = match poll_fn(|cx| s.poll_capacity(cx)).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(e),
+            None => return Err(h2::Error::from(h2::Reason::CANCEL)),
+        };
+        if cap == 0 {
+            continue;
+        }
+        let chunk = data.split_to(cap.min(data.len()));
+        s.send_data(chunk, false)?;
+    }
+    Ok(())
+}
+
+fn frame(msg: &Bytes) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + msg.len());
+    b.put_u8(0);
+    b.put_u32(msg.len() as u32);
+    b.extend_from_slice(msg);
+    b.freeze()
+}
+
+async fn read_body(mut body: RecvStream, id: u64, sh: Arc<Shared>, tx: mpsc::UnboundedSender<Out>) {
+    let mut buf = BytesMut::new();
+    loop {
+        match body.data().await {
+            Some(Ok(chunk)) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+                while buf.len() >= 5 {
+                    let compressed = buf[0];
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    if len > sh.max_msg {
+                        let msg = format!("grpc: received message larger than max ({len} vs. {})", sh.max_msg);
+                        let _ = tx.send(Out::Trailers(RESOURCE_EXHAUSTED, msg));
+                        sh.push(Event::Cancel { id });
+                        return;
+                    }
+                    if compressed != 0 {
+                        let msg = "grpc: compressed messages are not supported".to_string();
+                        let _ = tx.send(Out::Trailers(UNIMPLEMENTED, msg));
+                        sh.push(Event::Cancel { id });
+                        return;
+                    }
+                    if buf.len() < 5 + len {
+                        break;
+                    }
+                    buf.advance(5);
+                    let data = buf.split_to(len).freeze();
+                    sh.push(Event::Msg { id, data });
+                }
+            }
+            Some(Err(_)) => {
+                sh.push(Event::Cancel { id });
+                return;
+            }
+            None => {
+                if buf.is_empty() {
+                    sh.push(Event::HalfClose { id });
+                } else {
+                    let msg = "grpc: truncated message at end of stream".to_string();
+                    let _ = tx.send(Out::Trailers(INTERNAL, msg));
+                    sh.push(Event::Cancel { id });
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum Step {
+    Out(Option<Out>),
+    Reset,
+    Shutdown,
+}
+
+async fn handle_stream(
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    sh: Arc<Shared>,
+    mut shut: watch::Receiver<bool>,
+) {
+    let (parts, body) = req.into_parts();
+    let grpc = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc {
+        let r = Response::builder().status(415).body(()).unwrap();
+        let _ = respond.send_response(r, true);
+        return;
+    }
+    let (id, mut rx, tx, queued, blocked) = sh.register();
+    let mut meta = Vec::with_capacity(parts.headers.len());
+    for (k, v) in parts.headers.iter() {
+        let k = k.as_str();
+        if matches!(k, "content-type" | "te" | "grpc-accept-encoding" | "grpc-encoding" | "grpc-timeout") {
+            continue;
+        }
+        if let Ok(v) = v.to_str() {
+            meta.push((k.to_string(), v.to_string()));
+        }
+    }
+    sh.push(Event::Open { id, path: parts.uri.path().to_string(), meta });
+    let reader = tokio::spawn(read_body(body, id, sh.clone(), tx));
+    let mut send: Option<SendStream<Bytes>> = None;
+    let mut cancelled = false;
+    loop {
+        let step = tokio::select! {
+            o = rx.recv() => Step::Out(o),
+            _ = poll_fn(|cx| match send.as_mut() { Some(s) => s.poll_reset(cx), None => respond.poll_reset(cx) }) => Step::Reset,
+            _ = shut.changed() => Step::Shutdown,
+        };
+        match step {
+            Step::Out(Some(Out::Msg(m))) => {
+                let n = m.len();
+                if send.is_none() {
+                    match respond.send_response(grpc_response(None), false) {
+                        Ok(s) => send = Some(s),
+                        Err(_) => {
+                            cancelled = true;
+                            break;
+                        }
+                    }
+                }
+                let s = send.as_mut().unwrap();
+                let ok = tokio::select! {
+                    r = write_data(s, frame(&m)) => r.is_ok(),
+                    _ = shut.changed() => {
+                        let _ = s.send_trailers(status_headers(UNAVAILABLE, "conclave: server is shutting down"));
+                        false
+                    }
+                };
+                let left = queued.fetch_sub(n, Ordering::AcqRel) - n;
+                if left <= sh.hwm / 2 && blocked.swap(false, Ordering::AcqRel) {
+                    sh.push(Event::Writable { id });
+                }
+                if !ok {
+                    cancelled = true;
+                    break;
+                }
+            }
+            Step::Out(Some(Out::Trailers(code, msg))) => {
+                match send.as_mut() {
+                    Some(s) => {
+                        let _ = s.send_trailers(status_headers(code, &msg));
+                    }
+                    None => {
+                        let _ = respond.send_response(grpc_response(Some((code, &msg))), true);
+                    }
+                }
+                break;
+            }
+            Step::Out(Some(Out::Http(..))) | Step::Out(None) => break,
+            Step::Reset => {
+                cancelled = true;
+                break;
+            }
+            Step::Shutdown => {
+                let msg = "conclave: server is shutting down";
+                match send.as_mut() {
+                    Some(s) => {
+                        let _ = s.send_trailers(status_headers(UNAVAILABLE, msg));
+                    }
+                    None => {
+                        let _ = respond.send_response(grpc_response(Some((UNAVAILABLE, msg))), true);
+                    }
+                }
+                cancelled = true;
+                break;
+            }
+        }
+    }
+    sh.unregister(id);
+    reader.abort();
+    if cancelled {
+        sh.push(Event::Cancel { id });
+    }
+}
+
+async fn serve_h2(sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32) {
+    let mut conn = match h2::server::Builder::new()
+        .max_concurrent_streams(max_streams)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 22)
+        .max_header_list_size(1 << 20)
+        .max_send_buffer_size(1 << 20)
+        .handshake::<_, Bytes>(sock)
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    loop {
+        tokio::select! {
+            r = conn.accept() => match r {
+                Some(Ok((req, respond))) => {
+                    tokio::spawn(handle_stream(req, respond, sh.clone(), shut.clone()));
+                }
+                _ => return,
+            },
+            _ = shut.changed() => break,
+        }
+    }
+    // Shutting down: GOAWAY, then keep driving the connection so the streams' UNAVAILABLE
+    // trailers reach the client, for a bounded time.
+    conn.graceful_shutdown();
+    let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
+        while let Some(r) = conn.accept().await {
+            if let Ok((_, mut respond)) = r {
+                let msg = "conclave: server is shutting down";
+                let _ = respond.send_response(grpc_response(Some((UNAVAILABLE, msg))), true);
+            }
+        }
+    })
+    .await;
+}
+
+async fn write_http1(sock: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8], close: bool) -> bool {
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
+    let mut has_ct = false;
+    for (k, v) in headers {
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        has_ct |= k.eq_ignore_ascii_case("content-type");
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_ct {
+        head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
+}
+
+async fn serve_http1(mut sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Receiver<bool>) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        // Read one request head.
+        let parsed = loop {
+            let mut hdrs = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut hdrs);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let headers: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                        .collect();
+                    break Some((req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string(), headers, n));
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() > HTTP1_MAX_HEAD {
+                        let _ = write_http1(&mut sock, 431, &[], b"request header too large\n", true).await;
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = write_http1(&mut sock, 400, &[], b"malformed HTTP request\n", true).await;
+                    return;
+                }
+            }
+            let n = tokio::select! {
+                r = sock.read_buf(&mut buf) => r.unwrap_or(0),
+                _ = shut.changed() => 0,
+            };
+            if n == 0 {
+                break None;
+            }
+        };
+        let Some((method, path, headers, head_len)) = parsed else { return };
+        let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        if get("transfer-encoding").is_some() {
+            let _ = write_http1(&mut sock, 411, &[], b"chunked request bodies are not supported; send Content-Length\n", true).await;
+            return;
+        }
+        let clen: usize = match get("content-length").map(|v| v.trim().parse::<usize>()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                let _ = write_http1(&mut sock, 400, &[], b"bad Content-Length\n", true).await;
+                return;
+            }
+        };
+        if clen > sh.max_msg {
+            let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
+            return;
+        }
+        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        while buf.len() < head_len + clen {
+            match sock.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        buf.advance(head_len);
+        let body = buf.split_to(clen).freeze();
+        let (id, mut rx, _tx, _q, _b) = sh.register();
+        sh.push(Event::Http { id, method, path, headers, body });
+        let out = tokio::select! {
+            o = rx.recv() => o,
+            _ = shut.changed() => None,
+        };
+        sh.unregister(id);
+        let ok = match out {
+            Some(Out::Http(status, hdrs, body)) => write_http1(&mut sock, status, &hdrs, &body, close).await,
+            _ => {
+                sh.push(Event::Cancel { id });
+                let _ = write_http1(&mut sock, 503, &[], b"server is shutting down\n", true).await;
+                return;
+            }
+        };
+        if !ok || close {
+            return;
+        }
+    }
+}
+
+async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32) {
+    let _ = sock.set_nodelay(true);
+    let mut first = [0u8; 4];
+    let sniff = async {
+        loop {
+            let n = sock.peek(&mut first).await.unwrap_or(0);
+            if n == 0 || n >= 4 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let n = tokio::time::timeout(SNIFF_TIMEOUT, sniff).await.unwrap_or(0);
+    if n < 4 {
+        return;
+    }
+    sh.open_connections.fetch_add(1, Ordering::Relaxed);
+    if &first == b"PRI " {
+        serve_h2(sock, sh.clone(), shut, max_streams).await;
+    } else {
+        serve_http1(sock, sh.clone(), shut).await;
+    }
+    sh.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn accept_loop(listener: TcpListener, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, _)) => { tokio::spawn(serve_conn(sock, sh.clone(), shut.clone(), max_streams)); }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            _ = shut.changed() => return,
+        }
+    }
+}
+
+/// The edge: listeners, their runtime, and the two queues to and from Python.
+#[pyclass(module = "conclave._edge")]
+struct Edge {
+    shared: Arc<Shared>,
+    wake_r: StdUnixStream,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    shut: watch::Sender<bool>,
+    ports: Vec<u16>,
+}
+
+#[pymethods]
+impl Edge {
+    /// Bind every (host, port) (port 0 picks a free one) and start serving.
+    #[new]
+    #[pyo3(signature = (addrs, max_msg, max_streams=1000, workers=1, hwm=4 << 20))]
+    fn new(addrs: Vec<(String, u16)>, max_msg: usize, max_streams: u32, workers: usize, hwm: usize) -> PyResult<Self> {
+        let (wake_r, wake_w) = StdUnixStream::pair().map_err(|e| PyOSError::new_err(e.to_string()))?;
+        wake_r.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        wake_w.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .thread_name("conclave-edge")
+            .enable_all()
+            .build()
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            events: Mutex::new(Vec::new()),
+            wake_w,
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max_msg,
+            hwm: hwm.max(1),
+            open_connections: AtomicUsize::new(0),
+        });
+        let (shut, shut_rx) = watch::channel(false);
+        let mut ports = Vec::new();
+        let mut listeners = Vec::new();
+        for (host, port) in addrs {
+            let addr: SocketAddr = format!("{host}:{port}")
+                .parse()
+                .or_else(|_| format!("[{host}]:{port}").parse())
+                .or_else(|_| {
+                    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .ok_or(())
+                })
+                .map_err(|_| PyValueError::new_err(format!("cannot resolve {host}:{port}")))?;
+            let std_l = std::net::TcpListener::bind(addr)
+                .map_err(|e| PyOSError::new_err(format!("cannot listen for etcd clients on {host}:{port}: {e}")))?;
+            std_l.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
+            ports.push(std_l.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?.port());
+            listeners.push(std_l);
+        }
+        for std_l in listeners {
+            let _guard = rt.enter();
+            let l = TcpListener::from_std(std_l).map_err(|e| PyOSError::new_err(e.to_string()))?;
+            rt.spawn(accept_loop(l, shared.clone(), shut_rx.clone(), max_streams));
+        }
+        Ok(Edge { shared, wake_r, rt: Mutex::new(Some(rt)), shut, ports })
+    }
+
+    #[getter]
+    fn ports(&self) -> Vec<u16> {
+        self.ports.clone()
+    }
+
+    /// The fd the asyncio loop watches: readable when events are queued.
+    fn fileno(&self) -> i32 {
+        self.wake_r.as_raw_fd()
+    }
+
+    fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Every queued event, as (kind, id, a, b) tuples, in arrival order.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut sink = [0u8; 256];
+        while let Ok(n) = (&self.wake_r).read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+        let events = std::mem::take(&mut *self.shared.events.lock().unwrap());
+        let out = PyList::empty(py);
+        let none = py.None();
+        for ev in events {
+            let t = match ev {
+                Event::Open { id, path, meta } => {
+                    let m = PyList::empty(py);
+                    for (k, v) in meta {
+                        m.append((k, v))?;
+                    }
+                    PyTuple::new(py, [EV_OPEN.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyString::new(py, &path).into_any(), m.into_any()])?
+                }
+                Event::Msg { id, data } => PyTuple::new(py, [EV_MSG.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyBytes::new(py, &data).into_any(), none.bind(py).clone()])?,
+                Event::HalfClose { id } => PyTuple::new(py, [EV_HALF_CLOSE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
+                Event::Cancel { id } => PyTuple::new(py, [EV_CANCEL.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
+                Event::Writable { id } => PyTuple::new(py, [EV_WRITABLE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
+                Event::Http { id, method, path, headers, body } => {
+                    let h = PyList::empty(py);
+                    for (k, v) in headers {
+                        h.append((k, v))?;
+                    }
+                    let req = PyTuple::new(py, [PyString::new(py, &method).into_any(), PyString::new(py, &path).into_any(), h.into_any()])?;
+                    PyTuple::new(py, [EV_HTTP.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), req.into_any(), PyBytes::new(py, &body).into_any()])?
+                }
+            };
+            out.append(t)?;
+        }
+        Ok(out)
+    }
+
+    /// Hand a batch of outputs to their streams: (id, OUT_MSG, bytes), (id, OUT_TRAILERS, code,
+    /// message), (id, OUT_HTTP, status, [(name, value)], body). Returns the ids of streams that now
+    /// hold more than the high-water mark (a WRITABLE event follows when they drain).
+    fn send(&self, py: Python<'_>, batch: &Bound<'_, PyList>) -> PyResult<Vec<u64>> {
+        let mut outs: Vec<(u64, Out)> = Vec::with_capacity(batch.len());
+        for item in batch.iter() {
+            let t = item.downcast::<PyTuple>()?;
+            let id: u64 = t.get_item(0)?.extract()?;
+            let kind: u8 = t.get_item(1)?.extract()?;
+            let out = match kind {
+                OUT_MSG => {
+                    let b = t.get_item(2)?;
+                    let b = b.downcast::<PyBytes>()?;
+                    Out::Msg(Bytes::copy_from_slice(b.as_bytes()))
+                }
+                OUT_TRAILERS => Out::Trailers(t.get_item(2)?.extract()?, t.get_item(3)?.extract()?),
+                OUT_HTTP => {
+                    let b = t.get_item(4)?;
+                    let b = b.downcast::<PyBytes>()?;
+                    Out::Http(t.get_item(2)?.extract()?, t.get_item(3)?.extract()?, Bytes::copy_from_slice(b.as_bytes()))
+                }
+                _ => return Err(PyValueError::new_err(format!("unknown output kind {kind}"))),
+            };
+            outs.push((id, out));
+        }
+        let sh = self.shared.clone();
+        let blocked = py.allow_threads(move || {
+            let mut blocked = Vec::new();
+            let streams = sh.streams.lock().unwrap();
+            for (id, out) in outs {
+                let Some(slot) = streams.get(&id) else { continue };
+                if let Out::Msg(m) = &out {
+                    let q = slot.queued.fetch_add(m.len(), Ordering::AcqRel) + m.len();
+                    if q > sh.hwm {
+                        slot.blocked.store(true, Ordering::Release);
+                        blocked.push(id);
+                    }
+                }
+                let _ = slot.tx.send(out);
+            }
+            blocked
+        });
+        Ok(blocked)
+    }
+
+    /// Stop accepting, end open streams with UNAVAILABLE, and stop the runtime (bounded).
+    fn stop(&self, py: Python<'_>) {
+        let _ = self.shut.send(true);
+        let rt = self.rt.lock().unwrap().take();
+        if let Some(rt) = rt {
+            let sh = self.shared.clone();
+            py.allow_threads(move || {
+                // Let the connections flush their UNAVAILABLE trailers and GOAWAY (bounded).
+                let deadline = std::time::Instant::now() + SHUTDOWN_FLUSH;
+                while sh.open_connections.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                rt.shutdown_timeout(Duration::from_millis(100));
+            });
+        }
+    }
+}
+
+#[pymodule]
+fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Edge>()?;
+    m.add("EV_OPEN", EV_OPEN)?;
+    m.add("EV_MSG", EV_MSG)?;
+    m.add("EV_HALF_CLOSE", EV_HALF_CLOSE)?;
+    m.add("EV_CANCEL", EV_CANCEL)?;
+    m.add("EV_WRITABLE", EV_WRITABLE)?;
+    m.add("EV_HTTP", EV_HTTP)?;
+    m.add("OUT_MSG", OUT_MSG)?;
+    m.add("OUT_TRAILERS", OUT_TRAILERS)?;
+    m.add("OUT_HTTP", OUT_HTTP)?;
+    Ok(())
+}
