@@ -65,7 +65,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "CoreClient", "DeadlineExceeded",
     "Election", "Event", "EventType", "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue",
-    "LamportClock", "Lease", "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader", "NoSpace", "NotElected", "NotLeader",
+    "LamportClock", "Lease", "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader", "NoSpace",
+    "NotElected", "NotLeader",
     "OutcomeUnknown", "ProtocolError", "QueueEmpty", "ServerError", "ServerTimeout", "Session",
     "SessionExpired", "Status", "Timestamp", "Txn", "Unavailable", "Watch", "__version__", "create_revision",
     "delete_op", "get_op", "lease", "mod_revision", "put_op", "txn_op", "value", "version",

@@ -27,8 +27,8 @@ from typing import Any
 import grpc
 
 from conclave.api import pb
-from conclave.api.backend import EtcdBackend
 from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, etcd_handlers
+from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
 
@@ -147,7 +147,7 @@ async def default_http_handler(
         ok = backend.has_leader()
         return (200 if ok else 503), ctype, json.dumps({"health": "true" if ok else "false"}).encode()
     if path == "/version":
-        from conclave import __version__
+        from conclave.version import __version__
 
         version = {"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}
         return 200, ctype, json.dumps(version).encode()
