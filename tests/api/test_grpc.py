@@ -433,7 +433,7 @@ def test_undecodable_requests_answer_internal_as_etcd_does(served: ServedBackend
     assert kv_stub(served).Put(pb.PutRequest(key=b"after", value=b"1"), timeout=TIMEOUT_S).header.revision == 2
 
 
-def _one_shot_watch(served: ServedBackend, create: Any) -> tuple[Any, "queue.Queue[Any]"]:
+def _one_shot_watch(served: ServedBackend, create: Any) -> tuple[Any, queue.Queue[Any]]:
     """A watch stream whose client half-closes right after its create request (one-shot watchers do)."""
     call = served.stub("etcdserverpb.Watch").Watch(iter([pb.WatchRequest(create_request=create)]), timeout=10)
     got: queue.Queue[Any] = queue.Queue()
