@@ -92,14 +92,14 @@ def test_buffered_bytes_across_connections_are_capped() -> None:
         r, w = await asyncio.open_connection("127.0.0.1", port)
         answer = await asyncio.wait_for(_ping(r, w, 7), 10)
         assert answer[0] == 7 and answer[1] is True
-        closed = [await _closed_within(fr, 5.0) for fr, _w in streams]
+        closed = [await _closed_within(fr, 8.0) for fr, _w in streams]
         assert all(closed), closed
         assert server.buffered_bytes == 0 and not server.budget_waiters
         w.close()
         for _r, fw in streams:
             fw.close()
 
-    run(body, frame_read_timeout_s=0.5, buffered_bytes_max=cap)
+    run(body, frame_read_timeout_s=2.0, buffered_bytes_max=cap)  # long enough to measure under load
 
 
 def test_the_budget_always_fits_one_whole_frame() -> None:

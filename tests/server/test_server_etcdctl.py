@@ -155,3 +155,26 @@ def test_errors_use_etcds_words(conclave: ProcessCluster) -> None:
     assert rc != 0 and "too many operations in txn request" in out, out
     rc, out = ctl(eps, "txn", stdin="\nput dup 1\nput dup 2\n\n\n")
     assert rc != 0 and "duplicate key given in txn request" in out, out
+
+
+def test_etcdctl_answers_found_different_from_etcd_34(conclave: ProcessCluster) -> None:
+    """Each checked by hand against etcd 3.4.23 on 127.0.0.1 (its output is quoted in the comments)."""
+    eps = conclave.endpoints
+    # member list -w json: etcd's header has cluster_id, member_id and raft_term, no revision.
+    rc, out = ctl(eps, "member", "list", "-w", "json")
+    assert rc == 0 and sorted(json.loads(out)["header"]) == ["cluster_id", "member_id", "raft_term"], out
+    # endpoint status: never "0 B" (etcd: 20 kB on a fresh member).
+    rc, out = ctl(eps[:1], "endpoint", "status", "-w", "json")
+    status = json.loads(out)[0]["Status"]
+    assert status["dbSize"] >= 20480 and status["dbSizeInUse"] >= 16384, status
+    # hashkv at the compact revision itself: "required revision has been compacted".
+    for i in range(2):
+        ctl(eps, "put", "hk", str(i))
+    rev = json.loads(ctl(eps, "get", "hk", "-w", "json")[1])["header"]["revision"]
+    assert ctl(eps, "compaction", str(rev))[0] == 0
+    rc, out = ctl(eps[:1], "endpoint", "hashkv", f"--rev={rev}")
+    assert rc != 0 and "required revision has been compacted" in out, out
+    # move-leader to the current leader: "Leadership transferred from X to X", exit 0.
+    leader = f"{status['leader']:x}"
+    rc, out = ctl(eps, "move-leader", leader)
+    assert rc == 0 and f"Leadership transferred from {leader} to {leader}" in out, out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -311,17 +311,23 @@ class NodeBackend:
             node._waiters.drop(seq)
             raise kverr.Timeout() from None
 
-    async def member_add(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]:
-        # etcd checks an add against the membership the previous change left: one that races another
-        # change waits for it and is checked again (a second learner gets "too many learner members").
+    async def _after_pending(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a membership change; one that races another waits for it and is checked again, as etcd
+        checks a change against the membership the previous one left (a second learner gets "too
+        many learner members", a second removal "member not found")."""
         deadline = asyncio.get_running_loop().time() + self.node.cfg.request_timeout_s
         while True:
             try:
-                return await self._member_add_once(peer_urls, is_learner)
+                return await attempt()
             except _ConfChangePending:
                 if asyncio.get_running_loop().time() > deadline:
                     raise kverr.Timeout() from None
                 await asyncio.sleep(self.node.cfg.heartbeat_interval_ms / 1000)
+
+    async def member_add(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]:
+        result: tuple[MemberInfo, list[MemberInfo]] = await self._after_pending(
+            lambda: self._member_add_once(peer_urls, is_learner))
+        return result
 
     async def _member_add_once(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]:
         try:
@@ -349,9 +355,12 @@ class NodeBackend:
         return info, self._member_infos()
 
     async def member_remove(self, member_id: int) -> list[MemberInfo]:
-        if member_id not in self.node.members:
-            raise kverr.MemberNotFound()
-        await self._conf_change([ConfChangeSingle(ConfChangeType.REMOVE_NODE, member_id)], [])
+        async def attempt() -> None:
+            if member_id not in self.node.members:
+                raise kverr.MemberNotFound()
+            await self._conf_change([ConfChangeSingle(ConfChangeType.REMOVE_NODE, member_id)], [])
+
+        await self._after_pending(attempt)
         return self._member_infos()
 
     async def member_update(self, member_id: int, peer_urls: list[str]) -> list[MemberInfo]:
@@ -384,7 +393,8 @@ class NodeBackend:
         match = getattr(progress, "match", 0) if progress is not None else 0
         if match < node.raft.commit_index * 0.9:
             raise kverr.LearnerNotReady()
-        await self._conf_change([ConfChangeSingle(ConfChangeType.ADD_VOTER, member_id)], [m])
+        await self._after_pending(
+            lambda: self._conf_change([ConfChangeSingle(ConfChangeType.ADD_VOTER, member_id)], [m]))
         return True
 
     async def member_promote(self, member_id: int) -> list[MemberInfo]:
