@@ -218,11 +218,6 @@ class StateMachine:
         sm._once = once
         return sm
 
-    @staticmethod
-    def image_store(image: bytes) -> Store:
-        """Only the store of an image (for tools that describe a backup)."""
-        return StateMachine.restore(image).store
-
 
 class ImageError(ValueError):
     """Bytes that are not a state machine image."""

@@ -16,11 +16,10 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import msgpack
-
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 from conclave.kv.validation import validate_request
+from conclave.machine import Member, entry
 from conclave.raft.codec import conf_state_to_tuple
 from conclave.raft.errors import NotLeader as RaftNotLeader
 from conclave.raft.errors import ProposalDropped, RaftError
@@ -33,7 +32,7 @@ from conclave.raft.types import (
 )
 from conclave.server.config import member_id as compute_member_id
 from conclave.server.config import parse_url, reported_db_size
-from conclave.server.node import TAG_MEMBER, Member, Node, now_ms
+from conclave.server.node import Node, now_ms
 from conclave.server.transport import PeerUnavailable, RemoteError
 from conclave.version import __version__
 from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
@@ -289,7 +288,7 @@ class NodeBackend:
         if node.raft.leader_id == NONE:
             raise kverr.NoLeader()
         seq, fut = node._waiters.register()
-        ctx = msgpack.packb([node.member_id, seq, [m.to_wire() for m in members]], use_bin_type=True)
+        ctx = entry.encode_conf_context(node.member_id, seq, members)
         cc = ConfChange(changes=tuple(changes), context=ctx)
 
         def op() -> None:
@@ -367,7 +366,7 @@ class NodeBackend:
         node = self.node
         seq, fut = node._waiters.register()
         upd = Member(m.id, m.name, urls, m.client_urls, m.native_urls, m.is_learner)
-        data = TAG_MEMBER + msgpack.packb([node.member_id, seq, upd.to_wire()], use_bin_type=True)
+        data = entry.encode_member_attrs(node.member_id, seq, upd)
         await node._propose(seq, fut, data)
         return self._member_infos()
 
