@@ -27,10 +27,17 @@ API::
 
     sm.applied_index; sm.store; sm.members; sm.cluster_id; sm.hash()
     sm.leases            # conclave.kv.lease.Lessor: promote(now, extend)/demote()/renew/expired(now)
+
+    # the rules, defined once (every API path calls them before proposing):
+    limits = rules.Limits(max_request_bytes=..., quota_backend_bytes=..., max_txn_ops=...,
+                          min_lease_ttl_s=rules.min_lease_ttl_s(election_timeout_ms))
+    req = sm.validate(req, limits)        # EtcdError with etcd's wording; a lease TTL raised to the minimum
+    rules.check_size(framed_bytes, limits)  # --max-request-bytes
+    rules.over_quota(sm.store, limits)      # --quota-backend-bytes: time to raise NOSPACE
 """
 
-from conclave.machine import entry
+from conclave.machine import entry, rules
 from conclave.machine.entry import EntryError, Member
 from conclave.machine.state import Applied, ImageError, Result, StateMachine
 
-__all__ = ["Applied", "EntryError", "ImageError", "Member", "Result", "StateMachine", "entry"]
+__all__ = ["Applied", "EntryError", "ImageError", "Member", "Result", "StateMachine", "entry", "rules"]

@@ -41,6 +41,7 @@ from conclave.kv.lease import Lessor
 from conclave.kv.mvcc import Response, Store
 from conclave.kv.types import Event, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest
 from conclave.machine import entry as ent
+from conclave.machine import rules
 from conclave.machine.entry import Member
 from conclave.raft.codec import decode_conf_change
 from conclave.raft.types import ConfChangeType, Entry, EntryType
@@ -170,7 +171,11 @@ class StateMachine:
         out.removed = frozenset(removed)
         out.results.append(Result(origin, seq, None, None, None))
 
-    # ------------------------------------------------------------------ queries
+    # ------------------------------------------------------------------ rules and queries
+
+    def validate(self, request: object, limits: rules.Limits) -> object:
+        """``rules.validate`` against this machine's store (quota): the request to propose."""
+        return rules.validate(request, limits, self.store)
 
     def hash(self) -> int:
         """The store hash at the applied index (same applied index -> same hash on every replica)."""

@@ -39,7 +39,7 @@ from typing import Any
 from conclave.kv import errors as kverr
 from conclave.kv.lease import Lessor
 from conclave.kv.watch import WatchHub
-from conclave.machine import Member, StateMachine, entry
+from conclave.machine import Member, StateMachine, entry, rules
 from conclave.raft.codec import conf_state_from_tuple
 from conclave.raft.errors import NotLeader as RaftNotLeader
 from conclave.raft.errors import ProposalDropped
@@ -129,6 +129,10 @@ class Node:
         self._boot_members: dict[int, Member] = {}  # until the state machine exists
         self._sm: StateMachine | None = None
         self._storage_factory = storage_factory
+        self.limits = rules.Limits(
+            max_request_bytes=cfg.max_request_bytes, quota_backend_bytes=cfg.quota_backend_bytes,
+            max_txn_ops=cfg.max_txn_ops, min_lease_ttl_s=rules.min_lease_ttl_s(cfg.election_timeout_ms),
+        )
         self._ops: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._waiters = _Waiters()
@@ -606,9 +610,11 @@ class Node:
 
         seq, fut = self._waiters.register()
         encoded = encode_command(cmd, seq)
-        if len(encoded) + entry.FRAME_OVERHEAD > self.cfg.max_request_bytes:
+        try:
+            rules.check_size(len(encoded) + entry.FRAME_OVERHEAD, self.limits)
+        except kverr.EtcdError:
             self._waiters.drop(seq)
-            raise kverr.RequestTooLarge()
+            raise
         self._refuse_unless_ready(seq)
         # Every command that arrives while the loop is busy (typically: during an fsync) goes
         # into the same log entry.
