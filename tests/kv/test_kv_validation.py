@@ -16,7 +16,7 @@ from conclave.kv.types import (
     SortOrder,
     TxnRequest,
 )
-from conclave.kv.validation import check_request_size, validate_request, write_cost_bytes
+from conclave.kv.validation import validate_request, write_cost_bytes
 
 
 def test_valid_requests_pass() -> None:
@@ -94,16 +94,6 @@ def test_duplicate_key(txn: TxnRequest) -> None:
 )
 def test_not_duplicate(txn: TxnRequest) -> None:
     validate_request(txn)
-
-
-def test_lease_ttl_and_request_size() -> None:
-    with pytest.raises(errors.LeaseTTLTooLarge, match="too large lease TTL"):
-        validate_request(LeaseGrantRequest(ttl=MAX_LEASE_TTL_S + 1))
-    check_request_size(1536 * 1024)
-    with pytest.raises(errors.RequestTooLarge, match="etcdserver: request is too large"):
-        check_request_size(1536 * 1024 + 1)
-    with pytest.raises(errors.RequestTooLarge):
-        check_request_size(11, max_request_bytes=10)
 
 
 def test_write_cost_follows_the_costlier_branch() -> None:

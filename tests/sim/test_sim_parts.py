@@ -8,13 +8,13 @@ import random
 import pytest
 
 from conclave.kv.types import PutRequest
-from conclave.raft.types import Entry, EntryType, HardState, Message, MessageType
+from conclave.machine.entry import encode_batch, encode_lease_expiry
+from conclave.raft.types import Entry, HardState, Message, MessageType
 from conclave.sim.clock import Agenda, EventKind
 from conclave.sim.errors import InvariantBroken, SetupError
 from conclave.sim.faults import FAULT_KINDS, parse_faults
 from conclave.sim.history import Canonical, History, OpStatus
 from conclave.sim.invariants import SafetyMonitor
-from conclave.sim.kvmachine import KvMachine, encode_batch, encode_lease_expiry
 from conclave.sim.mirror import LogMirror
 from conclave.sim.network import LinkConditions, Network
 from conclave.storage.memory import MemoryStorage
@@ -61,33 +61,21 @@ def test_mirror_replaces_suffix_and_reports_lost_entries() -> None:
     assert (log.base_index, log.last_index, log.term_at(5), log.term_at(4)) == (5, 5, 3, None)
 
 
-def test_state_machine_applies_batches_in_order_and_snapshots() -> None:
-    sm = KvMachine()
-    sm.apply(Entry(1, 1))  # a leader's empty entry is no command
-    batch = encode_batch(7, [(1, PutRequest(key=b"a", value=b"1")), (2, PutRequest(key=b"b", value=b"2"))])
-    results = sm.apply(Entry(1, 2, data=batch))
-    assert [(r.origin, r.seq, r.error) for r in results] == [(7, 1, None), (7, 2, None)]
-    assert sm.store.revision == 3 and [e.kv.key for e in results[1].events] == [b"b"]
-    sm.apply(Entry(1, 3, EntryType.CONF_CHANGE, b"cc"))
-    copy = KvMachine()
-    copy.restore(3, sm.image())
-    assert copy.hash() == sm.hash() and copy.applied_index == 3
-    with pytest.raises(ValueError, match="in order"):
-        sm.apply(Entry(1, 5, data=batch))
+def test_a_replica_runs_the_servers_state_machine_and_keeps_the_teeth_switch() -> None:
+    # The once-only apply is tested in tests/machine; here: the sim's replica uses that machine
+    # and its dedupe=False switch (the apply_batch_twice rule) turns it off.
+    from conclave.raft.types import Config
+    from conclave.sim.replica import Replica
 
-
-def test_a_batch_that_reaches_the_log_twice_is_applied_once() -> None:
-    sm, broken = KvMachine(), KvMachine(dedupe=False)
     put = encode_batch(7, [(1, PutRequest(key=b"a", value=b"1"))])
-    for m in (sm, broken):
-        m.apply(Entry(1, 1, data=put))
-        m.apply(Entry(1, 2, data=encode_batch(8, [(1, PutRequest(key=b"a", value=b"2"))])))
-    copy = KvMachine()
-    copy.restore(2, sm.image())  # the once-only table travels in the snapshot
-    assert copy.apply(Entry(2, 3, data=put)) == [] and sm.apply(Entry(2, 3, data=put)) == []
-    assert sm.store.revision == 3 and copy.hash() == sm.hash()
-    assert len(broken.apply(Entry(2, 3, data=put))) == 1 and broken.store.revision == 4
-    expiry = sm.apply(Entry(2, 4, data=encode_lease_expiry(5)))
+    ok, broken = Replica(Config(id=1), None), Replica(Config(id=2), None, dedupe=False)
+    for r in (ok, broken):
+        for index in (1, 2):
+            r.machine.apply(Entry(1, index, data=put), 0)
+    assert ok.machine.store.revision == 2 and broken.machine.store.revision == 3
+    ok.restore(2, ok.machine.snapshot())
+    assert ok.machine.apply(Entry(1, 3, data=put), 0).results == [] and ok.lessor is ok.machine.leases
+    expiry = ok.machine.apply(Entry(1, 4, data=encode_lease_expiry(5)), 0).results
     assert expiry[0].origin == 0 and expiry[0].error is not None  # no such lease
 
 

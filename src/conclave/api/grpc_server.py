@@ -30,11 +30,11 @@ from conclave.api import convert, pb
 from conclave.api.election import ElectionService
 from conclave.api.lock import LockService
 from conclave.kv import errors as kverr
+from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
 from conclave.wire.contract import EtcdBackend, WatchSubscription
 
 log = logging.getLogger("conclave.api")
 
-DEFAULT_MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)  # etcd's --max-request-bytes default
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd lets a gRPC message exceed max-request-bytes by this much
 MAX_SEND_BYTES = 2**31 - 1
 WATCHERS_PER_STREAM_MAX = 10_000

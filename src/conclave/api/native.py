@@ -46,9 +46,9 @@ import msgpack
 
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
+from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
 from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery, WatchSubscription
 from conclave.wire.native import (
-    DEFAULT_MAX_REQUEST_BYTES,
     FRAME_HEADER,
     FRAME_OVERHEAD_BYTES,
     MalformedRequest,

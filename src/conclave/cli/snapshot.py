@@ -40,12 +40,10 @@ def _read(path: str) -> tuple[bytes, int, int]:
 
 
 def restore(args: argparse.Namespace) -> int:
-    import msgpack
-
+    from conclave.machine import ImageError, Member, StateMachine
     from conclave.raft.types import ConfState, HardState, Snapshot, SnapshotMeta
     from conclave.server.backup import BackupError
     from conclave.server.config import ConfigError, ServerConfig, parse_initial_cluster, parse_urls
-    from conclave.server.node import Member
     from conclave.storage.wal import DiskStorage
 
     try:
@@ -59,7 +57,8 @@ def restore(args: argparse.Namespace) -> int:
             initial_cluster_token=args.initial_cluster_token,
         )
         cfg.validate()
-    except (OSError, BackupError, ConfigError) as exc:
+        old = StateMachine.restore(state, index=index)
+    except (OSError, BackupError, ConfigError, ImageError) as exc:
         print(f"conclave snapshot restore: {exc}", file=sys.stderr)
         return 1
     data_dir = Path(args.data_dir)
@@ -68,12 +67,11 @@ def restore(args: argparse.Namespace) -> int:
         return 1
     data_dir.mkdir(parents=True, exist_ok=True)
     ids = cfg.initial_member_ids()
-    old = msgpack.unpackb(state, raw=False)
+    # The backup's store in a NEW cluster: new members and cluster id; the once-only table of the
+    # old cluster's members does not carry over (their ids and sequence numbers mean nothing here).
     members = [Member(ids[n], n, list(urls)) for n, urls in cfg.initial_cluster.items()]
-    image = msgpack.packb(
-        {"kv": old["kv"], "members": [m.to_wire() for m in members], "cluster_id": cfg.cluster_id},
-        use_bin_type=True,
-    )
+    fresh = StateMachine(cfg.cluster_id, members, store=old.store, applied_index=index)
+    image = fresh.snapshot()
     conf = ConfState(voters=frozenset(ids.values()))
     storage = DiskStorage(data_dir)
     storage.save_bootstrap(conf)
@@ -94,15 +92,13 @@ def restore(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     import json
 
-    import msgpack
-
-    from conclave.kv.mvcc import Store
+    from conclave.machine import StateMachine
     from conclave.server.backup import BackupError
 
     try:
         state, index, _term = _read(args.file)
-        store = Store.restore(msgpack.unpackb(state, raw=False)["kv"])
-    except (OSError, BackupError, KeyError, ValueError) as exc:
+        store = StateMachine.restore(state, index=index).store
+    except (OSError, BackupError, ValueError) as exc:
         print(f"conclave snapshot status: {exc}", file=sys.stderr)
         return 1
     h = store.hash_kv(0)[0]

@@ -12,7 +12,7 @@ Modules (each opens with its own theory of operation):
 * ``lease``      - ``Lessor``: per-member lease deadlines driven by explicit ``now_ms`` values;
 * ``watch``      - ``WatchHub``: streams events to watchers, slow ones catch up from history.
 
-Driver contract (the server): ``validate_request`` + ``check_request_size`` before proposing;
+Driver contract (the server): ``conclave.machine.rules.validate`` + ``check_size`` before proposing;
 for each committed entry ``resp = store.apply(decode_command(data)[1], index)`` then
 ``hub.publish(store.last_events)`` and, on a LeaseGrant/LeaseRevoke, ``lessor.grant``/``revoke``;
 call ``hub.catch_up()`` when idle or after ``take()`` freed buffer room; propose a LeaseRevoke

@@ -7,9 +7,9 @@ Theory of operation
 raises the same ``EtcdError`` etcd would: an empty key, too many ops in a txn, the same key
 written twice by one txn (directly, through a delete range that covers a put, or through
 nested txns; a key put in both branches of one nested txn is fine because only one runs),
-an invalid sort option, a value/lease given together with ignore_value/ignore_lease, a lease
-TTL above etcd's maximum. ``check_request_size`` enforces ``--max-request-bytes`` on the
-encoded request. ``write_cost_bytes`` estimates how much a request grows the store, for the
+an invalid sort option, a value/lease given together with ignore_value/ignore_lease.
+(Request size, quota and lease TTL bounds: ``conclave.machine.rules``, which calls this
+module.) ``write_cost_bytes`` estimates how much a request grows the store, for the
 ``--quota-backend-bytes`` check (etcd's quota cost: a txn costs its costlier branch; requests
 that do not add data cost 0 and are always admitted).
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from conclave.kv import errors
 from conclave.kv.index import ALL_KEYS_END, RECORD_OVERHEAD_BYTES
-from conclave.kv.mvcc import LEASE_RECORD_BYTES, MAX_LEASE_TTL_S
+from conclave.kv.mvcc import LEASE_RECORD_BYTES
 from conclave.kv.types import (
     DeleteRangeRequest,
     LeaseGrantRequest,
@@ -39,19 +39,13 @@ DEFAULT_MAX_TXN_OPS = 128
 """etcd's --max-txn-ops default."""
 
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
-"""etcd's --max-request-bytes default (1.5 MiB)."""
+"""etcd's --max-request-bytes default (1.5 MiB): the one definition (edges size their frames by it)."""
 
 _SORT_ORDERS = frozenset(int(m) for m in SortOrder)
 _SORT_TARGETS = frozenset(int(m) for m in SortTarget)
 
 # An interval [start, end) of keys; end None = no upper bound.
 _Interval = tuple[bytes, bytes | None]
-
-
-def check_request_size(size_bytes: int, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
-    """Raise RequestTooLarge when an encoded request exceeds ``max_request_bytes``."""
-    if size_bytes > max_request_bytes:
-        raise errors.RequestTooLarge()
 
 
 def write_cost_bytes(req: object) -> int:
@@ -88,8 +82,6 @@ def validate_request(req: object, *, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> 
         _check_txn(req, max_txn_ops)
         _check_intervals(req.success)
         _check_intervals(req.failure)
-    elif isinstance(req, LeaseGrantRequest) and req.ttl > MAX_LEASE_TTL_S:
-        raise errors.LeaseTTLTooLarge()
 
 
 def _check_range(req: RangeRequest) -> None:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import msgpack
-
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
-from conclave.kv.validation import validate_request
+from conclave.machine import Member, entry, rules
 from conclave.raft.codec import conf_state_to_tuple
 from conclave.raft.errors import NotLeader as RaftNotLeader
 from conclave.raft.errors import ProposalDropped, RaftError
@@ -33,13 +30,12 @@ from conclave.raft.types import (
 )
 from conclave.server.config import member_id as compute_member_id
 from conclave.server.config import parse_url, reported_db_size
-from conclave.server.node import TAG_MEMBER, Member, Node, now_ms
+from conclave.server.node import Node, now_ms
 from conclave.server.transport import PeerUnavailable, RemoteError
 from conclave.version import __version__
 from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
 
 ETCD_API_VERSION = "3.5.0"
-MAX_LEASE_TTL_S = 9_000_000_000
 
 # Errors a forwarded RPC may come back with, by class name.
 _REMOTE_ERRORS: dict[str, type[kverr.EtcdError]] = {
@@ -107,7 +103,6 @@ class NodeBackend:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.member_id = node.member_id
-        self.min_lease_ttl_s = math.ceil(1.5 * node.cfg.election_timeout_ms / 1000)
         node._rpc_keepalive = self._rpc_keepalive  # type: ignore[attr-defined]
         node._rpc_ttl = self._rpc_ttl  # type: ignore[attr-defined]
         node._rpc_promote = self._rpc_promote  # type: ignore[attr-defined]
@@ -126,10 +121,6 @@ class NodeBackend:
     def current_revision(self) -> int:
         return int(self.node.store.revision)
 
-    def _check_quota(self) -> None:
-        if any(a.alarm == kv.AlarmType.NOSPACE for a in self.node.store.alarms()):
-            raise kverr.NoSpace()
-
     def _check_not_learner(self) -> None:
         me = self.node.members.get(self.node.member_id)
         if me is not None and me.is_learner:
@@ -137,14 +128,14 @@ class NodeBackend:
 
     async def _write(self, req: Any) -> Any:
         self._check_not_learner()
-        validate_request(req, max_txn_ops=self.node.cfg.max_txn_ops)
+        req = self.node.sm.validate(req, self.node.limits)
         resp = await self.node.propose_kv(req)
         await self._enforce_quota()
         return resp
 
     async def _enforce_quota(self) -> None:
         store = self.node.store
-        over = store.db_size > self.node.cfg.quota_backend_bytes and self.node.raft.role == Role.LEADER
+        over = rules.over_quota(store, self.node.limits) and self.node.raft.role == Role.LEADER
         if over and not any(a.alarm == kv.AlarmType.NOSPACE for a in store.alarms()):
             with contextlib.suppress(kverr.EtcdError):
                 await self.node.propose_kv(
@@ -154,14 +145,13 @@ class NodeBackend:
     # ------------------------------------------------------------------ KV
 
     async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
-        validate_request(req)
+        rules.validate(req, self.node.limits)
         if not req.serializable:
             await self.node.read_barrier()
         resp: kv.RangeResponse = self.node.store.range(req)
         return resp
 
     async def put(self, req: kv.PutRequest) -> kv.PutResponse:
-        self._check_quota()
         resp: kv.PutResponse = await self._write(req)
         return resp
 
@@ -170,8 +160,6 @@ class NodeBackend:
         return resp
 
     async def txn(self, req: kv.TxnRequest) -> kv.TxnResponse:
-        if _has_put(req):
-            self._check_quota()
         resp: kv.TxnResponse = await self._write(req)
         return resp
 
@@ -182,10 +170,7 @@ class NodeBackend:
     # ------------------------------------------------------------------ leases
 
     async def lease_grant(self, req: kv.LeaseGrantRequest) -> kv.LeaseGrantResponse:
-        if req.ttl > MAX_LEASE_TTL_S:
-            raise kverr.LeaseTTLTooLarge()
-        ttl = max(req.ttl, self.min_lease_ttl_s)
-        resp: kv.LeaseGrantResponse = await self._write(kv.LeaseGrantRequest(ttl=ttl, id=req.id))
+        resp: kv.LeaseGrantResponse = await self._write(req)  # the TTL bounds: rules.validate
         return resp
 
     async def lease_revoke(self, req: kv.LeaseRevokeRequest) -> kv.LeaseRevokeResponse:
@@ -289,7 +274,7 @@ class NodeBackend:
         if node.raft.leader_id == NONE:
             raise kverr.NoLeader()
         seq, fut = node._waiters.register()
-        ctx = msgpack.packb([node.member_id, seq, [m.to_wire() for m in members]], use_bin_type=True)
+        ctx = entry.encode_conf_context(node.member_id, seq, members)
         cc = ConfChange(changes=tuple(changes), context=ctx)
 
         def op() -> None:
@@ -376,7 +361,7 @@ class NodeBackend:
         node = self.node
         seq, fut = node._waiters.register()
         upd = Member(m.id, m.name, urls, m.client_urls, m.native_urls, m.is_learner)
-        data = TAG_MEMBER + msgpack.packb([node.member_id, seq, upd.to_wire()], use_bin_type=True)
+        data = entry.encode_member_attrs(node.member_id, seq, upd)
         await node._propose(seq, fut, data)
         return self._member_infos()
 
@@ -489,13 +474,6 @@ class NodeBackend:
         self.node.store.defragment()
 
 
-def _has_put(req: kv.TxnRequest) -> bool:
-    for op in (*req.success, *req.failure):
-        if op.request_put is not None:
-            return True
-        if op.request_txn is not None and _has_put(op.request_txn):
-            return True
-    return False
 
 
 __all__ = ["NodeBackend"]

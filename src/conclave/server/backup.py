@@ -52,6 +52,6 @@ def decode_backup(data: bytes) -> tuple[bytes, int, int]:
 
 
 async def snapshot_chunks(node: Any) -> AsyncIterator[bytes]:
-    data = encode_backup(node._snapshot_bytes(), node.applied_index, node.raft.term)
+    data = encode_backup(node.sm.snapshot(), node.applied_index, node.raft.term)
     for i in range(0, len(data), CHUNK_BYTES):
         yield data[i : i + CHUNK_BYTES]

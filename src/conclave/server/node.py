@@ -33,27 +33,22 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from conclave.kv import errors as kverr
 from conclave.kv.lease import Lessor
-from conclave.kv.types import LeaseGrantRequest, LeaseRevokeRequest
 from conclave.kv.watch import WatchHub
-from conclave.raft.codec import conf_state_from_tuple, decode_conf_change
+from conclave.machine import Member, StateMachine, entry, rules
+from conclave.raft.codec import conf_state_from_tuple
 from conclave.raft.errors import NotLeader as RaftNotLeader
 from conclave.raft.errors import ProposalDropped
 from conclave.raft.node import RaftNode
 from conclave.raft.types import (
     NONE,
-    ConfChangeType,
     Config,
     ConfState,
     Entry,
-    EntryType,
     Message,
     MessageType,
     PersistedState,
@@ -66,34 +61,13 @@ from conclave.server.transport import Transport
 
 log = logging.getLogger("conclave.node")
 
-# Entry payload tags: the first byte says which state machine an entry is for.
-TAG_KV = b"K"
-TAG_BATCH = b"B"  # many key-value commands in one entry: one log entry, one append, one ack
-TAG_MEMBER = b"M"
-# The store sees index ``raft_index * BATCH_SLOTS + position in the batch``: strictly growing and
-# the same on every replica, which is all it needs (apply order, lease ids).
-BATCH_SLOTS = 1 << 12
-BATCH_BYTES_MAX = 512 * 1024
 # Serialise snapshots in a forked child (copy-on-write) instead of on the event loop.
 SNAPSHOT_IN_CHILD = True
-
-
-@dataclass(slots=True)
-class Member:
-    id: int
-    name: str
-    peer_urls: list[str]
-    client_urls: list[str] = field(default_factory=list)
-    native_urls: list[str] = field(default_factory=list)
-    is_learner: bool = False
-
-    def to_wire(self) -> list[Any]:
-        return [self.id, self.name, self.peer_urls, self.client_urls, self.native_urls, self.is_learner]
-
-    @classmethod
-    def from_wire(cls, w: Any) -> Member:
-        mid, name, peers, clients, natives, learner = w
-        return cls(int(mid), str(name), list(peers), list(clients), list(natives), bool(learner))
+# Where this member counts its starts: each start proposes with sequence numbers of a new epoch
+# (``entry.seq_base``), so the state machine's once-only table never mistakes a restarted
+# member's request for one it already applied.
+SEQ_EPOCH_FILE = "seq-epoch"
+__all__ = ["Member", "Node", "now_ms"]  # Member: re-exported for older importers
 
 
 def now_ms() -> int:
@@ -103,9 +77,12 @@ def now_ms() -> int:
 class _Waiters:
     """Futures of requests this member proposed, keyed by sequence number."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_seq: int = 1) -> None:
         self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._seq = itertools.count(1)
+        self._seq = itertools.count(first_seq)
+
+    def start_at(self, first_seq: int) -> None:
+        self._seq = itertools.count(first_seq)
 
     def register(self) -> tuple[int, asyncio.Future[Any]]:
         seq = next(self._seq)
@@ -149,8 +126,13 @@ class Node:
         self.cfg = cfg
         self.member_id = cfg.member_id
         self.cluster_id = cfg.cluster_id
-        self.members: dict[int, Member] = {}
+        self._boot_members: dict[int, Member] = {}  # until the state machine exists
+        self._sm: StateMachine | None = None
         self._storage_factory = storage_factory
+        self.limits = rules.Limits(
+            max_request_bytes=cfg.max_request_bytes, quota_backend_bytes=cfg.quota_backend_bytes,
+            max_txn_ops=cfg.max_txn_ops, min_lease_ttl_s=rules.min_lease_ttl_s(cfg.election_timeout_ms),
+        )
         self._ops: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._waiters = _Waiters()
@@ -160,7 +142,6 @@ class Node:
         self._running = False
         self.stopped = asyncio.Event()
         self.stop_reason = ""
-        self._applied = 0
         self._snapshot_index = 0
         self.watch_callbacks: dict[int, Callable[[], None]] = {}
         self._joined_members: list[Member] = []
@@ -172,6 +153,42 @@ class Node:
         self._snapshot_child = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
+
+    # ------------------------------------------------------------------ the state machine
+
+    @property
+    def sm(self) -> StateMachine:
+        assert self._sm is not None, "the member has not started"
+        return self._sm
+
+    @property
+    def members(self) -> dict[int, Member]:
+        return self._sm.members if self._sm is not None else self._boot_members
+
+    @property
+    def store(self) -> Any:
+        return self.sm.store
+
+    @property
+    def lessor(self) -> Lessor:
+        return self.sm.leases
+
+    def _next_seq_epoch(self) -> int:
+        """Count this start in the data dir (durably) and return its number."""
+        path = Path(self.cfg.data_dir) / SEQ_EPOCH_FILE
+        try:
+            epoch = int(path.read_text().strip() or "0") + 1
+        except FileNotFoundError:
+            epoch = 1
+        except ValueError:
+            raise ConfigError(f"{path} is corrupt (expected a number)") from None
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(epoch))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return epoch
 
     # ------------------------------------------------------------------ start/stop
 
@@ -210,8 +227,6 @@ class Node:
         return DiskStorage(self.cfg.data_dir, max_snapshots=self.cfg.max_snapshots, max_wals=self.cfg.max_wals)
 
     async def start(self) -> None:
-        from conclave.kv.mvcc import Store
-
         Path(self.cfg.data_dir).mkdir(parents=True, exist_ok=True)
         fresh = self._check_data_dir()
         self.storage = self._open_storage()
@@ -224,26 +239,26 @@ class Node:
             if self.cfg.initial_cluster_state == "new":
                 ids = self.cfg.initial_member_ids()
                 for name, urls in self.cfg.initial_cluster.items():
-                    self.members[ids[name]] = Member(ids[name], name, list(urls))
+                    self._boot_members[ids[name]] = Member(ids[name], name, list(urls))
                 self.storage.save_bootstrap(ConfState(voters=frozenset(ids.values())))
                 self.storage.sync()
             self._write_meta()
         persisted: PersistedState = self.storage.load()
         self._bootstrap_conf = persisted.conf_state
         if persisted.snapshot is not None:
-            self._restore_snapshot(persisted.snapshot.data)
+            self._sm = StateMachine.restore(persisted.snapshot.data, index=persisted.snapshot.meta.index)
             self._snapshot_index = persisted.snapshot.meta.index
-            self._applied = persisted.snapshot.meta.index
         else:
-            self.store = Store()
-            self._reset_lessor()
-            if not self.members and self._joined_members:
-                self.members = {m.id: m for m in self._joined_members}
-            if not self.members:
+            boot = self._boot_members
+            if not boot and self._joined_members:
+                boot = {m.id: m for m in self._joined_members}
+            if not boot:
                 ids = self.cfg.initial_member_ids()
                 for name, urls in self.cfg.initial_cluster.items():
                     if ids[name] in persisted.conf_state.all_nodes():
-                        self.members[ids[name]] = Member(ids[name], name, list(urls))
+                        boot[ids[name]] = Member(ids[name], name, list(urls))
+            self._sm = StateMachine.bootstrap(self.cluster_id, boot.values())
+        self._waiters.start_at(entry.seq_base(self._next_seq_epoch()))
         # A renamed member (same data dir, new --name) keeps its id; _on_tick publishes the new name.
         self.hub = WatchHub(self.store, notify=self._notify_watcher)
         raft_cfg = Config(
@@ -281,7 +296,7 @@ class Node:
                     errors.append(f"{url}: {exc}")
                     continue
                 self.cluster_id = int(cid)
-                self.members = {m.id: m for m in (Member.from_wire(w) for w in wires[0])}
+                self._boot_members = {m.id: m for m in (Member.from_wire(w) for w in wires[0])}
                 # The configuration the cluster was founded with: the joiner replays the leader's
                 # log from its start, and configuration changes apply on top of it.
                 self._bootstrap_conf = conf_state_from_tuple(wires[1])
@@ -382,9 +397,7 @@ class Node:
         in a stale term and can never commit; forwarded, it would be committed by the new leader.
         If this member still leads when the lessor retries, the next attempt goes through.
         """
-        from conclave.kv.command import encode_command
-
-        data = TAG_KV + self.member_id.to_bytes(8, "big") + encode_command(LeaseRevokeRequest(id=lease_id), 0)
+        data = entry.encode_lease_expiry(lease_id)
         if self.raft.role == Role.LEADER:
             with contextlib.suppress(RaftNotLeader, ProposalDropped):
                 self.raft.propose(data)
@@ -405,7 +418,7 @@ class Node:
             me = Member(self.member_id, self.cfg.name, list(self.cfg.initial_advertise_peer_urls),
                         list(self.cfg.advertise_client_urls), list(self.cfg.listen_native_urls))
             seq, fut = self._waiters.register()
-            data = TAG_MEMBER + msgpack.packb([self.member_id, seq, me.to_wire()], use_bin_type=True)
+            data = entry.encode_member_attrs(self.member_id, seq, me)
             await self._propose(seq, fut, data)
         finally:
             self._publishing = False
@@ -447,9 +460,8 @@ class Node:
             await loop.run_in_executor(self._fsync_pool, self.storage.sync)
         if rd.persisted_messages:
             self.transport.send(rd.persisted_messages)
-        if rd.snapshot is not None and rd.snapshot.meta.index > self._applied:
-            self._restore_snapshot(rd.snapshot.data)
-            self._applied = rd.snapshot.meta.index
+        if rd.snapshot is not None and rd.snapshot.meta.index > self.sm.applied_index:
+            self._restore_snapshot(rd.snapshot.data, rd.snapshot.meta.index)
             self._snapshot_index = rd.snapshot.meta.index
             self._sync_peers()
         if rd.committed:
@@ -481,88 +493,20 @@ class Node:
     # ------------------------------------------------------------------ apply
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
-        for e in entries:
-            if e.index <= self._applied:
-                continue
-            self._applied = e.index
-            if e.type == EntryType.CONF_CHANGE:
-                self._apply_conf_change(e)
-                continue
-            if not e.data:
-                continue
-            tag, body = e.data[:1], e.data[1:]
-            if tag == TAG_KV:
-                self._apply_kv(int.from_bytes(body[:8], "big"), body[8:], e.index * BATCH_SLOTS)
-            elif tag == TAG_BATCH:
-                origin = int.from_bytes(body[:8], "big")
-                for i, one in enumerate(msgpack.unpackb(body[8:], raw=False)):
-                    self._apply_kv(origin, one, e.index * BATCH_SLOTS + i)
-            elif tag == TAG_MEMBER:
-                origin, seq, attrs = msgpack.unpackb(body, raw=False)
-                m = Member.from_wire(attrs)
-                known = self.members.get(m.id)
-                if known is not None:
-                    known.name, known.client_urls, known.native_urls = m.name, m.client_urls, m.native_urls
-                    if m.peer_urls and m.peer_urls != known.peer_urls:
-                        known.peer_urls = m.peer_urls
-                        self._sync_peers()
-                if origin == self.member_id:
-                    self._waiters.resolve(seq, None)
-
-    def _apply_kv(self, origin: int, encoded: bytes, store_index: int) -> None:
-        from conclave.kv.command import decode_command
-
-        seq, cmd = decode_command(encoded)
-        try:
-            result: Any = self.store.apply(cmd, store_index)
-            error: BaseException | None = None
-        except kverr.EtcdError as exc:
-            result, error = None, exc
-        if self.store.last_events:
-            self.hub.publish(self.store.last_events)
-        if error is None:
-            self._after_apply(cmd, result)
-        if origin == self.member_id:
-            self._waiters.resolve(seq, result, error)
-
-    def _apply_conf_change(self, e: Entry) -> None:
-        cc = decode_conf_change(e.data)
-        info: dict[int, Member] = {}
-        origin, seq = 0, 0
-        if cc.context:
-            origin, seq, wires = msgpack.unpackb(cc.context, raw=False)
-            for w in wires:
-                m = Member.from_wire(w)
-                info[m.id] = m
-        for ch in cc.changes:
-            if ch.type == ConfChangeType.REMOVE_NODE:
-                self.members.pop(ch.node_id, None)
-                if ch.node_id == self.member_id:
-                    self.stop_reason = "this member was removed from the cluster"
-                    log.warning("%s; stopping", self.stop_reason)
-                    asyncio.get_running_loop().call_later(0.5, self.stopped.set)
-            else:
-                m = info.get(ch.node_id) or self.members.get(ch.node_id) or Member(ch.node_id, "", [])
-                m.is_learner = ch.type == ConfChangeType.ADD_LEARNER
-                self.members[ch.node_id] = m
-        self._sync_peers()
-        if origin == self.member_id:
-            self._waiters.resolve(seq, None)
-
-    def _after_apply(self, cmd: Any, result: Any) -> None:
-        """Member-local bookkeeping that follows an applied command (not replicated state)."""
-        if isinstance(cmd, LeaseGrantRequest):
-            self.lessor.grant(result.id, result.ttl, now_ms())
-        elif isinstance(cmd, LeaseRevokeRequest) and cmd.id in self.lessor:
-            self.lessor.revoke(cmd.id)
-
-    def _reset_lessor(self) -> None:
-        self.lessor = Lessor()
         now = now_ms()
-        for lid in self.store.lease_ids():
-            self.lessor.grant(lid, self.store.lease_ttl(lid), now)
-        if getattr(self, "raft", None) is not None and self.raft.role == Role.LEADER:
-            self.lessor.promote(now, self.cfg.election_timeout_ms)
+        for e in entries:
+            out = self.sm.apply(e, now)
+            if out.events:
+                self.hub.publish(out.events)
+            for r in out.results:
+                if r.origin == self.member_id:
+                    self._waiters.resolve(r.seq, r.response, r.error)
+            if out.members_changed:
+                self._sync_peers()
+            if self.member_id in out.removed:
+                self.stop_reason = "this member was removed from the cluster"
+                log.warning("%s; stopping", self.stop_reason)
+                asyncio.get_running_loop().call_later(0.5, self.stopped.set)
 
     def _notify_watcher(self, watcher: Any) -> None:
         cb = self.watch_callbacks.get(watcher.id)
@@ -571,23 +515,12 @@ class Node:
 
     # ------------------------------------------------------------------ snapshots
 
-    def _snapshot_bytes(self) -> bytes:
-        return msgpack.packb({
-            "kv": self.store.snapshot(),
-            "members": [m.to_wire() for m in self.members.values()],
-            "cluster_id": self.cluster_id,
-        }, use_bin_type=True)
-
-    def _restore_snapshot(self, data: bytes) -> None:
-        from conclave.kv.mvcc import Store
-
-        snap = msgpack.unpackb(data, raw=False)
-        self.store = Store.restore(snap["kv"])
-        if hasattr(self, "hub"):
-            self.hub.replace_store(self.store)
-        self._reset_lessor()
-        self.members = {m.id: m for m in (Member.from_wire(w) for w in snap["members"])}
-        self.cluster_id = int(snap["cluster_id"])
+    def _restore_snapshot(self, data: bytes, index: int) -> None:
+        self._sm = StateMachine.restore(data, index=index)
+        self.hub.replace_store(self.sm.store)
+        if self.raft.role == Role.LEADER:
+            # Deadlines are member-local: a leader restarts every one with slack.
+            self.sm.leases.promote(now_ms(), self.cfg.election_timeout_ms)
 
     def _maybe_snapshot(self) -> None:
         # Members apply the same entries, so with one threshold all would serialise their store and
@@ -595,12 +528,12 @@ class Node:
         # waits a little longer than the count, by an amount fixed by its id, so at most one member
         # of a healthy cluster is busy snapshotting at a time.
         stagger = (self.member_id % 997) * self.cfg.snapshot_count // 2000
-        if self._snapshot_child or self._applied - self._snapshot_index < self.cfg.snapshot_count + stagger:
+        if self._snapshot_child or self.sm.applied_index - self._snapshot_index < self.cfg.snapshot_count + stagger:
             return
         if SNAPSHOT_IN_CHILD and hasattr(os, "fork"):
-            self._snapshot_in_child(self._applied)
+            self._snapshot_in_child(self.sm.applied_index)
             return
-        self._install_local_snapshot(self._applied, self._snapshot_bytes())
+        self._install_local_snapshot(self.sm.applied_index, self.sm.snapshot())
 
     def _snapshot_in_child(self, index: int) -> None:
         """Serialise the store in a forked child (copy-on-write) while this member keeps serving.
@@ -615,7 +548,7 @@ class Node:
             code = 1
             try:
                 with open(path, "wb") as f:
-                    f.write(self._snapshot_bytes())
+                    f.write(self.sm.snapshot())
                 code = 0
             finally:
                 os._exit(code)
@@ -664,7 +597,7 @@ class Node:
 
     @property
     def applied_index(self) -> int:
-        return self._applied
+        return self.sm.applied_index
 
     def has_leader(self) -> bool:
         return self.raft.leader_id != NONE
@@ -677,9 +610,11 @@ class Node:
 
         seq, fut = self._waiters.register()
         encoded = encode_command(cmd, seq)
-        if len(encoded) + 9 > self.cfg.max_request_bytes:
+        try:
+            rules.check_size(len(encoded) + entry.FRAME_OVERHEAD, self.limits)
+        except kverr.EtcdError:
             self._waiters.drop(seq)
-            raise kverr.RequestTooLarge()
+            raise
         self._refuse_unless_ready(seq)
         # Every command that arrives while the loop is busy (typically: during an fsync) goes
         # into the same log entry.
@@ -690,20 +625,9 @@ class Node:
 
     def _flush_kv_batch(self) -> None:
         batch, self._kv_batch = self._kv_batch, []
-        origin = self.member_id.to_bytes(8, "big")
-        start = 0
-        while start < len(batch):
-            end, size = start, 0
-            while end < len(batch) and end - start < BATCH_SLOTS and (end == start or size < BATCH_BYTES_MAX):
-                size += len(batch[end][1])
-                end += 1
+        for start, end in entry.split_batches([enc for _, enc in batch]):
             chunk = batch[start:end]
-            start = end
-            if len(chunk) == 1:
-                data = TAG_KV + origin + chunk[0][1]
-            else:
-                data = TAG_BATCH + origin + msgpack.packb([enc for _, enc in chunk], use_bin_type=True)
-            self._propose_entry(data, [seq for seq, _ in chunk])
+            self._propose_entry(entry.frame_encoded(self.member_id, [enc for _, enc in chunk]), [s for s, _ in chunk])
 
     def _refuse_unless_ready(self, seq: int) -> None:
         """Fail fast (and forget the waiter) when no proposal can succeed now."""
@@ -784,7 +708,7 @@ class Node:
             return
         keep = []
         for index, futs in self._reads.ready:
-            if index <= self._applied:
+            if index <= self.sm.applied_index:
                 for f in futs:
                     if not f.done():
                         f.set_result(index)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from conclave.kv.command import Command
 from conclave.kv.lease import Lessor
+from conclave.machine import StateMachine
 from conclave.raft.node import RaftNode
 from conclave.raft.types import Config, ConfState, Ready, Role
 from conclave.sim.history import Operation
-from conclave.sim.kvmachine import KvMachine
 from conclave.sim.mirror import LogMirror
 from conclave.storage.memory import MemoryStorage
 
@@ -54,8 +54,7 @@ class Replica:
         self.removed = False
         self.log = LogMirror()
         self.dedupe = dedupe
-        self.machine = KvMachine(dedupe)
-        self.lessor = Lessor()
+        self.machine = StateMachine(once_only=dedupe)
         self.watches: list[Watch] = []
         self.queue: list[tuple[int, Command]] = []  # commands waiting for the fsync in progress to end
         self.pending: dict[int, Operation] = {}  # seq -> the request waiting for its apply
@@ -70,6 +69,14 @@ class Replica:
         self.moments: dict[str, int] = {}  # nemesis bookkeeping: last term a leader moment was seen
 
     @property
+    def lessor(self) -> Lessor:
+        """The state machine's lease deadlines (member-local, on the simulated clock)."""
+        return self.machine.leases
+
+    def restore(self, index: int, image: bytes) -> None:
+        self.machine = StateMachine.restore(image, index=index, once_only=self.dedupe)
+
+    @property
     def up(self) -> bool:
         return self.raft is not None
 
@@ -79,10 +86,9 @@ class Replica:
         self.raft = RaftNode(self.config, persisted, rng)
         self.incarnation += 1
         self.log = LogMirror.from_persisted(persisted)
-        self.machine = KvMachine(self.dedupe)
+        self.machine = StateMachine(once_only=self.dedupe)
         if persisted.snapshot is not None:
-            self.machine.restore(persisted.snapshot.meta.index, persisted.snapshot.data)
-        self.lessor = Lessor()
+            self.restore(persisted.snapshot.meta.index, persisted.snapshot.data)
         self.leader_seen = 0
         self.syncing = None
         self.role = self.raft.role

@@ -14,7 +14,7 @@ save, fsync, send the persisted messages, apply, serve reads, advance), and ever
 observation goes to the ``SafetyMonitor`` and the ``History``, which raise
 ``InvariantBroken`` the moment a rule breaks.
 
-Every member runs the real state machine (``kvmachine``: the MVCC store with the
+Every member runs the real state machine (``conclave.machine``: the one the server runs, with the
 server's entry framing) under a simulated driver that does what the server does:
 - batching: writes that arrive while the member's fsync is in progress enter the log
   together as one batch entry, each command tagged ``(member, seq)``;
@@ -65,6 +65,8 @@ from typing import TypeVar
 from conclave.kv import types as kt
 from conclave.kv.command import Command
 from conclave.kv.errors import EtcdError
+from conclave.machine import Result
+from conclave.machine.entry import encode_batch, encode_lease_expiry
 from conclave.raft.errors import CompactionError, RaftError
 from conclave.raft.types import (
     ConfChange,
@@ -84,7 +86,6 @@ from conclave.sim.errors import InvariantBroken, SetupError, Violation
 from conclave.sim.faults import FAULT_KINDS, FAULT_RULES, RAFT_RULES, FaultRates
 from conclave.sim.history import Canonical, Expiry, History, Operation, OpStatus
 from conclave.sim.invariants import SafetyMonitor
-from conclave.sim.kvmachine import Result, encode_batch, encode_lease_expiry
 from conclave.sim.network import LinkConditions, Network
 from conclave.sim.replica import Proposal, Replica, Watch
 from conclave.verify.checker import Limits, Verdict, check_operations
@@ -426,7 +427,7 @@ class Simulation:
         self._send(r, rd.persisted_messages)
         if rd.snapshot is not None and rd.snapshot.meta.index > r.machine.applied_index:
             meta = rd.snapshot.meta
-            r.machine.restore(meta.index, rd.snapshot.data)
+            r.restore(meta.index, rd.snapshot.data)
             self.monitor.observe_restore(r.id, meta.index, r.machine.hash())
             self._reset_lessor(r)
             # A watch cannot follow its member across a snapshot (its events are gone): end it.
@@ -440,7 +441,7 @@ class Simulation:
             first = e.index > self._applied_max
             self._applied_max = max(self._applied_max, e.index)
             try:
-                results = r.machine.apply(e)
+                results = r.machine.apply(e, self.agenda.now_ms).results
             except (EtcdError, ValueError) as exc:
                 raise InvariantBroken("core failure", f"node {r.id} cannot apply entry {e.index}: {exc!r}") from exc
             for res in results:
@@ -460,18 +461,18 @@ class Simulation:
             self._compact(r)
 
     def _applied(self, r: Replica, index: int, res: Result, first: bool) -> None:
-        """One command applied on ``r``: lessor bookkeeping, watchers, the waiting client."""
+        """One command applied on ``r``: lease promises, watchers, the waiting client.
+
+        (The state machine itself started a granted lease's deadline at the simulated ``now``.)
+        """
         cmd, now = res.command, self.agenda.now_ms
         if (
             res.error is None
             and isinstance(cmd, kt.LeaseGrantRequest)
             and isinstance(res.response, kt.LeaseGrantResponse)
+            and self._is_current_leader(r)
         ):
-            r.lessor.grant(res.response.id, res.response.ttl, now)
-            if self._is_current_leader(r):
-                self._promise(res.response.id, now + res.response.ttl * 1000)
-        elif res.error is None and isinstance(cmd, kt.LeaseRevokeRequest):
-            r.lessor.revoke(cmd.id)
+            self._promise(res.response.id, now + res.response.ttl * 1000)
         if first:
             self._record_canonical(index, res)
         if res.events:
@@ -582,7 +583,7 @@ class Simulation:
     def _compact(self, r: Replica) -> None:
         raft = r.raft
         assert raft is not None
-        index, image = r.machine.applied_index, r.machine.image()
+        index, image = r.machine.applied_index, r.machine.snapshot()
         try:
             snap: Snapshot = self._core(lambda: raft.compact(index, image), r.id, "compact", refusable=True)
         except RaftError as e:
@@ -922,13 +923,8 @@ class Simulation:
             r.lessor.demote()
 
     def _reset_lessor(self, r: Replica) -> None:
-        from conclave.kv.lease import Lessor
-
+        # A restored machine tracks every lease of its store, with no deadline (not primary).
         now = self.agenda.now_ms
-        r.lessor = Lessor()
-        store = r.machine.store
-        for lid in store.lease_ids():
-            r.lessor.grant(lid, store.lease_ttl(lid), now)
         broken = self.options.fault_rule == "expire_on_follower_clock"
         if broken or (r.raft is not None and r.raft.role == Role.LEADER):
             r.lessor.promote(now, LEASE_EXTEND_MS)

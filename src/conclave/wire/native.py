@@ -26,7 +26,6 @@ from conclave.kv import errors as kverr
 
 FRAME_HEADER = struct.Struct(">I")
 FRAME_OVERHEAD_BYTES = 64 * 1024  # envelope and msgpack framing on top of --max-request-bytes
-DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024
 
 
 class MalformedRequest(kverr.EtcdError):
