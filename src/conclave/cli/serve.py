@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
+from conclave.machine import rules
 from conclave.server.config import ConfigError, ServerConfig, env_default, parse_initial_cluster, parse_urls
 
 # (flag, metavar, default as text, help). Every flag can also be set as CONCLAVE_<FLAG>.
@@ -24,8 +26,9 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("heartbeat-interval", "MS", "100", "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", "MS", "1000", "time (in milliseconds) for an election to timeout"),
     ("snapshot-count", "N", "10000", "number of committed entries that trigger a snapshot"),
-    ("max-request-bytes", "BYTES", str(1536 * 1024), "maximum client request size in bytes"),
-    ("quota-backend-bytes", "BYTES", str(2 * 1024**3), "raise the NOSPACE alarm when the store exceeds this size"),
+    ("max-request-bytes", "BYTES", str(DEFAULT_MAX_REQUEST_BYTES), "maximum client request size in bytes"),
+    ("quota-backend-bytes", "BYTES", str(rules.DEFAULT_QUOTA_BACKEND_BYTES),
+     "raise the NOSPACE alarm when the store exceeds this size"),
     ("max-snapshots", "N", "5", "maximum number of snapshot files to retain (0 is unlimited)"),
     ("max-wals", "N", "5", "maximum number of WAL files to retain (0 is unlimited)"),
     ("max-learners", "N", "1", "maximum number of learners in the cluster"),

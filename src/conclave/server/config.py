@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS
+from conclave.machine.rules import DEFAULT_QUOTA_BACKEND_BYTES
+
 
 class ConfigError(ValueError):
     """A flag value that cannot be used; the message says which and why."""
@@ -119,9 +122,9 @@ class ServerConfig:
     heartbeat_interval_ms: int = 100
     election_timeout_ms: int = 1000
     snapshot_count: int = 10_000
-    max_request_bytes: int = 1536 * 1024
-    quota_backend_bytes: int = 2 * 1024 * 1024 * 1024
-    max_txn_ops: int = 128
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # the limits' defaults live with the rules
+    quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     max_snapshots: int = 5
     max_wals: int = 5
     max_learners: int = 1
