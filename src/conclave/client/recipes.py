@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 from conclave.client.aio import CoreClient, Session
 from conclave.client.errors import (
@@ -525,17 +525,6 @@ class AsyncClient(CoreClient):
     The core client's primitives plus one factory per recipe (``lock``, ``election``, ``counter``,
     ``queue``, ``broadcast``, ``barrier``, ``double_barrier``, ``claim_unique``, ``release_unique``).
     """
-
-    def __init__(
-        self,
-        endpoints: Iterable[str] | str | None = None,
-        protocol: str = "native",
-        timeout: float = 5.0,
-        connect_timeout: float = 2.0,
-        discover: bool = True,
-    ) -> None:
-        super().__init__(endpoints, protocol=protocol, timeout=timeout, connect_timeout=connect_timeout,
-                         discover=discover)
 
     def lock(self, name: KeyLike, ttl: int = 10, *, timeout: float | None = None) -> Lock:
         """A :class:`Lock` on ``name`` (etcd's layout: ``etcdctl lock name`` excludes it); ``async with``."""
