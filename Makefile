@@ -12,6 +12,7 @@ help:
 	@echo "make test   - set up, then lint and run the whole test suite"
 	@echo "make lint   - ruff on everything, mypy --strict on the pure cores"
 	@echo "make bench  - benchmarks (bench/), side by side with etcd where a target names it"
+	@echo "make edge   - build the compiled client edge (Rust) where cargo exists; make test and make run do it"
 	@echo "make proto  - regenerate the committed gRPC/protobuf modules from src/conclave/api/proto"
 
 $(STAMP): pyproject.toml

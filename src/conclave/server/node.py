@@ -67,7 +67,7 @@ SNAPSHOT_IN_CHILD = True
 # (``entry.seq_base``), so the state machine's once-only table never mistakes a restarted
 # member's request for one it already applied.
 SEQ_EPOCH_FILE = "seq-epoch"
-__all__ = ["Member", "Node", "now_ms"]  # Member: re-exported for older importers
+__all__ = ["Node", "now_ms"]
 
 
 def now_ms() -> int:
