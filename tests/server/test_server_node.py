@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,56 @@ def test_single_member_serves_reads_writes_and_rejects_oversized_requests(tmp_pa
             with pytest.raises(kverr.KeyNotProvided):
                 await backend.put(kv.PutRequest(key=b"", value=b"x"))
         finally:
+            await node.stop()
+
+    asyncio.run(scenario())
+
+
+class SlowSyncStorage(MemoryStorage):
+    """Each fsync takes ``delay`` seconds once set: commit runs ahead of apply on the leader."""
+
+    delay = 0.0
+
+    def sync(self) -> None:
+        if self.delay:
+            time.sleep(self.delay)
+        super().sync()
+
+
+def test_keepalive_for_a_lease_committed_but_not_yet_applied_on_the_leader_renews_it(tmp_path: Path) -> None:
+    """A keep-alive may reach the leader between the commit and the apply of the grant (the
+    leader is inside an fsync, or newly elected): it must wait for apply, not answer "lease
+    not found" (which etcd clients turn into "session expired")."""
+    storage = SlowSyncStorage()
+
+    async def scenario() -> None:
+        node = Node(_config(tmp_path), storage_factory=lambda _d: storage)
+        await node.start()
+        try:
+            await _leader(node)
+            backend = NodeBackend(node)
+            storage.delay = 0.4
+            lease_id = 0x5EED
+            grant = asyncio.ensure_future(backend.lease_grant(kv.LeaseGrantRequest(ttl=60, id=lease_id)))
+            await asyncio.sleep(0.1)  # the grant's entry is in the first fsync
+            # Proposed during that fsync: the next Ready carries the grant as committed and this
+            # put's entry to persist, so the grant is applied only after a second slow fsync.
+            put = asyncio.ensure_future(backend.put(kv.PutRequest(key=b"k", value=b"v")))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while node.raft.commit_index <= node.applied_index and loop.time() < deadline:
+                await asyncio.sleep(0.005)
+            assert node.raft.commit_index > node.applied_index, "never saw commit ahead of apply"
+            assert lease_id not in node.lessor
+            ttl = await backend.lease_keep_alive(lease_id)
+            assert ttl == 60
+            await grant
+            await put
+            storage.delay = 0.0
+            with pytest.raises(kverr.LeaseNotFound):
+                await backend.lease_keep_alive(0xBAD)
+        finally:
+            storage.delay = 0.0
             await node.stop()
 
     asyncio.run(scenario())

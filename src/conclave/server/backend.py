@@ -197,21 +197,33 @@ class NodeBackend:
                 raise kverr.NoLeader() if leader == NONE else kverr.Timeout()
             await asyncio.sleep(node.cfg.heartbeat_interval_ms / 1000)
 
-    async def _rpc_keepalive(self, lease_id: int) -> int:
+    async def _applied_here(self, lease_id: int) -> None:
+        """On the leader, make sure an unknown lease is not one committed but not yet applied here.
+
+        A grant is acknowledged by the member that proposed it once that member applied it; the
+        leader may still be waiting on an fsync before applying the same entry, and a newly
+        elected leader may not have applied its predecessor's entries yet. Like etcd's
+        waitAppliedIndex, wait (on the miss path only) until everything committed is applied.
+        """
         node = self.node
         if not node.lessor.is_primary:
             raise kverr.NotLeader()
         if lease_id not in node.lessor:
+            await node.read_barrier()
+            if not node.lessor.is_primary:
+                raise kverr.NotLeader()
+
+    async def _rpc_keepalive(self, lease_id: int) -> int:
+        node = self.node
+        await self._applied_here(lease_id)
+        if lease_id not in node.lessor:
             raise kverr.LeaseNotFound()
-        # Like etcd: a keep-alive is only honoured once this leader has applied its own term's
-        # entries, so a renewed lease is one the replicated state knows about.
         ttl: int = node.lessor.renew(lease_id, now_ms())
         return ttl
 
     async def _rpc_ttl(self, lease_id: int) -> int:
         node = self.node
-        if not node.lessor.is_primary:
-            raise kverr.NotLeader()
+        await self._applied_here(lease_id)
         if lease_id not in node.lessor:
             return -1
         remaining: int = node.lessor.remaining(lease_id, now_ms())
