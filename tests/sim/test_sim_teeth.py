@@ -122,3 +122,11 @@ def test_a_batch_applied_twice_after_a_retry_is_caught() -> None:
     # copies. Caught in 9 of 10 seeds (first: seed 0).
     options = SimOptions(nodes=3, fault_rule="apply_batch_twice")
     assert_caught(options, 5, {"exactly once", "linearizability"})
+
+
+def test_a_lease_table_not_rebuilt_after_restore_is_caught() -> None:
+    # A member restarted from its data or given a snapshot forgets the leases of the image;
+    # once it leads, nobody expires them. The quiet phase's expiry liveness check catches it
+    # (measured 2026-12-02: 18 of 30 seeds with every fault kind, first: seed 0).
+    options = SimOptions(nodes=3, fault_rule="restore_forgets_leases")
+    assert_caught(options, 10, {"lease expiry"})

@@ -23,7 +23,11 @@ RAFT_RULES: tuple[str, ...] = ("commit_previous_term", "vote_without_log_check",
 #   before it has committed an entry of its term (and without a heartbeat round);
 # - apply_batch_twice: the state machine applies a batch again when it reaches the log a
 #   second time (the driver re-proposes after a leader change; the wire duplicates).
-DRIVER_RULES: tuple[str, ...] = ("expire_on_follower_clock", "read_before_term_commit", "apply_batch_twice")
+# - restore_forgets_leases: a member that starts from its data or installs a snapshot does
+#   not rebuild its lease table from the image, so as leader it never expires those leases.
+DRIVER_RULES: tuple[str, ...] = (
+    "expire_on_follower_clock", "read_before_term_commit", "apply_batch_twice", "restore_forgets_leases",
+)
 FAULT_RULES: tuple[str, ...] = RAFT_RULES + DRIVER_RULES
 
 

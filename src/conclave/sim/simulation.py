@@ -65,6 +65,7 @@ from typing import TypeVar
 from conclave.kv import types as kt
 from conclave.kv.command import Command
 from conclave.kv.errors import EtcdError
+from conclave.kv.lease import DEFAULT_RETRY_MS, Lessor
 from conclave.machine import Result
 from conclave.machine.entry import encode_batch, encode_lease_expiry
 from conclave.raft.errors import CompactionError, RaftError
@@ -924,6 +925,8 @@ class Simulation:
 
     def _reset_lessor(self, r: Replica) -> None:
         # A restored machine tracks every lease of its store, with no deadline (not primary).
+        if self.options.fault_rule == "restore_forgets_leases":
+            r.machine.leases = Lessor()  # the broken rule: deadlines are not rebuilt from the image
         now = self.agenda.now_ms
         broken = self.options.fault_rule == "expire_on_follower_clock"
         if broken or (r.raft is not None and r.raft.role == Role.LEADER):
@@ -1137,7 +1140,14 @@ class Simulation:
             op = self.history.call(client, "put", r.id, lkey, value, step, now)
             self._trace(f"client {client} -> put {lkey}={value} lease {lease:x} via node {r.id}")
             self._submit(r, op, kt.PutRequest(key=lkey.encode(), value=value.encode(), lease=lease))
-        elif lease is not None and x < 0.93:
+        elif lease is not None and 0.925 <= x < 0.94:
+            # The client walks away (a crash, a lost session) without revoking: its lease must
+            # expire on the leader's clock after its TTL, and take the client's key with it.
+            self._trace(f"client {client} abandons lease {lease:x}")
+            del self._client_lease[client]
+            self.stats["leases_abandoned"] += 1
+            return self._read(r, client, f"l{client}", serializable=False)
+        elif lease is not None and x < 0.925:
             op = self.history.call(client, "revoke", r.id, "", None, step, now)
             self._trace(f"client {client} -> lease revoke {lease:x} via node {r.id}")
             del self._client_lease[client]  # whatever the outcome, the client stops keeping it alive
@@ -1238,7 +1248,30 @@ class Simulation:
                     f"acknowledged {op.describe()} (entry {op.index}) is not in leader {leader.id}'s state "
                     f"(applied {leader.machine.applied_index})",
                 )
+        self._let_leases_expire()
         self._check_linearizable()
+
+    def _let_leases_expire(self) -> None:
+        """Expiry liveness: quiet clients keep no lease alive, so the leader, on its own clock,
+        must revoke every lease within its TTL plus the promotion slack and one retry of the
+        revocation (a lease granted by a request whose client timed out included)."""
+        start_ms, start_step = self.agenda.now_ms, self.step
+        while True:
+            leader = self._leader()
+            left = leader.machine.store.lease_ids() if leader is not None else []
+            if leader is not None and not left:
+                return
+            ttl_ms = max((leader.machine.store.lease_ttl(lid) for lid in left), default=LEASE_TTL_S) * 1000 \
+                if leader is not None else LEASE_TTL_S * 1000
+            bound = 2 * (ttl_ms + LEASE_EXTEND_MS + DEFAULT_RETRY_MS)
+            if self.agenda.now_ms - start_ms > bound or self.step - start_step > QUIET_STEPS_MAX:
+                where = f"leader {leader.id}" if leader is not None else "no leader"
+                raise InvariantBroken(
+                    "lease expiry",
+                    f"{len(left)} lease(s) nobody keeps alive still exist {self.agenda.now_ms - start_ms}ms after "
+                    f"the clients went quiet ({where}: {', '.join(f'{lid:x}' for lid in left[:5])})",
+                )
+            self._handle(self._next_event())
 
     def _check_linearizable(self) -> None:
         """The whole client history, writes and reads, must have a linearization (verify's checker)."""
