@@ -264,3 +264,19 @@ def test_the_cli_offers_the_cores_fault_rules_and_the_drivers() -> None:
 
     assert set(RAFT_RULES) == FAULTS  # RAFT_RULES keeps a stable order for --help
     assert FAULT_RULES == RAFT_RULES + DRIVER_RULES and not set(DRIVER_RULES) & FAULTS
+
+
+def test_the_simulated_driver_applies_the_servers_request_rules_before_proposing() -> None:
+    from conclave.kv.types import LeaseGrantRequest
+    from conclave.machine.rules import MAX_LEASE_TTL_S
+    from conclave.sim.simulation import SimOptions, Simulation
+
+    sim = Simulation(0, SimOptions(nodes=3))
+    sim._boot()
+    r = sim.replicas[1]
+    too_long = sim.history.call(1, "grant", r.id, "", None, sim.step, sim.agenda.now_ms)
+    sim._submit(r, too_long, LeaseGrantRequest(ttl=MAX_LEASE_TTL_S + 1))
+    assert too_long.status is OpStatus.FAIL and not too_long.seq  # refused before it got an id, never proposed
+    empty_key = sim.history.call(1, "put", r.id, "", "v", sim.step, sim.agenda.now_ms)
+    sim._submit(r, empty_key, PutRequest(key=b"", value=b"v"))
+    assert empty_key.status is OpStatus.FAIL and not empty_key.seq

@@ -60,13 +60,13 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from conclave.kv import types as kt
 from conclave.kv.command import Command
 from conclave.kv.errors import EtcdError
 from conclave.kv.lease import DEFAULT_RETRY_MS, Lessor
-from conclave.machine import Result
+from conclave.machine import Result, rules
 from conclave.machine.entry import encode_batch, encode_lease_expiry
 from conclave.raft.errors import CompactionError, RaftError
 from conclave.raft.types import (
@@ -209,6 +209,7 @@ class Simulation:
         self._bootstrap = ConfState(voters=frozenset(range(1, options.nodes + 1)))
         self._client_op: dict[int, Operation] = {}
         self.stats: Counter[str] = Counter()
+        self.limits = rules.Limits(min_lease_ttl_s=rules.min_lease_ttl_s(ELECTION_TICKS * TICK_MS))
         self._configs_seen: set[ConfState] = set()
 
     # -- running ---------------------------------------------------------------------
@@ -876,6 +877,13 @@ class Simulation:
     def _submit(self, r: Replica, op: Operation, cmd: Command) -> None:
         """Hand a write to ``r``'s driver. While an fsync is in progress commands queue up and
         enter the log together, as one batch entry, when it ends (as the server batches)."""
+        # The server's own request rules (machine.rules, as NodeBackend applies them) come first.
+        try:
+            cmd = cast(Command, r.machine.validate(cmd, self.limits))
+        except EtcdError as e:
+            self._trace(f"node {r.id} refuses {op.describe()}: {e}")
+            self.history.refuse(op, self.step, self.agenda.now_ms)
+            return
         self._seq += 1
         op.origin, op.seq = r.id, self._seq
         r.pending[op.seq] = op
