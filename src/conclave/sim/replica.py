@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from conclave.kv.command import Command
 from conclave.kv.lease import Lessor
+from conclave.kv.watch import Watcher, WatchHub
 from conclave.machine import StateMachine
 from conclave.raft.node import RaftNode
 from conclave.raft.types import Config, ConfState, Ready, Role
@@ -27,11 +28,13 @@ from conclave.storage.memory import MemoryStorage
 
 @dataclass(slots=True)
 class Watch:
-    """A client's watch stream open on one member: every event from ``start_rev`` on."""
+    """A client's watch stream open on one member: every event from ``start_rev`` on, fed by
+    that member's ``WatchHub`` (the server's own) and drained by the client."""
 
     client: int
     start_rev: int
     events: int = 0
+    watcher: Watcher | None = None  # the member's WatchHub watcher behind the stream
 
 
 @dataclass(slots=True)
@@ -43,7 +46,8 @@ class Proposal:
 
 
 class Replica:
-    def __init__(self, config: Config, bootstrap: ConfState | None, dedupe: bool = True) -> None:
+    def __init__(self, config: Config, bootstrap: ConfState | None, dedupe: bool = True,
+                 watch_buffer: int = 8) -> None:
         self.id = config.id
         self.config = config
         self.disk = MemoryStorage()
@@ -55,6 +59,8 @@ class Replica:
         self.log = LogMirror()
         self.dedupe = dedupe
         self.machine = StateMachine(once_only=dedupe)
+        self.watch_buffer = watch_buffer  # small, so slow streams go through the hub's catch-up path
+        self.hub = WatchHub(self.machine.store, buffer_events=watch_buffer)
         self.watches: list[Watch] = []
         self.queue: list[tuple[int, Command]] = []  # commands waiting for the fsync in progress to end
         self.pending: dict[int, Operation] = {}  # seq -> the request waiting for its apply
@@ -74,7 +80,9 @@ class Replica:
         return self.machine.leases
 
     def restore(self, index: int, image: bytes) -> None:
+        """Install a snapshot; open watchers catch up from the new store (as the server's hub)."""
         self.machine = StateMachine.restore(image, index=index, once_only=self.dedupe)
+        self.hub.replace_store(self.machine.store)
 
     @property
     def up(self) -> bool:
@@ -87,6 +95,7 @@ class Replica:
         self.incarnation += 1
         self.log = LogMirror.from_persisted(persisted)
         self.machine = StateMachine(once_only=self.dedupe)
+        self.hub = WatchHub(self.machine.store, buffer_events=self.watch_buffer)
         if persisted.snapshot is not None:
             self.restore(persisted.snapshot.meta.index, persisted.snapshot.data)
         self.leader_seen = 0

@@ -28,8 +28,10 @@ server's entry framing) under a simulated driver that does what the server does:
   wins), the leader proposes expiry on its own log only, and a keep-alive (forwarded
   by followers) is renewed only by a leader that has applied an entry of its term;
 - watches: each client keeps one stream open on some member from the revision after
-  the last event it saw, reopened elsewhere when the member crashes or installs a
-  snapshot.
+  the last event it saw, served by that member's ``WatchHub`` (the server's: small
+  buffers, so slow streams go unsynced and catch up from the history on ticks, and
+  across an installed snapshot), reopened elsewhere when the member crashes and from
+  the compact revision when the hub cancels it as compacted.
 
 Checked as the run goes: the Raft rules (``invariants``); every replica at one applied
 index has the same store hash, and a snapshot restores it; a command is applied once;
@@ -109,6 +111,8 @@ KEYS = ("k0", "k1", "k2", "k3")
 LEASE_TTL_S = 1
 KEEPALIVE_MS = 200
 WATCH_CHECK_MS = 50
+WATCH_TAKE_EVENTS = 16  # a client drains at most this many events per check: slow streams fall behind
+WATCH_CATCH_UP_EVENTS = 64  # history events a member's hub replays per tick
 LEASE_EXTEND_MS = ELECTION_TICKS * TICK_MS  # a new leader restarts every deadline with this slack (as the server)
 QUIET_STEPS_MAX = 50_000  # a message storm that never lets virtual time advance is a liveness failure too
 
@@ -295,6 +299,9 @@ class Simulation:
             self._core(r.raft.tick, r.id, "tick")
             self.agenda.schedule(TICK_MS, EventKind.TICK, r.id, r.incarnation)
             self._expire_leases(r)
+            if r.hub.unsynced_count:
+                # As the server's tick does; counted to show the path is exercised.
+                self.stats["watch_history_scanned"] += r.hub.catch_up(WATCH_CATCH_UP_EVENTS)
             self._process(r)
         elif kind == EventKind.DELIVER:
             assert isinstance(ev.payload, Message)
@@ -432,8 +439,6 @@ class Simulation:
             r.restore(meta.index, rd.snapshot.data)
             self.monitor.observe_restore(r.id, meta.index, r.machine.hash())
             self._reset_lessor(r)
-            # A watch cannot follow its member across a snapshot (its events are gone): end it.
-            self._close_watches(r)
             self._trace(f"node {r.id} installs snapshot at {meta.index} (term {meta.term})")
             self.stats["snapshots_installed"] += 1
         for e in rd.committed:
@@ -478,8 +483,7 @@ class Simulation:
         if first:
             self._record_canonical(index, res)
         if res.events:
-            for w in r.watches:
-                self._deliver_events(w, res.events)
+            r.hub.publish(res.events)
         if res.origin == r.id and res.seq:
             op = r.pending.pop(res.seq, None)
             if op is not None:
@@ -1024,7 +1028,10 @@ class Simulation:
 
     def _watch_check(self, client: int) -> None:
         """Keep one watch stream per client open, from the revision after the last event it
-        saw; a stream ends with its member (crash, removal, snapshot) and is reopened elsewhere."""
+        saw, and drain it. A stream ends with its member (crash, removal) and is reopened
+        elsewhere; one its member's hub cancelled as compacted (a watcher left behind a
+        compaction, e.g. across a snapshot) restarts from the compact revision, as an etcd
+        client must."""
         if self.quiet:
             return
         self.agenda.schedule(WATCH_CHECK_MS, EventKind.CLIENT, payload=("watch", client))
@@ -1032,26 +1039,38 @@ class Simulation:
         if w is not None:
             r = self.replicas.get(self._watch_node.get(client, 0))
             if r is not None and r.raft is not None and any(x is w for x in r.watches):
-                return
+                watcher = w.watcher
+                assert watcher is not None
+                self._deliver_events(w, watcher.take(WATCH_TAKE_EVENTS))
+                if not watcher.canceled:
+                    return
+                r.watches.remove(w)
+                r.hub.cancel(watcher.id)
+                self._compacted(client, r, watcher.compact_revision)
         live = [r for r in self._live() if not r.removed and r.paused_until_ms <= self.agenda.now_ms]
         if not live:
             return
         r = self._client_rng.choice(live)
         start = self._watch_next.get(client, 1)
-        store = r.machine.store
-        if start < store.compact_revision:
+        watcher = r.hub.watch(b"\0", b"\0", start, prev_kv=True)
+        if watcher.canceled:
             # etcd refuses a watch from a compacted revision; the client starts over from there.
-            self._trace(f"client {client} watch from {start} on node {r.id}: compacted at {store.compact_revision}")
-            start = store.compact_revision
-            self.stats["watch_compacted"] += 1
-        w = Watch(client, start)
+            self._compacted(client, r, watcher.compact_revision)
+            start = watcher.compact_revision
+            watcher = r.hub.watch(b"\0", b"\0", start, prev_kv=True)
+        w = Watch(client, start, watcher=watcher)
         self._watches[client] = w
         self._watch_node[client] = r.id
         self._watch_next[client] = start
         self.stats["watches_opened"] += 1
         r.watches.append(w)
-        if start <= store.revision:
-            self._deliver_events(w, store.events_since(start))
+        self._deliver_events(w, watcher.take(WATCH_TAKE_EVENTS))
+
+    def _compacted(self, client: int, r: Replica, compact_revision: int) -> None:
+        nxt = self._watch_next.get(client, 1)
+        self._trace(f"client {client} watch from {nxt} on node {r.id}: compacted at {compact_revision}")
+        self._watch_next[client] = compact_revision
+        self.stats["watch_compacted"] += 1
 
     def _deliver_events(self, w: Watch, events: Sequence[kt.Event]) -> None:
         """Every event must be the next committed one: no gap, no duplicate, in order."""
@@ -1073,9 +1092,6 @@ class Simulation:
             # One apply hands over all the events of its revision, so a stream never ends mid-revision.
             self._watch_next[w.client] = ev.kv.mod_revision + 1
             self.stats["watch_events"] += 1
-
-    def _close_watches(self, r: Replica) -> None:
-        r.watches.clear()
 
     # -- clients --------------------------------------------------------------------------
 
