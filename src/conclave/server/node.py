@@ -144,7 +144,7 @@ class ConfChangePending(kverr.EtcdError):
 
 class LeaderTransferTimeout(kverr.EtcdError):
     """The core gave the transfer up (the target did not take over within an election
-    timeout, or another transfer replaced it): etcd's ErrTimeoutLeaderTransfer."""
+    timeout): etcd's ErrTimeoutLeaderTransfer."""
 
     code = "UNAVAILABLE"
     message = "etcdserver: request timed out, leader transfer took too long"
@@ -511,6 +511,7 @@ class Node:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._raft_loop(), name="raft-loop"))
         self._tasks.append(loop.create_task(self._ticker(), name="ticker"))
+        self._wake.set()  # a restarted member applies what its log has committed without waiting for a tick
 
     async def _join_existing(self) -> None:
         """Learn the cluster id and members from a running member listed in --initial-cluster."""
@@ -1048,9 +1049,10 @@ class Node:
                 t.future.set_result(None)
             elif leader not in (NONE, self.member_id):
                 t.future.set_exception(kverr.LeaderChanged())
-            elif self.raft.role == Role.LEADER and self.raft.lead_transferee != t.target:
-                # Still leading, no longer transferring to the target: the target did not take
-                # over within an election timeout, or another transfer replaced this one.
+            elif self.raft.role == Role.LEADER and self.raft.lead_transferee == NONE:
+                # Still leading and no transfer in progress: the core gave it up (the target did
+                # not take over within an election timeout, or it left the configuration). A
+                # transfer replaced by another one waits: its target may still win the race.
                 t.future.set_exception(LeaderTransferTimeout())
             else:
                 keep.append(t)
