@@ -1,8 +1,9 @@
 """The one exception hierarchy of the Raft core.
 
 Theory of operation: everything the core raises on purpose is a ``RaftError``. Two kinds
-of broken rule are told apart, as h11 does (``LocalProtocolError`` /
-``RemoteProtocolError``), because a driver must treat them oppositely:
+of broken rule are told apart, as h11 does: ``LocalProtocolError`` and
+``RemoteProtocolError`` are siblings directly under ``RaftError`` (neither catches the other),
+because a driver must treat them oppositely:
 
 - ``RemoteProtocolError``: a peer sent a message no correct Raft node sends (an entry of
   term 0, a SNAP without a snapshot, an ack beyond our log). It is raised where the rule
@@ -10,11 +11,13 @@ of broken rule are told apart, as h11 does (``LocalProtocolError`` /
   counts it and carries on: one bad peer must not stop a member.
 - ``LocalProtocolError``: the caller misused the core (``ready`` twice, ``advance`` with
   a foreign Ready, a message addressed to another node, an invalid Config). That is a
-  bug in the driver.
+  bug in the driver: the request that caused it fails, and is reported as a bug.
 
 Other ``RaftError`` subclasses are ordinary refusals of a request (``NotLeader``,
 ``ProposalDropped``, ...). A broken invariant inside the core is an ``AssertionError``:
-it can only come from a bug here, and the simulator turns it into a replayable seed.
+it can only come from a bug here, and the simulator turns it into a replayable seed; a
+driver must stop rather than go on with a core in an unknown state. (``server/node.py``
+applies these three rules; ``server/peer_guard.py`` drops remote ones.)
 """
 
 from __future__ import annotations

@@ -17,20 +17,15 @@ from typing import Any
 
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
-from conclave.machine import Member, entry, rules
-from conclave.raft.codec import conf_state_to_tuple
-from conclave.raft.errors import NotLeader as RaftNotLeader
-from conclave.raft.errors import ProposalDropped, RaftError
+from conclave.machine import Member, rules
 from conclave.raft.types import (
     NONE,
-    ConfChange,
     ConfChangeSingle,
     ConfChangeType,
-    Role,
 )
 from conclave.server.config import member_id as compute_member_id
 from conclave.server.config import parse_url, reported_db_size
-from conclave.server.node import Node, now_ms
+from conclave.server.node import ConfChangePending, Node, PeerRpc
 from conclave.server.transport import PeerUnavailable, RemoteError
 from conclave.version import __version__
 from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
@@ -48,15 +43,8 @@ def _remote(exc: RemoteError) -> kverr.EtcdError:
     return cls() if cls is not None else kverr.EtcdError(exc.message)
 
 
-class _ConfChangePending(kverr.EtcdError):
-    """The leader has a configuration change in flight: the caller waits for it, then checks again."""
-
-    code = "UNAVAILABLE"
-    message = "etcdserver: a configuration change is already pending"
-
-
 def _header(node: Node, revision: int) -> kv.ResponseHeader:
-    return kv.ResponseHeader(node.cluster_id, node.member_id, revision, node.raft.term)
+    return kv.ResponseHeader(node.cluster_id, node.member_id, revision, node.raft_term())
 
 
 class _Subscription:
@@ -97,23 +85,36 @@ class _Subscription:
         self._node.hub.cancel(self._w.id)
 
 
+class _PeerRpcs:
+    """The backend's side of the peer RPC table (``conclave.server.node.PeerRpcHandlers``)."""
+
+    def __init__(self, backend: NodeBackend) -> None:
+        self._backend = backend
+
+    async def keepalive(self, lease_id: int) -> int:
+        return await self._backend._local_keepalive(lease_id)
+
+    async def ttl(self, lease_id: int) -> int:
+        return await self._backend._local_ttl(lease_id)
+
+    async def promote(self, member_id: int) -> bool:
+        return await self._backend._local_promote(member_id)
+
+
 class NodeBackend:
     """Implements ``conclave.wire.contract.EtcdBackend`` (and the native protocol's calls)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.member_id = node.member_id
-        node._rpc_keepalive = self._rpc_keepalive  # type: ignore[attr-defined]
-        node._rpc_ttl = self._rpc_ttl  # type: ignore[attr-defined]
-        node._rpc_promote = self._rpc_promote  # type: ignore[attr-defined]
-        node._rpc_cluster_info = self._rpc_cluster_info  # type: ignore[attr-defined]
+        node.serve_peer_rpcs(_PeerRpcs(self))
 
     @property
     def cluster_id(self) -> int:  # type: ignore[override]
         return self.node.cluster_id
 
     def raft_term(self) -> int:
-        return self.node.raft.term
+        return self.node.raft_term()
 
     def has_leader(self) -> bool:
         return self.node.has_leader()
@@ -135,7 +136,7 @@ class NodeBackend:
 
     async def _enforce_quota(self) -> None:
         store = self.node.store
-        over = rules.over_quota(store, self.node.limits) and self.node.raft.role == Role.LEADER
+        over = rules.over_quota(store, self.node.limits) and self.node.is_leader()
         if over and not any(a.alarm == kv.AlarmType.NOSPACE for a in store.alarms()):
             with contextlib.suppress(kverr.EtcdError):
                 await self.node.propose_kv(
@@ -177,16 +178,16 @@ class NodeBackend:
         resp: kv.LeaseRevokeResponse = await self._write(req)
         return resp
 
-    async def _at_leader(self, method: str, args: Any, local: Callable[[Any], Any]) -> Any:
+    async def _at_leader(self, rpc: PeerRpc, args: Any, local: Callable[[Any], Any]) -> Any:
         node = self.node
         deadline = asyncio.get_running_loop().time() + node.cfg.request_timeout_s
         while True:
-            leader = node.raft.leader_id
+            leader = node.leader_id()
             if leader == node.member_id and node.lessor.is_primary:
                 return await local(args)
             if leader not in (NONE, node.member_id):
                 try:
-                    return await node.transport.call(leader, method, args, timeout=node.cfg.request_timeout_s)
+                    return await node.call_peer(leader, rpc, args)
                 except RemoteError as exc:
                     err = _remote(exc)
                     if not isinstance(err, kverr.NotLeader):
@@ -213,24 +214,24 @@ class NodeBackend:
             if not node.lessor.is_primary:
                 raise kverr.NotLeader()
 
-    async def _rpc_keepalive(self, lease_id: int) -> int:
+    async def _local_keepalive(self, lease_id: int) -> int:
         node = self.node
         await self._applied_here(lease_id)
         if lease_id not in node.lessor:
             raise kverr.LeaseNotFound()
-        ttl: int = node.lessor.renew(lease_id, now_ms())
+        ttl: int = node.lessor.renew(lease_id, node.now_ms())
         return ttl
 
-    async def _rpc_ttl(self, lease_id: int) -> int:
+    async def _local_ttl(self, lease_id: int) -> int:
         node = self.node
         await self._applied_here(lease_id)
         if lease_id not in node.lessor:
             return -1
-        remaining: int = node.lessor.remaining(lease_id, now_ms())
+        remaining: int = node.lessor.remaining(lease_id, node.now_ms())
         return remaining
 
     async def lease_keep_alive(self, lease_id: int) -> int:
-        ttl: int = await self._at_leader("keepalive", lease_id, self._rpc_keepalive)
+        ttl: int = await self._at_leader(PeerRpc.KEEPALIVE, lease_id, self._local_keepalive)
         return ttl
 
     async def lease_time_to_live(self, req: kv.LeaseTimeToLiveRequest) -> kv.LeaseTimeToLiveResponse:
@@ -240,7 +241,7 @@ class NodeBackend:
         gone = kv.LeaseTimeToLiveResponse(_header(self.node, store.revision), req.id, -1, 0, ())
         if req.id not in store.lease_ids():
             return gone
-        remaining: int = await self._at_leader("ttl", req.id, self._rpc_ttl)
+        remaining: int = await self._at_leader(PeerRpc.TTL, req.id, self._local_ttl)
         if remaining < 0:
             return gone
         keys = tuple(sorted(store.lease_keys(req.id))) if req.keys else ()
@@ -282,31 +283,7 @@ class NodeBackend:
         return {m.id: list(m.native_urls) for m in self.node.members.values()}
 
     async def _conf_change(self, changes: list[ConfChangeSingle], members: list[Member]) -> None:
-        node = self.node
-        if node.raft.leader_id == NONE:
-            raise kverr.NoLeader()
-        seq, fut = node._waiters.register()
-        ctx = entry.encode_conf_context(node.member_id, seq, members)
-        cc = ConfChange(changes=tuple(changes), context=ctx)
-
-        def op() -> None:
-            try:
-                node.raft.propose_conf_change(cc)
-            except RaftNotLeader:
-                node._waiters.resolve(seq, error=kverr.NoLeader())
-            except ProposalDropped as exc:
-                pending = "already pending" in exc.reason
-                err = _ConfChangePending() if pending else kverr.EtcdError(f"etcdserver: {exc}")
-                node._waiters.resolve(seq, error=err)
-            except RaftError as exc:
-                node._waiters.resolve(seq, error=kverr.EtcdError(f"etcdserver: {exc}"))
-
-        node._submit(op)
-        try:
-            await asyncio.wait_for(fut, node.cfg.request_timeout_s)
-        except TimeoutError:
-            node._waiters.drop(seq)
-            raise kverr.Timeout() from None
+        await self.node.propose_conf_change(changes, members)
 
     async def _after_pending(self, attempt: Callable[[], Awaitable[Any]]) -> Any:
         """Run a membership change; one that races another waits for it and is checked again, as etcd
@@ -316,7 +293,7 @@ class NodeBackend:
         while True:
             try:
                 return await attempt()
-            except _ConfChangePending:
+            except ConfChangePending:
                 if asyncio.get_running_loop().time() > deadline:
                     raise kverr.Timeout() from None
                 await asyncio.sleep(self.node.cfg.heartbeat_interval_ms / 1000)
@@ -370,16 +347,12 @@ class NodeBackend:
                 parse_url(u, "peer-urls")
         except ValueError:
             raise kverr.MemberBadURLs() from None
-        node = self.node
-        seq, fut = node._waiters.register()
-        upd = Member(m.id, m.name, urls, m.client_urls, m.native_urls, m.is_learner)
-        data = entry.encode_member_attrs(node.member_id, seq, upd)
-        await node._propose(seq, fut, data)
+        await self.node.propose_member_attrs(Member(m.id, m.name, urls, m.client_urls, m.native_urls, m.is_learner))
         return self._member_infos()
 
-    async def _rpc_promote(self, member_id: int) -> bool:
+    async def _local_promote(self, member_id: int) -> bool:
         node = self.node
-        if node.raft.role != Role.LEADER:
+        if not node.is_leader():
             raise kverr.NotLeader()
         m = node.members.get(member_id)
         if m is None:
@@ -400,27 +373,22 @@ class NodeBackend:
             raise kverr.MemberNotFound()
         if not m.is_learner:
             raise kverr.MemberNotLearner()
-        await self._at_leader_plain("promote", member_id, self._rpc_promote)
+        await self._at_leader_plain(PeerRpc.PROMOTE, member_id, self._local_promote)
         return self._member_infos()
 
-    async def _at_leader_plain(self, method: str, args: Any, local: Callable[[Any], Any]) -> Any:
+    async def _at_leader_plain(self, rpc: PeerRpc, args: Any, local: Callable[[Any], Any]) -> Any:
         node = self.node
-        leader = node.raft.leader_id
+        leader = node.leader_id()
         if leader == NONE:
             raise kverr.NoLeader()
         if leader == node.member_id:
             return await local(args)
         try:
-            return await node.transport.call(leader, method, args, timeout=node.cfg.request_timeout_s)
+            return await node.call_peer(leader, rpc, args)
         except RemoteError as exc:
             raise _remote(exc) from None
         except (TimeoutError, PeerUnavailable):
             raise kverr.Timeout() from None
-
-    async def _rpc_cluster_info(self, _args: Any) -> list[Any]:
-        node = self.node
-        members = [m.to_wire() for m in node.members.values()]
-        return [node.cluster_id, [members, conf_state_to_tuple(node._bootstrap_conf)]]
 
     # ------------------------------------------------------------------ maintenance
 
@@ -466,21 +434,17 @@ class NodeBackend:
             yield chunk
 
     async def move_leader(self, target_id: int) -> None:
+        """etcd's MoveLeader: returns once the target leads; an error if leadership went
+        elsewhere meanwhile (LeaderChanged) or the transfer did not happen in time."""
         node = self.node
-        if node.raft.role != Role.LEADER:
+        if not node.is_leader():
             raise kverr.NotLeader()
         if target_id == node.member_id:
             return  # etcd: moving leadership to the leader is a no-op ("transferred from X to X")
         m = node.members.get(target_id)
         if m is None or m.is_learner:
             raise kverr.BadLeaderTransferee()
-        node._submit(lambda: node.raft.transfer_leadership(target_id))
-        deadline = asyncio.get_running_loop().time() + node.cfg.request_timeout_s
-        while asyncio.get_running_loop().time() < deadline:
-            if node.raft.leader_id == target_id:
-                return
-            await asyncio.sleep(node.cfg.heartbeat_interval_ms / 1000)
-        raise kverr.Timeout()
+        await node.transfer_leadership(target_id)
 
     async def defragment(self) -> None:
         self.node.store.defragment()

@@ -2,50 +2,77 @@
 
 Theory of operation
 -------------------
-One asyncio task, the *raft loop*, owns the ``RaftNode``. Everything that changes it
-(ticks, peer messages, proposals, read requests) is queued as an operation and run at
-the top of the loop, never while a Ready is being persisted. One turn of the loop:
+One asyncio task, the *raft loop*, owns the ``RaftNode``; nothing else calls it. Every input
+is a typed message (``ProposeKv``, ``Propose``, ``ProposeConfChange``, ``ReadIndex``,
+``Tick``, ``PeerMessages``, ``Unreachable``, ``TransferLeader``, ``InstallSnapshot``) put on
+ONE inbox by a named method of the node and dispatched by one ``match`` at the top of the
+loop, never while a Ready is being persisted. One turn of the loop:
 
-1. run the queued operations (this is where batching happens: every proposal that
-   arrived while the previous batch was being fsynced enters the log together);
+1. drain the inbox. Every ``ProposeKv`` drained together becomes one log entry (batching:
+   the commands that arrived while the previous batch was being fsynced enter the log
+   together) and every ``ReadIndex`` drained together shares one ReadIndex round;
 2. ``rd = raft.ready()``; send ``rd.messages`` (a leader replicates while it persists);
 3. ``storage.save(...)`` then ONE ``fsync`` in a worker thread for the whole batch;
 4. send ``rd.persisted_messages`` (votes and acks only after the fsync);
-5. apply ``rd.snapshot`` and ``rd.committed`` to the MVCC store, in order, resolving the
+5. apply ``rd.snapshot`` and ``rd.committed`` to the state machine, in order, resolving the
    futures of the requests this member proposed (entries carry ``(member, seq)`` ids);
-6. resolve ReadIndex barriers whose index is applied; ``raft.advance(rd)``.
+6. resolve ReadIndex barriers whose index is applied and leadership transfers that ended;
+   ``raft.advance(rd)``.
 
 Writes on a follower travel to the leader inside Raft (PROP forwarding) and come back as
-committed entries applied locally. Linearizable reads take a ReadIndex barrier (batched:
-every read that arrives while one barrier is in flight shares the next) and then read the
-local store; serializable reads read the local store at once.
+committed entries applied locally. Linearizable reads take a ReadIndex barrier and then
+read the local store; serializable reads read the local store at once.
+
+What stops a member, and what does not. A message whose handling raises fails only the
+request(s) it carries (their futures get the error, the failure is counted in
+``loop_errors`` and logged at most once a minute per message kind) and the loop goes on.
+The driver's own misuse of the core (``LocalProtocolError``) is handled that way too, logged
+as a bug. A peer message that breaks the protocol (``RemoteProtocolError``) is dropped,
+counted and rate-limit logged by ``PeerGuard``. Only a failed write or fsync (``OSError``),
+corrupt storage (``CorruptionError``) and a broken invariant of the core (``AssertionError``)
+stop the member, as does anything raised while persisting or applying a Ready, where going
+on could serve wrong data (crash-only: stop, say why, let a supervisor restart).
+
+Time comes from an injected ``Clock`` (``MonotonicClock`` unless given): the ticker, lease
+deadlines (grant at apply, keep-alive, expiry on the leader, the slack at promotion) and the
+peer guard's log rate all read it, so tests drive them on virtual time. Request timeouts
+use the event loop's clock.
+
+Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
+the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
+``serve_peer_rpcs``; an unknown or not-yet-served method is answered with an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import itertools
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conclave.kv import errors as kverr
 from conclave.kv.lease import Lessor
 from conclave.kv.watch import WatchHub
 from conclave.machine import Member, StateMachine, entry, rules
-from conclave.raft.codec import conf_state_from_tuple
+from conclave.raft.codec import conf_state_from_tuple, conf_state_to_tuple
+from conclave.raft.errors import LocalProtocolError, ProposalDropped, RaftError
 from conclave.raft.errors import NotLeader as RaftNotLeader
-from conclave.raft.errors import ProposalDropped
 from conclave.raft.node import RaftNode
 from conclave.raft.types import (
     NONE,
+    ConfChange,
+    ConfChangeSingle,
     Config,
     ConfState,
     Entry,
@@ -58,6 +85,7 @@ from conclave.raft.types import (
 from conclave.server.config import ConfigError, ServerConfig, parse_url
 from conclave.server.peer_guard import PeerGuard, reachable_members
 from conclave.server.transport import Transport
+from conclave.storage.base import CorruptionError
 
 log = logging.getLogger("conclave.node")
 
@@ -67,11 +95,203 @@ SNAPSHOT_IN_CHILD = True
 # (``entry.seq_base``), so the state machine's once-only table never mistakes a restarted
 # member's request for one it already applied.
 SEQ_EPOCH_FILE = "seq-epoch"
-__all__ = ["Node", "now_ms"]
+# Errors that stop the member when raised while the loop handles a message.
+FATAL_ERRORS: tuple[type[BaseException], ...] = (AssertionError, OSError, CorruptionError)
+LOOP_ERROR_LOG_INTERVAL_MS = 60_000
+
+__all__ = [
+    "Clock", "ConfChangePending", "InstallSnapshot", "LeaderTransferTimeout", "MonotonicClock", "Node",
+    "PeerMessages", "PeerRpc", "PeerRpcHandlers", "Propose", "ProposeConfChange", "ProposeKv", "ReadIndex",
+    "RequestFailed", "Tick", "TransferLeader", "UnknownPeerRpc", "Unreachable", "now_ms",
+]
+
+
+# ---------------------------------------------------------------------------- time
+
+
+class Clock(Protocol):
+    """Where the member reads time and waits for it (injected; tests pass a virtual one)."""
+
+    def now_ms(self) -> int: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock: ``time.monotonic`` and ``asyncio.sleep``."""
+
+    def now_ms(self) -> int:
+        return time.monotonic_ns() // 1_000_000
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 def now_ms() -> int:
+    """The monotonic clock in ms (kept for code that has no node at hand; the node reads ``clock``)."""
     return time.monotonic_ns() // 1_000_000
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class ConfChangePending(kverr.EtcdError):
+    """The leader has a configuration change in flight: the caller waits for it, then checks again."""
+
+    code = "UNAVAILABLE"
+    message = "etcdserver: a configuration change is already pending"
+
+
+class LeaderTransferTimeout(kverr.EtcdError):
+    """The core gave the transfer up (the target did not take over within an election
+    timeout): etcd's ErrTimeoutLeaderTransfer."""
+
+    code = "UNAVAILABLE"
+    message = "etcdserver: request timed out, leader transfer took too long"
+
+
+class RequestFailed(kverr.EtcdError):
+    """A request failed inside the raft loop for a reason that is not the client's (a bug)."""
+
+    code = "INTERNAL"
+    message = "conclave: the request failed inside the member's raft loop"
+
+
+class UnknownPeerRpc(kverr.EtcdError):
+    code = "UNIMPLEMENTED"
+    message = "conclave: unknown peer rpc"
+
+
+# ---------------------------------------------------------------------------- the inbox
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeKv:
+    """One encoded client command; every one drained together goes into one entry."""
+
+    seq: int
+    command: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    """One framed entry carrying the requests ``seqs`` of this member."""
+
+    data: bytes
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeConfChange:
+    cc: ConfChange
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """A linearizable read waiting for a barrier; resolved with the read index once applied."""
+
+    future: asyncio.Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessages:
+    msgs: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeader:
+    target: int
+    future: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """Compact the log to ``index`` with the image ``data`` (a local snapshot was built)."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RunInLoop:
+    """Transitional: what ``Node._submit(fn)`` posts for the snapshot path until it posts
+    ``InstallSnapshot``. No other code may post closures."""
+
+    fn: Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _KvBatch:
+    """The ``ProposeKv`` of one drain, coalesced by the loop."""
+
+    items: tuple[ProposeKv, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadRound:
+    """The ``ReadIndex`` of one drain, coalesced into one Raft read round."""
+
+    futures: tuple[asyncio.Future[int], ...]
+
+
+Inbound = (ProposeKv | Propose | ProposeConfChange | ReadIndex | Tick | PeerMessages | Unreachable
+           | TransferLeader | InstallSnapshot | RunInLoop)
+_Work = Inbound | _KvBatch | _ReadRound
+
+
+def _coalesce(batch: list[Inbound]) -> list[_Work]:
+    """Replace the commands (and the reads) of one drain by one batch, at the first one's place."""
+    kv = tuple(m for m in batch if isinstance(m, ProposeKv))
+    reads = tuple(m.future for m in batch if isinstance(m, ReadIndex))
+    out: list[_Work] = []
+    for m in batch:
+        if isinstance(m, ProposeKv):
+            if kv:
+                out.append(_KvBatch(kv))
+                kv = ()
+        elif isinstance(m, ReadIndex):
+            if reads:
+                out.append(_ReadRound(reads))
+                reads = ()
+        else:
+            out.append(m)
+    return out
+
+
+# ---------------------------------------------------------------------------- peer RPCs
+
+
+class PeerRpc(enum.StrEnum):
+    """Every RPC one member may ask another; the wire carries the value."""
+
+    CLUSTER_INFO = "cluster_info"
+    KEEPALIVE = "keepalive"
+    TTL = "ttl"
+    PROMOTE = "promote"
+
+
+class PeerRpcHandlers(Protocol):
+    """What the backend serves to peers (on the leader)."""
+
+    async def keepalive(self, lease_id: int) -> int: ...
+
+    async def ttl(self, lease_id: int) -> int: ...
+
+    async def promote(self, member_id: int) -> bool: ...
+
+
+_RPC_ARG_INT = frozenset({PeerRpc.KEEPALIVE, PeerRpc.TTL, PeerRpc.PROMOTE})
 
 
 class _Waiters:
@@ -109,11 +329,15 @@ class _Waiters:
         self._futures.clear()
 
 
+def _fail_future(fut: asyncio.Future[Any], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
+
+
 class _ReadBarrier:
-    """ReadIndex batching: one raft read_index call serves every read queued before it."""
+    """ReadIndex rounds in flight (by context) and answered rounds waiting for apply."""
 
     def __init__(self) -> None:
-        self.queued: list[asyncio.Future[int]] = []
         self.in_flight: dict[bytes, list[asyncio.Future[int]]] = {}
         self.ready: list[tuple[int, list[asyncio.Future[int]]]] = []
         self.ids = itertools.count(1)
@@ -122,10 +346,12 @@ class _ReadBarrier:
 class Node:
     """One Conclave member. Create, ``await start()``, serve, ``await stop()``."""
 
-    def __init__(self, cfg: ServerConfig, *, storage_factory: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, cfg: ServerConfig, *, storage_factory: Callable[[str], Any] | None = None,
+                 clock: Clock | None = None) -> None:
         self.cfg = cfg
         self.member_id = cfg.member_id
         self.cluster_id = cfg.cluster_id
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self._boot_members: dict[int, Member] = {}  # until the state machine exists
         self._sm: StateMachine | None = None
         self._storage_factory = storage_factory
@@ -133,10 +359,16 @@ class Node:
             max_request_bytes=cfg.max_request_bytes, quota_backend_bytes=cfg.quota_backend_bytes,
             max_txn_ops=cfg.max_txn_ops, min_lease_ttl_s=rules.min_lease_ttl_s(cfg.election_timeout_ms),
         )
-        self._ops: list[Callable[[], None]] = []
+        self._inbox: list[Inbound] = []
         self._wake = asyncio.Event()
+        self._in_ready = False
         self._waiters = _Waiters()
         self._reads = _ReadBarrier()
+        self._transfers: list[TransferLeader] = []
+        self._rpcs: dict[PeerRpc, Callable[[Any], Awaitable[Any]]] = {}
+        self.loop_errors: Counter[str] = Counter()
+        """Messages whose handling raised (and failed their request), by message kind."""
+        self._loop_error_logged: dict[str, int] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._fsync_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsync")
         self._running = False
@@ -146,9 +378,8 @@ class Node:
         self.watch_callbacks: dict[int, Callable[[], None]] = {}
         self._joined_members: list[Member] = []
         self.fatal = False
-        self.peer_guard = PeerGuard(self.member_id)
+        self.peer_guard = PeerGuard(self.member_id, clock=lambda: self.clock.now_ms() / 1000)
         self._closed = False
-        self._kv_batch: list[tuple[int, bytes]] = []
         self._bootstrap_conf = ConfState()
         self._snapshot_child = 0
         self._background: set[asyncio.Task[Any]] = set()
@@ -229,6 +460,7 @@ class Node:
     async def start(self) -> None:
         Path(self.cfg.data_dir).mkdir(parents=True, exist_ok=True)
         fresh = self._check_data_dir()
+        self.peer_guard.self_id = self.member_id  # the data dir may name another id than the flags
         self.storage = self._open_storage()
         if fresh and self.cfg.initial_cluster_state == "existing":
             await self._join_existing()
@@ -279,6 +511,7 @@ class Node:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._raft_loop(), name="raft-loop"))
         self._tasks.append(loop.create_task(self._ticker(), name="ticker"))
+        self._wake.set()  # a restarted member applies what its log has committed without waiting for a tick
 
     async def _join_existing(self) -> None:
         """Learn the cluster id and members from a running member listed in --initial-cluster."""
@@ -319,7 +552,7 @@ class Node:
         for t in self._tasks:
             with contextlib.suppress(BaseException):
                 await t
-        self._waiters.fail_all(kverr.Stopped())
+        self._fail_pending(kverr.Stopped())
         await self.transport.close()
         if not self.fatal:
             await asyncio.get_running_loop().run_in_executor(self._fsync_pool, self.storage.sync)
@@ -341,45 +574,122 @@ class Node:
 
     # ------------------------------------------------------------------ the raft loop
 
-    def _submit(self, op: Callable[[], None]) -> None:
-        self._ops.append(op)
+    def _post(self, msg: Inbound) -> None:
+        self._inbox.append(msg)
         self._wake.set()
 
-    def _on_peer_messages(self, msgs: list[Message]) -> None:
-        def op() -> None:
-            # Through the guard: non-members and protocol breakers are dropped, not fatal.
-            members = reachable_members(self.raft.conf_state, self.members)
-            for m in msgs:
-                self.peer_guard.step(self.raft, m, members)
+    def _submit(self, op: Callable[[], None]) -> None:
+        """Transitional, for the snapshot path only: run ``op`` inside the loop (post
+        ``InstallSnapshot`` instead; everything else posts a typed message)."""
+        self._post(RunInLoop(op))
 
-        self._submit(op)
+    def _on_peer_messages(self, msgs: list[Message]) -> None:
+        self._post(PeerMessages(tuple(msgs)))
 
     def _on_unreachable(self, node_id: int) -> None:
-        self._submit(lambda: self.raft.step(
-            Message(MessageType.UNREACHABLE, to=self.member_id, frm=node_id, term=0)))
+        self._post(Unreachable(node_id))
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing to persist or apply (tests on virtual time wait for it)."""
+        return not self._inbox and not self._in_ready and not self.raft.has_ready()
 
     async def _ticker(self) -> None:
-        interval = self.cfg.heartbeat_interval_ms / 1000
-        nxt = time.monotonic()
+        clock, interval = self.clock, self.cfg.heartbeat_interval_ms
+        nxt = clock.now_ms()
         while True:
             nxt += interval
-            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
-            if time.monotonic() - nxt > 5 * interval:
-                nxt = time.monotonic()  # we were starved; do not fire a burst of ticks
-            self._submit(self._tick)
+            await clock.sleep(max(0, nxt - clock.now_ms()) / 1000)
+            now = clock.now_ms()
+            if now - nxt > 5 * interval:
+                nxt = now  # we were starved; do not fire a burst of ticks
+            self._post(Tick(now))
 
-    def _tick(self) -> None:
-        self.raft.tick()
-        self._on_tick()
+    def _dispatch(self, msg: _Work) -> None:
+        """The one place an input reaches the core (runs inside the loop)."""
+        match msg:
+            case _KvBatch(items):
+                self._propose_kv_batch(items)
+            case Propose(data, seqs):
+                self._propose_entry(data, seqs)
+            case ProposeConfChange(cc, seq):
+                self._propose_conf_change(cc, seq)
+            case _ReadRound(futures):
+                self._issue_read_index(futures)
+            case Tick(now):
+                self.raft.tick()
+                self._on_tick(now)
+            case PeerMessages(msgs):
+                # Through the guard: non-members and protocol breakers are dropped, not fatal.
+                members = reachable_members(self.raft.conf_state, self.members)
+                for m in msgs:
+                    self.peer_guard.step(self.raft, m, members)
+            case Unreachable(node_id):
+                self.raft.step(Message(MessageType.UNREACHABLE, to=self.member_id, frm=node_id, term=0))
+            case TransferLeader():
+                self._start_transfer(msg)
+            case InstallSnapshot(index, data):
+                # Cleared only once the log is compacted, or the next apply would fork again for
+                # the same stretch of log.
+                self._snapshot_child = 0
+                self._install_local_snapshot(index, data)
+            case RunInLoop(fn):
+                fn()
+            case _:
+                raise LocalProtocolError(f"unknown inbox message {msg!r:.80}")
 
-    def _on_tick(self) -> None:
+    def _run(self, msg: _Work) -> None:
+        """Dispatch ``msg``; a failure fails its own request(s) only, unless it is fatal."""
+        try:
+            self._dispatch(msg)
+        except FATAL_ERRORS:
+            raise
+        except Exception as exc:
+            self._fail(msg, exc)
+
+    def _fail(self, msg: _Work, exc: Exception) -> None:
+        kind = type(msg).__name__.lstrip("_")
+        self.loop_errors[kind] += 1
+        now, last = self.clock.now_ms(), self._loop_error_logged.get(kind)
+        if last is None or now - last >= LOOP_ERROR_LOG_INTERVAL_MS:
+            self._loop_error_logged[kind] = now
+            misuse = isinstance(exc, LocalProtocolError)
+            what = "a bug in the driver (it misused the Raft core)" if misuse else "an error"
+            log.error("%s failed inside the raft loop with %s; its request fails, the member goes on "
+                      "(%d such failures so far)", kind, what, self.loop_errors[kind], exc_info=exc)
+        err = exc if isinstance(exc, kverr.EtcdError) else RequestFailed(f"{type(exc).__name__}: {exc}")
+        match msg:
+            case _KvBatch(items):
+                for item in items:
+                    self._waiters.resolve(item.seq, error=err)
+            case Propose(_, seqs):
+                for seq in seqs:
+                    self._waiters.resolve(seq, error=err)
+            case ProposeConfChange(_, seq):
+                self._waiters.resolve(seq, error=err)
+            case _ReadRound(futures):
+                for f in futures:
+                    _fail_future(f, err)
+            case TransferLeader(_, future):
+                _fail_future(future, err)
+                self._transfers = [t for t in self._transfers if t is not msg]
+            case _:
+                pass  # nobody waits on it: counted and logged
+
+    def _fail_pending(self, error: BaseException) -> None:
+        self._waiters.fail_all(error)
+        for t in self._transfers:
+            _fail_future(t.future, error)
+        self._transfers.clear()
+
+    def _on_tick(self, now: int) -> None:
         """Periodic duties: catch up slow watchers; on the leader, expire leases; publish self."""
         if self.hub.unsynced_count:
             self.hub.catch_up()
+        self._check_transfers()
         if self.raft.leader_id == NONE or not self._running:
             return
         if self.lessor.is_primary and self.raft.role == Role.LEADER:
-            for lid in self.lessor.expired(now_ms()):
+            for lid in self.lessor.expired(now):
                 self._propose_expiry(lid)
         me = self.members.get(self.member_id)
         if me is not None and not self._publishing and (
@@ -415,11 +725,9 @@ class Node:
     async def _publish_self(self) -> None:
         """Replicate this member's name and client URLs so MemberList can advertise them."""
         try:
-            me = Member(self.member_id, self.cfg.name, list(self.cfg.initial_advertise_peer_urls),
-                        list(self.cfg.advertise_client_urls), list(self.cfg.listen_native_urls))
-            seq, fut = self._waiters.register()
-            data = entry.encode_member_attrs(self.member_id, seq, me)
-            await self._propose(seq, fut, data)
+            await self.propose_member_attrs(
+                Member(self.member_id, self.cfg.name, list(self.cfg.initial_advertise_peer_urls),
+                       list(self.cfg.advertise_client_urls), list(self.cfg.listen_native_urls)))
         finally:
             self._publishing = False
 
@@ -429,25 +737,30 @@ class Node:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                ops, self._ops = self._ops, []
-                for op in ops:
-                    op()
+                batch, self._inbox = self._inbox, []
+                for msg in _coalesce(batch):
+                    self._run(msg)
+                self._check_transfers()
                 while self.raft.has_ready():
                     rd = self.raft.ready()
-                    await self._handle_ready(rd, loop)
-                    if self._ops:
+                    self._in_ready = True
+                    try:
+                        await self._handle_ready(rd, loop)
+                    finally:
+                        self._in_ready = False
+                    if self._inbox:
                         self._wake.set()
                         break
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            # An assertion in the core, a failed fsync, a state machine bug: continuing could
-            # serve wrong data. Crash-only: stop, say why, exit non-zero, let a supervisor restart.
+            # An assertion in the core, a failed fsync, corrupt storage, a state machine bug:
+            # continuing could serve wrong data. Crash-only: stop, say why, exit non-zero.
             log.critical("fatal error in the raft loop; stopping this member", exc_info=exc)
             self.stop_reason = f"fatal: {type(exc).__name__}: {exc}"
             self.fatal = True
             self._running = False
-            self._waiters.fail_all(kverr.Stopped())
+            self._fail_pending(kverr.Stopped())
             self.stopped.set()
 
     async def _handle_ready(self, rd: Ready, loop: asyncio.AbstractEventLoop) -> None:
@@ -472,6 +785,7 @@ class Node:
                 self._reads.ready.append((rs.index, waiters))
         self.raft.advance(rd)
         self._release_reads()
+        self._check_transfers()
         self._maybe_snapshot()
 
     def _on_soft_state(self, leader: int, role: Role) -> None:
@@ -481,19 +795,18 @@ class Node:
             # Reads waiting on the old leader's ReadIndex will never be answered.
             for futs in self._reads.in_flight.values():
                 for f in futs:
-                    if not f.done():
-                        f.set_exception(kverr.LeaderChanged())
+                    _fail_future(f, kverr.LeaderChanged())
             self._reads.in_flight.clear()
         if role == Role.LEADER and not self.lessor.is_primary:
             # No lease may expire because of a failover: restart every deadline with slack.
-            self.lessor.promote(now_ms(), self.cfg.election_timeout_ms)
+            self.lessor.promote(self.clock.now_ms(), self.cfg.election_timeout_ms)
         elif role != Role.LEADER and self.lessor.is_primary:
             self.lessor.demote()
 
     # ------------------------------------------------------------------ apply
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         for e in entries:
             out = self.sm.apply(e, now)
             if out.events:
@@ -602,8 +915,15 @@ class Node:
     def has_leader(self) -> bool:
         return self.raft.leader_id != NONE
 
+    def is_leader(self) -> bool:
+        return self.raft.role == Role.LEADER
+
     def raft_term(self) -> int:
         return self.raft.term
+
+    def now_ms(self) -> int:
+        """This member's clock (lease deadlines are kept on it)."""
+        return self.clock.now_ms()
 
     async def propose_kv(self, cmd: Any) -> Any:
         from conclave.kv.command import encode_command
@@ -617,17 +937,53 @@ class Node:
             raise
         self._refuse_unless_ready(seq)
         # Every command that arrives while the loop is busy (typically: during an fsync) goes
-        # into the same log entry.
-        self._kv_batch.append((seq, encoded))
-        if len(self._kv_batch) == 1:
-            self._submit(self._flush_kv_batch)
+        # into the same log entry: the loop coalesces the ProposeKv of one drain.
+        self._post(ProposeKv(seq, encoded))
         return await self._await_applied(seq, fut)
 
-    def _flush_kv_batch(self) -> None:
-        batch, self._kv_batch = self._kv_batch, []
-        for start, end in entry.split_batches([enc for _, enc in batch]):
-            chunk = batch[start:end]
-            self._propose_entry(entry.frame_encoded(self.member_id, [enc for _, enc in chunk]), [s for s, _ in chunk])
+    async def propose_member_attrs(self, member: Member) -> None:
+        """Replicate a member's attributes (name, URLs); returns once applied here."""
+        seq, fut = self._waiters.register()
+        await self._propose(seq, fut, entry.encode_member_attrs(self.member_id, seq, member))
+
+    async def propose_conf_change(self, changes: Sequence[ConfChangeSingle], members: Sequence[Member]) -> None:
+        """A Raft configuration change carrying the attributes of the members it adds.
+
+        Raises ``ConfChangePending`` while the leader has another change in flight (the
+        caller waits and checks again), NoLeader, Timeout, or an EtcdError for a refusal.
+        """
+        if self.raft.leader_id == NONE:
+            raise kverr.NoLeader()
+        seq, fut = self._waiters.register()
+        ctx = entry.encode_conf_context(self.member_id, seq, list(members))
+        self._refuse_unless_ready(seq)
+        self._post(ProposeConfChange(ConfChange(changes=tuple(changes), context=ctx), seq))
+        await self._await_applied(seq, fut)
+
+    async def transfer_leadership(self, target: int) -> None:
+        """Move leadership to ``target`` (on the leader); returns once ``target`` leads.
+
+        Raises NotLeader, BadLeaderTransferee, LeaderChanged (another member took over),
+        LeaderTransferTimeout (the core gave the transfer up) or Timeout; never hangs.
+        """
+        if not self._running:
+            raise kverr.Stopped()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        msg = TransferLeader(target, fut)
+        self._post(msg)
+        try:
+            await asyncio.wait_for(fut, self.cfg.request_timeout_s)
+        except TimeoutError:
+            raise kverr.Timeout() from None
+        finally:
+            self._transfers = [t for t in self._transfers if t is not msg]
+
+    def _propose_kv_batch(self, items: tuple[ProposeKv, ...]) -> None:
+        for start, end in entry.split_batches([it.command for it in items]):
+            chunk = items[start:end]
+            data = entry.frame_encoded(self.member_id, [it.command for it in chunk])
+            # One entry at a time: a failure fails the requests of that entry only.
+            self._run(Propose(data, tuple(it.seq for it in chunk)))
 
     def _refuse_unless_ready(self, seq: int) -> None:
         """Fail fast (and forget the waiter) when no proposal can succeed now."""
@@ -638,7 +994,7 @@ class Node:
             self._waiters.drop(seq)
             raise kverr.NoLeader()
 
-    def _propose_entry(self, data: bytes, seqs: list[int]) -> None:
+    def _propose_entry(self, data: bytes, seqs: Sequence[int]) -> None:
         """Hand one entry to Raft (inside the loop); a refusal fails every request it carries."""
         try:
             self.raft.propose(data)
@@ -649,6 +1005,59 @@ class Node:
             for seq in seqs:
                 self._waiters.resolve(seq, error=kverr.TooManyRequests())
 
+    def _propose_conf_change(self, cc: ConfChange, seq: int) -> None:
+        try:
+            self.raft.propose_conf_change(cc)
+        except RaftNotLeader:
+            self._waiters.resolve(seq, error=kverr.NoLeader())
+        except ProposalDropped as exc:
+            pending = "already pending" in exc.reason
+            err = ConfChangePending() if pending else kverr.EtcdError(f"etcdserver: {exc}")
+            self._waiters.resolve(seq, error=err)
+        except LocalProtocolError:
+            raise  # a bug here, not a refusal: the loop fails the request and reports it
+        except RaftError as exc:
+            self._waiters.resolve(seq, error=kverr.EtcdError(f"etcdserver: {exc}"))
+
+    def _start_transfer(self, msg: TransferLeader) -> None:
+        if msg.future.done():
+            return  # the caller gave up already
+        if self.raft.role != Role.LEADER:
+            msg.future.set_exception(kverr.NotLeader())
+            return
+        try:
+            self.raft.transfer_leadership(msg.target)
+        except RaftNotLeader:
+            msg.future.set_exception(kverr.NotLeader())
+            return
+        except LocalProtocolError:
+            raise
+        except RaftError:  # not a voter (any more): removed, or a learner
+            msg.future.set_exception(kverr.BadLeaderTransferee())
+            return
+        self._transfers.append(msg)
+
+    def _check_transfers(self) -> None:
+        """End the leadership transfers that succeeded, lost a race, or that the core gave up."""
+        if not self._transfers:
+            return
+        leader, keep = self.raft.leader_id, []
+        for t in self._transfers:
+            if t.future.done():
+                continue
+            if leader == t.target:
+                t.future.set_result(None)
+            elif leader not in (NONE, self.member_id):
+                t.future.set_exception(kverr.LeaderChanged())
+            elif self.raft.role == Role.LEADER and self.raft.lead_transferee == NONE:
+                # Still leading and no transfer in progress: the core gave it up (the target did
+                # not take over within an election timeout, or it left the configuration). A
+                # transfer replaced by another one waits: its target may still win the race.
+                t.future.set_exception(LeaderTransferTimeout())
+            else:
+                keep.append(t)
+        self._transfers = keep
+
     async def _await_applied(self, seq: int, fut: asyncio.Future[Any]) -> Any:
         try:
             return await asyncio.wait_for(fut, self.cfg.request_timeout_s)
@@ -658,7 +1067,7 @@ class Node:
 
     async def _propose(self, seq: int, fut: asyncio.Future[Any], data: bytes) -> Any:
         self._refuse_unless_ready(seq)
-        self._submit(lambda: self._propose_entry(data, [seq]))
+        self._post(Propose(data, (seq,)))
         return await self._await_applied(seq, fut)
 
     async def read_barrier(self) -> None:
@@ -675,10 +1084,7 @@ class Node:
         deadline = loop.time() + self.cfg.request_timeout_s
         while True:
             fut: asyncio.Future[int] = loop.create_future()
-            first = not self._reads.queued
-            self._reads.queued.append(fut)
-            if first:
-                self._submit(self._issue_read_index)
+            self._post(ReadIndex(fut))
             try:
                 await asyncio.wait_for(fut, max(0.001, deadline - loop.time()))
                 return
@@ -689,8 +1095,8 @@ class Node:
                     raise
                 await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000)
 
-    def _issue_read_index(self) -> None:
-        batch, self._reads.queued = self._reads.queued, []
+    def _issue_read_index(self, futures: tuple[asyncio.Future[int], ...]) -> None:
+        batch = [f for f in futures if not f.done()]
         if not batch:
             return
         ctx = next(self._reads.ids).to_bytes(8, "big")
@@ -698,8 +1104,7 @@ class Node:
             self.raft.read_index(ctx)
         except RaftNotLeader:
             for f in batch:
-                if not f.done():
-                    f.set_exception(kverr.NoLeader())
+                _fail_future(f, kverr.NoLeader())
             return
         self._reads.in_flight[ctx] = batch
 
@@ -716,8 +1121,34 @@ class Node:
                 keep.append((index, futs))
         self._reads.ready = keep
 
+    # ------------------------------------------------------------------ peer RPCs
+
+    def serve_peer_rpcs(self, handlers: PeerRpcHandlers) -> None:
+        """Register the handlers of the RPCs peers send to this member (once, by the backend)."""
+        self._rpcs = {PeerRpc.KEEPALIVE: handlers.keepalive, PeerRpc.TTL: handlers.ttl,
+                      PeerRpc.PROMOTE: handlers.promote}
+
+    def cluster_info(self) -> list[Any]:
+        """The cluster id, the members and the founding configuration (what a joiner needs)."""
+        members = [m.to_wire() for m in self.members.values()]
+        return [self.cluster_id, [members, conf_state_to_tuple(self._bootstrap_conf)]]
+
+    async def call_peer(self, member_id: int, rpc: PeerRpc, args: Any, timeout: float | None = None) -> Any:
+        """Ask member ``member_id`` to run ``rpc``; raises RemoteError, PeerUnavailable, TimeoutError."""
+        t = self.cfg.request_timeout_s if timeout is None else timeout
+        return await self.transport.call(member_id, rpc.value, args, timeout=t)
+
     async def _on_rpc(self, method: str, args: Any) -> Any:
-        handler = getattr(self, "_rpc_" + method, None)
+        """A peer's RPC: looked up in the table; an unknown one is an error for the caller."""
+        try:
+            rpc = PeerRpc(method)
+        except ValueError:
+            raise UnknownPeerRpc(f"{method!r:.60}") from None
+        if rpc is PeerRpc.CLUSTER_INFO:
+            return self.cluster_info()
+        handler = self._rpcs.get(rpc)
         if handler is None:
-            raise kverr.EtcdError(f"unknown peer rpc {method!r}")
+            raise UnknownPeerRpc(f"{rpc.value} is not served by this member")
+        if rpc in _RPC_ARG_INT and type(args) is not int:
+            raise kverr.EtcdError(f"conclave: peer rpc {rpc.value} takes an integer, got {type(args).__name__}")
         return await handler(args)
