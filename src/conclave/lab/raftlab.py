@@ -1,0 +1,295 @@
+"""Conclave's real Raft core (``conclave.raft.RaftNode``) on the lab's virtual time and network.
+
+Theory of operation. ``RaftCluster`` runs one ``RaftNode`` per member, driven as the simulator and
+the server drive it: every ``tick_ms`` of virtual time a live member ticks; after every input the
+member's ``Ready`` batches are handled in the contract's order (persist the hard state and entries
+on the member's disk, which here is durable at once; send the messages and, the disk being
+durable, the persisted messages; apply the committed entries; serve the read states; advance).
+Messages travel over the lab's ``Net`` between nodes named ``n1``, ``n2``..., so partitions, delays
+and crashes are the lab's. A crash drops the member's volatile state; a restart builds a fresh
+``RaftNode`` from the disk, which replays the committed log into an empty store.
+
+The state machine is a small register map: an entry is a JSON command ``{"op", "key", "value",
+"origin", "id"}`` (``put``, ``cas``, ``read``, ``decide``); applying it answers the client waiting
+on the origin member. ``read_index`` serves a linearizable read through Raft's ReadIndex;
+``local_read`` reads whatever this member has applied (a serializable, possibly stale, read).
+Leaders are recorded per term, so election safety can be asserted by a scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conclave.lab.core import Loop, Net, Trace
+from conclave.raft.errors import RaftError
+from conclave.raft.node import RaftNode
+from conclave.raft.types import Config, ConfState, Entry, EntryType, HardState, Message, PersistedState, Role
+
+Done = Callable[[str, Any], None]  # ("ok" | "fail", output)
+
+ROLE_NAMES = {Role.FOLLOWER: "follower", Role.CANDIDATE: "candidate", Role.LEADER: "leader",
+              Role.PRE_CANDIDATE: "pre-candidate"}
+
+
+def node_name(node_id: int) -> str:
+    return f"n{node_id}"
+
+
+@dataclass(slots=True)
+class Disk:
+    hard_state: HardState = HardState()
+    entries: list[Entry] = field(default_factory=list)
+
+    def save(self, hs: HardState | None, entries: tuple[Entry, ...]) -> None:
+        if hs is not None:
+            self.hard_state = hs
+        for e in entries:
+            del self.entries[e.index - 1:]  # an entry at an index replaces it and everything after
+            self.entries.append(e)
+
+
+class Member:
+    """One member: its RaftNode, its disk, its applied store and the clients it owes an answer."""
+
+    def __init__(self, cluster: RaftCluster, node_id: int) -> None:
+        self.cluster = cluster
+        self.id = node_id
+        self.name = node_name(node_id)
+        self.disk = Disk()
+        self.incarnation = 0
+        self.up = True
+        self.node: RaftNode
+        self.store: dict[str, Any] = {}
+        self.applied = 0
+        self._seq = 0
+        self._pending: dict[int, Done] = {}
+        self._reads: dict[bytes, Done] = {}
+        self._waiting: list[tuple[int, Callable[[], None]]] = []
+        self.stepped = 0
+        self._start()
+
+    def _start(self) -> None:
+        c = self.cluster
+        cfg = Config(id=self.id, election_tick=c.election_tick, heartbeat_tick=c.heartbeat_tick,
+                     pre_vote=c.pre_vote, check_quorum=c.check_quorum)
+        persisted = PersistedState(hard_state=self.disk.hard_state, entries=tuple(self.disk.entries),
+                                   conf_state=ConfState(voters=frozenset(c.ids)))
+        self.node = RaftNode(cfg, persisted, random.Random(c.seed * 7919 + self.id * 104729 + self.incarnation))
+        self.store = {}
+        self.applied = 0
+        self._pending.clear()
+        self._reads.clear()
+        self._waiting.clear()
+        self.incarnation += 1
+        inc = self.incarnation
+        self.cluster.loop.after(c.tick_ms, lambda: self._tick(inc))
+        self._publish()
+
+    # -- driving ------------------------------------------------------------------------
+
+    def _tick(self, inc: int) -> None:
+        if not self.up or inc != self.incarnation:
+            return
+        c = self.cluster
+        c.net.run_at(self.name, self._do_tick)
+        c.loop.after(c.tick_ms, lambda: self._tick(inc))
+
+    def _do_tick(self) -> None:
+        self.node.tick()
+        self.handle()
+
+    def receive(self, msg: Message, inc: int) -> None:
+        if not self.up or inc != self.incarnation:
+            return
+        try:
+            self.node.step(msg)
+        except RaftError:
+            return
+        self.stepped += 1
+        self.handle()
+
+    def handle(self) -> None:
+        c = self.cluster
+        while self.up and self.node.has_ready():
+            rd = self.node.ready()
+            self.disk.save(rd.hard_state, rd.entries)
+            for m in rd.messages + rd.persisted_messages:
+                c.send(self, m)
+            for e in rd.committed:
+                self._apply(e)
+            for rs in rd.read_states:
+                done = self._reads.pop(rs.context, None)
+                if done is not None:
+                    self.when_applied(rs.index, lambda d=done, rs=rs: d("ok", rs.index))
+            self.node.advance(rd)
+        self._publish()
+
+    def _publish(self) -> None:
+        c = self.cluster
+        n = self.node
+        role = ROLE_NAMES[n.role] if self.up else "down"
+        if n.role == Role.LEADER and self.up:
+            c.leaders.setdefault(n.term, set()).add(self.id)
+        shown = c.show_store(self.store) if self.up else ""
+        text = f"{role} t{n.term}" + (f" {shown}" if shown else "")
+        c.trace.state(self.name, c.loop.now, text)
+        if self.up and (n.role, n.term) != c.last_role.get(self.id):
+            c.last_role[self.id] = (n.role, n.term)
+            if n.role == Role.LEADER:
+                c.elections += 1
+                c.trace.note(c.loop.now, f"{self.name} becomes leader in term {n.term}")
+
+    def _apply(self, e: Entry) -> None:
+        self.applied = e.index
+        if e.type != EntryType.NORMAL or not e.data:
+            self._run_waiting()
+            return
+        cmd = json.loads(e.data)
+        result = self.cluster.apply(self.store, cmd)
+        if cmd.get("origin") == self.id:
+            done = self._pending.pop(cmd["id"], None)
+            if done is not None:
+                done(*result)
+        self.cluster.applied_log.setdefault(self.id, []).append((e.index, cmd))
+        self._run_waiting()
+
+    def when_applied(self, index: int, fn: Callable[[], None]) -> None:
+        if self.applied >= index:
+            fn()
+        else:
+            self._waiting.append((index, fn))
+
+    def _run_waiting(self) -> None:
+        ready = [w for w in self._waiting if w[0] <= self.applied]
+        self._waiting = [w for w in self._waiting if w[0] > self.applied]
+        for _, fn in ready:
+            fn()
+
+    # -- client calls ---------------------------------------------------------------------
+
+    def propose(self, cmd: dict[str, Any], done: Done) -> None:
+        """Propose ``cmd`` through the log; ``done`` runs when this member applies it (or at a refusal)."""
+        if not self.up:
+            return
+        self._seq += 1
+        body = dict(cmd, origin=self.id, id=self._seq)
+        try:
+            self.node.propose(json.dumps(body, sort_keys=True).encode())
+        except RaftError:
+            done("fail", "no leader")
+            return
+        self._pending[self._seq] = done
+        self.handle()
+
+    def read_index(self, key: str, done: Done) -> None:
+        """A linearizable read: ReadIndex, wait until applied that far, read the store."""
+        if not self.up:
+            return
+        self._seq += 1
+        ctx = f"{self.name}/{self.incarnation}/{self._seq}".encode()
+        try:
+            self.node.read_index(ctx)
+        except RaftError:
+            done("fail", "no leader")
+            return
+        self._reads[ctx] = lambda status, _index: done(status, self.store.get(key))
+        self.handle()
+
+    def local_read(self, key: str) -> Any:
+        return self.store.get(key)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.up and self.node.role == Role.LEADER
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def crash(self) -> None:
+        self.up = False
+        self.incarnation += 1
+        self.cluster.net.crash(self.name)
+        self._publish()
+
+    def restart(self) -> None:
+        self.up = True
+        self.cluster.net.recover(self.name)
+        self._start()
+
+
+Apply = Callable[[dict[str, Any], dict[str, Any]], tuple[str, Any]]
+
+
+def apply_register(store: dict[str, Any], cmd: dict[str, Any]) -> tuple[str, Any]:
+    """The default state machine: put / cas / read / decide (first decision wins) on a register map."""
+    op, key = cmd["op"], cmd.get("key", "")
+    if op == "put":
+        store[key] = cmd["value"]
+        return "ok", None
+    if op == "cas":
+        expected, new = cmd["value"]
+        if store.get(key) == expected:
+            store[key] = new
+            return "ok", None
+        return "fail", store.get(key)
+    if op == "decide":
+        store.setdefault(key, cmd["value"])
+        return "ok", store[key]
+    return "ok", store.get(key)  # "read": a read through the log
+
+
+class RaftCluster:
+    """A Raft group of ``len(ids)`` members on the lab's loop and network."""
+
+    def __init__(self, loop: Loop, net: Net, trace: Trace, seed: int, ids: tuple[int, ...] = (1, 2, 3),
+                 tick_ms: int = 10, election_tick: int = 10, heartbeat_tick: int = 2,
+                 pre_vote: bool = True, check_quorum: bool = True, apply: Apply = apply_register,
+                 show_store: Callable[[dict[str, Any]], str] | None = None) -> None:
+        self.loop, self.net, self.trace, self.seed = loop, net, trace, seed
+        self.ids = ids
+        self.tick_ms, self.election_tick, self.heartbeat_tick = tick_ms, election_tick, heartbeat_tick
+        self.pre_vote, self.check_quorum = pre_vote, check_quorum
+        self.apply = apply
+        self.show_store: Callable[[dict[str, Any]], str] = show_store or (
+            lambda s: " ".join(f"{k}={v}" for k, v in sorted(s.items())))
+        self.leaders: dict[int, set[int]] = {}
+        self.last_role: dict[int, tuple[Role, int]] = {}
+        self.applied_log: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        self.elections = 0
+        self.messages = 0
+        self.members: dict[int, Member] = {}
+        for i in ids:
+            self.members[i] = Member(self, i)
+
+    def __getitem__(self, node_id: int) -> Member:
+        return self.members[node_id]
+
+    @property
+    def names(self) -> list[str]:
+        return [node_name(i) for i in self.ids]
+
+    def send(self, frm: Member, m: Message) -> None:
+        self.messages += 1
+        dest = self.members.get(m.to)
+        if dest is None:
+            return
+        inc = dest.incarnation
+        self.net.send(frm.name, dest.name, lambda: dest.receive(m, inc))
+
+    def campaign(self, node_id: int) -> None:
+        m = self.members[node_id]
+        m.node.campaign()
+        m.handle()
+
+    def leader(self) -> Member | None:
+        live = [m for m in self.members.values() if m.is_leader]
+        if not live:
+            return None
+        return max(live, key=lambda m: m.node.term)
+
+    def election_safe(self) -> bool:
+        """At most one leader per term, ever (Raft's election safety)."""
+        return all(len(v) <= 1 for v in self.leaders.values())
