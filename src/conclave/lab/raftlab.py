@@ -293,3 +293,33 @@ class RaftCluster:
     def election_safe(self) -> bool:
         """At most one leader per term, ever (Raft's election safety)."""
         return all(len(v) <= 1 for v in self.leaders.values())
+
+
+def client_write(net: Net, client: str, member: Member, key: str, value: Any, done: Done) -> None:
+    """A put through the log, sent over the network to ``member`` and answered back."""
+    def at_member() -> None:
+        member.propose({"op": "put", "key": key, "value": value},
+                       lambda s, o: net.send(member.name, client, lambda: done(s, o)))
+    net.send(client, member.name, at_member)
+
+
+def client_cas(net: Net, client: str, member: Member, key: str, expected: Any, new: Any, done: Done) -> None:
+    def at_member() -> None:
+        member.propose({"op": "cas", "key": key, "value": [expected, new]},
+                       lambda s, o: net.send(member.name, client, lambda: done(s, o)))
+    net.send(client, member.name, at_member)
+
+
+def client_read(net: Net, client: str, member: Member, key: str, how: str, done: Done) -> None:
+    """A read at ``member``: ``local`` (serializable: its applied state), ``read-index`` or ``log``."""
+    def answer(s: str, o: Any) -> None:
+        net.send(member.name, client, lambda: done(s, o))
+
+    def at_member() -> None:
+        if how == "local":
+            answer("ok", member.local_read(key))
+        elif how == "read-index":
+            member.read_index(key, answer)
+        else:
+            member.propose({"op": "read", "key": key}, answer)
+    net.send(client, member.name, at_member)

@@ -117,7 +117,7 @@ def ascii_timeline(out: Outcome) -> list[str]:
         final = states[-1][1] if states else ""
         rows.append(f"  {lane[:12]:<12} {''.join(row)} {final[:40]}")
     for b in out.trace.bands:
-        if b.kind in ("crash", "pause"):
+        if b.kind in ("crash", "pause") and set(b.nodes) & set(out.lanes):
             continue
         row = [" "] * WIDTH
         for k in range(col(b.start), col(b.end if b.end is not None else end) + 1):
