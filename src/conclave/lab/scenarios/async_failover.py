@@ -17,7 +17,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     leader, f1, f2 = (Replica(n, net, lab.trace) for n in ("leader", "f1", "f2"))
     sync = variant == "sync"
     prim = Primary(lab.loop, net, leader, [f1, f2], sync, SHIP_MS)
-    client = lab.client("client", 120)
+    client, reader = lab.client("client", 120), lab.client("reader", 120)
     crash_at = SHIP_MS + 40 + rng.randint(0, 40)
     failover_at = crash_at + 60
     values = iter(range(1, 100))
@@ -37,7 +37,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
         prim.leader, prim.followers = f1, [f2]
         prim.version = max(f1.get("x")[0][0], 0) + 1000  # a new epoch: its versions outrank the old leader's
         lab.trace.note(lab.loop.now, "f1 is promoted to leader")
-        client.call("read", None, None, lambda d: prim.read("client", "x", d))
+        reader.call("read", None, None, lambda d: prim.read("reader", "x", d))
 
     lab.at(10, write_next)
     lab.at(crash_at, crash)

@@ -10,7 +10,7 @@ from conclave.lab.raftlab import RaftCluster, client_read, client_write
 from conclave.lab.replication import Replica, push
 from conclave.lab.scenario import Scenario, Variant
 
-CUT, HEAL, END = 300, 900, 1300
+CUT, HEAL, END = 250, 600, 850
 SITE_A, SITE_B = ("a1", "a2"), ("b1",)
 
 

@@ -10,7 +10,7 @@ from conclave.lab.raftlab import RaftCluster, client_read, client_write
 from conclave.lab.scenario import Scenario, Variant
 from conclave.lab.scenarios.two_pc import TwoPC
 
-CRASH, END = 300, 1000
+CRASH, END = 250, 700
 
 
 def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:

@@ -33,7 +33,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     snapshots: list[list[int]] = []
 
     def transfer() -> None:
-        if lab.loop.now >= 700:
+        if lab.loop.now >= 450:
             return
         amount = 1 + lab.rng.randint(0, 9)
         balance[0] -= amount
@@ -61,8 +61,8 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
                 lab.net.send("auditor", "n3", reply)
         auditor.call("read", None, None, answer)
 
-    lab.at(200, transfer)
-    lab.loop.run(1000)
+    lab.at(150, transfer)
+    lab.loop.run(600)
     consistent = sum(sum(s) == TOTAL for s in snapshots)
     if variant == "linearizable":
         story = (f"The bank moved money from a to b in transactions through n1's log; the auditor read both "

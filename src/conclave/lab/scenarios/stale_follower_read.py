@@ -24,7 +24,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     values = iter(range(1, 1000))
 
     def write() -> None:
-        if lab.loop.now < 700:
+        if lab.loop.now < 450:
             v = next(values)
             writer.call("write", v, None, lambda d: client_write(lab.net, "writer", cluster[1], "x", v, d),
                         then=lambda op: lab.loop.after(5 + lab.rng.randint(0, 3), read))
@@ -33,8 +33,8 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     def read() -> None:
         reader.call("read", None, None, lambda d: client_read(lab.net, "reader", cluster[3], "x", how, d))
 
-    lab.at(200, write)
-    lab.loop.run(1000)
+    lab.at(150, write)
+    lab.loop.run(600)
     reads = [o for o in lab.rec.ops if o.f == "read" and o.status == "ok"]
     stale = 0
     for r in reads:

@@ -9,7 +9,7 @@ from conclave.lab.core import LINEARIZABLE, Lab, Outcome
 from conclave.lab.raftlab import RaftCluster, client_read, client_write
 from conclave.lab.scenario import Scenario, Variant
 
-CUT, HEAL, END = 250, 800, 1100
+CUT, HEAL, END = 200, 550, 800
 
 
 def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
