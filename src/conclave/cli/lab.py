@@ -80,8 +80,8 @@ def _command(name: str, variant: str, seed: int) -> str:
 
 
 def run_scenario(args: argparse.Namespace) -> int:
-    from conclave.lab.registry import SCENARIOS, scenario_named
-    from conclave.lab.render import render_html, render_index, render_text
+    from conclave.lab.registry import scenario_named
+    from conclave.lab.render import render_html, render_text
     from conclave.lab.scenario import LabError
 
     if args.name == "all":
@@ -99,12 +99,11 @@ def run_scenario(args: argparse.Namespace) -> int:
         Path(args.html).write_text(render_html(out, s.concept, _command(s.name, out.variant, out.seed)),
                                    encoding="utf-8")
         print(f"\nwrote {args.html}")
-    del SCENARIOS, render_index
     return 0 if out.matches else 1
 
 
 def _run_all(args: argparse.Namespace) -> int:
-    from conclave.lab.registry import SCENARIOS
+    from conclave.lab import registry
     from conclave.lab.render import render_html, render_index
 
     outdir = Path(args.html) if args.html else None
@@ -113,7 +112,7 @@ def _run_all(args: argparse.Namespace) -> int:
     rows = []
     print(f"{'scenario':<30} {'variant':<20} {'verdict':<22} {'expected':<22} {'ops':>5} {'lost writes':>11}")
     bad = 0
-    for s in SCENARIOS.values():
+    for s in registry.SCENARIOS.values():
         for v in s.variants:
             out = s.run(args.seed, v.name)
             flag = "" if out.matches else "   <-- differs"

@@ -163,7 +163,7 @@ def timeline_svg(out: Outcome) -> str:
     rows = len(procs) + len(out.lanes) + len(bands)
     height = 30 + (rows + 2) * lane_h
     bad = failing_ops(out)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 20}" height="{height}" '
+    parts = [f'<svg width="{label_w + plot_w + 20}" height="{height}" '
              f'role="img" aria-label="timeline">']
     top = 24
     plot_bottom = top + rows * lane_h + 2 * lane_h
@@ -243,7 +243,7 @@ def sweep_svg(rows: list[dict[str, float]], xkey: str, ykeys: list[str], title: 
         def py(v: float, ymax: float = ymax) -> float:
             return h - pad + 10 - (h - pad - 10) * v / ymax
         pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(xs, ys, strict=True))
-        s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 10}" role="img" '
+        s = [f'<svg width="{w}" height="{h + 10}" role="img" '
              f'aria-label="{_e(ykey)}">',
              f'<text x="{w / 2}" y="14" text-anchor="middle" font-weight="bold">{_e(ykey)}</text>',
              f'<line x1="{pad}" y1="{h - pad + 10}" x2="{w - 10}" y2="{h - pad + 10}" stroke="#333"/>',
