@@ -39,15 +39,15 @@ class Loop:
 
     def __init__(self) -> None:
         self.now = 0
-        self._queue: list[tuple[int, int, Callable[[], None]]] = []
+        self._queue: list[tuple[int, int, Callable[[], object]]] = []
         self._seq = 0
         self.steps = 0
 
-    def at(self, when: int, fn: Callable[[], None]) -> None:
+    def at(self, when: int, fn: Callable[[], object]) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (max(when, self.now), self._seq, fn))
 
-    def after(self, delay: int, fn: Callable[[], None]) -> None:
+    def after(self, delay: int, fn: Callable[[], object]) -> None:
         self.at(self.now + max(0, delay), fn)
 
     def run(self, until: int) -> None:
@@ -109,7 +109,7 @@ class Net:
         self.links: dict[tuple[str, str], tuple[int, int]] = {}
         self.cuts: set[tuple[str, str]] = set()
         self.down: set[str] = set()
-        self.paused: dict[str, list[Callable[[], None]]] = {}
+        self.paused: dict[str, list[Callable[[], object]]] = {}
         self.sent = 0
         self.lost = 0
         self._bands: dict[str, Band] = {}
@@ -123,7 +123,7 @@ class Net:
         base, jitter = self.links.get((frm, to), (self.base, self.jitter))
         return base + (self.rng.randint(0, jitter) if jitter > 0 else 0)
 
-    def send(self, frm: str, to: str, fn: Callable[[], None], delay: int | None = None) -> None:
+    def send(self, frm: str, to: str, fn: Callable[[], object], delay: int | None = None) -> None:
         """Run ``fn`` at ``to`` after the link's delay, unless the link is cut or a side is down."""
         self.sent += 1
         if frm in self.down or (frm, to) in self.cuts:
@@ -139,7 +139,7 @@ class Net:
 
         self.loop.after(d, arrive)
 
-    def run_at(self, node: str, fn: Callable[[], None]) -> None:
+    def run_at(self, node: str, fn: Callable[[], object]) -> None:
         """Run ``fn`` on ``node`` now, or when it wakes if it is paused; never if it is down."""
         if node in self.down:
             return
@@ -353,7 +353,7 @@ def acked_writes(ops: list[OpRecord], fns: tuple[str, ...] = ("write", "put")) -
     return [o for o in ops if o.f in fns and o.status == "ok"]
 
 
-def lost_register_writes(ops: list[OpRecord], final: dict[str | None, Any]) -> int:
+def lost_register_writes(ops: list[OpRecord], final: dict[Any, Any]) -> int:
     """Acknowledged writes the final state lost: the surviving value (per key) comes from a write that
     finished before the lost one began, or from no acknowledged write at or after it."""
     lost = 0
@@ -383,7 +383,7 @@ class Lab:
     def client(self, name: str, timeout: int = 200) -> Client:
         return Client(name, self.loop, self.rec, timeout)
 
-    def at(self, when: int, fn: Callable[[], None]) -> None:
+    def at(self, when: int, fn: Callable[[], object]) -> None:
         self.loop.at(when, fn)
 
     def finish(self, story: str, expected: str, lanes: list[str], model: str | None = "register",

@@ -79,7 +79,7 @@ def render_text(out: Outcome, timeline: bool = True) -> str:
         for row in out.sweep:
             lines.append("  ".join(f"{row[k]:>14.4g}" for k in keys))
     if timeline:
-        lines += [""] + ascii_timeline(out)
+        lines += ["", *ascii_timeline(out)]
     return "\n".join(lines)
 
 
@@ -110,19 +110,19 @@ def ascii_timeline(out: Outcome) -> list[str]:
         row = ["·"] * WIDTH
         for t, _ in states[1:]:
             row[col(t)] = "^"
-        for b in out.trace.bands:
-            if lane in b.nodes and b.kind in ("crash", "pause"):
-                for k in range(col(b.start), col(b.end if b.end is not None else end) + 1):
-                    row[k] = "X" if b.kind == "crash" else "z"
+        for band in out.trace.bands:
+            if lane in band.nodes and band.kind in ("crash", "pause"):
+                for k in range(col(band.start), col(band.end if band.end is not None else end) + 1):
+                    row[k] = "X" if band.kind == "crash" else "z"
         final = states[-1][1] if states else ""
         rows.append(f"  {lane[:12]:<12} {''.join(row)} {final[:40]}")
-    for b in out.trace.bands:
-        if b.kind in ("crash", "pause") and set(b.nodes) & set(out.lanes):
+    for band in out.trace.bands:
+        if band.kind in ("crash", "pause") and set(band.nodes) & set(out.lanes):
             continue
         row = [" "] * WIDTH
-        for k in range(col(b.start), col(b.end if b.end is not None else end) + 1):
+        for k in range(col(band.start), col(band.end if band.end is not None else end) + 1):
             row[k] = "#"
-        rows.append(f"  {b.kind[:12]:<12} {''.join(row)} {b.label[:40]}")
+        rows.append(f"  {band.kind[:12]:<12} {''.join(row)} {band.label[:40]}")
     return rows
 
 

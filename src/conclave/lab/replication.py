@@ -129,7 +129,10 @@ class Primary:
 
     def read(self, frm: str, key: str, done: Reply) -> None:
         r = self.leader
-        self.net.send(frm, r.name, lambda: self.net.send(r.name, frm, lambda v=r.value(key): done("ok", v)))
+        def at_leader() -> None:
+            value = r.value(key)
+            self.net.send(r.name, frm, lambda: done("ok", value))
+        self.net.send(frm, r.name, at_leader)
 
     def _ship(self) -> None:
         batch = self.log[self.shipped:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conclave.lab.core import LINEARIZABLE, NOT_LINEARIZABLE, Client, Lab, Outcome, Reply, SkewedClock, availability
+from conclave.lab.core import LINEARIZABLE, NOT_LINEARIZABLE, Lab, Outcome, Reply, SkewedClock, availability
 from conclave.lab.raftlab import RaftCluster, client_read, client_write
 from conclave.lab.replication import Replica, push
 from conclave.lab.scenario import Scenario, Variant
@@ -34,14 +34,14 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
 
     for k, name in enumerate(clients):
         lab.at(150 + 7 * k, lambda name=name: loop(name))
-    lab.at(CUT, lambda: lab.net.partition(("n1", "n2", "siteA") + SITE_A, ("n3", "siteB") + SITE_B,
+    lab.at(CUT, lambda: lab.net.partition(("n1", "n2", "siteA", *SITE_A), ("n3", "siteB", *SITE_B),
                                           label="site A | site B"))
     lab.at(HEAL, lab.net.heal)
     lab.loop.run(END)
     ops = lab.rec.ops
     avail_a = availability(ops, set(SITE_A), CUT, HEAL)
     avail_b = availability(ops, set(SITE_B), CUT, HEAL)
-    counts = {"availability site A (cut)": avail_a, "availability site B (cut)": avail_b}
+    counts: dict[str, Any] = {"availability site A (cut)": avail_a, "availability site B (cut)": avail_b}
     if variant == "cp":
         story = (f"Three Raft members, n1 and n2 at site A and n3 at site B, served clients on both sides; at "
                  f"t={CUT} the link between the sites was cut until t={HEAL}. The majority side kept electing, "
@@ -95,7 +95,8 @@ def _ap(lab: Lab) -> Any:
                 push(lab.net, site, [other], "x", stamp, value)
                 lab.net.send(site.name, name, lambda: done("ok", None))
             else:
-                lab.net.send(site.name, name, lambda v=site.value("x"): done("ok", v))
+                got = site.value("x")
+                lab.net.send(site.name, name, lambda: done("ok", got))
         lab.net.send(name, site.name, at_site)
 
     def heal() -> None:
@@ -114,7 +115,7 @@ def _divergence(lab: Lab) -> str:
 
 def _ap_lost(lab: Lab) -> int:
     """Acknowledged writes made during the cut on the site whose value lost the merge."""
-    a, b, _ = _AP.pop(id(lab))
+    a, _b, _ = _AP.pop(id(lab))
     loser = SITE_A if str(a.value("x")).startswith("b") else SITE_B
     return sum(1 for o in lab.rec.ops if o.f == "write" and o.status == "ok" and CUT <= o.call < HEAL
                and o.process in loser)

@@ -28,8 +28,9 @@ def _point(seed: int, variant: str, jitter: int, duration: int) -> tuple[Lab, Ra
         if leader is not None:
             k[0] += 1
             v = k[0]
-            lab.client(name, 400).call("write", v, None, lambda d: client_write(lab.net, name, leader, "x", v, d),
-                                       then=lambda op: lab.loop.after(20, lambda: write(name)))
+            lab.client(name, 400).call(
+                "write", v, None, lambda d: client_write(lab.net, name, leader, "x", v, d),
+                then=lambda op: lab.loop.after(20, lambda: write(name)))
         else:
             lab.loop.after(20, lambda: write(name))
 
@@ -72,10 +73,11 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     lab, cluster = last
     worst, best = rows[-1], rows[0]
     story = (f"Three Raft members (election timeout {ELECTION_MS}-{2 * ELECTION_MS} ms, heartbeat 20 ms) and "
-             f"{CLIENTS} clients writing to the leader ran for {duration / 1000:g} s of virtual time at each network jitter from "
-             f"{jitters[0]} to {jitters[-1]} ms. With no jitter there were {best['elections/min']:.0f} elections per "
-             f"minute and {best['unavailable %']:.1f}% unavailable time; at {jitters[-1]} ms, "
-             f"{worst['elections/min']:.0f} elections per minute, {worst['unavailable %']:.1f}% unavailable and "
+             f"{CLIENTS} clients writing to the leader ran for {duration / 1000:g} s of virtual time at each network "
+             f"jitter from {jitters[0]} to {jitters[-1]} ms. With no jitter there were "
+             f"{best['elections/min']:.0f} elections per minute and {best['unavailable %']:.1f}% unavailable time; "
+             f"at {jitters[-1]} ms, {worst['elections/min']:.0f} elections per minute ({worst['terms/min']:.0f} "
+             f"terms begun), {worst['unavailable %']:.1f}% unavailable and "
              f"{worst['writes/s']:.0f} writes/s against {best['writes/s']:.0f}. Every term had at most one leader "
              f"and every history was linearizable: safety holds while availability collapses as the jitter "
              f"approaches the timeout.")

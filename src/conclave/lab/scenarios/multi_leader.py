@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conclave.lab.core import NOT_LINEARIZABLE, Lab, Outcome, SkewedClock
+from conclave.lab.core import NOT_LINEARIZABLE, Client, Lab, Outcome, Reply, SkewedClock
 from conclave.lab.replication import Replica, push
 from conclave.lab.scenario import Scenario, Variant
 
@@ -19,33 +19,31 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     clocks = {"east": SkewedClock(lab.loop, rng.randint(0, 30)), "west": SkewedClock(lab.loop, rng.randint(0, 30))}
     alice, bob = lab.client("alice"), lab.client("bob")
 
-    def write(client_name: str, site: Replica, other: Replica, value: str) -> None:
-        def at_site() -> None:
-            stamp = (clocks[site.name].now(), site.name)
-            site.store("x", stamp, value)
-            push(net, site, [other], "x", stamp, value)
-            net.send(site.name, client_name, lambda: done("ok", None))
-        c = alice if client_name == "alice" else bob
-        done_ref: list[Any] = []
-        op = c.call("write", value, None, lambda d: (done_ref.append(d), net.send(client_name, site.name, at_site)))
-        del op
+    def write(c: Client, site: Replica, other: Replica, value: str) -> None:
+        def start(done: Reply) -> None:
+            def at_site() -> None:  # accept locally, acknowledge, replicate to the other site
+                stamp = (clocks[site.name].now(), site.name)
+                site.store("x", stamp, value)
+                push(net, site, [other], "x", stamp, value)
+                net.send(site.name, c.name, lambda: done("ok", None))
+            net.send(c.name, site.name, at_site)
+        c.call("write", value, None, start)
 
-        def done(status: str, out: Any) -> None:
-            done_ref[0](status, out)
-
-    def read(client_name: str, site: Replica) -> None:
-        c = alice if client_name == "alice" else bob
-        c.call("read", None, None, lambda d: net.send(client_name, site.name,
-                                                         lambda: net.send(site.name, client_name,
-                                                                          lambda v=site.value("x"): d("ok", v))))
+    def read(c: Client, site: Replica) -> None:
+        def start(done: Reply) -> None:
+            def at_site() -> None:
+                value = site.value("x")
+                net.send(site.name, c.name, lambda: done("ok", value))
+            net.send(c.name, site.name, at_site)
+        c.call("read", None, None, start)
 
     t_b = 5 + rng.randint(0, 10)
-    lab.at(10, lambda: write("alice", east, west, "a"))
-    lab.at(10 + t_b, lambda: write("bob", west, east, "b"))
-    lab.at(40, lambda: read("alice", east))
-    lab.at(42, lambda: read("bob", west))
-    lab.at(400, lambda: read("alice", east))
-    lab.at(402, lambda: read("bob", west))
+    lab.at(10, lambda: write(alice, east, west, "a"))
+    lab.at(10 + t_b, lambda: write(bob, west, east, "b"))
+    lab.at(40, lambda: read(alice, east))
+    lab.at(42, lambda: read(bob, west))
+    lab.at(400, lambda: read(alice, east))
+    lab.at(402, lambda: read(bob, west))
     lab.loop.run(500)
     winner = east.value("x")
     loser = "b" if winner == "a" else "a"
@@ -53,8 +51,9 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
              f"at once and replicated over a {wan} ms link. Right after, each read back its own value, so both "
              f"writes had visibly taken effect; once replication crossed, last-write-wins kept {winner} everywhere "
              f"and silently dropped the acknowledged {loser}: not linearizable.")
-    return lab.finish(story, "", ["east", "west"], counts={"lost writes": 1 if east.value("x") == west.value("x") else 0,
-                                                           "final east": winner, "final west": west.value("x")})
+    converged = east.value("x") == west.value("x")
+    return lab.finish(story, "", ["east", "west"], counts={"lost writes": int(converged), "final east": winner,
+                                                           "final west": west.value("x")})
 
 
 SCENARIO = Scenario(

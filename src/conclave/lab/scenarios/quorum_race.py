@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from conclave.lab.core import LINEARIZABLE, NOT_LINEARIZABLE, Lab, Outcome, SkewedClock, lost_register_writes
+from conclave.lab.core import (
+    LINEARIZABLE,
+    NOT_LINEARIZABLE,
+    Client,
+    Lab,
+    Outcome,
+    SkewedClock,
+    lost_register_writes,
+)
 from conclave.lab.replication import Replica, quorum_read, quorum_write
 from conclave.lab.scenario import Scenario, Variant
 
@@ -24,10 +32,14 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     lab.trace.band("delay", f"writer -> r2, r3 slow ({slow} ms)", 0).end = slow + 40
     repair = variant == "read-repair"
     a_at, b_at = 10 + rng.randint(0, 10), 40 + rng.randint(0, 10)
-    lab.at(0, lambda: writer.call("write", 1, None, lambda d: quorum_write(net, "writer", reps, "x", (1, "writer"), 1, W, d)))
-    lab.at(a_at, lambda: ra.call("read", None, None, lambda d: quorum_read(net, "reader-a", reps[:2], "x", R, d, repair, W)))
-    lab.at(b_at, lambda: rb.call("read", None, None, lambda d: quorum_read(net, "reader-b", reps[1:], "x", R, d, repair, W)))
-    lab.at(400, lambda: rb.call("read", None, None, lambda d: quorum_read(net, "reader-b", reps[1:], "x", R, d, repair, W)))
+    def read(client: Client, quorum: list[Replica]) -> None:
+        client.call("read", None, None, lambda d: quorum_read(net, client.name, quorum, "x", R, d, repair, W))
+
+    lab.at(0, lambda: writer.call("write", 1, None,
+                                  lambda d: quorum_write(net, "writer", reps, "x", (1, "writer"), 1, W, d)))
+    lab.at(a_at, lambda: read(ra, reps[:2]))  # reader A's nearest replicas: r1, r2
+    lab.at(b_at, lambda: read(rb, reps[1:]))  # reader B's: r2, r3
+    lab.at(400, lambda: read(rb, reps[1:]))
     lab.loop.run(600)
     read_a = next(o for o in lab.rec.ops if o.process == "reader-a")
     if repair:
@@ -51,8 +63,12 @@ def _lww(lab: Lab, reps: list[Replica]) -> Outcome:
     w1, w2, rd = lab.client("writer-1"), lab.client("writer-2"), lab.client("reader")
     t2 = 15 + rng.randint(0, 10)
     lab.trace.band("other", f"writer-1's clock is {skew} ms ahead", 0, ("writer-1",))
-    lab.at(0, lambda: w1.call("write", 1, None, lambda d: quorum_write(net, "writer-1", reps, "x", (c1.now(), "writer-1"), 1, W, d)))
-    lab.at(t2, lambda: w2.call("write", 2, None, lambda d: quorum_write(net, "writer-2", reps, "x", (c2.now(), "writer-2"), 2, W, d)))
+    def write(client: Client, clock: SkewedClock, value: int) -> None:
+        client.call("write", value, None,
+                    lambda d: quorum_write(net, client.name, reps, "x", (clock.now(), client.name), value, W, d))
+
+    lab.at(0, lambda: write(w1, c1, 1))
+    lab.at(t2, lambda: write(w2, c2, 2))
     lab.at(t2 + 40, lambda: rd.call("read", None, None, lambda d: quorum_read(net, "reader", reps, "x", R, d)))
     lab.loop.run(300)
     final = {None: reps[0].value("x")}

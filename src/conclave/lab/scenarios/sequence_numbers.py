@@ -52,14 +52,17 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     def seen_at_b(s: Any) -> None:
         stamps["seen"] = stamp("B", s) if variant == "lamport" else None
         trace.state("B", lab.loop.now, f"has question @{s}")
-        lab.at(lab.loop.now, lambda: bob.call("read", None, None, lambda d: net.send(
-            "bob", "B", lambda: net.send("B", "bob", lambda: d("ok", "question"))), then=lambda op: reply()))
+
+        def read(done: Any) -> None:
+            net.send("bob", "B", lambda: net.send("B", "bob", lambda: done("ok", "question")))
+        bob.call("read", None, None, read, then=lambda op: reply())
 
     def reply() -> None:
-        def at_b() -> None:
+        def at_b(done: Any) -> None:
             s = stamps["reply"] = stamp("B")
             trace.state("B", lab.loop.now, f"reply @{s}")
-        bob.call("write", "reply", None, lambda d: net.send("bob", "B", lambda: (at_b(), net.send("B", "bob", lambda: d("ok", None)))))
+            net.send("B", "bob", lambda: done("ok", None))
+        bob.call("write", "reply", None, lambda d: net.send("bob", "B", lambda: at_b(d)))
 
     lab.at(10, lambda: alice.call("write", "question", None, ask))
     lab.loop.run(400)
@@ -88,8 +91,9 @@ def _unique(lab: Lab) -> Outcome:
         lab.at(1, lambda: cluster.campaign(1))
         lab.at(200, lambda: u1.call("cas", [None, "user-1"], "alice",
                                     lambda d: client_cas(net, "user-1", cluster[2], "alice", None, "user-1", d)))
-        lab.at(200 + t2 - 10, lambda: u2.call("cas", [None, "user-2"], "alice",
-                                              lambda d: client_cas(net, "user-2", cluster[3], "alice", None, "user-2", d)))
+        lab.at(200 + t2 - 10, lambda: u2.call(
+            "cas", [None, "user-2"], "alice",
+            lambda d: client_cas(net, "user-2", cluster[3], "alice", None, "user-2", d)))
         lab.loop.run(700)
         winner = cluster[1].store.get("alice")
         story = (f"User 1 asked node n2 and user 2 asked node n3 for the name 'alice' {t2 - 10} ms apart. Both "
@@ -108,9 +112,12 @@ def _unique(lab: Lab) -> Outcome:
             claims[node].append((stamp, user))
             lab.trace.state(node, lab.loop.now, f"alice -> {user} @{stamp[0]}")
             other = "B" if node == "A" else "A"
-            net.send(node, other, lambda: (nodes[other].seen(stamp[0]), claims[other].append((stamp, user)),
-                                           lab.trace.state(other, lab.loop.now, "conflict: " + ", ".join(
-                                               f"{u}@{s[0]}{s[1]}" for s, u in sorted(claims[other])))))
+            def at_other() -> None:  # the claim reaches the other node: only now is the conflict visible
+                nodes[other].seen(stamp[0])
+                claims[other].append((stamp, user))
+                shown = ", ".join(f"{u}@{s[0]}{s[1]}" for s, u in sorted(claims[other]))
+                lab.trace.state(other, lab.loop.now, "conflict: " + shown)
+            net.send(node, other, at_other)
             net.send(node, user, lambda: done("ok", None))  # nothing known contradicts it: accept
         net.send(user, node, at_node)
 

@@ -47,8 +47,9 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
                  f"from what it had applied: {stale} of {len(reads)} reads were stale. Total order broadcast made "
                  f"the writes linearizable, not the reads: not linearizable.")
     else:
-        what = "a ReadIndex (the leader confirms its leadership with a quorum heartbeat, n3 waits until it has " \
-               "applied that far)" if how == "read-index" else "a read entry through the log, answered when n3 applies it"
+        what = ("a ReadIndex (the leader confirms its leadership with a quorum heartbeat, n3 waits until it has "
+                "applied that far)" if how == "read-index" else "a read entry through the log, answered when n3 "
+                "applies it")
         story = (f"The same writes through n1's log, the same reader asking the lagging n3 ({lag} ms behind). Each "
                  f"read now went through {what}. No read was stale ({stale} of {len(reads)}), at the price of a "
                  f"round trip to the leader: linearizable.")

@@ -113,10 +113,10 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
         t += 60 + rng.randint(0, 40)
     lab.loop.run(t + 600)
     if local:
-        story = (f"Each node applied the writes it delivered from the counter-based total order broadcast, but "
-                 f"answered reads from its own copy at once. Client 1's write of 1 was acknowledged by r1 and then "
-                 f"client 3 read r3, which hears everything 120 ms late, and saw nothing. A register built from total "
-                 f"order broadcast is linearizable only if reads go through the broadcast too: not linearizable.")
+        story = ("Each node applied the writes it delivered from the counter-based total order broadcast, but "
+                 "answered reads from its own copy at once. Client 1's write of 1 was acknowledged by r1 and then "
+                 "client 3 read r3, which hears everything 120 ms late, and saw nothing. A register built from total "
+                 "order broadcast is linearizable only if reads go through the broadcast too: not linearizable.")
     else:
         story = (f"A register on top of the counter-based total order broadcast: every write and every read is a "
                  f"broadcast message, and a node answers its client when it delivers that client's message. All "
