@@ -7,7 +7,7 @@ import pytest
 from conclave.lab.registry import SCENARIOS
 from conclave.lab.render import render_text
 
-SMALL = {"election-timeouts": {"duration": 600, "jitters": "0,300"}}
+SMALL = {"election-timeouts": {"duration": 600, "jitters": "0,300", "repeats": 1}}
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

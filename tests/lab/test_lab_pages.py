@@ -64,7 +64,7 @@ def well_formed(page: str) -> Checker:
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_every_page_is_self_contained_and_well_formed(name: str) -> None:
     s = SCENARIOS[name]
-    opts = {"duration": 600, "jitters": "0,150,300"} if name == "election-timeouts" else {}
+    opts = {"duration": 600, "jitters": "0,150,300", "repeats": 1} if name == "election-timeouts" else {}
     for v in s.variants:
         out = s.run(2, v.name, **opts)
         c = well_formed(render_html(out, s.concept, "conclave lab run"))
@@ -102,6 +102,7 @@ def test_run_all_table_pages_and_exit_status(capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(SCENARIOS["election-timeouts"].options, "duration", 600)
     monkeypatch.setitem(SCENARIOS["election-timeouts"].options, "jitters", "0,300")
+    monkeypatch.setitem(SCENARIOS["election-timeouts"].options, "repeats", 1)
     assert main(["lab", "run", "all", "--html", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "all verdicts as expected" in table

@@ -11,7 +11,7 @@ from conclave.lab.scenario import LabError
 
 SEEDS = range(20)
 # The sweep is long by default; its verdict (safety) is checked on short runs.
-SMALL: dict[str, dict[str, Any]] = {"election-timeouts": {"duration": 600, "jitters": "0,300"}}
+SMALL: dict[str, dict[str, Any]] = {"election-timeouts": {"duration": 600, "jitters": "0,300", "repeats": 1}}
 CASES = [(s.name, v.name) for s in SCENARIOS.values() for v in s.variants]
 # Variants that must lose at least one acknowledged write, and their fixed counterparts that never do.
 LOSES = {("quorum-race", "lww"), ("async-failover", "async"), ("multi-leader", "lww"), ("cap-partition", "ap"),
@@ -60,7 +60,7 @@ def test_counts_tell_the_story() -> None:
 
 
 def test_the_sweep_shows_availability_collapsing() -> None:
-    out = SCENARIOS["election-timeouts"].run(1, duration=1500, jitters="0,300")
+    out = SCENARIOS["election-timeouts"].run(1, duration=1500, jitters="0,300", repeats=1)
     assert out.sweep is not None
     calm, wild = out.sweep
     assert calm["unavailable %"] < 20 < wild["unavailable %"]
