@@ -47,6 +47,14 @@ def op_label(o: OpRecord) -> str:
     return text
 
 
+def short_label(o: OpRecord) -> str:
+    """The label drawn on a bar: w:1, r:1, cas:nil→2, with ✗ for failed and ? for unknown."""
+    head = {"write": "w", "read": "r", "put": "w", "get": "r"}.get(o.f, o.f)
+    shown = o.output if o.f in ("read", "get") else o.value
+    text = f"{head}:{_show(shown)}" if o.status == "ok" or o.f not in ("read", "get") else head
+    return text + {"fail": "✗", "info": "?", "open": "?"}.get(o.status, "")
+
+
 def _show(v: Any) -> str:
     if v is None:
         return "nil"
@@ -138,6 +146,7 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 6px}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 pre{background:#f6f6f6;padding:10px;overflow-x:auto;font-size:12px}
 svg text{font:11px system-ui,sans-serif}
+.scroll{overflow-x:auto}
 .legend span{display:inline-block;margin-right:14px}
 .sw{display:inline-block;width:12px;height:10px;margin-right:4px;vertical-align:middle}
 """
@@ -152,8 +161,10 @@ def _e(text: object) -> str:
 
 
 def timeline_svg(out: Outcome) -> str:
-    label_w, plot_w, lane_h = 120, 960, 26
+    label_w, lane_h = 120, 26
     end = max(out.end, 1)
+    per_lane = max([sum(1 for o in out.ops if o.process == p) for p in processes(out)] or [0])
+    plot_w = min(2400, max(960, 90 * per_lane))  # room for a short label by each bar
 
     def x(t: float) -> float:
         return label_w + plot_w * min(max(t, 0), end) / end
@@ -183,17 +194,24 @@ def timeline_svg(out: Outcome) -> str:
     y += lane_h
     for p in procs:
         parts.append(f'<text x="4" y="{y + 16}">{_e(p)}</text>')
-        for o in (o for o in out.ops if o.process == p):
+        mine = [o for o in out.ops if o.process == p]
+        for n, o in enumerate(mine):
             x0 = x(o.call)
             x1 = x(o.ret) if o.ret is not None else x(end)
             w = max(x1 - x0, 4)
+            label = short_label(o)
+            next_x = x(mine[n + 1].call) if n + 1 < len(mine) else label_w + plot_w + 20
+            if len(label) * 6 + 4 <= w:
+                text = _fit(label, x0, w, y)
+            else:  # beside the bar, in the room before the next call
+                text = _fit(label, x0 + w + 1, next_x - x0 - w - 2, y)
             fill = _COLORS.get(o.status, "#ccc")
             stroke = ' stroke="#c0241a" stroke-width="3"' if o.id in bad else ' stroke="#555" stroke-width="0.6"'
             dash = ' stroke-dasharray="4 3"' if o.ret is None else ""
             tip = f"{p}: {op_label(o)} [{o.call}, {o.ret if o.ret is not None else '…'}] ms ({o.status})"
             parts.append(f'<g><title>{_e(tip)}</title><rect x="{x0:.1f}" y="{y + 3}" width="{w:.1f}" '
                          f'height="{lane_h - 6}" rx="3" fill="{fill}"{stroke}{dash}/>'
-                         f'<text x="{x0 + 3:.1f}" y="{y + 17}">{_e(op_label(o))}</text></g>')
+                         f'{text}</g>')
         y += lane_h
     parts.append(f'<text x="4" y="{y + 14}" font-weight="bold">replicas</text>')
     y += lane_h
@@ -208,7 +226,7 @@ def timeline_svg(out: Outcome) -> str:
             parts.append(f'<g><title>{_e(f"{lane} from {t} ms: {text}")}</title>'
                          f'<rect x="{x0:.1f}" y="{y + 3}" width="{max(x1 - x0, 1):.1f}" height="{lane_h - 6}" '
                          f'fill="{fill}" stroke="#bbb" stroke-width="0.5"/>'
-                         f'<text x="{x0 + 2:.1f}" y="{y + 17}">{_e(text[:max(1, int((x1 - x0) / 6))])}</text></g>')
+                         f'{_fit(text, x0, x1 - x0, y)}</g>')
         for b in bands:
             if lane in b.nodes and b.kind in ("crash", "pause"):
                 x0, x1 = x(b.start), x(b.end if b.end is not None else end)
@@ -226,6 +244,15 @@ def timeline_svg(out: Outcome) -> str:
         y += lane_h
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _fit(label: str, x0: float, width: float, y: float) -> str:
+    """The label inside its bar, cut to what fits (about 6 px a character); the tooltip has it whole."""
+    room = int((width - 4) / 6)
+    if room < 3:
+        return ""
+    text = label if len(label) <= room else label[:room - 1] + "…"
+    return f'<text x="{x0 + 2:.1f}" y="{y + 17}">{_e(text)}</text>'
 
 
 def sweep_svg(rows: list[dict[str, float]], xkey: str, ykeys: list[str], title: str) -> str:
@@ -295,7 +322,7 @@ def render_html(out: Outcome, concept: str = "", command: str = "") -> str:
 <h2>Counts</h2><table>{counts}</table>
 {sweep}
 <h2>Timeline</h2><p class="legend">{legend}</p>
-{timeline_svg(out)}
+<div class="scroll">{timeline_svg(out)}</div>
 {failing}
 <h2>Explanation</h2><pre>{_e(out.explanation)}</pre>
 {f"<h2>Events</h2><ul>{notes}</ul>" if notes else ""}

@@ -75,13 +75,13 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     lab, cluster = last
     worst, best = rows[-1], rows[0]
     story = (f"Three Raft members (election timeout {ELECTION_MS}-{2 * ELECTION_MS} ms, heartbeat 20 ms) and "
-             f"{CLIENTS} clients writing to the leader ran {repeats} times for {duration / 1000:g} s of virtual time at each network "
-             f"jitter from {jitters[0]} to {jitters[-1]} ms. With no jitter there were "
+             f"{CLIENTS} clients writing to the leader ran {repeats} times for {duration / 1000:g} s of virtual "
+             f"time at each network jitter from {jitters[0]} to {jitters[-1]} ms. With no jitter there were "
              f"{best['elections/min']:.0f} elections per minute and {best['unavailable %']:.1f}% unavailable time; "
              f"at {jitters[-1]} ms, {worst['elections/min']:.0f} elections per minute ({worst['terms/min']:.0f} "
-             f"terms begun), {worst['unavailable %']:.1f}% unavailable and "
-             f"{worst['writes/s']:.0f} writes/s against {best['writes/s']:.0f}, averaged over the runs. Every term had at most one leader "
-             f"and every history was linearizable: safety holds while availability collapses as the jitter "
+             f"terms begun), {worst['unavailable %']:.1f}% unavailable and {worst['writes/s']:.0f} writes/s "
+             f"against {best['writes/s']:.0f}, averaged over the runs. Every term had at most one leader and "
+             f"every history was linearizable: safety holds while availability collapses as the jitter "
              f"approaches the timeout.")
     out = lab.finish(story, "", cluster.names, verdict=SAFE if safe else "unsafe",
                      counts={"points": len(rows), "election safety": cluster.election_safe(),
