@@ -9,11 +9,14 @@ Messages travel over the lab's ``Net`` between nodes named ``n1``, ``n2``..., so
 and crashes are the lab's. A crash drops the member's volatile state; a restart builds a fresh
 ``RaftNode`` from the disk, which replays the committed log into an empty store.
 
-The state machine is a small register map: an entry is a JSON command ``{"op", "key", "value",
-"origin", "id"}`` (``put``, ``cas``, ``read``, ``decide``); applying it answers the client waiting
-on the origin member. ``read_index`` serves a linearizable read through Raft's ReadIndex;
-``local_read`` reads whatever this member has applied (a serializable, possibly stale, read).
-Leaders are recorded per term, so election safety can be asserted by a scenario.
+The state machine is Conclave's own (``conclave.machine.StateMachine`` over the MVCC store, the one
+the server runs): a client command (``put``, ``puts``, ``cas``, ``decide``, ``read``) becomes an etcd
+request (a Put, or a Txn with a compare), framed with ``machine.entry.encode_batch`` under the
+member's ``(origin, seq)`` (seq numbers start at ``entry.seq_base(incarnation)``, so a restarted
+member's proposals are never mistaken for replays); applying it answers the client waiting on the
+origin member. Values are JSON in the store. ``read_index`` serves a linearizable read through
+Raft's ReadIndex; ``local_read`` reads whatever this member has applied (a serializable, possibly
+stale, read). Leaders are recorded per term, so election safety can be asserted by a scenario.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conclave.kv import types as kt
 from conclave.lab.core import Loop, Net, Trace
+from conclave.machine import StateMachine
+from conclave.machine import entry as machine_entry
 from conclave.raft.errors import RaftError
 from conclave.raft.node import RaftNode
-from conclave.raft.types import Config, ConfState, Entry, EntryType, HardState, Message, PersistedState, Role
+from conclave.raft.types import Config, ConfState, Entry, HardState, Message, PersistedState, Role
 
 Done = Callable[[str, Any], None]  # ("ok" | "fail", output)
 
@@ -63,9 +69,10 @@ class Member:
         self.incarnation = 0
         self.up = True
         self.node: RaftNode
-        self.store: dict[str, Any] = {}
+        self.machine = StateMachine()
         self.applied = 0
         self._seq = 0
+        self._view: tuple[int, dict[str, Any]] = (-1, {})
         self._pending: dict[int, Done] = {}
         self._reads: dict[bytes, Done] = {}
         self._waiting: list[tuple[int, Callable[[], None]]] = []
@@ -79,12 +86,13 @@ class Member:
         persisted = PersistedState(hard_state=self.disk.hard_state, entries=tuple(self.disk.entries),
                                    conf_state=ConfState(voters=frozenset(c.ids)))
         self.node = RaftNode(cfg, persisted, random.Random(c.seed * 7919 + self.id * 104729 + self.incarnation))
-        self.store = {}
+        self.machine = StateMachine()
         self.applied = 0
         self._pending.clear()
         self._reads.clear()
         self._waiting.clear()
         self.incarnation += 1
+        self._seq = machine_entry.seq_base(self.incarnation)
         inc = self.incarnation
         self.cluster.loop.after(c.tick_ms, lambda: self._tick(inc))
         self._publish()
@@ -144,18 +152,22 @@ class Member:
                 c.trace.note(c.loop.now, f"{self.name} becomes leader in term {n.term}")
 
     def _apply(self, e: Entry) -> None:
+        out = self.machine.apply(e, self.cluster.loop.now)
         self.applied = e.index
-        if e.type != EntryType.NORMAL or not e.data:
-            self._run_waiting()
-            return
-        cmd = json.loads(e.data)
-        result = self.cluster.apply(self.store, cmd)
-        if cmd.get("origin") == self.id:
-            done = self._pending.pop(cmd["id"], None)
-            if done is not None:
-                done(*result)
-        self.cluster.applied_log.setdefault(self.id, []).append((e.index, cmd))
+        for r in out.results:
+            if r.origin == self.id:
+                done = self._pending.pop(r.seq, None)
+                if done is not None:
+                    done(*answer(r.command, r.response))
         self._run_waiting()
+
+    @property
+    def store(self) -> dict[str, Any]:
+        """What this member has applied, as {key: value} (values decoded from JSON)."""
+        if self._view[0] != self.applied:
+            resp = self.machine.store.range(kt.RangeRequest(key=b"\0", range_end=b"\0", serializable=True))
+            self._view = (self.applied, {kv.key.decode(): json.loads(kv.value) for kv in resp.kvs})
+        return self._view[1]
 
     def when_applied(self, index: int, fn: Callable[[], None]) -> None:
         if self.applied >= index:
@@ -176,9 +188,8 @@ class Member:
         if not self.up:
             return
         self._seq += 1
-        body = dict(cmd, origin=self.id, id=self._seq)
         try:
-            self.node.propose(json.dumps(body, sort_keys=True).encode())
+            self.node.propose(machine_entry.encode_batch(self.id, [(self._seq, command(cmd))]))
         except RaftError:
             done("fail", "no leader")
             return
@@ -220,25 +231,48 @@ class Member:
         self._start()
 
 
-Apply = Callable[[dict[str, Any], dict[str, Any]], tuple[str, Any]]
+def _put(key: str, value: Any) -> kt.RequestOp:
+    return kt.RequestOp(request_put=kt.PutRequest(key=key.encode(), value=json.dumps(value).encode()))
 
 
-def apply_register(store: dict[str, Any], cmd: dict[str, Any]) -> tuple[str, Any]:
-    """The default state machine: put / cas / read / decide (first decision wins) on a register map."""
+def _range(key: str) -> kt.RequestOp:
+    return kt.RequestOp(request_range=kt.RangeRequest(key=key.encode()))
+
+
+def command(cmd: dict[str, Any]) -> kt.PutRequest | kt.TxnRequest:
+    """A lab command as the etcd request the state machine applies.
+
+    ``put``: a Put. ``puts``: one Txn putting every key of ``value`` (atomically). ``cas``: a Txn
+    whose compare is the value (or, for nil, that the key does not exist), putting the new value on
+    success and reading the key on failure. ``decide``: the same with "does not exist" (the first
+    decision wins). ``read``: a Txn that only reads, so a read through the log.
+    """
     op, key = cmd["op"], cmd.get("key", "")
     if op == "put":
-        store[key] = cmd["value"]
-        return "ok", None
-    if op == "cas":
-        expected, new = cmd["value"]
-        if store.get(key) == expected:
-            store[key] = new
-            return "ok", None
-        return "fail", store.get(key)
-    if op == "decide":
-        store.setdefault(key, cmd["value"])
-        return "ok", store[key]
-    return "ok", store.get(key)  # "read": a read through the log
+        return kt.PutRequest(key=key.encode(), value=json.dumps(cmd["value"]).encode())
+    if op == "puts":
+        return kt.TxnRequest(success=tuple(_put(k, v) for k, v in sorted(cmd["value"].items())))
+    if op in ("cas", "decide"):
+        expected, new = cmd["value"] if op == "cas" else (None, cmd["value"])
+        compare = (kt.Compare(kt.CompareResult.EQUAL, kt.CompareTarget.CREATE, key.encode(), create_revision=0)
+                   if expected is None else
+                   kt.Compare(kt.CompareResult.EQUAL, kt.CompareTarget.VALUE, key.encode(),
+                              value=json.dumps(expected).encode()))
+        return kt.TxnRequest(compare=(compare,), success=(_put(key, new), _range(key)), failure=(_range(key),))
+    return kt.TxnRequest(success=(_range(key),))
+
+
+def answer(cmd: object, response: object) -> tuple[str, Any]:
+    """The client's answer to an applied command: ("ok" | "fail", value read, if any)."""
+    if isinstance(cmd, kt.TxnRequest) and isinstance(response, kt.TxnResponse):
+        value = None
+        for r in response.responses:
+            if r.response_range is not None and r.response_range.kvs:
+                value = json.loads(r.response_range.kvs[0].value)
+        if cmd.compare and not response.succeeded:
+            return "fail", value
+        return "ok", value
+    return "ok", None
 
 
 class RaftCluster:
@@ -246,18 +280,16 @@ class RaftCluster:
 
     def __init__(self, loop: Loop, net: Net, trace: Trace, seed: int, ids: tuple[int, ...] = (1, 2, 3),
                  tick_ms: int = 10, election_tick: int = 10, heartbeat_tick: int = 2,
-                 pre_vote: bool = True, check_quorum: bool = True, apply: Apply = apply_register,
+                 pre_vote: bool = True, check_quorum: bool = True,
                  show_store: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.loop, self.net, self.trace, self.seed = loop, net, trace, seed
         self.ids = ids
         self.tick_ms, self.election_tick, self.heartbeat_tick = tick_ms, election_tick, heartbeat_tick
         self.pre_vote, self.check_quorum = pre_vote, check_quorum
-        self.apply = apply
         self.show_store: Callable[[dict[str, Any]], str] = show_store or (
             lambda s: " ".join(f"{k}={v}" for k, v in sorted(s.items())))
         self.leaders: dict[int, set[int]] = {}
         self.last_role: dict[int, tuple[Role, int]] = {}
-        self.applied_log: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         self.elections = 0
         self.messages = 0
         self.members: dict[int, Member] = {}

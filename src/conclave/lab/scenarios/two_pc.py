@@ -126,7 +126,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
             return
         if lab.loop.now - tpc.since[p] >= 100:
             cluster[member].propose({"op": "decide", "key": "tx1", "value": "abort"},
-                                    lambda s, o: tpc.learn(p, "tx1", o) if s == "ok" else None)
+                                    lambda s, o: tpc.learn(p, "tx1", o) if o in ("commit", "abort") else None)
         lab.loop.after(60, lambda: participant_asks(p, member))
 
     if cluster is not None:
