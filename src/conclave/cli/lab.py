@@ -51,12 +51,14 @@ def register(sub: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from conclave.lab.registry import SCENARIOS
+    from conclave.lab.registry import ALIASES, SCENARIOS
 
     for s in SCENARIOS.values():
         print(f"{s.name:<32} {s.summary}")
         for v in s.variants:
             print(f"    {v.name:<28} expect {v.expected:<24} {v.summary}")
+    for alias, (name, variant) in ALIASES.items():
+        print(f"{alias:<32} = {name} --variant {variant}")
     return 0
 
 
@@ -80,7 +82,7 @@ def _command(name: str, variant: str, seed: int) -> str:
 
 
 def run_scenario(args: argparse.Namespace) -> int:
-    from conclave.lab.registry import scenario_named
+    from conclave.lab.registry import ALIASES, scenario_named
     from conclave.lab.render import render_html, render_text
     from conclave.lab.scenario import LabError
 
@@ -88,6 +90,8 @@ def run_scenario(args: argparse.Namespace) -> int:
         return _run_all(args)
     try:
         variant = _variant(args)
+        if args.name in ALIASES and variant is None:
+            variant = ALIASES[args.name][1]
         s = scenario_named(args.name)
         opts = {"recover_after": args.recover_after} if args.recover_after is not None else {}
         out = s.run(args.seed, variant, **opts)

@@ -36,8 +36,12 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 
+# Names the issue and the docs also use for one variant of a scenario.
+ALIASES: dict[str, tuple[str, str]] = {"quorum-lww": ("quorum-race", "lww")}
+
+
 def scenario_named(name: str) -> Scenario:
     try:
-        return SCENARIOS[name]
+        return SCENARIOS[ALIASES[name][0] if name in ALIASES else name]
     except KeyError:
         raise LabError(f"unknown scenario {name!r}; `conclave lab list` shows them") from None

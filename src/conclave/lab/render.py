@@ -153,7 +153,7 @@ svg text{font:11px system-ui,sans-serif}
 
 _COLORS = {"ok": "#8fc98a", "fail": "#c8c8c8", "info": "#f2c37a", "open": "#f2c37a"}
 _BANDS = {"partition": "#5b8def", "crash": "#d9534f", "pause": "#9b59b6", "delay": "#e0a030",
-          "lease": "#2aa198", "other": "#888888"}
+          "lease": "#2aa198", "doubt": "#c2185b", "other": "#888888"}
 
 
 def _e(text: object) -> str:

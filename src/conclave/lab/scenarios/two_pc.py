@@ -26,6 +26,7 @@ class TwoPC:
         self.log: dict[str, str] = {}  # the coordinator's durable decisions
         self.after_votes: Callable[[str], bool] = lambda tx: True  # False: stop here (a crash)
         self.committed = 0
+        self._doubt: dict[str, Any] = {}
         for p in (coord, *parts):
             self._show(p, "idle")
 
@@ -65,6 +66,8 @@ class TwoPC:
         ok = self.status[p] not in ("prepared",)
         if ok:
             self.status[p], self.since[p] = "prepared", self.lab.loop.now
+            self._doubt[p] = self.lab.trace.band("doubt", f"{p} in doubt, holding the lock", self.lab.loop.now,
+                                                 (f"tx@{p}",))
             self._show(p, f"{tx}: prepared, in doubt, holding the lock")
         self.lab.net.send(p, self.coord, lambda: vote(ok))
 
@@ -76,6 +79,9 @@ class TwoPC:
         if self.status[p] != "prepared":
             return
         self.doubt_ms[p] += self.lab.loop.now - self.since[p]
+        band = self._doubt.pop(p, None)
+        if band is not None:
+            band.end = self.lab.loop.now
         self.status[p] = "committed" if outcome == "commit" else "aborted"
         self.committed += outcome == "commit" and p == self.parts[0]
         self._show(p, f"{tx}: {self.status[p]}, lock released")
@@ -137,6 +143,8 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     lab.loop.run(END)
     tpc.close()
     doubt = tpc.in_doubt()
+    if doubt:
+        lab.trace.note(END, f"still in doubt: {', '.join(doubt)}")
     outcomes = {tpc.status[p] for p in tpc.parts}
     verdict = "blocked" if doubt else ("completed" if len(outcomes) == 1 else "inconsistent")
     counts: dict[str, Any] = {f"in doubt ms {p}": tpc.doubt_ms[p] for p in tpc.parts}

@@ -50,13 +50,17 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
                        and CUT + 10 < o.call < HEAL)
     new_term = max(t for t, ids in cluster.leaders.items() if ids)
     story = (f"n1 led term {seen['term']} when it was cut off with its client at t={CUT}; it went on appending the "
-             f"client's writes ({seen.get('zombie', 0)} entries in term {seen['term']}) but could never commit them "
+             f"client's writes ({_n(seen.get('zombie', 0), 'entry', 'entries')} in term {seen['term']}) but could never commit them "
              f"without a majority. n2 and n3 elected a leader in term {new_term} and kept committing; on healing n1 "
              f"learned the higher term, stepped down and its uncommitted entries were overwritten. No zombie write "
              f"was acknowledged ({zombie_acked}) or ever read: terms and quorums keep the history linearizable.")
     return lab.finish(story, "", cluster.names, counts={
         "zombie entries appended": seen.get("zombie", 0), "zombie writes acknowledged": zombie_acked,
         "old term": seen["term"], "new term": new_term, "election safety": cluster.election_safe()})
+
+
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 SCENARIO = Scenario(
