@@ -50,8 +50,8 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
                        and CUT + 10 < o.call < HEAL)
     new_term = max(t for t, ids in cluster.leaders.items() if ids)
     story = (f"n1 led term {seen['term']} when it was cut off with its client at t={CUT}; it went on appending the "
-             f"client's writes ({_n(seen.get('zombie', 0), 'entry', 'entries')} in term {seen['term']}) but could never commit them "
-             f"without a majority. n2 and n3 elected a leader in term {new_term} and kept committing; on healing n1 "
+             f"client's writes ({_n(seen.get('zombie', 0), 'entry', 'entries')} in term {seen['term']}) but could "
+             f"never commit them without a majority. n2 and n3 elected a leader in term {new_term} and kept committing; on healing n1 "
              f"learned the higher term, stepped down and its uncommitted entries were overwritten. No zombie write "
              f"was acknowledged ({zombie_acked}) or ever read: terms and quorums keep the history linearizable.")
     return lab.finish(story, "", cluster.names, counts={
