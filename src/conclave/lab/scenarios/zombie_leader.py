@@ -49,11 +49,12 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     zombie_acked = sum(1 for o in lab.rec.ops if o.process == "zombie-client" and o.f == "write" and o.status == "ok"
                        and CUT + 10 < o.call < HEAL)
     new_term = max(t for t, ids in cluster.leaders.items() if ids)
-    story = (f"n1 led term {seen['term']} when it was cut off with its client at t={CUT}; it went on appending the "
-             f"client's writes ({_n(seen.get('zombie', 0), 'entry', 'entries')} in term {seen['term']}) but could "
-             f"never commit them without a majority. n2 and n3 elected a leader in term {new_term} and kept committing; on healing n1 "
-             f"learned the higher term, stepped down and its uncommitted entries were overwritten. No zombie write "
-             f"was acknowledged ({zombie_acked}) or ever read: terms and quorums keep the history linearizable.")
+    appended = _n(seen.get("zombie", 0), "entry", "entries")
+    story = (f"n1 led term {seen['term']} when it was cut off with its client at t={CUT}; it went on appending "
+             f"the client's writes ({appended} in term {seen['term']}) but could never commit them without a "
+             f"majority. n2 and n3 elected a leader in term {new_term} and kept committing; on healing n1 learned "
+             f"the higher term, stepped down and its uncommitted entries were overwritten. No zombie write was "
+             f"acknowledged ({zombie_acked}) or ever read: terms and quorums keep the history linearizable.")
     return lab.finish(story, "", cluster.names, counts={
         "zombie entries appended": seen.get("zombie", 0), "zombie writes acknowledged": zombie_acked,
         "old term": seen["term"], "new term": new_term, "election safety": cluster.election_safe()})
