@@ -25,6 +25,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from conclave.kv import types as kt
@@ -132,7 +133,7 @@ class Member:
             for rs in rd.read_states:
                 done = self._reads.pop(rs.context, None)
                 if done is not None:
-                    self.when_applied(rs.index, lambda d=done, rs=rs: d("ok", rs.index))
+                    self.when_applied(rs.index, partial(done, "ok", rs.index))
             self.node.advance(rd)
         self._publish()
 

@@ -17,6 +17,7 @@ versioning when it is a counter. The replication schemes are small functions ove
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from conclave.lab.core import Loop, Net, Reply, Trace
@@ -122,9 +123,11 @@ class Primary:
                 acks[0] += 1
                 if acks[0] == len(self.followers):
                     self.net.send(self.leader.name, frm, lambda: done("ok", None))
+            def at_follower(f: Replica) -> None:
+                f.store(key, stamp, value)
+                self.net.send(f.name, self.leader.name, ack)
             for f in self.followers:
-                self.net.send(self.leader.name, f.name,
-                              lambda f=f: (f.store(key, stamp, value), self.net.send(f.name, self.leader.name, ack)))
+                self.net.send(self.leader.name, f.name, partial(at_follower, f))
         self.net.send(frm, self.leader.name, at_leader)
 
     def read(self, frm: str, key: str, done: Reply) -> None:
@@ -139,7 +142,7 @@ class Primary:
         self.shipped = len(self.log)
         for f in self.followers:
             for key, stamp, value in batch:
-                self.net.send(self.leader.name, f.name, lambda f=f, k=key, s=stamp, v=value: f.store(k, s, v))
+                self.net.send(self.leader.name, f.name, partial(f.store, key, stamp, value))
         self.loop.after(self.ship_every, self._ship)
 
 
@@ -147,4 +150,4 @@ def push(net: Net, frm: Replica, to: list[Replica], key: str, stamp: Stamp, valu
          after: Callable[[], None] | None = None) -> None:
     """Multi-leader replication: send one accepted write to the other sites."""
     for r in to:
-        net.send(frm.name, r.name, lambda r=r: r.store(key, stamp, value))
+        net.send(frm.name, r.name, partial(r.store, key, stamp, value))

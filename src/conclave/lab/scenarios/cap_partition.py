@@ -3,6 +3,7 @@ ap (local replicas): both sides serve, the history is not, and the sites diverge
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from conclave.lab.core import LINEARIZABLE, NOT_LINEARIZABLE, Lab, Outcome, Reply, SkewedClock, availability
@@ -33,7 +34,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
         lab.loop.after(30 + lab.rng.randint(0, 20), lambda: loop(name))
 
     for k, name in enumerate(clients):
-        lab.at(150 + 7 * k, lambda name=name: loop(name))
+        lab.at(150 + 7 * k, partial(loop, name))
     lab.at(CUT, lambda: lab.net.partition(("n1", "n2", "siteA", *SITE_A), ("n3", "siteB", *SITE_B),
                                           label="site A | site B"))
     lab.at(HEAL, lab.net.heal)

@@ -3,6 +3,7 @@ elections per minute, throughput and unavailable time; safety holds, availabilit
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from conclave.lab.core import Lab, Outcome, check_history
@@ -46,7 +47,7 @@ def _point(seed: int, variant: str, jitter: int, duration: int) -> tuple[Lab, Ra
         lab.loop.after(10, sample)
 
     for c in range(CLIENTS):
-        lab.at(10 + 3 * c, lambda c=c: write(f"client-{c}"))
+        lab.at(10 + 3 * c, partial(write, f"client-{c}"))
     lab.at(10, sample)
     lab.loop.run(duration + 200)
     acked = sum(1 for o in lab.rec.ops if o.status == "ok")

@@ -3,6 +3,7 @@ the first wakes and writes: the storage is corrupted. --fencing: the storage rej
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from conclave.lab.core import Lab, Outcome
@@ -29,7 +30,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
             if lock["holder"] is None or lock["until"] <= now:
                 lock.update(holder=name, until=now + TTL, token=lock["token"] + 1)
                 trace.state(lock_lane, now, f"held by {name}, token {lock['token']}, lease to {now + TTL}")
-                net.send(lock_lane, name, lambda t=lock["token"]: done("ok", t))
+                net.send(lock_lane, name, partial(done, "ok", lock["token"]))
             else:
                 net.send(lock_lane, name, lambda: done("fail", None))
         net.send(name, lock_lane, at_lock)

@@ -4,6 +4,7 @@ and a linearizable register from total order broadcast: the two are equivalent (
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from conclave.lab.core import LINEARIZABLE, NOT_LINEARIZABLE, Lab, Outcome
@@ -40,7 +41,7 @@ class Tob:
 
     def _send_all(self, sender: str, n: int, msg: Any) -> None:
         for r in REPLICAS:
-            self.lab.net.send(sender, r, lambda r=r: self._arrive(r, n, msg), delay=0 if r == sender else None)
+            self.lab.net.send(sender, r, partial(self._arrive, r, n, msg), delay=0 if r == sender else None)
 
     def _arrive(self, r: str, n: int, msg: Any) -> None:
         self.held[r][n] = msg
@@ -62,7 +63,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
         tob = Tob(lab, lambda r, n, m: lab.trace.state(r, lab.loop.now, f"delivered #{n}"))
         for k in range(12):
             sender = REPLICAS[k % 3]
-            lab.at(10 + rng.randint(0, 200), lambda s=sender, k=k: tob.broadcast(s, f"m{k}"))
+            lab.at(10 + rng.randint(0, 200), partial(tob.broadcast, sender, f"m{k}"))
         lab.loop.run(600)
         same = all(tob.delivered[r] == tob.delivered["r1"] for r in REPLICAS) and len(tob.delivered["r1"]) == 12
         story = (f"Three nodes broadcast 12 messages; each took the next number from a linearizable increment-and-get "
@@ -93,7 +94,10 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
         def start(done: Any) -> None:
             ids[0] += 1
             if f == "read" and local:
-                net.send(client, replica, lambda: net.send(replica, client, lambda v=registers[replica]: done("ok", v)))
+                def read_here() -> None:
+                    value = registers[replica]
+                    net.send(replica, client, lambda: done("ok", value))
+                net.send(client, replica, read_here)
                 return
             key = (replica, ids[0])
             waiting[key] = lambda s, o: net.send(replica, client, lambda: done(s, o))
@@ -109,7 +113,7 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     for k in range(6):
         c = f"c{1 + rng.randint(0, 2)}"
         f = "write" if rng.random() < 0.5 else "read"
-        lab.at(t, lambda c=c, f=f, k=k: op(c, clients[c], f, 10 + k if f == "write" else None))
+        lab.at(t, partial(op, c, clients[c], f, 10 + k if f == "write" else None))
         t += 60 + rng.randint(0, 40)
     lab.loop.run(t + 600)
     if local:

@@ -5,6 +5,7 @@ completes the transaction."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from conclave.lab.core import Lab, Outcome, Reply
@@ -59,7 +60,7 @@ class TwoPC:
 
         self._show(self.coord, f"{tx}: preparing")
         for p in self.parts:
-            net.send(self.coord, p, lambda p=p: self._prepare(p, tx, vote))
+            net.send(self.coord, p, partial(self._prepare, p, tx, vote))
         self.lab.loop.after(self.vote_timeout, lambda: decide("abort"))
 
     def _prepare(self, p: str, tx: str, vote: Callable[[bool], None]) -> None:
@@ -73,7 +74,7 @@ class TwoPC:
 
     def send_decision(self, tx: str, outcome: str, frm: str | None = None) -> None:
         for p in self.parts:
-            self.lab.net.send(frm or self.coord, p, lambda p=p: self.learn(p, tx, outcome))
+            self.lab.net.send(frm or self.coord, p, partial(self.learn, p, tx, outcome))
 
     def learn(self, p: str, tx: str, outcome: str) -> None:
         if self.status[p] != "prepared":
