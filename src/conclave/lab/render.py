@@ -50,8 +50,9 @@ def op_label(o: OpRecord) -> str:
 def short_label(o: OpRecord) -> str:
     """The label drawn on a bar: w:1, r:1, cas:nil→2, with ✗ for failed and ? for unknown."""
     head = {"write": "w", "read": "r", "put": "w", "get": "r"}.get(o.f, o.f)
-    shown = o.output if o.f in ("read", "get") else o.value
-    text = f"{head}:{_show(shown)}" if o.status == "ok" or o.f not in ("read", "get") else head
+    observes = o.f in ("read", "get", "acquire")
+    shown = o.output if observes else o.value
+    text = f"{head}:{_show(shown)}" if o.status == "ok" or not observes else head
     return text + {"fail": "✗", "info": "?", "open": "?"}.get(o.status, "")
 
 

@@ -84,7 +84,10 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
              f"against {best['writes/s']:.0f}, averaged over the runs. Every term had at most one leader and "
              f"every history was linearizable: safety holds while availability collapses as the jitter "
              f"approaches the timeout.")
-    out = lab.finish(story, "", cluster.names, verdict=SAFE if safe else "unsafe",
+    why = (f"The verdict is 'safe' when, in all {len(rows) * repeats} runs, every term had at most one leader "
+           f"(Raft's election safety) and the client history was linearizable (the checker's register model). "
+           f"The drawing and the check below are of the first run at jitter {jitters[-1]} ms.")
+    out = lab.finish(story, "", cluster.names, verdict=SAFE if safe else "unsafe", explanation=why,
                      counts={"points": len(rows), "election safety": cluster.election_safe(),
                              "drawn": f"the run at jitter {jitters[-1]} ms"})
     out.seed = seed

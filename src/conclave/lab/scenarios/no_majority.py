@@ -79,7 +79,9 @@ def _two_pc(lab: Lab) -> Outcome:
     story = (f"Coordinator n1 ran a transaction every 150 ms over participants n2 and n3; at t={CRASH} n3 crashed. "
              f"Every transaction after that timed out waiting for n3's vote and aborted ({after} committed): 2PC "
              f"needs every participant, where Raft needs only a majority.")
-    return lab.finish(story, "", ["tx@n1", "tx@n2", "tx@n3"], model=None, verdict=verdict,
+    why = (f"The verdict is 'stalled' when no transaction called after the crash (t={CRASH}) committed, "
+           f"'progress' otherwise. Transactions: {len(results)}; committed after the crash: {after}.")
+    return lab.finish(story, "", ["tx@n1", "tx@n2", "tx@n3"], model=None, verdict=verdict, explanation=why,
                       counts={"committed after the crash": after, "transactions": len(results)})
 
 

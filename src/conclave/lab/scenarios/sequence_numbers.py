@@ -77,7 +77,10 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
     story = (f"Alice posted a question at node A; Bob read it at node B and posted a reply, which causally "
              f"depends on it. {what[0].upper() + what[1:]}. Ordered by these numbers the reply comes "
              f"{'before' if r <= q else 'after'} its question: {verdict}.")
-    return lab.finish(story, "", ["A", "B"], model=None, verdict=verdict,
+    why = (f"The reply causally follows the question (Bob read the question before replying), so any order "
+           f"consistent with causality must put the question first. Question stamp {q}, reply stamp {r}: "
+           f"{'the reply sorts first, causality broken' if r <= q else 'the question sorts first, causal order kept'}.")
+    return lab.finish(story, "", ["A", "B"], model=None, verdict=verdict, explanation=why,
                       counts={"question stamp": q, "reply stamp": r})
 
 

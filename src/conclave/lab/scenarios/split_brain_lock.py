@@ -89,7 +89,10 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
         story = (f"Client 1 took the lock (token 1) and paused for {pause} ms; its lease expired at t={TTL} and client "
                  f"2 took the lock and wrote. Client 1 woke believing it still held the lock and overwrote client 2's "
                  f"data: a lease alone cannot stop a paused holder, the storage is corrupted.")
-    return lab.finish(story, "", ["lock-service", "storage"], model=None, verdict=verdict,
+    why = ("The verdict is 'corrupted' when the storage ends with a write from a client whose lease had expired "
+           f"before the write arrived, 'safe' otherwise. Final contents: {final!r}; the storage rejected "
+           f"{sum(o.f == 'write' and o.status == 'fail' for o in lab.rec.ops)} write(s).")
+    return lab.finish(story, "", ["lock-service", "storage"], model=None, verdict=verdict, explanation=why,
                       counts={"lost writes": int(corrupted), "GC pause ms": pause, "final contents": final})
 
 

@@ -71,7 +71,10 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
                  f"delivered in number order, holding a message while an earlier number was missing "
                  f"({tob.gap_waits} gap waits): all delivered the same sequence. If a sender died between taking a "
                  f"number and sending, the gap would wait forever: that is why the register must itself be consensus.")
+        why = ("The verdict is 'total order kept' when every node delivered all 12 messages in the same order: "
+               + "; ".join(f"{r}: {' '.join(tob.delivered[r])}" for r in REPLICAS))
         return lab.finish(story, "", ["counter", *REPLICAS], model=None, verdict=KEPT if same else "order differs",
+                          explanation=why,
                           counts={"messages": 12, "gap waits": tob.gap_waits})
     registers = {r: None for r in REPLICAS}
     waiting: dict[tuple[str, int], Callable[[str, Any], None]] = {}

@@ -166,7 +166,10 @@ def run(seed: int, variant: str, opts: dict[str, Any]) -> Outcome:
                  f"t={crashed_at[0]}. n2 and n3 elected a new leader and, proposing 'abort' as the first decision "
                  f"for an undecided transaction, read back the one already committed: both completed the commit "
                  f"within {max(tpc.doubt_ms.values())} ms, no coordinator needed.")
-    return lab.finish(story, "", lanes, model=None, verdict=verdict, counts=counts)
+    why = ("The verdict is 'blocked' while a participant is still prepared (in doubt, holding its lock) at the end "
+           f"of the run (t={END}), 'completed' when every participant reached the same outcome, 'inconsistent' "
+           f"if they differ. Participants: " + ", ".join(f"{p} {tpc.status[p]}" for p in tpc.parts) + ".")
+    return lab.finish(story, "", lanes, model=None, verdict=verdict, counts=counts, explanation=why)
 
 
 SCENARIO = Scenario(
