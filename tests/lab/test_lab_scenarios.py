@@ -33,6 +33,7 @@ def test_verdict_for_twenty_seeds(name: str, variant: str) -> None:
         out = s.run(seed, variant, **SMALL.get(name, {}))
         assert out.verdict == s.variant(variant).expected, (seed, out.verdict, out.explanation)
         assert out.story.count(". ") >= 1 and out.story.endswith("."), out.story
+        assert out.explanation.strip(), "every verdict comes with its explanation"
         if (name, variant) in LOSES:
             assert out.counts["lost writes"] >= 1, (seed, out.counts)
         if (name, variant) in KEEPS:
