@@ -28,7 +28,7 @@ venv: $(STAMP)
 # on 2379/2380; a policy-rc.d that answers 101 ("action forbidden", Debian's invoke-rc.d
 # convention) keeps any service from starting during this install, so nothing has to be
 # stopped afterwards (and no other etcd on the machine is touched). An existing policy-rc.d
-# is left as it is.
+# is left as it is. chromium is for the lab's headless screenshot test (same guard).
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
 APT_GET     ?= apt-get
 system-deps:
@@ -44,6 +44,18 @@ system-deps:
 	   ($(APT_GET) update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq etcd-client etcd-server >/dev/null); \
 	else echo "warning: etcdctl/etcd missing and cannot apt-get install them; their tests will skip (fail under CI=true)"; fi
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
+	  echo "installing chromium (apt-get; the lab's page test takes a headless screenshot)"; \
+	  if [ ! -e "$(POLICY_RC_D)" ]; then \
+	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
+	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
+	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	   ($(APT_GET) update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null); \
+	else echo "warning: chromium missing and cannot apt-get install it; the lab's screenshot test will skip (fail under CI=true)"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples

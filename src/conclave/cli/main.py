@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "conclave.cli.snapshot",
     "conclave.cli.sim",
     "conclave.cli.check",
+    "conclave.cli.lab",
     "conclave.cli.bench",
     "conclave.cli.client",
 )
