@@ -56,3 +56,21 @@ def test_client_names_are_importable_from_the_package() -> None:
     done = subprocess.run([sys.executable, "-c", "import sys, conclave.server.config; "
                            "print('conclave.client' in sys.modules)"], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`conclave lab run all | head -1`: the reader goes away; no traceback, exit 141 (SIGPIPE's)."""
+
+    proc = subprocess.Popen([sys.executable, "-m", "conclave", "lab", "run", "all"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read().decode()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert rc == 141
