@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-PURE   := src/conclave/machine src/conclave/raft src/conclave/sim src/conclave/kv src/conclave/storage src/conclave/verify src/conclave/wire
+PURE   := src/conclave/lab src/conclave/machine src/conclave/raft src/conclave/sim src/conclave/kv src/conclave/storage src/conclave/verify src/conclave/wire
 
 .PHONY: run test lint bench proto system-deps venv clean help
 
