@@ -150,3 +150,18 @@ def test_a_headless_browser_renders_a_page(tmp_path: Path) -> None:
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (1200, 900)
     assert len(data) > 20_000  # a blank page compresses to a few KiB; text, boxes and bands do not
+
+
+def test_html_into_a_new_directory_is_made_and_an_unwritable_path_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    page = tmp_path / "new" / "dir" / "z.html"
+    assert main(["lab", "run", "zombie-leader", "--seed", "1", "--html", str(page)]) == 0
+    assert page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert main(["lab", "run", "zombie-leader", "--seed", "1", "--html", str(blocker / "z.html")]) == 2
+    assert "conclave lab: cannot write" in capsys.readouterr().err
+    assert main(["lab", "run", "all", "--html", str(blocker / "pages")]) == 2
+    assert "conclave lab: cannot write pages" in capsys.readouterr().err

@@ -100,8 +100,13 @@ def run_scenario(args: argparse.Namespace) -> int:
         return 2
     print(render_text(out, timeline=not args.no_timeline))
     if args.html:
-        Path(args.html).write_text(render_html(out, s.concept, _command(s.name, out.variant, out.seed)),
-                                   encoding="utf-8")
+        page = Path(args.html)
+        try:
+            page.parent.mkdir(parents=True, exist_ok=True)
+            page.write_text(render_html(out, s.concept, _command(s.name, out.variant, out.seed)), encoding="utf-8")
+        except OSError as exc:
+            print(f"conclave lab: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"\nwrote {args.html}")
     return 0 if out.matches else 1
 
@@ -112,7 +117,11 @@ def _run_all(args: argparse.Namespace) -> int:
 
     outdir = Path(args.html) if args.html else None
     if outdir is not None:
-        outdir.mkdir(parents=True, exist_ok=True)
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"conclave lab: cannot write pages into {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     rows = []
     print(f"{'scenario':<30} {'variant':<20} {'verdict':<22} {'expected':<22} {'ops':>5} {'lost writes':>11}")
     bad = 0
