@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -122,11 +123,17 @@ def _requires_leader(context: Any) -> bool:
     return False
 
 
-async def _abort_for(context: Any, err: BaseException, where: str) -> None:
+def error_status(err: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a handler's error becomes: etcd's code and text, or a logged INTERNAL."""
     if isinstance(err, kverr.EtcdError):
-        await context.abort(grpc.StatusCode[err.code], err.message)
+        return grpc.StatusCode[err.code], err.message
     log.exception("internal error in %s", where, exc_info=err)
-    await context.abort(grpc.StatusCode.INTERNAL, f"conclave: internal error in {where}: {type(err).__name__}")
+    return grpc.StatusCode.INTERNAL, f"conclave: internal error in {where}: {type(err).__name__}"
+
+
+async def _abort_for(context: Any, err: BaseException, where: str) -> None:
+    code, message = error_status(err, where)
+    await context.abort(code, message)
 
 
 class Edge:
@@ -214,7 +221,12 @@ class KVService:
         self.backend = edge.backend
 
     async def range(self, request: Any, context: Any) -> Any:
-        r = await self.backend.range(convert.range_request_from_pb(request))
+        req = convert.range_request_from_pb(request)
+        if not req.serializable and getattr(context, "linearized", False):
+            # The compiled edge already took this request's batch's ReadIndex barrier after the
+            # request arrived (edge_server._serve_reads): the local store is linearizable now.
+            req = dataclasses.replace(req, serializable=True)
+        r = await self.backend.range(req)
         return convert.range_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def put(self, request: Any, context: Any) -> Any:
