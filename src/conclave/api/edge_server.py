@@ -139,15 +139,20 @@ class _Requests:
 _END = object()
 
 
-class _Call:
-    """One gRPC stream. ``started``: its handler runs (in its own task or in a batch's)."""
+class _Call(EdgeContext):
+    """One gRPC stream, and the context its handler sees (one object per request, not two).
+    ``started``: its handler runs (in its own task or in a batch's)."""
 
-    __slots__ = ("blocked", "ctx", "id", "method", "path", "requests", "started", "task", "writable")
+    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "task", "writable")
 
-    def __init__(self, sid: int, method: Any, ctx: EdgeContext, path: str) -> None:
+    def __init__(self, sid: int, method: Any, meta: list[tuple[str, str]], path: str) -> None:
+        self._meta = tuple(meta)
+        self.code = grpc.StatusCode.OK
+        self.details = ""
+        self._cancelled = False
+        self.linearized = False
         self.id = sid
         self.method = method  # grpc.RpcMethodHandler
-        self.ctx = ctx
         self.path = path
         self.requests: _Requests | None = None
         self.task: asyncio.Task[None] | None = None
@@ -275,7 +280,7 @@ class EdgeServer:
             elif kind == _edge.EV_CANCEL:
                 call = self.calls.pop(sid, None)
                 if call is not None:
-                    call.ctx._cancelled = True
+                    call._cancelled = True
                     if call.task is not None:
                         call.task.cancel()
             elif kind == _edge.EV_WRITABLE:
@@ -297,7 +302,7 @@ class EdgeServer:
         if method is None:
             self._emit((sid, _edge.OUT_TRAILERS, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!"))
             return
-        call = _Call(sid, method, EdgeContext(meta), path)
+        call = _Call(sid, method, meta, path)
         self.calls[sid] = call
         if method.request_streaming:
             call.requests = _Requests()
@@ -350,7 +355,7 @@ class EdgeServer:
                 self._finish(call, code, details)
             return
         for call, request in linearizable:
-            call.ctx.linearized = True
+            call.linearized = True
             await self._unary(call, request)
 
     async def _unary(self, call: _Call, request: Any) -> None:
@@ -359,10 +364,10 @@ class EdgeServer:
             return  # cancelled while its batch waited
         m = call.method
         try:
-            resp = await m.unary_unary(request, call.ctx)
+            resp = await m.unary_unary(request, call)
             self._answer(call, m.response_serializer(resp))
         except grpc.aio.AbortError:
-            self._finish(call, call.ctx.code, call.ctx.details)
+            self._finish(call, call.code, call.details)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -375,12 +380,12 @@ class EdgeServer:
         try:
             if not m.response_streaming:
                 fn = m.stream_unary if m.request_streaming else m.unary_unary
-                resp = await fn(call.requests if m.request_streaming else request, call.ctx)
+                resp = await fn(call.requests if m.request_streaming else request, call)
                 if call.id in self.calls:
                     self._answer(call, ser(resp))
                 return
             fn = m.stream_stream if m.request_streaming else m.unary_stream
-            async for item in fn(call.requests if m.request_streaming else request, call.ctx):
+            async for item in fn(call.requests if m.request_streaming else request, call):
                 if call.id not in self.calls:
                     return
                 self._emit((call.id, _edge.OUT_MSG, ser(item)))
@@ -388,7 +393,7 @@ class EdgeServer:
                     await call.writable.wait()
             self._finish(call, grpc.StatusCode.OK, "")
         except grpc.aio.AbortError:
-            self._finish(call, call.ctx.code, call.ctx.details)
+            self._finish(call, call.code, call.details)
         except asyncio.CancelledError:
             self.calls.pop(call.id, None)
         except Exception as err:
