@@ -92,11 +92,15 @@ def check_perf(endpoints: list[str], level: str) -> str:
                               capture_output=True, text=True, timeout=900, env={**os.environ, "ETCDCTL_API": "3"})
     except subprocess.TimeoutExpired:
         return "no answer within 900 s"
-    lines = [ln.strip() for ln in done.stdout.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    # The progress bar redraws with carriage returns: a verdict line may follow one on the same line.
+    text = done.stdout.replace("\r", "\n")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("PASS", "FAIL"))]
     if not lines:
         return f"exit {done.returncode}: {(done.stderr or done.stdout)[-300:].strip()}"
-    verdict = "PASS" if done.returncode == 0 and all(ln.startswith("PASS") for ln in lines) else "FAIL"
-    return verdict + ": " + "; ".join(ln.split(":", 1)[1].strip() if ":" in ln else ln for ln in lines)
+    overall = [ln for ln in lines if ln in ("PASS", "FAIL")]
+    details = [ln for ln in lines if ln not in ("PASS", "FAIL")]
+    verdict = overall[-1] if overall else ("PASS" if done.returncode == 0 else "FAIL")
+    return f"**{verdict}** ({'; '.join(details)})"
 
 
 def part_cluster(systems: list[str], root: Path, duration: float) -> dict[str, dict[str, Any]]:

@@ -21,6 +21,8 @@ BENCHES = [
     ("member CPU per put: Conclave over gRPC", ["cpu_per_op.py", "--protocol", "grpc"]),
     ("member CPU per put: Conclave over the native protocol", ["cpu_per_op.py", "--protocol", "native"]),
     ("member CPU per put: etcd 3.4", ["cpu_per_op.py", "--system", "etcd"]),
+    ("the compiled edge: Conclave rust vs Conclave python vs etcd 3.4 (issue 11's table)", ["edge_bench.py"]),
+    ("the compiled edge's Python loop side alone: CPU per request", ["edge_loop_bench.py"]),
 ]
 
 
