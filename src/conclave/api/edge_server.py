@@ -326,8 +326,10 @@ class EdgeServer:
             call.started = True
             if call.path == RANGE_PATH and self.read_barrier is not None:
                 self.reads.append((call, request))
-            else:
+            elif call.method.response_streaming:
                 call.task = self.loop.create_task(self._run(call, request))
+            else:
+                call.task = self.loop.create_task(self._unary(call, request))
         # a second message on a unary call: ignored, as grpc's server reads one
 
     # -------------------------------------------------------------------------------- running
@@ -359,7 +361,7 @@ class EdgeServer:
             await self._unary(call, request)
 
     async def _unary(self, call: _Call, request: Any) -> None:
-        """Run one unary-unary handler and queue its answer (used by batches; does not raise)."""
+        """Run one unary-unary handler and queue its answer (its own task, or inside a batch's)."""
         if call.id not in self.calls:
             return  # cancelled while its batch waited
         m = call.method
@@ -369,6 +371,9 @@ class EdgeServer:
         except grpc.aio.AbortError:
             self._finish(call, call.code, call.details)
         except asyncio.CancelledError:
+            if call.task is not None:  # its own task was cancelled (EV_CANCEL): nothing to answer
+                self.calls.pop(call.id, None)
+                return
             raise
         except Exception as err:
             log.exception("unexpected error in %s", call.path)
