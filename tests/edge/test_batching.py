@@ -95,6 +95,14 @@ async def serve_one_drain(backend: FakeBackend, events: list[tuple[Any, ...]]) -
 def test_a_drain_of_linearizable_ranges_is_one_task_one_barrier_one_send(fake_edge: None) -> None:
     backend = FakeBackend()
     backend.store.apply(pb_put(b"a", b"1"), 1)
+    seen: list[bool] = []
+    plain_range = backend.range
+
+    async def range_seen(req: Any) -> Any:
+        seen.append(req.serializable)
+        return await plain_range(req)
+
+    backend.range = range_seen  # type: ignore[method-assign]
     n = 40
     events: list[tuple[Any, ...]] = []
     for sid in range(1, n + 1):
@@ -103,6 +111,7 @@ def test_a_drain_of_linearizable_ranges_is_one_task_one_barrier_one_send(fake_ed
     assert tasks_made == 1  # one batch task, not one task per request
     assert backend.calls.count("read_barrier") == 1
     assert backend.calls.count("range") == n
+    assert seen == [True] * n  # after the batch's barrier, each is read from the local store
     assert len(sent) == 1  # every answer in one Edge.send
     got = outcome(sent)
     assert sorted(got) == list(range(1, n + 1))
