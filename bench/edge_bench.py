@@ -75,10 +75,16 @@ def load(endpoints: list[str], op: str, clients: int, conns: int, duration: floa
     return rep
 
 
-def start(system: str, root: Path, size: int) -> ProcessCluster:
+def start(system: str, root: Path, size: int) -> ProcessCluster | None:
+    """A started cluster, or None (said on stderr) when it does not come up: the run goes on."""
     kind, extra = SYSTEMS[system]
     cluster = ProcessCluster(root, size, kind=kind, heartbeat_ms=100, election_ms=1000, extra_args=extra)
-    cluster.start()
+    try:
+        cluster.start()
+    except RuntimeError as err:
+        print(f"  {LABELS[system]}: the cluster did not start: {err}", file=sys.stderr, flush=True)
+        cluster.stop()
+        return None
     time.sleep(3.0)  # let the first election settle
     return cluster
 
@@ -108,6 +114,8 @@ def part_cluster(systems: list[str], root: Path, duration: float) -> dict[str, d
     for system in systems:
         print(f"== 3 members: {LABELS[system]}", flush=True)
         cluster = start(system, root / f"cluster-{system}", 3)
+        if cluster is None:
+            continue
         try:
             for name, op, clients, conns in CLUSTER_WORKLOADS:
                 try:
@@ -128,6 +136,8 @@ def part_cpu(systems: list[str], root: Path, duration: float) -> dict[str, dict[
     for system in systems:
         print(f"== 1 member: {LABELS[system]}", flush=True)
         cluster = start(system, root / f"single-{system}", 1)
+        if cluster is None:
+            continue
         try:
             pids = [m.proc.pid for m in cluster.members if m.proc is not None]
             for name, op in CPU_WORKLOADS:
@@ -151,6 +161,9 @@ def part_perf(systems: list[str], root: Path) -> dict[str, dict[str, str]]:
         figures[system] = {}
         for level in ("m", "l"):
             cluster = start(system, root / f"perf-{system}-{level}", 3)  # a fresh cluster for each load
+            if cluster is None:
+                figures[system][level] = "cluster did not start"
+                continue
             try:
                 figures[system][level] = check_perf(cluster.endpoints, level)
             finally:
