@@ -4,7 +4,7 @@ Starts a 3-member cluster, reads each member's utime+stime from /proc around a
 `conclave bench put` run and divides by the operations completed.
 
     .venv/bin/python bench/cpu_per_op.py [--system conclave|etcd] [--protocol grpc|native]
-                                         [--clients 64] [--duration 5]
+                                         [--grpc-engine auto|rust|python] [--clients 64] [--duration 5]
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--system", choices=("conclave", "etcd"), default="conclave")
     ap.add_argument("--protocol", choices=("grpc", "native"), default="grpc")
+    ap.add_argument("--grpc-engine", choices=("auto", "rust", "python"), default=None,
+                    help="Conclave's gRPC engine (default: conclave serve's own default)")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--duration", type=float, default=5.0)
     args = ap.parse_args(argv)
     if args.system == "etcd" and args.protocol == "native":
         ap.error("etcd speaks only gRPC")
     with tempfile.TemporaryDirectory(prefix="conclave-cpu-") as tmp:
-        cluster = ProcessCluster(Path(tmp), 3, kind=args.system, heartbeat_ms=100, election_ms=1000)
+        extra = ["--grpc-engine", args.grpc_engine] if args.grpc_engine and args.system == "conclave" else []
+        cluster = ProcessCluster(Path(tmp), 3, kind=args.system, heartbeat_ms=100, election_ms=1000, extra_args=extra)
         cluster.start()
         try:
             time.sleep(3.0)
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = json.loads(out)
     ops = rep["ops"]
     per = {n: 1e6 * (after[n] - before[n]) / ops for n in pids}
-    print(f"{args.system} {args.protocol} put, {args.clients} in flight: {rep['ops_per_s']:,.0f} ops/s, "
+    engine = f" ({args.grpc_engine} engine)" if extra else ""
+    print(f"{args.system} {args.protocol}{engine} put, {args.clients} in flight: {rep['ops_per_s']:,.0f} ops/s, "
           f"p99 {rep['latency_ms_p99']:.1f} ms; generator {rep['generator_cpu_us_per_op']:.0f} us/op")
     print("member CPU per put (us): " + ", ".join(f"{n} {v:.0f}" for n, v in sorted(per.items()))
           + f"; sum {sum(per.values()):.0f}")

@@ -18,9 +18,14 @@ BENCHES = [
     ("3-member Conclave vs 3-member etcd 3.4 over the etcd gRPC API", ["cluster_bench.py"]),
     ("native protocol vs gRPC vs etcd", ["native_bench.py"]),
     ("the server's own cost: three members in one process, no client protocol", ["inproc_cluster.py"]),
-    ("member CPU per put: Conclave over gRPC", ["cpu_per_op.py", "--protocol", "grpc"]),
+    ("member CPU per put: Conclave over gRPC, rust engine",
+     ["cpu_per_op.py", "--protocol", "grpc", "--grpc-engine", "rust"]),
+    ("member CPU per put: Conclave over gRPC, python engine",
+     ["cpu_per_op.py", "--protocol", "grpc", "--grpc-engine", "python"]),
     ("member CPU per put: Conclave over the native protocol", ["cpu_per_op.py", "--protocol", "native"]),
     ("member CPU per put: etcd 3.4", ["cpu_per_op.py", "--system", "etcd"]),
+    ("the compiled edge: Conclave rust vs Conclave python vs etcd 3.4 (issue 11's table)", ["edge_bench.py"]),
+    ("the compiled edge's Python loop side alone: CPU per request", ["edge_loop_bench.py"]),
 ]
 
 

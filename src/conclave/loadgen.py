@@ -372,8 +372,12 @@ def _percentile(sorted_us: list[int], q: float) -> float:
     return sorted_us[rank] / 1000.0
 
 
-def run_load(cfg: LoadConfig) -> LoadReport:
-    """Run one load test and return its report (raises LoadError with a clear message)."""
+def run_load(cfg: LoadConfig, on_window: Callable[[str], None] | None = None) -> LoadReport:
+    """Run one load test and return its report (raises LoadError with a clear message).
+
+    ``on_window("start")`` is called right before the workers are released (after the range
+    prefill and the connections are made) and ``on_window("end")`` once every worker has
+    reported: a benchmark reads the servers' CPU time there (bench/edge_bench.py)."""
     cfg.validate()
     if cfg.op == "range":
         try:
@@ -394,10 +398,14 @@ def run_load(cfg: LoadConfig) -> LoadReport:
     try:
         for _ in procs:
             ready.get(timeout=READY_TIMEOUT_S)
+        if on_window is not None:
+            on_window("start")
         go.set()
         wait_s = cfg.duration_s + REQUEST_TIMEOUT_S + READY_TIMEOUT_S
         for _ in procs:
             collected.append(results.get(timeout=wait_s))
+        if on_window is not None:
+            on_window("end")
     except Exception as err:
         raise LoadError(f"load workers did not report in time ({type(err).__name__})") from None
     finally:

@@ -109,6 +109,10 @@ class FakeBackend:
         return resp
 
     # ------------------------------------------------------------------ KV
+    async def read_barrier(self) -> None:
+        """The edge's batched ReadIndex barrier: one state, so nothing to wait for; counted."""
+        self.calls.append("read_barrier")
+
     async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
         self.calls.append("range")
         validate_request(req)

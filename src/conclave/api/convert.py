@@ -113,7 +113,9 @@ def event_from_pb(m: Any) -> kv.Event:
 # ----------------------------------------------------------------------------- KV requests
 
 
-def range_request_from_pb(m: Any) -> kv.RangeRequest:
+def range_request_from_pb(m: Any, barrier_passed: bool = False) -> kv.RangeRequest:
+    """``barrier_passed``: the caller already holds a ReadIndex barrier taken after ``m`` arrived,
+    so the read is served from the local store (as a serializable one) and stays linearizable."""
     return kv.RangeRequest(
         m.key,
         m.range_end,
@@ -121,7 +123,7 @@ def range_request_from_pb(m: Any) -> kv.RangeRequest:
         m.revision,
         _enum(_SORT_ORDERS, m.sort_order, "sort order"),
         _enum(_SORT_TARGETS, m.sort_target, "sort target"),
-        m.serializable,
+        m.serializable or barrier_passed,
         m.keys_only,
         m.count_only,
         m.min_mod_revision,

@@ -11,6 +11,15 @@ one ``Edge.send`` per loop iteration (scheduled with ``call_soon``), the GIL rel
 hands them to the streams. A stream the client does not read is reported as blocked; its
 producer awaits the edge's WRITABLE event, so nothing is buffered without bound.
 
+Per batch, not per request (the hot path): every KV.Range of one drain is served by ONE task
+(``_serve_reads``), not one task each; the linearizable ones share ONE ReadIndex barrier
+(``backend.read_barrier()``, taken after the drain, so it covers every write that completed before
+any of them arrived) and are then served from the local store in one loop, their responses encoded
+in that loop. The context tells the shared handler the barrier is passed (``EdgeContext.linearized``);
+the mapping from messages to domain calls stays the one in ``grpc_server``/``convert``. A request of
+the batch that fails (undecodable, invalid, no leader) fails only itself. Other unary calls run as
+one task each (writes await their own commit; the member batches them into one log entry).
+
 Plain HTTP/1.1 requests on the same port go to ``http_handler(method, path, headers, body)``,
 which answers ``(status, headers, body)``; the default serves ``/health`` and ``/version``.
 """
@@ -21,13 +30,12 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
 from conclave.api import pb
-from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, etcd_handlers
+from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, error_status, etcd_handlers
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
@@ -41,6 +49,7 @@ else:
     IMPORT_ERROR = ""
 
 ENGINES = ("auto", "rust", "python")
+RANGE_PATH = "/etcdserverpb.KV/Range"
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
 HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]
 
@@ -71,13 +80,15 @@ class _Details:
 class EdgeContext:
     """The part of ``grpc.aio.ServicerContext`` the service handlers use."""
 
-    __slots__ = ("_cancelled", "_meta", "code", "details")
+    __slots__ = ("_cancelled", "_meta", "code", "details", "linearized")
 
     def __init__(self, meta: list[tuple[str, str]]) -> None:
         self._meta = tuple(meta)
         self.code: grpc.StatusCode = grpc.StatusCode.OK
         self.details = ""
         self._cancelled = False
+        # Set once the edge has taken the ReadIndex barrier of this request's batch (KVService.range).
+        self.linearized = False
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._meta
@@ -128,15 +139,26 @@ class _Requests:
 _END = object()
 
 
-@dataclass(slots=True)
-class _Call:
-    id: int
-    method: Any  # grpc.RpcMethodHandler
-    ctx: EdgeContext
-    requests: _Requests | None = None
-    task: asyncio.Task[None] | None = None
-    blocked: bool = False
-    writable: asyncio.Event = field(default_factory=asyncio.Event)
+class _Call(EdgeContext):
+    """One gRPC stream, and the context its handler sees (one object per request, not two).
+    ``started``: its handler runs (in its own task or in a batch's)."""
+
+    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "task", "writable")
+
+    def __init__(self, sid: int, method: Any, meta: list[tuple[str, str]], path: str) -> None:
+        self._meta = tuple(meta)
+        self.code = grpc.StatusCode.OK
+        self.details = ""
+        self._cancelled = False
+        self.linearized = False
+        self.id = sid
+        self.method = method  # grpc.RpcMethodHandler
+        self.path = path
+        self.requests: _Requests | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.started = False
+        self.blocked = False
+        self.writable: asyncio.Event | None = None  # made when the stream first blocks
 
 
 async def default_http_handler(
@@ -189,6 +211,10 @@ class EdgeServer:
         self.out: list[tuple[Any, ...]] = []
         self.flush_pending = False
         self.stopped = False
+        # KV.Range calls of the current drain, served as one batch (optional backend capability).
+        self.read_barrier: Callable[[], Awaitable[None]] | None = getattr(backend, "read_barrier", None)
+        self.reads: list[tuple[_Call, Any]] = []
+        self.batches: set[asyncio.Task[None]] = set()
         self.loop.add_reader(self.edge.fileno(), self._on_events)
 
     @property
@@ -218,51 +244,69 @@ class EdgeServer:
             call = self.calls.get(sid)
             if call is not None:
                 call.blocked = True
+                if call.writable is None:
+                    call.writable = asyncio.Event()
                 call.writable.clear()
 
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         if self.calls.pop(call.id, None) is not None:
             self._emit((call.id, _edge.OUT_TRAILERS, code.value[0], details))
 
+    def _answer(self, call: _Call, message: bytes) -> None:
+        """A unary call's response and its OK trailers, queued together."""
+        if self.calls.pop(call.id, None) is not None:
+            self.out.append((call.id, _edge.OUT_MSG, message))
+            self._emit((call.id, _edge.OUT_TRAILERS, 0, ""))
+
     # --------------------------------------------------------------------------------- events
 
     def _on_events(self) -> None:
+        """One wake-up: every queued event in one drain; the KV.Range calls among them become one
+        batch (``_serve_reads``), every other unary call its own task."""
+        ev_msg, ev_open, ev_half = _edge.EV_MSG, _edge.EV_OPEN, _edge.EV_HALF_CLOSE
         for kind, sid, a, b in self.edge.drain():
-            if kind == _edge.EV_MSG:
+            if kind == ev_msg:
                 self._on_message(sid, a)
-            elif kind == _edge.EV_OPEN:
+            elif kind == ev_open:
                 self._on_open(sid, a, b)
-            elif kind == _edge.EV_HALF_CLOSE:
+            elif kind == ev_half:
                 call = self.calls.get(sid)
                 if call is None:
                     continue
                 if call.requests is not None:
                     call.requests.queue.put_nowait(_END)
-                elif call.task is None:
+                elif not call.started:
                     self._finish(call, grpc.StatusCode.INTERNAL, "conclave: request message missing")
             elif kind == _edge.EV_CANCEL:
                 call = self.calls.pop(sid, None)
                 if call is not None:
-                    call.ctx._cancelled = True
+                    call._cancelled = True
                     if call.task is not None:
                         call.task.cancel()
             elif kind == _edge.EV_WRITABLE:
                 call = self.calls.get(sid)
                 if call is not None:
                     call.blocked = False
-                    call.writable.set()
+                    if call.writable is not None:
+                        call.writable.set()
             elif kind == _edge.EV_HTTP:
                 self.loop.create_task(self._run_http(sid, a, b))
+        if self.reads:
+            reads, self.reads = self.reads, []
+            task = self.loop.create_task(self._serve_reads(reads))
+            self.batches.add(task)
+            task.add_done_callback(self.batches.discard)
 
     def _on_open(self, sid: int, path: str, meta: list[tuple[str, str]]) -> None:
         method = self.methods.get(path)
         if method is None:
             self._emit((sid, _edge.OUT_TRAILERS, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!"))
             return
-        call = _Call(sid, method, EdgeContext(meta))
+        call = _Call(sid, method, meta, path)
         self.calls[sid] = call
         if method.request_streaming:
             call.requests = _Requests()
+            call.started = True
             call.task = self.loop.create_task(self._run(call, None))
 
     def _on_message(self, sid: int, data: bytes) -> None:
@@ -278,11 +322,62 @@ class EdgeServer:
             return
         if call.requests is not None:
             call.requests.queue.put_nowait(request)
-        elif call.task is None:
-            call.task = self.loop.create_task(self._run(call, request))
+        elif not call.started:
+            call.started = True
+            if call.path == RANGE_PATH and self.read_barrier is not None:
+                self.reads.append((call, request))
+            elif call.method.response_streaming:
+                call.task = self.loop.create_task(self._run(call, request))
+            else:
+                call.task = self.loop.create_task(self._unary(call, request))
         # a second message on a unary call: ignored, as grpc's server reads one
 
     # -------------------------------------------------------------------------------- running
+
+    async def _serve_reads(self, batch: list[tuple[_Call, Any]]) -> None:
+        """The KV.Range calls of one drain: serializable ones at once, then ONE ReadIndex barrier
+        for all the linearizable ones, then each from the local store; responses encoded here.
+        Each call still runs the shared handler, so one that fails fails only itself."""
+        linearizable = []
+        for call, request in batch:
+            if getattr(request, "serializable", True):  # undecodable requests too: the handler refuses them
+                await self._unary(call, request)
+            else:
+                linearizable.append((call, request))
+        if not linearizable:
+            return
+        assert self.read_barrier is not None
+        try:
+            await self.read_barrier()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            code, details = error_status(err, "KV.Range")
+            for call, _ in linearizable:
+                self._finish(call, code, details)
+            return
+        for call, request in linearizable:
+            call.linearized = True
+            await self._unary(call, request)
+
+    async def _unary(self, call: _Call, request: Any) -> None:
+        """Run one unary-unary handler and queue its answer (its own task, or inside a batch's)."""
+        if call.id not in self.calls:
+            return  # cancelled while its batch waited
+        m = call.method
+        try:
+            resp = await m.unary_unary(request, call)
+            self._answer(call, m.response_serializer(resp))
+        except grpc.aio.AbortError:
+            self._finish(call, call.code, call.details)
+        except asyncio.CancelledError:
+            if call.task is not None:  # its own task was cancelled (EV_CANCEL): nothing to answer
+                self.calls.pop(call.id, None)
+                return
+            raise
+        except Exception as err:
+            log.exception("unexpected error in %s", call.path)
+            self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(err)}: {err}")
 
     async def _run(self, call: _Call, request: Any) -> None:
         m = call.method
@@ -290,20 +385,20 @@ class EdgeServer:
         try:
             if not m.response_streaming:
                 fn = m.stream_unary if m.request_streaming else m.unary_unary
-                resp = await fn(call.requests if m.request_streaming else request, call.ctx)
+                resp = await fn(call.requests if m.request_streaming else request, call)
                 if call.id in self.calls:
-                    self._emit((call.id, _edge.OUT_MSG, ser(resp)))
-            else:
-                fn = m.stream_stream if m.request_streaming else m.unary_stream
-                async for item in fn(call.requests if m.request_streaming else request, call.ctx):
-                    if call.id not in self.calls:
-                        return
-                    self._emit((call.id, _edge.OUT_MSG, ser(item)))
-                    if call.blocked:
-                        await call.writable.wait()
+                    self._answer(call, ser(resp))
+                return
+            fn = m.stream_stream if m.request_streaming else m.unary_stream
+            async for item in fn(call.requests if m.request_streaming else request, call):
+                if call.id not in self.calls:
+                    return
+                self._emit((call.id, _edge.OUT_MSG, ser(item)))
+                if call.blocked and call.writable is not None:
+                    await call.writable.wait()
             self._finish(call, grpc.StatusCode.OK, "")
         except grpc.aio.AbortError:
-            self._finish(call, call.ctx.code, call.ctx.details)
+            self._finish(call, call.code, call.details)
         except asyncio.CancelledError:
             self.calls.pop(call.id, None)
         except Exception as err:
@@ -335,6 +430,8 @@ class EdgeServer:
         for call in list(self.calls.values()):
             if call.task is not None:
                 call.task.cancel()
+        for task in list(self.batches):
+            task.cancel()
         self.calls.clear()
 
 

@@ -145,6 +145,10 @@ class NodeBackend:
 
     # ------------------------------------------------------------------ KV
 
+    async def read_barrier(self) -> None:
+        """One ReadIndex barrier (the edge takes one per batch of linearizable reads)."""
+        await self.node.read_barrier()
+
     async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
         rules.validate(req, self.node.limits)
         if not req.serializable:
