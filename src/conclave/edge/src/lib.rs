@@ -34,9 +34,12 @@ use http::{HeaderMap, HeaderValue, Response};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+
+mod authority;
+use authority::AuthorityFix;
 
 const EV_OPEN: u8 = 0;
 const EV_MSG: u8 = 1;
@@ -341,14 +344,17 @@ async fn handle_stream(
     }
 }
 
-async fn serve_h2(sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32) {
+async fn serve_h2<S>(sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut conn = match h2::server::Builder::new()
         .max_concurrent_streams(max_streams)
         .initial_window_size(1 << 20)
         .initial_connection_window_size(1 << 22)
         .max_header_list_size(1 << 20)
         .max_send_buffer_size(1 << 20)
-        .handshake::<_, Bytes>(sock)
+        .handshake::<_, Bytes>(AuthorityFix::new(sock))
         .await
     {
         Ok(c) => c,
