@@ -57,7 +57,9 @@ class Member:
             from conclave.api.grpc_server import etcd_handlers, server_options
 
             if IMPORT_ERROR:
-                log.info("gRPC engine: python (grpc.aio); the compiled edge is not built: %s", IMPORT_ERROR)
+                log.warning(
+                    "gRPC engine: python (grpc.aio), because the compiled edge is not built (%s); "
+                    "`make edge` builds it where a Rust toolchain is installed", IMPORT_ERROR)
             else:
                 log.info("gRPC engine: python (grpc.aio)")
             self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))

@@ -32,8 +32,9 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("max-snapshots", "N", "5", "maximum number of snapshot files to retain (0 is unlimited)"),
     ("max-wals", "N", "5", "maximum number of WAL files to retain (0 is unlimited)"),
     ("max-learners", "N", "1", "maximum number of learners in the cluster"),
-    ("grpc-engine", "auto|rust|python", "python",
-     "etcd gRPC engine: rust = the compiled edge, python = grpc.aio, auto = rust when it is built"),
+    ("grpc-engine", "auto|rust|python", "auto",
+     "etcd gRPC engine: rust = the compiled edge (Rust), python = grpc.aio (no compiler needed), "
+     "auto = rust when the edge is built, else python (the log says which runs)"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 

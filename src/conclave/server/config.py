@@ -130,7 +130,7 @@ class ServerConfig:
     max_learners: int = 1
     request_timeout_ms: int = 0  # 0 = derived: 5 s + 2 election timeouts, as etcd
     fsync: bool = True
-    grpc_engine: str = "python"  # auto | rust | python (conclave.api.edge_server.choose_engine)
+    grpc_engine: str = "auto"  # auto | rust | python (conclave.api.edge_server.choose_engine)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
