@@ -33,7 +33,13 @@ class ServedBackend:
         self.thread = threading.Thread(target=self.loop.run_forever, name="etcd-api-test-loop", daemon=True)
         self.thread.start()
         start: Any = edge_server.start_edge_server if self.engine == "rust" else start_etcd_server
-        self.server: EtcdGrpcServer = self.run(start(self.backend, "127.0.0.1", 0, **server_kwargs))
+        try:
+            self.server: EtcdGrpcServer = self.run(start(self.backend, "127.0.0.1", 0, **server_kwargs))
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+            raise
         self.endpoint = self.server.endpoint
         self.backend.client_urls = (f"http://{self.endpoint}",)
         self.channel = grpc.insecure_channel(self.endpoint)

@@ -166,7 +166,14 @@ class EdgeServer:
         max_streams: int = 1000,
         workers: int = 1,
         http_handler: HttpHandler | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        client_ca_file: str | None = None,
+        secure: list[bool] | None = None,
     ) -> None:
+        """``cert_file``/``key_file`` (PEM) turn on TLS for the addresses whose ``secure`` entry is
+        true (all of them when ``secure`` is None); ``client_ca_file`` also requires client
+        certificates signed by that CA (mutual TLS). ALPN offers h2 and http/1.1."""
         if _edge is None:
             raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
         self.backend = backend
@@ -182,7 +189,10 @@ class EdgeServer:
                         break
         self.http_handler = http_handler
         self.loop = asyncio.get_running_loop()
-        self.edge = _edge.Edge(addrs, max_request_bytes + GRPC_OVERHEAD_BYTES, max_streams, workers)
+        tls: dict[str, Any] = {}
+        if cert_file is not None or key_file is not None or client_ca_file is not None:
+            tls = {"cert_file": cert_file, "key_file": key_file, "client_ca_file": client_ca_file, "secure": secure}
+        self.edge = _edge.Edge(addrs, max_request_bytes + GRPC_OVERHEAD_BYTES, max_streams, workers, **tls)
         self.ports: list[int] = list(self.edge.ports)
         self.host = addrs[0][0] if addrs else "127.0.0.1"
         self.calls: dict[int, _Call] = {}
@@ -346,8 +356,11 @@ async def start_edge_server(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     addrs: list[tuple[str, int]] | None = None,
     http_handler: HttpHandler | None = None,
+    **tls: Any,
 ) -> EdgeServer:
-    """Start the compiled edge for ``backend``; raises OSError when an address cannot be bound."""
+    """Start the compiled edge for ``backend``; raises OSError when an address cannot be bound.
+
+    ``tls`` is passed to :class:`EdgeServer` (cert_file, key_file, client_ca_file, secure)."""
     return EdgeServer(
-        backend, addrs or [(host, port)], max_request_bytes=max_request_bytes, http_handler=http_handler
+        backend, addrs or [(host, port)], max_request_bytes=max_request_bytes, http_handler=http_handler, **tls
     )

@@ -39,7 +39,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 mod authority;
+mod tls;
 use authority::AuthorityFix;
+use tokio_rustls::TlsAcceptor;
 
 const EV_OPEN: u8 = 0;
 const EV_MSG: u8 = 1;
@@ -385,7 +387,7 @@ where
     .await;
 }
 
-async fn write_http1(sock: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8], close: bool) -> bool {
+async fn write_http1<S: AsyncWrite + Unpin>(sock: &mut S, status: u16, headers: &[(String, String)], body: &[u8], close: bool) -> bool {
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
     let mut has_ct = false;
@@ -407,7 +409,7 @@ async fn write_http1(sock: &mut TcpStream, status: u16, headers: &[(String, Stri
     sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
 }
 
-async fn serve_http1(mut sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Receiver<bool>) {
+async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>) {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         // Read one request head.
@@ -490,8 +492,47 @@ async fn serve_http1(mut sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Rece
     }
 }
 
-async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32) {
+struct ConnCount(Arc<Shared>);
+
+impl ConnCount {
+    fn new(sh: &Arc<Shared>) -> Self {
+        sh.open_connections.fetch_add(1, Ordering::Relaxed);
+        ConnCount(sh.clone())
+    }
+}
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32, tls: Option<TlsAcceptor>) {
     let _ = sock.set_nodelay(true);
+    if let Some(acceptor) = tls {
+        let Ok(Ok(stream)) = tokio::time::timeout(SNIFF_TIMEOUT, acceptor.accept(sock)).await else { return };
+        let _count = ConnCount::new(&sh);
+        let alpn = stream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        match alpn.as_deref() {
+            Some(b"h2") => serve_h2(stream, sh.clone(), shut, max_streams).await,
+            Some(_) => serve_http1(stream, sh.clone(), shut).await,
+            None => {
+                let mut stream = stream;
+                let mut first = [0u8; 4];
+                let read = tokio::time::timeout(SNIFF_TIMEOUT, stream.read_exact(&mut first)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let s = tls::Prefixed::new(first.to_vec(), stream);
+                if &first == b"PRI " {
+                    serve_h2(s, sh.clone(), shut, max_streams).await;
+                } else {
+                    serve_http1(s, sh.clone(), shut).await;
+                }
+            }
+        }
+        return;
+    }
     let mut first = [0u8; 4];
     let sniff = async {
         loop {
@@ -506,20 +547,25 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
     if n < 4 {
         return;
     }
-    sh.open_connections.fetch_add(1, Ordering::Relaxed);
+    let _count = ConnCount::new(&sh);
     if &first == b"PRI " {
         serve_h2(sock, sh.clone(), shut, max_streams).await;
     } else {
         serve_http1(sock, sh.clone(), shut).await;
     }
-    sh.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn accept_loop(listener: TcpListener, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32) {
+async fn accept_loop(
+    listener: TcpListener,
+    sh: Arc<Shared>,
+    mut shut: watch::Receiver<bool>,
+    max_streams: u32,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((sock, _)) => { tokio::spawn(serve_conn(sock, sh.clone(), shut.clone(), max_streams)); }
+                Ok((sock, _)) => { tokio::spawn(serve_conn(sock, sh.clone(), shut.clone(), max_streams, tls.clone())); }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
             _ = shut.changed() => return,
@@ -539,10 +585,38 @@ struct Edge {
 
 #[pymethods]
 impl Edge {
-    /// Bind every (host, port) (port 0 picks a free one) and start serving.
+    /// Bind every (host, port) (port 0 picks a free one) and start serving. With `cert_file` and
+    /// `key_file` (PEM) the listeners whose `secure` entry is true (all of them when `secure` is
+    /// not given) serve TLS; with `client_ca_file` too, clients must present a certificate it
+    /// signed (mutual TLS).
     #[new]
-    #[pyo3(signature = (addrs, max_msg, max_streams=1000, workers=1, hwm=4 << 20))]
-    fn new(addrs: Vec<(String, u16)>, max_msg: usize, max_streams: u32, workers: usize, hwm: usize) -> PyResult<Self> {
+    #[pyo3(signature = (addrs, max_msg, max_streams=1000, workers=1, hwm=4 << 20, *, cert_file=None, key_file=None, client_ca_file=None, secure=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        addrs: Vec<(String, u16)>,
+        max_msg: usize,
+        max_streams: u32,
+        workers: usize,
+        hwm: usize,
+        cert_file: Option<String>,
+        key_file: Option<String>,
+        client_ca_file: Option<String>,
+        secure: Option<Vec<bool>>,
+    ) -> PyResult<Self> {
+        let acceptor = match (&cert_file, &key_file) {
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(
+                tls::server_config(c, k, client_ca_file.as_deref()).map_err(PyValueError::new_err)?,
+            )),
+            (None, None) if client_ca_file.is_none() => None,
+            _ => return Err(PyValueError::new_err("TLS needs both cert_file and key_file (client_ca_file only with them)")),
+        };
+        let secure = secure.unwrap_or_else(|| vec![acceptor.is_some(); addrs.len()]);
+        if secure.len() != addrs.len() {
+            return Err(PyValueError::new_err("secure must have one entry per address"));
+        }
+        if acceptor.is_none() && secure.iter().any(|&s| s) {
+            return Err(PyValueError::new_err("a secure listener needs cert_file and key_file"));
+        }
         let (wake_r, wake_w) = StdUnixStream::pair().map_err(|e| PyOSError::new_err(e.to_string()))?;
         wake_r.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
         wake_w.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
@@ -581,10 +655,11 @@ impl Edge {
             ports.push(std_l.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?.port());
             listeners.push(std_l);
         }
-        for std_l in listeners {
+        for (std_l, tls_on) in listeners.into_iter().zip(secure) {
             let _guard = rt.enter();
             let l = TcpListener::from_std(std_l).map_err(|e| PyOSError::new_err(e.to_string()))?;
-            rt.spawn(accept_loop(l, shared.clone(), shut_rx.clone(), max_streams));
+            let tls = if tls_on { acceptor.clone() } else { None };
+            rt.spawn(accept_loop(l, shared.clone(), shut_rx.clone(), max_streams, tls));
         }
         Ok(Edge { shared, wake_r, rt: Mutex::new(Some(rt)), shut, ports })
     }
