@@ -12,7 +12,9 @@ hands them to the streams. A stream the client does not read is reported as bloc
 producer awaits the edge's WRITABLE event, so nothing is buffered without bound.
 
 Plain HTTP/1.1 requests on the same port go to ``http_handler(method, path, headers, body)``,
-which answers ``(status, headers, body)``; the default serves ``/health`` and ``/version``.
+which answers ``(status, headers, body)``; a body that is an async iterable of bytes goes out as a
+chunked response, and a chunked request body arrives whole. The default serves ``/health`` and
+``/version``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +44,8 @@ else:
 
 ENGINES = ("auto", "rust", "python")
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
-HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]
+HttpBody = bytes | AsyncIterable[bytes]  # an async iterable is sent as a chunked response
+HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], HttpBody]]]
 
 
 def available() -> bool:
@@ -330,7 +333,18 @@ class EdgeServer:
         except Exception:
             log.exception("HTTP handler failed for %s %s", method, path)
             status, hdrs, out = 500, [], b"internal error\n"
-        self._emit((sid, _edge.OUT_HTTP, status, hdrs, out))
+        if isinstance(out, bytes | bytearray):
+            self._emit((sid, _edge.OUT_HTTP, status, hdrs, bytes(out)))
+            return
+        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch).
+        self._emit((sid, _edge.OUT_HTTP_HEAD, status, hdrs))
+        try:
+            async for chunk in out:
+                self._emit((sid, _edge.OUT_HTTP_CHUNK, bytes(chunk)))
+                await asyncio.sleep(0)
+        except Exception:
+            log.exception("HTTP body stream failed for %s %s", method, path)
+        self._emit((sid, _edge.OUT_HTTP_END))
 
     # ------------------------------------------------------------------------------- shutdown
 

@@ -53,19 +53,33 @@ const EV_HTTP: u8 = 5;
 const OUT_MSG: u8 = 0;
 const OUT_TRAILERS: u8 = 1;
 const OUT_HTTP: u8 = 2;
+const OUT_HTTP_HEAD: u8 = 3;
+const OUT_HTTP_CHUNK: u8 = 4;
+const OUT_HTTP_END: u8 = 5;
 
 const RESOURCE_EXHAUSTED: u32 = 8;
 const INTERNAL: u32 = 13;
 const UNAVAILABLE: u32 = 14;
 const UNIMPLEMENTED: u32 = 12;
 
+const DEADLINE_EXCEEDED: u32 = 4;
+
 const HTTP1_MAX_HEAD: usize = 64 * 1024;
+/// Inbound back-pressure: past this many undrained request bytes a stream gets no more window.
+const IN_HWM: usize = 1 << 20;
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
+/// Bytes of one stream's requests queued for Python and not yet drained: the stream's reader
+/// stops handing HTTP/2 flow-control credit back to the client while this is above `IN_HWM`.
+struct Inflow {
+    bytes: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
 enum Event {
     Open { id: u64, path: String, meta: Vec<(String, String)> },
-    Msg { id: u64, data: Bytes },
+    Msg { id: u64, data: Bytes, flow: Arc<Inflow> },
     HalfClose { id: u64 },
     Cancel { id: u64 },
     Writable { id: u64 },
@@ -76,6 +90,10 @@ enum Out {
     Msg(Bytes),
     Trailers(u32, String),
     Http(u16, Vec<(String, String)>, Bytes),
+    /// A chunked HTTP/1.1 response: the head, then chunks, then the end.
+    HttpHead(u16, Vec<(String, String)>),
+    HttpChunk(Bytes),
+    HttpEnd,
 }
 
 struct Slot {
@@ -92,6 +110,8 @@ struct Shared {
     max_msg: usize,
     hwm: usize,
     open_connections: AtomicUsize,
+    /// Request bytes queued for Python (all streams), for tests and stats.
+    inbound: AtomicUsize,
 }
 
 impl Shared {
@@ -189,9 +209,19 @@ fn frame(msg: &Bytes) -> Bytes {
 
 async fn read_body(mut body: RecvStream, id: u64, sh: Arc<Shared>, tx: mpsc::UnboundedSender<Out>) {
     let mut buf = BytesMut::new();
+    let flow = Arc::new(Inflow { bytes: AtomicUsize::new(0), drained: tokio::sync::Notify::new() });
     loop {
         match body.data().await {
             Some(Ok(chunk)) => {
+                // Hand the window back only once Python has drained this stream below IN_HWM:
+                // a client that sends faster than Python takes requests is held by flow control.
+                loop {
+                    let drained = flow.drained.notified();
+                    if flow.bytes.load(Ordering::Acquire) <= IN_HWM {
+                        break;
+                    }
+                    drained.await;
+                }
                 let _ = body.flow_control().release_capacity(chunk.len());
                 buf.extend_from_slice(&chunk);
                 while buf.len() >= 5 {
@@ -214,7 +244,9 @@ async fn read_body(mut body: RecvStream, id: u64, sh: Arc<Shared>, tx: mpsc::Unb
                     }
                     buf.advance(5);
                     let data = buf.split_to(len).freeze();
-                    sh.push(Event::Msg { id, data });
+                    flow.bytes.fetch_add(len, Ordering::AcqRel);
+                    sh.inbound.fetch_add(len, Ordering::Relaxed);
+                    sh.push(Event::Msg { id, data, flow: flow.clone() });
                 }
             }
             Some(Err(_)) => {
@@ -239,6 +271,32 @@ enum Step {
     Out(Option<Out>),
     Reset,
     Shutdown,
+    Deadline,
+}
+
+/// The gRPC `grpc-timeout` header: 1 to 8 digits and a unit (H M S m u n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 || !v.is_ascii() {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn handle_stream(
@@ -248,6 +306,12 @@ async fn handle_stream(
     mut shut: watch::Receiver<bool>,
 ) {
     let (parts, body) = req.into_parts();
+    let deadline = parts
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .and_then(|d| tokio::time::Instant::now().checked_add(d));
     let grpc = parts
         .headers
         .get("content-type")
@@ -278,6 +342,7 @@ async fn handle_stream(
             o = rx.recv() => Step::Out(o),
             _ = poll_fn(|cx| match send.as_mut() { Some(s) => s.poll_reset(cx), None => respond.poll_reset(cx) }) => Step::Reset,
             _ = shut.changed() => Step::Shutdown,
+            _ = until(deadline) => Step::Deadline,
         };
         match step {
             Step::Out(Some(Out::Msg(m))) => {
@@ -319,7 +384,22 @@ async fn handle_stream(
                 }
                 break;
             }
-            Step::Out(Some(Out::Http(..))) | Step::Out(None) => break,
+            Step::Out(Some(_)) | Step::Out(None) => break,
+            Step::Deadline => {
+                // As grpc's own servers do: the call ends with DEADLINE_EXCEEDED and its handler
+                // is cancelled.
+                let msg = "Deadline Exceeded";
+                match send.as_mut() {
+                    Some(s) => {
+                        let _ = s.send_trailers(status_headers(DEADLINE_EXCEEDED, msg));
+                    }
+                    None => {
+                        let _ = respond.send_response(grpc_response(Some((DEADLINE_EXCEEDED, msg))), true);
+                    }
+                }
+                cancelled = true;
+                break;
+            }
             Step::Reset => {
                 cancelled = true;
                 break;
@@ -387,12 +467,15 @@ where
     .await;
 }
 
-async fn write_http1<S: AsyncWrite + Unpin>(sock: &mut S, status: u16, headers: &[(String, String)], body: &[u8], close: bool) -> bool {
+fn http1_head(status: u16, headers: &[(String, String)], length: Option<usize>, close: bool) -> String {
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
     let mut has_ct = false;
     for (k, v) in headers {
-        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
+        if k.eq_ignore_ascii_case("content-length")
+            || k.eq_ignore_ascii_case("connection")
+            || k.eq_ignore_ascii_case("transfer-encoding")
+        {
             continue;
         }
         has_ct |= k.eq_ignore_ascii_case("content-type");
@@ -401,12 +484,84 @@ async fn write_http1<S: AsyncWrite + Unpin>(sock: &mut S, status: u16, headers: 
     if !has_ct {
         head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
     }
-    head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    match length {
+        Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        None => head.push_str("Transfer-Encoding: chunked\r\n"),
+    }
     if close {
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
+    head
+}
+
+async fn write_http1<S: AsyncWrite + Unpin>(sock: &mut S, status: u16, headers: &[(String, String)], body: &[u8], close: bool) -> bool {
+    let head = http1_head(status, headers, Some(body.len()), close);
     sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
+}
+
+enum Chunked {
+    Body(Bytes),
+    TooLarge,
+    Malformed,
+    Eof,
+}
+
+/// Read a chunked request body (RFC 9112 7.1) that starts at `buf[0]`; consumes it from `buf`.
+async fn read_chunked<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut BytesMut, max: usize) -> Chunked {
+    let mut body = BytesMut::new();
+    loop {
+        // One chunk-size line (extensions after ';' are ignored).
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if buf.len() > 1024 {
+                return Chunked::Malformed;
+            }
+            match sock.read_buf(buf).await {
+                Ok(0) | Err(_) => return Chunked::Eof,
+                Ok(_) => {}
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else { return Chunked::Malformed };
+        buf.advance(line_end + 2);
+        if size == 0 {
+            // Trailer fields, up to the empty line.
+            loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    buf.advance(i + 2);
+                    if i == 0 {
+                        return Chunked::Body(body.freeze());
+                    }
+                    continue;
+                }
+                if buf.len() > HTTP1_MAX_HEAD {
+                    return Chunked::Malformed;
+                }
+                match sock.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Chunked::Eof,
+                    Ok(_) => {}
+                }
+            }
+        }
+        if body.len() + size > max {
+            return Chunked::TooLarge;
+        }
+        while buf.len() < size + 2 {
+            match sock.read_buf(buf).await {
+                Ok(0) | Err(_) => return Chunked::Eof,
+                Ok(_) => {}
+            }
+        }
+        if &buf[size..size + 2] != b"\r\n" {
+            return Chunked::Malformed;
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.advance(size + 2);
+    }
 }
 
 async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>) {
@@ -446,46 +601,94 @@ async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Sha
         };
         let Some((method, path, headers, head_len)) = parsed else { return };
         let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        if get("transfer-encoding").is_some() {
-            let _ = write_http1(&mut sock, 411, &[], b"chunked request bodies are not supported; send Content-Length\n", true).await;
-            return;
-        }
-        let clen: usize = match get("content-length").map(|v| v.trim().parse::<usize>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                let _ = write_http1(&mut sock, 400, &[], b"bad Content-Length\n", true).await;
+        let chunked = get("transfer-encoding").map(|v| v.to_ascii_lowercase());
+        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let body = if let Some(te) = chunked {
+            if te.trim() != "chunked" {
+                let _ = write_http1(&mut sock, 501, &[], b"only the chunked transfer coding is supported\n", true).await;
                 return;
             }
-        };
-        if clen > sh.max_msg {
-            let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
-            return;
-        }
-        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        while buf.len() < head_len + clen {
-            match sock.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            buf.advance(head_len);
+            match read_chunked(&mut sock, &mut buf, sh.max_msg).await {
+                Chunked::Body(b) => b,
+                Chunked::TooLarge => {
+                    let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
+                    return;
+                }
+                Chunked::Malformed => {
+                    let _ = write_http1(&mut sock, 400, &[], b"malformed chunked body\n", true).await;
+                    return;
+                }
+                Chunked::Eof => return,
             }
-        }
-        buf.advance(head_len);
-        let body = buf.split_to(clen).freeze();
-        let (id, mut rx, _tx, _q, _b) = sh.register();
+        } else {
+            let clen: usize = match get("content-length").map(|v| v.trim().parse::<usize>()) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    let _ = write_http1(&mut sock, 400, &[], b"bad Content-Length\n", true).await;
+                    return;
+                }
+            };
+            if clen > sh.max_msg {
+                let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
+                return;
+            }
+            while buf.len() < head_len + clen {
+                match sock.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            buf.advance(head_len);
+            buf.split_to(clen).freeze()
+        };
+        let (id, mut rx, _tx, queued, blocked) = sh.register();
         sh.push(Event::Http { id, method, path, headers, body });
-        let out = tokio::select! {
-            o = rx.recv() => o,
-            _ = shut.changed() => None,
+        let mut head_sent = false;
+        let ok = loop {
+            let out = tokio::select! {
+                o = rx.recv() => o,
+                _ = shut.changed() => None,
+            };
+            match out {
+                Some(Out::Http(status, hdrs, body)) => break write_http1(&mut sock, status, &hdrs, &body, close).await,
+                Some(Out::HttpHead(status, hdrs)) if !head_sent => {
+                    head_sent = true;
+                    let head = http1_head(status, &hdrs, None, close);
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        break false;
+                    }
+                }
+                Some(Out::HttpChunk(c)) if head_sent => {
+                    let n = c.len();
+                    let mut ok = true;
+                    if n > 0 {
+                        let size = format!("{n:x}\r\n");
+                        ok = sock.write_all(size.as_bytes()).await.is_ok()
+                            && sock.write_all(&c).await.is_ok()
+                            && sock.write_all(b"\r\n").await.is_ok();
+                    }
+                    let left = queued.fetch_sub(n, Ordering::AcqRel) - n;
+                    if left <= sh.hwm / 2 && blocked.swap(false, Ordering::AcqRel) {
+                        sh.push(Event::Writable { id });
+                    }
+                    if !ok {
+                        break false;
+                    }
+                }
+                Some(Out::HttpEnd) if head_sent => break sock.write_all(b"0\r\n\r\n").await.is_ok(),
+                _ => {
+                    sh.unregister(id);
+                    sh.push(Event::Cancel { id });
+                    if !head_sent {
+                        let _ = write_http1(&mut sock, 503, &[], b"server is shutting down\n", true).await;
+                    }
+                    return;
+                }
+            }
         };
         sh.unregister(id);
-        let ok = match out {
-            Some(Out::Http(status, hdrs, body)) => write_http1(&mut sock, status, &hdrs, &body, close).await,
-            _ => {
-                sh.push(Event::Cancel { id });
-                let _ = write_http1(&mut sock, 503, &[], b"server is shutting down\n", true).await;
-                return;
-            }
-        };
         if !ok || close {
             return;
         }
@@ -634,6 +837,7 @@ impl Edge {
             max_msg,
             hwm: hwm.max(1),
             open_connections: AtomicUsize::new(0),
+            inbound: AtomicUsize::new(0),
         });
         let (shut, shut_rx) = watch::channel(false);
         let mut ports = Vec::new();
@@ -678,6 +882,16 @@ impl Edge {
         self.shared.open_connections.load(Ordering::Relaxed)
     }
 
+    /// Response bytes handed over by Python and not yet written to the clients (all streams).
+    fn outbound_bytes(&self) -> usize {
+        self.shared.streams.lock().unwrap().values().map(|s| s.queued.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Request bytes received and queued for Python but not yet drained (all streams).
+    fn inbound_bytes(&self) -> usize {
+        self.shared.inbound.load(Ordering::Relaxed)
+    }
+
     /// Every queued event, as (kind, id, a, b) tuples, in arrival order.
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut sink = [0u8; 256];
@@ -698,7 +912,14 @@ impl Edge {
                     }
                     PyTuple::new(py, [EV_OPEN.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyString::new(py, &path).into_any(), m.into_any()])?
                 }
-                Event::Msg { id, data } => PyTuple::new(py, [EV_MSG.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyBytes::new(py, &data).into_any(), none.bind(py).clone()])?,
+                Event::Msg { id, data, flow } => {
+                    let n = data.len();
+                    self.shared.inbound.fetch_sub(n, Ordering::Relaxed);
+                    if flow.bytes.fetch_sub(n, Ordering::AcqRel) - n <= IN_HWM {
+                        flow.drained.notify_one();
+                    }
+                    PyTuple::new(py, [EV_MSG.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyBytes::new(py, &data).into_any(), none.bind(py).clone()])?
+                }
                 Event::HalfClose { id } => PyTuple::new(py, [EV_HALF_CLOSE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Cancel { id } => PyTuple::new(py, [EV_CANCEL.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Writable { id } => PyTuple::new(py, [EV_WRITABLE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
@@ -737,6 +958,13 @@ impl Edge {
                     let b = b.downcast::<PyBytes>()?;
                     Out::Http(t.get_item(2)?.extract()?, t.get_item(3)?.extract()?, Bytes::copy_from_slice(b.as_bytes()))
                 }
+                OUT_HTTP_HEAD => Out::HttpHead(t.get_item(2)?.extract()?, t.get_item(3)?.extract()?),
+                OUT_HTTP_CHUNK => {
+                    let b = t.get_item(2)?;
+                    let b = b.downcast::<PyBytes>()?;
+                    Out::HttpChunk(Bytes::copy_from_slice(b.as_bytes()))
+                }
+                OUT_HTTP_END => Out::HttpEnd,
                 _ => return Err(PyValueError::new_err(format!("unknown output kind {kind}"))),
             };
             outs.push((id, out));
@@ -747,7 +975,7 @@ impl Edge {
             let streams = sh.streams.lock().unwrap();
             for (id, out) in outs {
                 let Some(slot) = streams.get(&id) else { continue };
-                if let Out::Msg(m) = &out {
+                if let Out::Msg(m) | Out::HttpChunk(m) = &out {
                     let q = slot.queued.fetch_add(m.len(), Ordering::AcqRel) + m.len();
                     if q > sh.hwm {
                         slot.blocked.store(true, Ordering::Release);
@@ -791,5 +1019,8 @@ fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OUT_MSG", OUT_MSG)?;
     m.add("OUT_TRAILERS", OUT_TRAILERS)?;
     m.add("OUT_HTTP", OUT_HTTP)?;
+    m.add("OUT_HTTP_HEAD", OUT_HTTP_HEAD)?;
+    m.add("OUT_HTTP_CHUNK", OUT_HTTP_CHUNK)?;
+    m.add("OUT_HTTP_END", OUT_HTTP_END)?;
     Ok(())
 }
