@@ -228,7 +228,8 @@ async fn read_body(mut body: RecvStream, id: u64, sh: Arc<Shared>, tx: mpsc::Unb
                     let compressed = buf[0];
                     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
                     if len > sh.max_msg {
-                        let msg = format!("grpc: received message larger than max ({len} vs. {})", sh.max_msg);
+                        // The words grpc.aio (grpc core) sends, so both engines answer alike.
+                        let msg = format!("SERVER: Received message larger than max ({len} vs. {})", sh.max_msg);
                         let _ = tx.send(Out::Trailers(RESOURCE_EXHAUSTED, msg));
                         sh.push(Event::Cancel { id });
                         return;
@@ -442,24 +443,51 @@ where
         Ok(c) => c,
         Err(_) => return,
     };
+    let live = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
-                    tokio::spawn(handle_stream(req, respond, sh.clone(), shut.clone()));
+                    live.fetch_add(1, Ordering::AcqRel);
+                    let (live, sh, shut) = (live.clone(), sh.clone(), shut.clone());
+                    tokio::spawn(async move {
+                        handle_stream(req, respond, sh, shut).await;
+                        live.fetch_sub(1, Ordering::AcqRel);
+                    });
                 }
                 _ => return,
             },
             _ = shut.changed() => break,
         }
     }
-    // Shutting down: GOAWAY, then keep driving the connection so the streams' UNAVAILABLE
-    // trailers reach the client, for a bounded time.
+    // Shutting down. First keep driving the connection while its streams send their UNAVAILABLE
+    // trailers (bounded), so those go out before the GOAWAY; then GOAWAY, and drive it until the
+    // client is done, for a bounded time. A stream opened meanwhile gets UNAVAILABLE too.
+    let msg = "conclave: server is shutting down";
+    let flushed = tokio::time::timeout(SHUTDOWN_FLUSH / 4, async {
+        let mut quiet = 0;
+        while quiet < 4 {
+            quiet = if live.load(Ordering::Acquire) == 0 { quiet + 1 } else { 0 };
+            tokio::select! {
+                r = conn.accept() => match r {
+                    Some(Ok((_, mut respond))) => {
+                        let _ = respond.send_response(grpc_response(Some((UNAVAILABLE, msg))), true);
+                    }
+                    _ => return false,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        true
+    })
+    .await;
+    if matches!(flushed, Ok(false)) {
+        return;
+    }
     conn.graceful_shutdown();
     let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
         while let Some(r) = conn.accept().await {
             if let Ok((_, mut respond)) = r {
-                let msg = "conclave: server is shutting down";
                 let _ = respond.send_response(grpc_response(Some((UNAVAILABLE, msg))), true);
             }
         }
