@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import h2.config
@@ -60,7 +62,14 @@ class RawH2:
         if data:
             self.sock.sendall(data)
 
-    def open(self, path: str, messages: list[bytes] = (), *, end: bool = True, headers: list[tuple[str, str]] = ()) -> int:  # type: ignore[assignment]
+    def open(
+        self,
+        path: str,
+        messages: Sequence[bytes] = (),
+        *,
+        end: bool = True,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> int:
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(
             sid,
@@ -129,7 +138,7 @@ class RawH2:
             self.closed = True
         return not self.closed
 
-    def wait(self, pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    def wait(self, pred: Callable[[], bool], timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while not pred():
             left = deadline - time.monotonic()
@@ -140,10 +149,8 @@ class RawH2:
         return True
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 def send_flow_controlled(c: RawH2, sid: int, data: bytes, *, end: bool = True, timeout: float = 10.0) -> int:

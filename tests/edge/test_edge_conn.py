@@ -4,6 +4,7 @@ frames, clients that stop reading or send too fast, deadlines, chunked HTTP/1.1,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import socket
 import threading
@@ -284,10 +285,8 @@ def test_http1_chunked_body_over_the_limit_is_413(served: ServedBackend) -> None
     chunk = b"x" * 65536
     body = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * (LIMIT // len(chunk) + 2) + b"0\r\n\r\n"
     with http1(served, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n") as s:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         status, _, _ = read_response(s)
         assert status.startswith(b"HTTP/1.1 413")
 
