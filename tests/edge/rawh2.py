@@ -44,7 +44,10 @@ class Stream:
 
 
 class RawH2:
-    def __init__(self, endpoint: str, *, read_window: int | None = None, auto_ack: bool = True) -> None:
+    def __init__(
+        self, endpoint: str, *, read_window: int | None = None, auto_ack: bool = True, authority: str = "127.0.0.1"
+    ) -> None:
+        self.authority = authority
         host, port = endpoint.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -77,7 +80,7 @@ class RawH2:
                 (":method", "POST"),
                 (":scheme", "http"),
                 (":path", path),
-                (":authority", "127.0.0.1"),
+                (":authority", self.authority),
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
                 *headers,

@@ -73,6 +73,19 @@ def test_two_hundred_watch_streams_on_one_connection_all_see_the_event(served: S
         c.close()
 
 
+@pytest.mark.parametrize("authority", ["http://127.0.0.1:2379", "https://h:1/path?q", "#initially=[x]", "127.0.0.1"])
+def test_an_authority_sent_as_a_url_is_accepted_as_grpc_go_does(served: ServedBackend, authority: str) -> None:
+    # etcdctl --cluster sends its member's client URL as :authority; h2 alone refuses that.
+    c = RawH2(served.endpoint, authority=authority)
+    try:
+        for i in range(20):  # many header blocks on one connection: HPACK's dynamic table stays in step
+            sid = c.open(RANGE, [pb.RangeRequest(key=b"a%d" % i).SerializeToString()], headers=[("x-n", str(i))])
+            assert c.wait(lambda sid=sid: c.streams[sid].ended, 10)
+            assert c.streams[sid].status == 0, c.streams[sid].headers
+    finally:
+        c.close()
+
+
 def test_a_thousand_connections_each_served(served: ServedBackend) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * 1000 + 256  # both ends live in this process
