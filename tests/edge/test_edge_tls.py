@@ -82,8 +82,21 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki: Pki) -> None:
             private_key=pki.client_key.read_bytes(),
             certificate_chain=pki.client_cert.read_bytes(),
         )
+        contexts: list[edge_server.EdgeContext] = []
+        server: edge_server.EdgeServer = s.server  # type: ignore[assignment]
+        on_open = server._on_open
+
+        def spy(sid: int, path: str, meta: list[tuple[str, str]]) -> None:
+            on_open(sid, path, meta)
+            if sid in server.calls:
+                contexts.append(server.calls[sid].ctx)
+
+        server._on_open = spy  # type: ignore[method-assign]
         with grpc.secure_channel(s.endpoint, creds) as ch:
             assert kv(ch).Put(pb.PutRequest(key=b"m", value=b"tls"), timeout=10).header.revision > 0
+        # The handlers see the client certificate's CN as grpc.aio shows it (auth_context), never as metadata.
+        assert contexts and contexts[0].auth_context()["x509_common_name"] == [b"root"]
+        assert all(not k.startswith(":") for k, _ in contexts[0].invocation_metadata())
     finally:
         s.close()
 

@@ -43,6 +43,7 @@ else:
     IMPORT_ERROR = ""
 
 ENGINES = ("auto", "rust", "python")
+PEER_CN = ":tls-client-cn"  # metadata key the edge adds for a mutual-TLS client's certificate CN
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
 HttpBody = bytes | AsyncIterable[bytes]  # an async iterable is sent as a chunked response
 HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], HttpBody]]]
@@ -74,9 +75,12 @@ class _Details:
 class EdgeContext:
     """The part of ``grpc.aio.ServicerContext`` the service handlers use."""
 
-    __slots__ = ("_cancelled", "_meta", "code", "details")
+    __slots__ = ("_cancelled", "_meta", "_peer_cn", "code", "details")
 
     def __init__(self, meta: list[tuple[str, str]]) -> None:
+        self._peer_cn = ""
+        if meta and meta[-1][0] == PEER_CN:  # the edge appends it last, on mutual-TLS connections
+            self._peer_cn = meta.pop()[1]
         self._meta = tuple(meta)
         self.code: grpc.StatusCode = grpc.StatusCode.OK
         self.details = ""
@@ -104,6 +108,12 @@ class EdgeContext:
 
     def peer(self) -> str:
         return "edge"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """As grpc.aio's: the verified TLS client certificate's common name, when there is one."""
+        if not self._peer_cn:
+            return {}
+        return {"transport_security_type": [b"ssl"], "x509_common_name": [self._peer_cn.encode()]}
 
     def time_remaining(self) -> float | None:
         return None

@@ -64,6 +64,9 @@ const UNIMPLEMENTED: u32 = 12;
 
 const DEADLINE_EXCEEDED: u32 = 4;
 
+/// Metadata key carrying the verified TLS client certificate's common name (mutual TLS).
+const PEER_CN: &str = ":tls-client-cn";
+
 const HTTP1_MAX_HEAD: usize = 64 * 1024;
 /// Inbound back-pressure: past this many undrained request bytes a stream gets no more window.
 const IN_HWM: usize = 1 << 20;
@@ -305,6 +308,7 @@ async fn handle_stream(
     mut respond: SendResponse<Bytes>,
     sh: Arc<Shared>,
     mut shut: watch::Receiver<bool>,
+    peer_cn: Option<Arc<str>>,
 ) {
     let (parts, body) = req.into_parts();
     let deadline = parts
@@ -333,6 +337,10 @@ async fn handle_stream(
         if let Ok(v) = v.to_str() {
             meta.push((k.to_string(), v.to_string()));
         }
+    }
+    if let Some(cn) = peer_cn {
+        // A pseudo-header name no client can send: the verified client certificate's CN.
+        meta.push((PEER_CN.to_string(), cn.to_string()));
     }
     sh.push(Event::Open { id, path: parts.uri.path().to_string(), meta });
     let reader = tokio::spawn(read_body(body, id, sh.clone(), tx));
@@ -427,7 +435,7 @@ async fn handle_stream(
     }
 }
 
-async fn serve_h2<S>(sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32)
+async fn serve_h2<S>(sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32, peer_cn: Option<Arc<str>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -449,9 +457,9 @@ where
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
                     live.fetch_add(1, Ordering::AcqRel);
-                    let (live, sh, shut) = (live.clone(), sh.clone(), shut.clone());
+                    let (live, sh, shut, cn) = (live.clone(), sh.clone(), shut.clone(), peer_cn.clone());
                     tokio::spawn(async move {
-                        handle_stream(req, respond, sh, shut).await;
+                        handle_stream(req, respond, sh, shut, cn).await;
                         live.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
@@ -744,8 +752,15 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
         let Ok(Ok(stream)) = tokio::time::timeout(SNIFF_TIMEOUT, acceptor.accept(sock)).await else { return };
         let _count = ConnCount::new(&sh);
         let alpn = stream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        let cn: Option<Arc<str>> = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| tls::subject_cn(c.as_ref()))
+            .map(Arc::from);
         match alpn.as_deref() {
-            Some(b"h2") => serve_h2(stream, sh.clone(), shut, max_streams).await,
+            Some(b"h2") => serve_h2(stream, sh.clone(), shut, max_streams, cn).await,
             Some(_) => serve_http1(stream, sh.clone(), shut).await,
             None => {
                 let mut stream = stream;
@@ -756,7 +771,7 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
                 }
                 let s = tls::Prefixed::new(first.to_vec(), stream);
                 if &first == b"PRI " {
-                    serve_h2(s, sh.clone(), shut, max_streams).await;
+                    serve_h2(s, sh.clone(), shut, max_streams, cn).await;
                 } else {
                     serve_http1(s, sh.clone(), shut).await;
                 }
@@ -780,7 +795,7 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
     }
     let _count = ConnCount::new(&sh);
     if &first == b"PRI " {
-        serve_h2(sock, sh.clone(), shut, max_streams).await;
+        serve_h2(sock, sh.clone(), shut, max_streams, None).await;
     } else {
         serve_http1(sock, sh.clone(), shut).await;
     }
@@ -1044,6 +1059,7 @@ fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EV_CANCEL", EV_CANCEL)?;
     m.add("EV_WRITABLE", EV_WRITABLE)?;
     m.add("EV_HTTP", EV_HTTP)?;
+    m.add("PEER_CN", PEER_CN)?;
     m.add("OUT_MSG", OUT_MSG)?;
     m.add("OUT_TRAILERS", OUT_TRAILERS)?;
     m.add("OUT_HTTP", OUT_HTTP)?;

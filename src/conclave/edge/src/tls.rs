@@ -89,3 +89,60 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+/// One DER TLV at the start of `b`: (tag, contents, rest).
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, mut b) = b.split_first()?;
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let mut len = 0usize;
+        for &x in &b[..n] {
+            len = (len << 8) | x as usize;
+        }
+        b = &b[n..];
+        len
+    };
+    if b.len() < len {
+        return None;
+    }
+    Some((tag, &b[..len], &b[len..]))
+}
+
+/// The subject common name of a DER certificate (the last CN when there are several, as grpc's
+/// `x509_common_name` does), or None.
+pub fn subject_cn(der: &[u8]) -> Option<String> {
+    const SEQ: u8 = 0x30;
+    let (SEQ, cert, _) = tlv(der)? else { return None };
+    let (SEQ, tbs, _) = tlv(cert)? else { return None };
+    let mut rest = tbs;
+    let (tag, _, r) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = r; // [0] version
+    }
+    let (_, _, r) = tlv(rest)?; // serialNumber
+    let (_, _, r) = tlv(r)?; // signature algorithm
+    let (_, _, r) = tlv(r)?; // issuer
+    let (_, _, r) = tlv(r)?; // validity
+    let (SEQ, mut subject, _) = tlv(r)? else { return None };
+    let mut cn = None;
+    while !subject.is_empty() {
+        let (_, mut rdn, next) = tlv(subject)?;
+        subject = next;
+        while !rdn.is_empty() {
+            let (_, atv, next) = tlv(rdn)?;
+            rdn = next;
+            let (0x06, oid, value) = tlv(atv)? else { continue };
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, text, _) = tlv(value)?;
+                cn = Some(String::from_utf8_lossy(text).into_owned());
+            }
+        }
+    }
+    cn
+}
