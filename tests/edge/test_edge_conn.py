@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import resource
 import socket
 import threading
@@ -176,6 +177,39 @@ def test_garbage_closes_that_connection_and_the_member_serves_on(served: ServedB
         except (ConnectionResetError, TimeoutError):
             pass
     put(served, b"still-here")
+
+
+def test_random_header_blocks_never_take_the_member_down(served: ServedBackend) -> None:
+    rng = random.Random(11)
+    host, port = served.endpoint.rsplit(":", 1)
+    for _ in range(200):
+        block = rng.randbytes(rng.randrange(1, 200))
+        flags = rng.choice([0x4, 0x5, 0x0, 0x24, 0x8 | 0x4])
+        frame = len(block).to_bytes(3, "big") + bytes([0x1, flags]) + (1).to_bytes(4, "big") + block
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + frame)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(5)
+            with contextlib.suppress(ConnectionResetError, TimeoutError):
+                while s.recv(4096):
+                    pass
+    # The same after a first request whose URL :authority put the connection in rewrite mode.
+    req = pb.RangeRequest(key=b"a").SerializeToString()
+    for _ in range(50):
+        c = RawH2(served.endpoint, authority="http://127.0.0.1:1")
+        try:
+            sid = c.open(RANGE, [req])
+            assert c.wait(lambda c=c, sid=sid: c.streams[sid].ended, 10) and c.streams[sid].status == 0
+            block = rng.randbytes(rng.randrange(1, 200))
+            c.sock.sendall(len(block).to_bytes(3, "big") + b"\x01\x05" + (sid + 2).to_bytes(4, "big") + block)
+            c.wait(lambda c=c: c.closed, 2)
+        finally:
+            c.close()
+    put(served, b"still-here")
+    deadline = time.monotonic() + 10
+    while served.server.edge.open_connections() > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.server.edge.open_connections() <= 1
 
 
 def test_a_watcher_that_never_reads_is_back_pressured_and_others_are_unaffected(served: ServedBackend) -> None:
