@@ -367,6 +367,9 @@ mod tests {
         let mut b = BytesMut::new();
         encode_int(&mut b, 0, 7, 10);
         encode_int(&mut b, 0, 7, 200);
-        assert_eq!(&b[..], &[10, 127, 73, 1][..]);
+        assert_eq!(&b[..], &[10, 127, 73][..]);
+        let mut b = BytesMut::new();
+        encode_int(&mut b, 0, 7, 127 + 300);
+        assert_eq!(&b[..], &[127, 0xac, 0x02][..]);
     }
 }

@@ -146,3 +146,17 @@ pub fn subject_cn(der: &[u8]) -> Option<String> {
     }
     cn
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlv_reads_short_and_long_lengths_and_refuses_truncation() {
+        assert_eq!(tlv(&[0x04, 0x01, 0xaa, 0xbb]), Some((0x04, &[0xaa][..], &[0xbb][..])));
+        let long = [&[0x04, 0x81, 0x80][..], &[7u8; 128][..]].concat();
+        assert_eq!(tlv(&long).map(|(_, c, r)| (c.len(), r.len())), Some((128, 0)));
+        assert_eq!(tlv(&[0x04, 0x05, 0x00]), None);
+        assert_eq!(subject_cn(b"not a certificate"), None);
+    }
+}
