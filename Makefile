@@ -13,6 +13,7 @@ help:
 	@echo "make lint   - ruff on everything, mypy --strict on the pure cores"
 	@echo "make bench  - benchmarks (bench/), side by side with etcd where a target names it"
 	@echo "make edge   - build the compiled client edge (Rust) where cargo exists; make test and make run do it"
+	@echo "make edge-check - clippy -D warnings and the edge's Rust unit tests (make test runs it)"
 	@echo "make proto  - regenerate the committed gRPC/protobuf modules from src/conclave/api/proto"
 
 $(STAMP): pyproject.toml
@@ -61,7 +62,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy --strict $(PURE)
 
-test: $(STAMP) edge system-deps lint
+test: $(STAMP) edge edge-check system-deps lint
 	$(PY) -m pytest
 
 run: $(STAMP) edge
@@ -90,5 +91,15 @@ $(EDGE_SO): $(EDGE_SRC) $(STAMP)
 	    --manifest-path src/conclave/edge/Cargo.toml && cp target/release/lib_edge.so $(EDGE_SO).tmp && mv -f $(EDGE_SO).tmp $(EDGE_SO); \
 	else echo "cargo not found: skipping the compiled edge; the python gRPC engine will run"; fi
 
-.PHONY: edge
+.PHONY: edge edge-check
 edge: $(EDGE_SO)
+
+# The edge's own checks where cargo exists: clippy with warnings as errors, and its Rust unit tests.
+EDGE_CARGO := CARGO_TARGET_DIR=$(CURDIR)/target PYO3_PYTHON=$(CURDIR)/$(PY) cargo
+edge-check: $(STAMP)
+	@if command -v cargo >/dev/null 2>&1; then \
+	  if cargo clippy --version >/dev/null 2>&1; then \
+	    $(EDGE_CARGO) clippy --quiet --release --manifest-path src/conclave/edge/Cargo.toml -- -D warnings; \
+	  else echo "cargo clippy not installed: skipping it"; fi && \
+	  $(EDGE_CARGO) test --quiet --release --manifest-path src/conclave/edge/Cargo.toml; \
+	else echo "cargo not found: skipping the edge's Rust checks"; fi

@@ -34,6 +34,7 @@ def rpc_error(fn: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
     return info.value
 
 
+@pytest.mark.both_engines
 def test_put_range_delete_with_full_headers(served: ServedBackend) -> None:
     stub = kv_stub(served)
     put = stub.Put(pb.PutRequest(key=b"a/1", value=b"one"), timeout=TIMEOUT_S)
@@ -57,6 +58,7 @@ def test_put_range_delete_with_full_headers(served: ServedBackend) -> None:
     assert_header(deleted.header, 5)
 
 
+@pytest.mark.both_engines
 def test_txn_maps_compares_and_nested_responses(served: ServedBackend) -> None:
     stub = kv_stub(served)
     stub.Put(pb.PutRequest(key=b"k", value=b"v"), timeout=TIMEOUT_S)
@@ -81,6 +83,7 @@ def test_txn_maps_compares_and_nested_responses(served: ServedBackend) -> None:
     assert not again.succeeded and again.responses[0].response_range.kvs[0].value == b"w"
 
 
+@pytest.mark.both_engines
 def test_etcd_errors_keep_exact_codes_and_messages(served: ServedBackend) -> None:
     stub = kv_stub(served)
     err = rpc_error(stub.Range, pb.RangeRequest(key=b""))
@@ -96,6 +99,7 @@ def test_etcd_errors_keep_exact_codes_and_messages(served: ServedBackend) -> Non
     assert err.details() == "etcdserver: mvcc: required revision is a future revision"
 
 
+@pytest.mark.both_engines
 def test_bad_enum_is_invalid_argument_and_crash_is_internal(served: ServedBackend) -> None:
     stub = kv_stub(served)
     bad = pb.RangeRequest(key=b"k")
@@ -158,6 +162,7 @@ class WatchSession:
         self.call.cancel()
 
 
+@pytest.mark.both_engines
 def test_watch_create_events_cancel_progress(served: ServedBackend) -> None:
     stub = kv_stub(served)
     stub.Put(pb.PutRequest(key=b"w/old", value=b"0"), timeout=TIMEOUT_S)  # revision 2
@@ -218,6 +223,7 @@ def test_watch_from_compacted_revision_is_canceled(served: ServedBackend) -> Non
         w.close()
 
 
+@pytest.mark.both_engines
 def test_leases(served: ServedBackend) -> None:
     lease = served.stub("etcdserverpb.Lease")
     granted = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30), timeout=TIMEOUT_S)
@@ -283,6 +289,7 @@ def test_oversized_request_is_refused_by_grpc() -> None:
         s.close()
 
 
+@pytest.mark.both_engines
 def test_lock_is_mutual_exclusion_in_fifo_order(served: ServedBackend) -> None:
     lease = served.stub("etcdserverpb.Lease")
     lock = served.stub("v3lockpb.Lock")
@@ -418,6 +425,7 @@ def _raw(served: ServedBackend, method: str, streaming: bool = False) -> Any:
     return served.channel.unary_unary(method, request_serializer=ident, response_deserializer=ident)
 
 
+@pytest.mark.both_engines
 def test_undecodable_requests_answer_internal_as_etcd_does(served: ServedBackend) -> None:
     # etcd (grpc-go) answers INTERNAL "grpc: error unmarshalling request: ..."; grpc-python alone says UNKNOWN.
     for method in ("/etcdserverpb.KV/Range", "/etcdserverpb.Cluster/MemberList", "/v3lockpb.Lock/Lock"):
@@ -451,6 +459,7 @@ def _one_shot_watch(served: ServedBackend, create: Any) -> tuple[Any, queue.Queu
     return call, got
 
 
+@pytest.mark.both_engines
 def test_half_closed_watch_stream_keeps_its_watch_and_delivers(served: ServedBackend) -> None:
     call, got = _one_shot_watch(served, pb.WatchCreateRequest(key=b"hc"))
     try:

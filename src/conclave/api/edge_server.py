@@ -21,7 +21,9 @@ the batch that fails (undecodable, invalid, no leader) fails only itself. Other 
 one task each (writes await their own commit; the member batches them into one log entry).
 
 Plain HTTP/1.1 requests on the same port go to ``http_handler(method, path, headers, body)``,
-which answers ``(status, headers, body)``; the default serves ``/health`` and ``/version``.
+which answers ``(status, headers, body)``; a body that is an async iterable of bytes goes out as a
+chunked response, and a chunked request body arrives whole. The default serves ``/health`` and
+``/version``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -50,8 +52,10 @@ else:
 
 ENGINES = ("auto", "rust", "python")
 RANGE_PATH = "/etcdserverpb.KV/Range"
+PEER_CN = ":tls-client-cn"  # metadata key the edge adds for a mutual-TLS client's certificate CN
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
-HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]
+HttpBody = bytes | AsyncIterable[bytes]  # an async iterable is sent as a chunked response
+HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], HttpBody]]]
 
 
 def available() -> bool:
@@ -80,9 +84,12 @@ class _Details:
 class EdgeContext:
     """The part of ``grpc.aio.ServicerContext`` the service handlers use."""
 
-    __slots__ = ("_cancelled", "_meta", "code", "details", "linearized")
+    __slots__ = ("_cancelled", "_meta", "_peer_cn", "code", "details", "linearized")
 
     def __init__(self, meta: list[tuple[str, str]]) -> None:
+        self._peer_cn = ""
+        if meta and meta[-1][0] == PEER_CN:  # the edge appends it last, on mutual-TLS connections
+            self._peer_cn = meta.pop()[1]
         self._meta = tuple(meta)
         self.code: grpc.StatusCode = grpc.StatusCode.OK
         self.details = ""
@@ -112,6 +119,12 @@ class EdgeContext:
 
     def peer(self) -> str:
         return "edge"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """As grpc.aio's: the verified TLS client certificate's common name, when there is one."""
+        if not self._peer_cn:
+            return {}
+        return {"transport_security_type": [b"ssl"], "x509_common_name": [self._peer_cn.encode()]}
 
     def time_remaining(self) -> float | None:
         return None
@@ -188,7 +201,14 @@ class EdgeServer:
         max_streams: int = 1000,
         workers: int = 1,
         http_handler: HttpHandler | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        client_ca_file: str | None = None,
+        secure: list[bool] | None = None,
     ) -> None:
+        """``cert_file``/``key_file`` (PEM) turn on TLS for the addresses whose ``secure`` entry is
+        true (all of them when ``secure`` is None); ``client_ca_file`` also requires client
+        certificates signed by that CA (mutual TLS). ALPN offers h2 and http/1.1."""
         if _edge is None:
             raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
         self.backend = backend
@@ -204,7 +224,10 @@ class EdgeServer:
                         break
         self.http_handler = http_handler
         self.loop = asyncio.get_running_loop()
-        self.edge = _edge.Edge(addrs, max_request_bytes + GRPC_OVERHEAD_BYTES, max_streams, workers)
+        tls: dict[str, Any] = {}
+        if cert_file is not None or key_file is not None or client_ca_file is not None:
+            tls = {"cert_file": cert_file, "key_file": key_file, "client_ca_file": client_ca_file, "secure": secure}
+        self.edge = _edge.Edge(addrs, max_request_bytes + GRPC_OVERHEAD_BYTES, max_streams, workers, **tls)
         self.ports: list[int] = list(self.edge.ports)
         self.host = addrs[0][0] if addrs else "127.0.0.1"
         self.calls: dict[int, _Call] = {}
@@ -415,7 +438,18 @@ class EdgeServer:
         except Exception:
             log.exception("HTTP handler failed for %s %s", method, path)
             status, hdrs, out = 500, [], b"internal error\n"
-        self._emit((sid, _edge.OUT_HTTP, status, hdrs, out))
+        if isinstance(out, bytes | bytearray):
+            self._emit((sid, _edge.OUT_HTTP, status, hdrs, bytes(out)))
+            return
+        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch).
+        self._emit((sid, _edge.OUT_HTTP_HEAD, status, hdrs))
+        try:
+            async for chunk in out:
+                self._emit((sid, _edge.OUT_HTTP_CHUNK, bytes(chunk)))
+                await asyncio.sleep(0)
+        except Exception:
+            log.exception("HTTP body stream failed for %s %s", method, path)
+        self._emit((sid, _edge.OUT_HTTP_END))
 
     # ------------------------------------------------------------------------------- shutdown
 
@@ -443,8 +477,11 @@ async def start_edge_server(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     addrs: list[tuple[str, int]] | None = None,
     http_handler: HttpHandler | None = None,
+    **tls: Any,
 ) -> EdgeServer:
-    """Start the compiled edge for ``backend``; raises OSError when an address cannot be bound."""
+    """Start the compiled edge for ``backend``; raises OSError when an address cannot be bound.
+
+    ``tls`` is passed to :class:`EdgeServer` (cert_file, key_file, client_ca_file, secure)."""
     return EdgeServer(
-        backend, addrs or [(host, port)], max_request_bytes=max_request_bytes, http_handler=http_handler
+        backend, addrs or [(host, port)], max_request_bytes=max_request_bytes, http_handler=http_handler, **tls
     )

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from conclave.server.config import ConfigError, ServerConfig, parse_url
@@ -49,7 +50,15 @@ class Member:
 
             hps = [parse_url(u, "listen-client-urls") for u in self.cfg.listen_client_urls]
             addrs = [(hp.host, hp.port) for hp in hps]
-            self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes)
+            secure = [self.cfg.client_url_is_tls(u) for u in self.cfg.listen_client_urls]
+            tls: dict[str, Any] = {}
+            if any(secure):
+                tls = {"cert_file": self.cfg.cert_file, "key_file": self.cfg.key_file, "secure": secure,
+                       "client_ca_file": self.cfg.trusted_ca_file if self.cfg.client_cert_auth else None}  # fmt: skip
+            try:
+                self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes, **tls)
+            except ValueError as exc:  # unreadable TLS files
+                raise ConfigError(str(exc)) from None
             log.info("gRPC engine: rust (compiled edge)")
         else:
             import grpc
@@ -57,14 +66,26 @@ class Member:
             from conclave.api.grpc_server import etcd_handlers, server_options
 
             if IMPORT_ERROR:
-                log.info("gRPC engine: python (grpc.aio); the compiled edge is not built: %s", IMPORT_ERROR)
+                log.warning(
+                    "gRPC engine: python (grpc.aio), because the compiled edge is not built (%s); "
+                    "`make edge` builds it where a Rust toolchain is installed", IMPORT_ERROR)
             else:
                 log.info("gRPC engine: python (grpc.aio)")
             self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))
             self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))
             for url in self.cfg.listen_client_urls:
                 hp = parse_url(url, "listen-client-urls")
-                bound = self.grpc_server.add_insecure_port(f"{hp.host}:{hp.port}")
+                if self.cfg.client_url_is_tls(url):
+                    creds = grpc.ssl_server_credentials(
+                        [(Path(self.cfg.key_file).read_bytes(), Path(self.cfg.cert_file).read_bytes())],
+                        root_certificates=(
+                            Path(self.cfg.trusted_ca_file).read_bytes() if self.cfg.client_cert_auth else None
+                        ),
+                        require_client_auth=self.cfg.client_cert_auth,
+                    )
+                    bound = self.grpc_server.add_secure_port(f"{hp.host}:{hp.port}", creds)
+                else:
+                    bound = self.grpc_server.add_insecure_port(f"{hp.host}:{hp.port}")
                 if bound == 0:
                     raise ConfigError(f"--listen-client-urls: cannot listen on {hp}")
             await self.grpc_server.start()

@@ -32,8 +32,13 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("max-snapshots", "N", "5", "maximum number of snapshot files to retain (0 is unlimited)"),
     ("max-wals", "N", "5", "maximum number of WAL files to retain (0 is unlimited)"),
     ("max-learners", "N", "1", "maximum number of learners in the cluster"),
-    ("grpc-engine", "auto|rust|python", "python",
-     "etcd gRPC engine: rust = the compiled edge, python = grpc.aio, auto = rust when it is built"),
+    ("grpc-engine", "auto|rust|python", "auto",
+     "etcd gRPC engine: rust = the compiled edge (Rust), python = grpc.aio (no compiler needed), "
+     "auto = rust when the edge is built, else python (the log says which runs)"),
+    ("cert-file", "FILE", "", "path to the client server TLS cert file (serves the https:// client URLs)"),
+    ("key-file", "FILE", "", "path to the client server TLS key file"),
+    ("client-cert-auth", "BOOL", "false", "enable client cert authentication (needs --trusted-ca-file)"),
+    ("trusted-ca-file", "FILE", "", "path to the client server TLS trusted CA cert file"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
@@ -50,6 +55,10 @@ def register(sub: Any) -> None:
     for flag, metavar, default, text in FLAGS:
         # The built-in default is shown (etcd's --help does too); a CONCLAVE_<FLAG> value overrides it.
         shown = f"{text} (default: {default})" if default and "(default:" not in text else text
+        if metavar == "BOOL":  # `--flag` alone means true, as etcd's boolean flags
+            p.add_argument(f"--{flag}", metavar=metavar, nargs="?", const="true",
+                           default=env_default(flag, default), help=shown)  # fmt: skip
+            continue
         p.add_argument(f"--{flag}", metavar=metavar, default=env_default(flag, default), help=shown)
     p.set_defaults(func=run)
 
@@ -60,6 +69,15 @@ def _int(args: argparse.Namespace, flag: str) -> int:
         return int(str(raw).strip())
     except ValueError:
         raise ConfigError(f"--{flag}: expected an integer, got {raw!r}") from None
+
+
+def _bool(args: argparse.Namespace, flag: str) -> bool:
+    raw = str(getattr(args, flag.replace("-", "_"))).strip().lower()
+    if raw in ("true", "1", "yes"):
+        return True
+    if raw in ("false", "0", "no", ""):
+        return False
+    raise ConfigError(f"--{flag}: expected true or false, got {raw!r}")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -94,6 +112,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_wals=_int(args, "max-wals"),
         max_learners=_int(args, "max-learners"),
         grpc_engine=str(args.grpc_engine).strip().lower(),
+        cert_file=args.cert_file or "",
+        key_file=args.key_file or "",
+        client_cert_auth=_bool(args, "client-cert-auth"),
+        trusted_ca_file=args.trusted_ca_file or "",
     )
     cfg.validate()
     return cfg

@@ -47,6 +47,10 @@ class HostPort:
         return f"{self.host}:{self.port}"
 
 
+# Flags whose URLs may be https:// (the client port's TLS: --cert-file, --key-file).
+TLS_URL_FLAGS = ("listen-client-urls", "advertise-client-urls")
+
+
 def parse_url(url: str, flag: str) -> HostPort:
     """Parse ``http://host:port`` (the scheme may be omitted)."""
     raw = url.strip()
@@ -61,7 +65,7 @@ def parse_url(url: str, flag: str) -> HostPort:
         raise ConfigError(f"--{flag}: cannot parse URL {url!r}: {exc}") from None
     if parts.scheme not in ("http", "https", "unix", "tcp"):
         raise ConfigError(f"--{flag}: URL scheme must be http or https, got {url!r}")
-    if parts.scheme == "https":
+    if parts.scheme == "https" and flag not in TLS_URL_FLAGS:
         raise ConfigError(f"--{flag}: TLS is not supported yet ({url!r}); use http://")
     if not parts.hostname or port is None:
         raise ConfigError(f"--{flag}: URL needs a host and a port, got {url!r}")
@@ -130,7 +134,13 @@ class ServerConfig:
     max_learners: int = 1
     request_timeout_ms: int = 0  # 0 = derived: 5 s + 2 election timeouts, as etcd
     fsync: bool = True
-    grpc_engine: str = "python"  # auto | rust | python (conclave.api.edge_server.choose_engine)
+    grpc_engine: str = "auto"  # auto | rust | python (conclave.api.edge_server.choose_engine)
+    # TLS on the client port, etcd's flags: https:// client URLs are served with this cert and key;
+    # with client_cert_auth, clients must present a certificate signed by trusted_ca_file.
+    cert_file: str = ""
+    key_file: str = ""
+    client_cert_auth: bool = False
+    trusted_ca_file: str = ""
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -164,6 +174,17 @@ class ServerConfig:
             )
         if self.grpc_engine not in ("auto", "rust", "python"):
             raise ConfigError(f"--grpc-engine must be auto, rust or python, got {self.grpc_engine!r}")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("--cert-file and --key-file must be given together")
+        if self.client_cert_auth and not self.trusted_ca_file:
+            raise ConfigError("--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)")
+        for u in self.listen_client_urls:
+            if u.strip().lower().startswith("https://") and not self.cert_file:
+                raise ConfigError(f"--listen-client-urls: {u} needs TLS: give --cert-file and --key-file")
+        for flag, path in (("cert-file", self.cert_file), ("key-file", self.key_file),
+                           ("trusted-ca-file", self.trusted_ca_file)):  # fmt: skip
+            if path and not Path(path).is_file():
+                raise ConfigError(f"--{flag}: no such file: {path}")
         if self.heartbeat_interval_ms <= 0:
             raise ConfigError("--heartbeat-interval must be > 0 (milliseconds)")
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
@@ -189,6 +210,9 @@ class ServerConfig:
         ):
             for u in urls:
                 parse_url(u, flag)
+
+    def client_url_is_tls(self, url: str) -> bool:
+        return url.strip().lower().startswith("https://")
 
     @property
     def bootstrapped(self) -> bool:

@@ -34,9 +34,14 @@ use http::{HeaderMap, HeaderValue, Response};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+
+mod authority;
+mod tls;
+use authority::AuthorityFix;
+use tokio_rustls::TlsAcceptor;
 
 const EV_OPEN: u8 = 0;
 const EV_MSG: u8 = 1;
@@ -48,19 +53,36 @@ const EV_HTTP: u8 = 5;
 const OUT_MSG: u8 = 0;
 const OUT_TRAILERS: u8 = 1;
 const OUT_HTTP: u8 = 2;
+const OUT_HTTP_HEAD: u8 = 3;
+const OUT_HTTP_CHUNK: u8 = 4;
+const OUT_HTTP_END: u8 = 5;
 
 const RESOURCE_EXHAUSTED: u32 = 8;
 const INTERNAL: u32 = 13;
 const UNAVAILABLE: u32 = 14;
 const UNIMPLEMENTED: u32 = 12;
 
+const DEADLINE_EXCEEDED: u32 = 4;
+
+/// Metadata key carrying the verified TLS client certificate's common name (mutual TLS).
+const PEER_CN: &str = ":tls-client-cn";
+
 const HTTP1_MAX_HEAD: usize = 64 * 1024;
+/// Inbound back-pressure: past this many undrained request bytes a stream gets no more window.
+const IN_HWM: usize = 1 << 20;
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
+/// Bytes of one stream's requests queued for Python and not yet drained: the stream's reader
+/// stops handing HTTP/2 flow-control credit back to the client while this is above `IN_HWM`.
+struct Inflow {
+    bytes: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
 enum Event {
     Open { id: u64, path: String, meta: Vec<(String, String)> },
-    Msg { id: u64, data: Bytes },
+    Msg { id: u64, data: Bytes, flow: Arc<Inflow> },
     HalfClose { id: u64 },
     Cancel { id: u64 },
     Writable { id: u64 },
@@ -71,6 +93,10 @@ enum Out {
     Msg(Bytes),
     Trailers(u32, String),
     Http(u16, Vec<(String, String)>, Bytes),
+    /// A chunked HTTP/1.1 response: the head, then chunks, then the end.
+    HttpHead(u16, Vec<(String, String)>),
+    HttpChunk(Bytes),
+    HttpEnd,
 }
 
 struct Slot {
@@ -87,6 +113,8 @@ struct Shared {
     max_msg: usize,
     hwm: usize,
     open_connections: AtomicUsize,
+    /// Request bytes queued for Python (all streams), for tests and stats.
+    inbound: AtomicUsize,
 }
 
 impl Shared {
@@ -184,16 +212,27 @@ fn frame(msg: &Bytes) -> Bytes {
 
 async fn read_body(mut body: RecvStream, id: u64, sh: Arc<Shared>, tx: mpsc::UnboundedSender<Out>) {
     let mut buf = BytesMut::new();
+    let flow = Arc::new(Inflow { bytes: AtomicUsize::new(0), drained: tokio::sync::Notify::new() });
     loop {
         match body.data().await {
             Some(Ok(chunk)) => {
+                // Hand the window back only once Python has drained this stream below IN_HWM:
+                // a client that sends faster than Python takes requests is held by flow control.
+                loop {
+                    let drained = flow.drained.notified();
+                    if flow.bytes.load(Ordering::Acquire) <= IN_HWM {
+                        break;
+                    }
+                    drained.await;
+                }
                 let _ = body.flow_control().release_capacity(chunk.len());
                 buf.extend_from_slice(&chunk);
                 while buf.len() >= 5 {
                     let compressed = buf[0];
                     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
                     if len > sh.max_msg {
-                        let msg = format!("grpc: received message larger than max ({len} vs. {})", sh.max_msg);
+                        // The words grpc.aio (grpc core) sends, so both engines answer alike.
+                        let msg = format!("SERVER: Received message larger than max ({len} vs. {})", sh.max_msg);
                         let _ = tx.send(Out::Trailers(RESOURCE_EXHAUSTED, msg));
                         sh.push(Event::Cancel { id });
                         return;
@@ -209,7 +248,9 @@ async fn read_body(mut body: RecvStream, id: u64, sh: Arc<Shared>, tx: mpsc::Unb
                     }
                     buf.advance(5);
                     let data = buf.split_to(len).freeze();
-                    sh.push(Event::Msg { id, data });
+                    flow.bytes.fetch_add(len, Ordering::AcqRel);
+                    sh.inbound.fetch_add(len, Ordering::Relaxed);
+                    sh.push(Event::Msg { id, data, flow: flow.clone() });
                 }
             }
             Some(Err(_)) => {
@@ -234,6 +275,32 @@ enum Step {
     Out(Option<Out>),
     Reset,
     Shutdown,
+    Deadline,
+}
+
+/// The gRPC `grpc-timeout` header: 1 to 8 digits and a unit (H M S m u n).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 || !v.is_ascii() {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn handle_stream(
@@ -241,8 +308,15 @@ async fn handle_stream(
     mut respond: SendResponse<Bytes>,
     sh: Arc<Shared>,
     mut shut: watch::Receiver<bool>,
+    peer_cn: Option<Arc<str>>,
 ) {
     let (parts, body) = req.into_parts();
+    let deadline = parts
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .and_then(|d| tokio::time::Instant::now().checked_add(d));
     let grpc = parts
         .headers
         .get("content-type")
@@ -264,6 +338,10 @@ async fn handle_stream(
             meta.push((k.to_string(), v.to_string()));
         }
     }
+    if let Some(cn) = peer_cn {
+        // A pseudo-header name no client can send: the verified client certificate's CN.
+        meta.push((PEER_CN.to_string(), cn.to_string()));
+    }
     sh.push(Event::Open { id, path: parts.uri.path().to_string(), meta });
     let reader = tokio::spawn(read_body(body, id, sh.clone(), tx));
     let mut send: Option<SendStream<Bytes>> = None;
@@ -273,6 +351,7 @@ async fn handle_stream(
             o = rx.recv() => Step::Out(o),
             _ = poll_fn(|cx| match send.as_mut() { Some(s) => s.poll_reset(cx), None => respond.poll_reset(cx) }) => Step::Reset,
             _ = shut.changed() => Step::Shutdown,
+            _ = until(deadline) => Step::Deadline,
         };
         match step {
             Step::Out(Some(Out::Msg(m))) => {
@@ -314,7 +393,22 @@ async fn handle_stream(
                 }
                 break;
             }
-            Step::Out(Some(Out::Http(..))) | Step::Out(None) => break,
+            Step::Out(Some(_)) | Step::Out(None) => break,
+            Step::Deadline => {
+                // As grpc's own servers do: the call ends with DEADLINE_EXCEEDED and its handler
+                // is cancelled.
+                let msg = "Deadline Exceeded";
+                match send.as_mut() {
+                    Some(s) => {
+                        let _ = s.send_trailers(status_headers(DEADLINE_EXCEEDED, msg));
+                    }
+                    None => {
+                        let _ = respond.send_response(grpc_response(Some((DEADLINE_EXCEEDED, msg))), true);
+                    }
+                }
+                cancelled = true;
+                break;
+            }
             Step::Reset => {
                 cancelled = true;
                 break;
@@ -341,37 +435,67 @@ async fn handle_stream(
     }
 }
 
-async fn serve_h2(sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32) {
+async fn serve_h2<S>(sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32, peer_cn: Option<Arc<str>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut conn = match h2::server::Builder::new()
         .max_concurrent_streams(max_streams)
         .initial_window_size(1 << 20)
         .initial_connection_window_size(1 << 22)
         .max_header_list_size(1 << 20)
         .max_send_buffer_size(1 << 20)
-        .handshake::<_, Bytes>(sock)
+        .handshake::<_, Bytes>(AuthorityFix::new(sock))
         .await
     {
         Ok(c) => c,
         Err(_) => return,
     };
+    let live = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
-                    tokio::spawn(handle_stream(req, respond, sh.clone(), shut.clone()));
+                    live.fetch_add(1, Ordering::AcqRel);
+                    let (live, sh, shut, cn) = (live.clone(), sh.clone(), shut.clone(), peer_cn.clone());
+                    tokio::spawn(async move {
+                        handle_stream(req, respond, sh, shut, cn).await;
+                        live.fetch_sub(1, Ordering::AcqRel);
+                    });
                 }
                 _ => return,
             },
             _ = shut.changed() => break,
         }
     }
-    // Shutting down: GOAWAY, then keep driving the connection so the streams' UNAVAILABLE
-    // trailers reach the client, for a bounded time.
+    // Shutting down. First keep driving the connection while its streams send their UNAVAILABLE
+    // trailers (bounded), so those go out before the GOAWAY; then GOAWAY, and drive it until the
+    // client is done, for a bounded time. A stream opened meanwhile gets UNAVAILABLE too.
+    let msg = "conclave: server is shutting down";
+    let flushed = tokio::time::timeout(SHUTDOWN_FLUSH / 4, async {
+        let mut quiet = 0;
+        while quiet < 4 {
+            quiet = if live.load(Ordering::Acquire) == 0 { quiet + 1 } else { 0 };
+            tokio::select! {
+                r = conn.accept() => match r {
+                    Some(Ok((_, mut respond))) => {
+                        let _ = respond.send_response(grpc_response(Some((UNAVAILABLE, msg))), true);
+                    }
+                    _ => return false,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        true
+    })
+    .await;
+    if matches!(flushed, Ok(false)) {
+        return;
+    }
     conn.graceful_shutdown();
     let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
         while let Some(r) = conn.accept().await {
             if let Ok((_, mut respond)) = r {
-                let msg = "conclave: server is shutting down";
                 let _ = respond.send_response(grpc_response(Some((UNAVAILABLE, msg))), true);
             }
         }
@@ -379,12 +503,15 @@ async fn serve_h2(sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Receiver<bo
     .await;
 }
 
-async fn write_http1(sock: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8], close: bool) -> bool {
+fn http1_head(status: u16, headers: &[(String, String)], length: Option<usize>, close: bool) -> String {
     let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
     let mut has_ct = false;
     for (k, v) in headers {
-        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
+        if k.eq_ignore_ascii_case("content-length")
+            || k.eq_ignore_ascii_case("connection")
+            || k.eq_ignore_ascii_case("transfer-encoding")
+        {
             continue;
         }
         has_ct |= k.eq_ignore_ascii_case("content-type");
@@ -393,15 +520,87 @@ async fn write_http1(sock: &mut TcpStream, status: u16, headers: &[(String, Stri
     if !has_ct {
         head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
     }
-    head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    match length {
+        Some(n) => head.push_str(&format!("Content-Length: {n}\r\n")),
+        None => head.push_str("Transfer-Encoding: chunked\r\n"),
+    }
     if close {
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
+    head
+}
+
+async fn write_http1<S: AsyncWrite + Unpin>(sock: &mut S, status: u16, headers: &[(String, String)], body: &[u8], close: bool) -> bool {
+    let head = http1_head(status, headers, Some(body.len()), close);
     sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
 }
 
-async fn serve_http1(mut sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Receiver<bool>) {
+enum Chunked {
+    Body(Bytes),
+    TooLarge,
+    Malformed,
+    Eof,
+}
+
+/// Read a chunked request body (RFC 9112 7.1) that starts at `buf[0]`; consumes it from `buf`.
+async fn read_chunked<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut BytesMut, max: usize) -> Chunked {
+    let mut body = BytesMut::new();
+    loop {
+        // One chunk-size line (extensions after ';' are ignored).
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if buf.len() > 1024 {
+                return Chunked::Malformed;
+            }
+            match sock.read_buf(buf).await {
+                Ok(0) | Err(_) => return Chunked::Eof,
+                Ok(_) => {}
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else { return Chunked::Malformed };
+        buf.advance(line_end + 2);
+        if size == 0 {
+            // Trailer fields, up to the empty line.
+            loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    buf.advance(i + 2);
+                    if i == 0 {
+                        return Chunked::Body(body.freeze());
+                    }
+                    continue;
+                }
+                if buf.len() > HTTP1_MAX_HEAD {
+                    return Chunked::Malformed;
+                }
+                match sock.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Chunked::Eof,
+                    Ok(_) => {}
+                }
+            }
+        }
+        if body.len() + size > max {
+            return Chunked::TooLarge;
+        }
+        while buf.len() < size + 2 {
+            match sock.read_buf(buf).await {
+                Ok(0) | Err(_) => return Chunked::Eof,
+                Ok(_) => {}
+            }
+        }
+        if &buf[size..size + 2] != b"\r\n" {
+            return Chunked::Malformed;
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.advance(size + 2);
+    }
+}
+
+async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>) {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         // Read one request head.
@@ -438,54 +637,148 @@ async fn serve_http1(mut sock: TcpStream, sh: Arc<Shared>, mut shut: watch::Rece
         };
         let Some((method, path, headers, head_len)) = parsed else { return };
         let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        if get("transfer-encoding").is_some() {
-            let _ = write_http1(&mut sock, 411, &[], b"chunked request bodies are not supported; send Content-Length\n", true).await;
-            return;
-        }
-        let clen: usize = match get("content-length").map(|v| v.trim().parse::<usize>()) {
-            None => 0,
-            Some(Ok(n)) => n,
-            Some(Err(_)) => {
-                let _ = write_http1(&mut sock, 400, &[], b"bad Content-Length\n", true).await;
+        let chunked = get("transfer-encoding").map(|v| v.to_ascii_lowercase());
+        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let body = if let Some(te) = chunked {
+            if te.trim() != "chunked" {
+                let _ = write_http1(&mut sock, 501, &[], b"only the chunked transfer coding is supported\n", true).await;
                 return;
             }
-        };
-        if clen > sh.max_msg {
-            let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
-            return;
-        }
-        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        while buf.len() < head_len + clen {
-            match sock.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            buf.advance(head_len);
+            match read_chunked(&mut sock, &mut buf, sh.max_msg).await {
+                Chunked::Body(b) => b,
+                Chunked::TooLarge => {
+                    let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
+                    return;
+                }
+                Chunked::Malformed => {
+                    let _ = write_http1(&mut sock, 400, &[], b"malformed chunked body\n", true).await;
+                    return;
+                }
+                Chunked::Eof => return,
             }
-        }
-        buf.advance(head_len);
-        let body = buf.split_to(clen).freeze();
-        let (id, mut rx, _tx, _q, _b) = sh.register();
+        } else {
+            let clen: usize = match get("content-length").map(|v| v.trim().parse::<usize>()) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    let _ = write_http1(&mut sock, 400, &[], b"bad Content-Length\n", true).await;
+                    return;
+                }
+            };
+            if clen > sh.max_msg {
+                let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
+                return;
+            }
+            while buf.len() < head_len + clen {
+                match sock.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+            buf.advance(head_len);
+            buf.split_to(clen).freeze()
+        };
+        let (id, mut rx, _tx, queued, blocked) = sh.register();
         sh.push(Event::Http { id, method, path, headers, body });
-        let out = tokio::select! {
-            o = rx.recv() => o,
-            _ = shut.changed() => None,
+        let mut head_sent = false;
+        let ok = loop {
+            let out = tokio::select! {
+                o = rx.recv() => o,
+                _ = shut.changed() => None,
+            };
+            match out {
+                Some(Out::Http(status, hdrs, body)) => break write_http1(&mut sock, status, &hdrs, &body, close).await,
+                Some(Out::HttpHead(status, hdrs)) if !head_sent => {
+                    head_sent = true;
+                    let head = http1_head(status, &hdrs, None, close);
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        break false;
+                    }
+                }
+                Some(Out::HttpChunk(c)) if head_sent => {
+                    let n = c.len();
+                    let mut ok = true;
+                    if n > 0 {
+                        let size = format!("{n:x}\r\n");
+                        ok = sock.write_all(size.as_bytes()).await.is_ok()
+                            && sock.write_all(&c).await.is_ok()
+                            && sock.write_all(b"\r\n").await.is_ok();
+                    }
+                    let left = queued.fetch_sub(n, Ordering::AcqRel) - n;
+                    if left <= sh.hwm / 2 && blocked.swap(false, Ordering::AcqRel) {
+                        sh.push(Event::Writable { id });
+                    }
+                    if !ok {
+                        break false;
+                    }
+                }
+                Some(Out::HttpEnd) if head_sent => break sock.write_all(b"0\r\n\r\n").await.is_ok(),
+                _ => {
+                    sh.unregister(id);
+                    sh.push(Event::Cancel { id });
+                    if !head_sent {
+                        let _ = write_http1(&mut sock, 503, &[], b"server is shutting down\n", true).await;
+                    }
+                    return;
+                }
+            }
         };
         sh.unregister(id);
-        let ok = match out {
-            Some(Out::Http(status, hdrs, body)) => write_http1(&mut sock, status, &hdrs, &body, close).await,
-            _ => {
-                sh.push(Event::Cancel { id });
-                let _ = write_http1(&mut sock, 503, &[], b"server is shutting down\n", true).await;
-                return;
-            }
-        };
         if !ok || close {
             return;
         }
     }
 }
 
-async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32) {
+struct ConnCount(Arc<Shared>);
+
+impl ConnCount {
+    fn new(sh: &Arc<Shared>) -> Self {
+        sh.open_connections.fetch_add(1, Ordering::Relaxed);
+        ConnCount(sh.clone())
+    }
+}
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32, tls: Option<TlsAcceptor>) {
     let _ = sock.set_nodelay(true);
+    if let Some(acceptor) = tls {
+        let Ok(Ok(stream)) = tokio::time::timeout(SNIFF_TIMEOUT, acceptor.accept(sock)).await else { return };
+        let _count = ConnCount::new(&sh);
+        let alpn = stream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        let cn: Option<Arc<str>> = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| tls::subject_cn(c.as_ref()))
+            .map(Arc::from);
+        match alpn.as_deref() {
+            Some(b"h2") => serve_h2(stream, sh.clone(), shut, max_streams, cn).await,
+            Some(_) => serve_http1(stream, sh.clone(), shut).await,
+            None => {
+                let mut stream = stream;
+                let mut first = [0u8; 4];
+                let read = tokio::time::timeout(SNIFF_TIMEOUT, stream.read_exact(&mut first)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let s = tls::Prefixed::new(first.to_vec(), stream);
+                if &first == b"PRI " {
+                    serve_h2(s, sh.clone(), shut, max_streams, cn).await;
+                } else {
+                    serve_http1(s, sh.clone(), shut).await;
+                }
+            }
+        }
+        return;
+    }
     let mut first = [0u8; 4];
     let sniff = async {
         loop {
@@ -500,20 +793,25 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
     if n < 4 {
         return;
     }
-    sh.open_connections.fetch_add(1, Ordering::Relaxed);
+    let _count = ConnCount::new(&sh);
     if &first == b"PRI " {
-        serve_h2(sock, sh.clone(), shut, max_streams).await;
+        serve_h2(sock, sh.clone(), shut, max_streams, None).await;
     } else {
         serve_http1(sock, sh.clone(), shut).await;
     }
-    sh.open_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn accept_loop(listener: TcpListener, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32) {
+async fn accept_loop(
+    listener: TcpListener,
+    sh: Arc<Shared>,
+    mut shut: watch::Receiver<bool>,
+    max_streams: u32,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((sock, _)) => { tokio::spawn(serve_conn(sock, sh.clone(), shut.clone(), max_streams)); }
+                Ok((sock, _)) => { tokio::spawn(serve_conn(sock, sh.clone(), shut.clone(), max_streams, tls.clone())); }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
             _ = shut.changed() => return,
@@ -533,10 +831,38 @@ struct Edge {
 
 #[pymethods]
 impl Edge {
-    /// Bind every (host, port) (port 0 picks a free one) and start serving.
+    /// Bind every (host, port) (port 0 picks a free one) and start serving. With `cert_file` and
+    /// `key_file` (PEM) the listeners whose `secure` entry is true (all of them when `secure` is
+    /// not given) serve TLS; with `client_ca_file` too, clients must present a certificate it
+    /// signed (mutual TLS).
     #[new]
-    #[pyo3(signature = (addrs, max_msg, max_streams=1000, workers=1, hwm=4 << 20))]
-    fn new(addrs: Vec<(String, u16)>, max_msg: usize, max_streams: u32, workers: usize, hwm: usize) -> PyResult<Self> {
+    #[pyo3(signature = (addrs, max_msg, max_streams=1000, workers=1, hwm=4 << 20, *, cert_file=None, key_file=None, client_ca_file=None, secure=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        addrs: Vec<(String, u16)>,
+        max_msg: usize,
+        max_streams: u32,
+        workers: usize,
+        hwm: usize,
+        cert_file: Option<String>,
+        key_file: Option<String>,
+        client_ca_file: Option<String>,
+        secure: Option<Vec<bool>>,
+    ) -> PyResult<Self> {
+        let acceptor = match (&cert_file, &key_file) {
+            (Some(c), Some(k)) => Some(TlsAcceptor::from(
+                tls::server_config(c, k, client_ca_file.as_deref()).map_err(PyValueError::new_err)?,
+            )),
+            (None, None) if client_ca_file.is_none() => None,
+            _ => return Err(PyValueError::new_err("TLS needs both cert_file and key_file (client_ca_file only with them)")),
+        };
+        let secure = secure.unwrap_or_else(|| vec![acceptor.is_some(); addrs.len()]);
+        if secure.len() != addrs.len() {
+            return Err(PyValueError::new_err("secure must have one entry per address"));
+        }
+        if acceptor.is_none() && secure.iter().any(|&s| s) {
+            return Err(PyValueError::new_err("a secure listener needs cert_file and key_file"));
+        }
         let (wake_r, wake_w) = StdUnixStream::pair().map_err(|e| PyOSError::new_err(e.to_string()))?;
         wake_r.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
         wake_w.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
@@ -554,6 +880,7 @@ impl Edge {
             max_msg,
             hwm: hwm.max(1),
             open_connections: AtomicUsize::new(0),
+            inbound: AtomicUsize::new(0),
         });
         let (shut, shut_rx) = watch::channel(false);
         let mut ports = Vec::new();
@@ -575,10 +902,11 @@ impl Edge {
             ports.push(std_l.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?.port());
             listeners.push(std_l);
         }
-        for std_l in listeners {
+        for (std_l, tls_on) in listeners.into_iter().zip(secure) {
             let _guard = rt.enter();
             let l = TcpListener::from_std(std_l).map_err(|e| PyOSError::new_err(e.to_string()))?;
-            rt.spawn(accept_loop(l, shared.clone(), shut_rx.clone(), max_streams));
+            let tls = if tls_on { acceptor.clone() } else { None };
+            rt.spawn(accept_loop(l, shared.clone(), shut_rx.clone(), max_streams, tls));
         }
         Ok(Edge { shared, wake_r, rt: Mutex::new(Some(rt)), shut, ports })
     }
@@ -595,6 +923,16 @@ impl Edge {
 
     fn open_connections(&self) -> usize {
         self.shared.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Response bytes handed over by Python and not yet written to the clients (all streams).
+    fn outbound_bytes(&self) -> usize {
+        self.shared.streams.lock().unwrap().values().map(|s| s.queued.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Request bytes received and queued for Python but not yet drained (all streams).
+    fn inbound_bytes(&self) -> usize {
+        self.shared.inbound.load(Ordering::Relaxed)
     }
 
     /// Every queued event, as (kind, id, a, b) tuples, in arrival order.
@@ -617,7 +955,14 @@ impl Edge {
                     }
                     PyTuple::new(py, [EV_OPEN.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyString::new(py, &path).into_any(), m.into_any()])?
                 }
-                Event::Msg { id, data } => PyTuple::new(py, [EV_MSG.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyBytes::new(py, &data).into_any(), none.bind(py).clone()])?,
+                Event::Msg { id, data, flow } => {
+                    let n = data.len();
+                    self.shared.inbound.fetch_sub(n, Ordering::Relaxed);
+                    if flow.bytes.fetch_sub(n, Ordering::AcqRel) - n <= IN_HWM {
+                        flow.drained.notify_one();
+                    }
+                    PyTuple::new(py, [EV_MSG.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyBytes::new(py, &data).into_any(), none.bind(py).clone()])?
+                }
                 Event::HalfClose { id } => PyTuple::new(py, [EV_HALF_CLOSE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Cancel { id } => PyTuple::new(py, [EV_CANCEL.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Writable { id } => PyTuple::new(py, [EV_WRITABLE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
@@ -656,6 +1001,13 @@ impl Edge {
                     let b = b.downcast::<PyBytes>()?;
                     Out::Http(t.get_item(2)?.extract()?, t.get_item(3)?.extract()?, Bytes::copy_from_slice(b.as_bytes()))
                 }
+                OUT_HTTP_HEAD => Out::HttpHead(t.get_item(2)?.extract()?, t.get_item(3)?.extract()?),
+                OUT_HTTP_CHUNK => {
+                    let b = t.get_item(2)?;
+                    let b = b.downcast::<PyBytes>()?;
+                    Out::HttpChunk(Bytes::copy_from_slice(b.as_bytes()))
+                }
+                OUT_HTTP_END => Out::HttpEnd,
                 _ => return Err(PyValueError::new_err(format!("unknown output kind {kind}"))),
             };
             outs.push((id, out));
@@ -666,7 +1018,7 @@ impl Edge {
             let streams = sh.streams.lock().unwrap();
             for (id, out) in outs {
                 let Some(slot) = streams.get(&id) else { continue };
-                if let Out::Msg(m) = &out {
+                if let Out::Msg(m) | Out::HttpChunk(m) = &out {
                     let q = slot.queued.fetch_add(m.len(), Ordering::AcqRel) + m.len();
                     if q > sh.hwm {
                         slot.blocked.store(true, Ordering::Release);
@@ -707,8 +1059,12 @@ fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EV_CANCEL", EV_CANCEL)?;
     m.add("EV_WRITABLE", EV_WRITABLE)?;
     m.add("EV_HTTP", EV_HTTP)?;
+    m.add("PEER_CN", PEER_CN)?;
     m.add("OUT_MSG", OUT_MSG)?;
     m.add("OUT_TRAILERS", OUT_TRAILERS)?;
     m.add("OUT_HTTP", OUT_HTTP)?;
+    m.add("OUT_HTTP_HEAD", OUT_HTTP_HEAD)?;
+    m.add("OUT_HTTP_CHUNK", OUT_HTTP_CHUNK)?;
+    m.add("OUT_HTTP_END", OUT_HTTP_END)?;
     Ok(())
 }
