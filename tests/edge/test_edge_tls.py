@@ -89,7 +89,7 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki: Pki) -> None:
         def spy(sid: int, path: str, meta: list[tuple[str, str]]) -> None:
             on_open(sid, path, meta)
             if sid in server.calls:
-                contexts.append(server.calls[sid].ctx)
+                contexts.append(server.calls[sid])  # a call is its own handler context
 
         server._on_open = spy  # type: ignore[method-assign]
         with grpc.secure_channel(s.endpoint, creds) as ch:

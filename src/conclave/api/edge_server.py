@@ -159,6 +159,9 @@ class _Call(EdgeContext):
     __slots__ = ("blocked", "id", "method", "path", "requests", "started", "task", "writable")
 
     def __init__(self, sid: int, method: Any, meta: list[tuple[str, str]], path: str) -> None:
+        self._peer_cn = ""
+        if meta and meta[-1][0] == PEER_CN:  # the edge appends it last, on mutual-TLS connections
+            self._peer_cn = meta.pop()[1]
         self._meta = tuple(meta)
         self.code = grpc.StatusCode.OK
         self.details = ""
