@@ -19,6 +19,11 @@ Optional hooks make the checker fast without changing verdicts:
   ``step`` reads (the mutex adds the process).
 * ``ignores(op)``: operations that cannot constrain anything (a ``fail`` that had
   no effect, an indeterminate read whose output is unknown) are dropped.
+* ``assigns(op)`` and ``observes(op)``: for register-like models, the value an
+  operation sets when it takes effect, and what a legal operation tells about the
+  state before it (``(True, v)``: it was v; ``(False, v)``: it was not v). With
+  them, and values written only once, the checker bounds or drops indeterminate
+  writes (see docs/checker.md, "Indeterminate writes").
 
 Adding a model is a subclass with ``name``, ``functions``, ``init`` and ``step``;
 see docs/checker.md. This module must never do I/O or keep state between calls.
@@ -97,6 +102,19 @@ class Model(ABC, Generic[S]):
         """
         return (op.f, op.key, op.input, op.output, op.status)
 
+    def assigns(self, op: Operation) -> tuple[Value] | None:
+        """``(v,)`` when ``op``, if it changes the state, sets it to exactly ``v`` whatever it was; else None.
+
+        Only register-like models answer; None for every op (the default) turns
+        the reductions for indeterminate writes off.
+        """
+        return None
+
+    def observes(self, op: Operation) -> tuple[bool, Value] | None:
+        """What ``op`` being legal says about the state just before it: ``(True, v)`` it was ``v``,
+        ``(False, v)`` it was not ``v``; None: nothing (or ``op`` changes the state)."""
+        return None
+
     def validate(self, op: Operation) -> str | None:
         """Why ``op`` makes no sense for this model, or None."""
         if op.f not in self.functions:
@@ -143,6 +161,12 @@ class Register(Model[Value]):
     def is_observer(self, op: Operation) -> bool:
         return op.f == "read"
 
+    def assigns(self, op: Operation) -> tuple[Value] | None:
+        return (op.input,) if op.f == "write" else None
+
+    def observes(self, op: Operation) -> tuple[bool, Value] | None:
+        return (True, op.output) if op.f == "read" and op.status is Status.OK else None
+
     def explain(self, state: Value, op: Operation) -> str:
         return f"read returned {show(op.output)} but the register holds {show(state)}"
 
@@ -184,6 +208,22 @@ class CasRegister(Model[Value]):
         if op.f == "cas" and op.status is Status.FAIL:
             return False  # a failed compare is an observation, as in Porcupine's etcd model
         return super().ignores(op)
+
+    def assigns(self, op: Operation) -> tuple[Value] | None:
+        if op.f == "write":
+            return (op.input,)
+        if op.f == "cas" and op.status is not Status.FAIL:
+            return (op.input[1],)
+        return None
+
+    def observes(self, op: Operation) -> tuple[bool, Value] | None:
+        if op.f == "read" and op.status is Status.OK:
+            return (True, op.output)
+        if op.f == "cas" and op.status is Status.OK:
+            return (True, op.input[0])
+        if op.f == "cas" and op.status is Status.FAIL:
+            return (False, op.input[0])
+        return None
 
     def validate(self, op: Operation) -> str | None:
         if op.f == "cas" and _pair(op.input) is None:
