@@ -65,7 +65,7 @@ from typing import Any
 
 from conclave.verify.errors import HistoryError
 from conclave.verify.history import History, Operation, Status, Value
-from conclave.verify.model import REJECT, Model
+from conclave.verify.model import REJECT, UNOBSERVED, Model
 
 
 class Verdict(enum.Enum):
@@ -223,17 +223,27 @@ def _size(n: int) -> str:
 
 @dataclass(slots=True)
 class _Plan:
-    """What a partition's search works on: ``ops`` (call order), each standing for ``origin[i]``."""
+    """What a partition's search works on: ``ops`` (call order), each standing for ``origin[i]``.
+
+    Ghosts are indeterminate writes whose value nothing mentions, rewritten to
+    assign ``UNOBSERVED``; ``writes`` are unconditional (interchangeable), ``cas``
+    ghosts apply only when the state equals the value they expect.
+    """
 
     ops: list[Operation]
     origin: list[Operation]
     dropped: list[Operation] = field(default_factory=list)
     pruned: list[Operation] = field(default_factory=list)
     bounded: int = 0
-    exact: bool = True  # a NOT_LINEARIZABLE verdict on ``ops`` holds for the partition
+    ghost_writes: list[tuple[Operation, Operation]] = field(default_factory=list)  # (rewritten, original)
+    ghost_cas: list[tuple[Operation, Operation]] = field(default_factory=list)
+
+    @property
+    def ghosts(self) -> int:
+        return len(self.ghost_writes) + len(self.ghost_cas)
 
 
-def _plan(kept: list[Operation], model: Model[Any], reduce: bool, drop: bool = True) -> _Plan:
+def _plan(kept: list[Operation], model: Model[Any], reduce: bool) -> _Plan:
     """Stage 1 of the module docstring, where the model and the part allow it.
 
     Needs every operation to assign a value or observe one (``model.assigns`` /
@@ -246,6 +256,7 @@ def _plan(kept: list[Operation], model: Model[Any], reduce: bool, drop: bool = T
         return plain
     init = model.init()
     assigned: set[Value] = set()
+    mentioned: set[Value] = set()
     first_seen: dict[Value, float] = {}
     try:
         for op in kept:
@@ -253,12 +264,11 @@ def _plan(kept: list[Operation], model: Model[Any], reduce: bool, drop: bool = T
             ob = model.observes(op)
             if a is None and ob is None:
                 return plain
-            if ob is not None:
-                hash(ob[1])
             if a is not None:
                 if a[0] in assigned or a[0] == init:
                     return plain
                 assigned.add(a[0])
+            mentioned.update(model.mentions(op))
             if ob is not None and ob[0] and op.ret is not None:
                 v = ob[1]
                 first_seen[v] = min(first_seen.get(v, _INF), op.ret)
@@ -266,6 +276,7 @@ def _plan(kept: list[Operation], model: Model[Any], reduce: bool, drop: bool = T
         return plain
     plan = _Plan([], [])
     negative = False
+    ghosts: list[tuple[Operation, Operation]] = []
     for op in kept:
         ob = model.observes(op)
         if ob is not None and not ob[0]:
@@ -276,8 +287,8 @@ def _plan(kept: list[Operation], model: Model[Any], reduce: bool, drop: bool = T
         a = model.assigns(op)
         if op.ret is None and a is not None:
             seen = first_seen.get(a[0])
-            if seen is None and drop:
-                plan.dropped.append(op)
+            if seen is None and a[0] not in mentioned:
+                ghosts.append((model.assigning(op, UNOBSERVED), op))
                 continue
             if seen is not None and seen >= op.call:
                 plan.ops.append(replace(op, status=Status.OK, ret=seen))
@@ -286,10 +297,15 @@ def _plan(kept: list[Operation], model: Model[Any], reduce: bool, drop: bool = T
                 continue
         plan.ops.append(op)
         plan.origin.append(op)
+    if not negative:
+        # Nothing can tell a ghost's value from the one before it: a linearization may leave them all out.
+        plan.dropped = [original for _, original in ghosts]
+    else:
+        for ghost, original in ghosts:
+            (plan.ghost_cas if model.mentions(ghost) else plan.ghost_writes).append((ghost, original))
     pairs = sorted(zip(plan.ops, plan.origin, strict=True), key=lambda p: _call_order(p[0]))
     plan.ops = [p[0] for p in pairs]
     plan.origin = [p[1] for p in pairs]
-    plan.exact = not (negative and plan.dropped)
     return plan
 
 
@@ -322,8 +338,8 @@ class _Progress:
     peak: int = 0
     configurations: int = 0  # cached in finished windows
     plan: _Plan | None = None
-    lo: int = 0  # the current window: plan.ops[lo:hi]
-    hi: int = 0
+    local: list[Operation] = field(default_factory=list)  # the operations of the current search
+    local_origin: list[Operation] = field(default_factory=list)  # the history's operations they stand for
     entry: tuple[Value, ...] = ()
     windows: int = 1
     until_yield: int = 0  # configurations left in the current slice
@@ -374,51 +390,92 @@ def _part(
     key: Hashable, kept: list[Operation], ignored: list[Operation], model: Model[Any], lim: Limits, pr: _Progress
 ) -> _PartSearch:
     plan = _plan(kept, model, lim.indeterminate)
-    result = yield from _windows(key, plan, ignored, model, lim, pr)
-    if result.verdict is not Verdict.NOT_LINEARIZABLE or plan.exact:
-        return result
-    # Dropping the unobserved writes is exact only without failed compares: confirm with them kept, on
-    # the history up to the end of the failing window (a linearization of the part gives one of that).
-    end = result.window[1] if result.window is not None else _INF
-    configurations = result.configurations
-    prefix = [op for op in kept if op.call <= end]
-    confirm = yield from _windows(key, _plan(prefix, model, lim.indeterminate, drop=False), ignored, model, lim, pr)
-    if confirm.verdict is Verdict.LINEARIZABLE and len(prefix) < len(kept):
-        configurations += confirm.configurations
-        confirm = yield from _windows(key, _plan(kept, model, lim.indeterminate, drop=False), ignored, model, lim, pr)
-    return replace(confirm, configurations=configurations + confirm.configurations)
+    return (yield from _windows(key, plan, ignored, model, lim, pr))
+
+
+def _clip(op: Operation, begin: float) -> Operation:
+    return op if op.call >= begin else replace(op, call=begin)
 
 
 def _windows(
     key: Hashable, plan: _Plan, ignored: list[Operation], model: Model[Any], lim: Limits, pr: _Progress
 ) -> _PartSearch:
-    """Stage 2: search the windows of ``plan`` in order, carrying the set of possible states across."""
+    """Stage 2: search the windows of ``plan`` in order, carrying the set of possible states across.
+
+    A carried state comes with the fewest unconditional ghosts used to reach it
+    (fewer used leave more for later: it dominates). A window may use the next
+    ghosts called before it ends, at most one per failed compare in it (a ghost
+    matters only just before a compare that fails because of it), and the cas
+    ghosts expecting a value the state can hold in it. Ghost write ``j`` has the
+    index ``len(plan.ops) + j`` in the result, ghost cas ``j`` the next ones.
+    """
     ops = plan.ops
     ranges = _cut(ops, lim.window_ops_min) if lim.windows else [(0, len(ops))]
-    carried: list[Value] = [model.init()]
+    writes, cases = plan.ghost_writes, plan.ghost_cas
+    base = len(ops)
+    negatives = [0]
+    for op in ops:
+        ob = model.observes(op) if plan.ghosts else None
+        negatives.append(negatives[-1] + (ob is not None and not ob[0]))
+    carried: dict[Value, int] = {model.init(): 0}  # state -> fewest ghost writes used
     witnesses: list[dict[Value, tuple[Value, tuple[int, ...]]]] = []
     configurations = 0
     pr.plan, pr.windows, pr.held, pr.peak = plan, len(ranges), 0, 0
     pr.configurations = 0
     for w, (lo, hi) in enumerate(ranges):
         last = w == len(ranges) - 1
-        pr.lo, pr.hi, pr.entry = lo, hi, tuple(carried)
-        found = yield from _search(ops[lo:hi], model, pr, lim.poll_every, carried, collect=not last)
-        configurations += found.cached
-        pr.configurations = configurations
-        pr.bytes = 0
-        if not found.found:
-            return _failing_result(key, plan, ignored, model, found, lo, hi, carried, len(ranges), configurations, pr)
+        window = ops[lo:hi]
+        begin = window[0].call if window else -_INF
+        end = max((_INF if op.ret is None else op.ret for op in window), default=-_INF)
         if last:
-            order = [lo + i for i in found.order]
-            state = found.start
-            for (wlo, _), ends in zip(reversed(ranges[:-1]), reversed(witnesses), strict=True):
-                state, steps = ends[state]
-                order[:0] = [wlo + i for i in steps]
-            return _linearizable_result(key, plan, ignored, model, order, len(ranges), configurations, pr.peak)
-        witnesses.append(found.ends)
-        pr.held += sum(_WITNESS_BYTES + 8 * len(steps) for _, steps in found.ends.values())
-        carried = list(found.ends)
+            end = _INF
+        usable = negatives[hi] - negatives[lo]
+        here: set[Value] = set(carried)
+        if usable and cases:
+            for op in window:
+                a = model.assigns(op)
+                if a is not None:
+                    here.add(a[0])
+        cas_here = [j for j, (g, _) in enumerate(cases) if usable and g.call <= end and model.mentions(g)[0] in here]
+        by_used: dict[int, list[Value]] = {}
+        for state, used in carried.items():
+            by_used.setdefault(used, []).append(state)
+        ends: dict[Value, tuple[int, Value, tuple[int, ...]]] = {}  # state -> (ghosts used, entry, steps)
+        failed: tuple[_Found, list[Operation], list[Operation], list[Value]] | None = None
+        for used in sorted(by_used):
+            starts = by_used[used]
+            avail = [j for j in range(used, len(writes)) if writes[j][0].call <= end][:usable]
+            local = [*window, *(_clip(writes[j][0], begin) for j in avail),
+                     *(_clip(cases[j][0], begin) for j in cas_here)]
+            local_origin = [*plan.origin[lo:hi], *(writes[j][1] for j in avail), *(cases[j][1] for j in cas_here)]
+            glob = [*range(lo, hi), *(base + j for j in avail), *(base + len(writes) + j for j in cas_here)]
+            pr.local, pr.local_origin, pr.entry = local, local_origin, tuple(starts)
+            found = yield from _search(local, model, pr, lim.poll_every, starts, collect=not last)
+            configurations += found.cached
+            pr.configurations = configurations
+            pr.bytes = 0
+            if last and found.found:
+                order = [glob[i] for i in found.order]
+                state = found.start
+                for steps_of in reversed(witnesses):
+                    state, steps = steps_of[state]
+                    order[:0] = steps
+                return _linearizable_result(key, plan, ignored, model, order, len(ranges), configurations, pr.peak)
+            for (state, _linfo), (entry, steps) in found.ends.items():
+                g = [glob[i] for i in steps]
+                n_used = used + sum(1 for i in g if base <= i < base + len(writes))
+                if state not in ends or n_used < ends[state][0]:
+                    ends[state] = (n_used, entry, tuple(g))
+            if not found.found and (failed is None or len(found.best) > len(failed[0].best)):
+                failed = (found, local, local_origin, starts)
+        if not ends:
+            assert failed is not None
+            found, local, local_origin, starts = failed
+            return _failing_result(key, plan, ignored, model, found, local, local_origin, list(carried),
+                                   len(ranges), configurations, pr)
+        witnesses.append({s: (entry, steps) for s, (_, entry, steps) in ends.items()})
+        pr.held += sum(_WITNESS_BYTES + 8 * len(steps) for _, _, steps in ends.values())
+        carried = {s: n_used for s, (n_used, _, _) in ends.items()}
     raise AssertionError("unreachable: the last window returns")  # pragma: no cover
 
 
@@ -435,49 +492,58 @@ def _states(model: Model[Any], start: Value, ops: Sequence[Operation], order: Se
     return states
 
 
+def _counted(result: PartitionResult, plan: _Plan) -> PartitionResult:
+    return replace(result, checked=len(plan.ops) + plan.ghosts, dropped=len(plan.dropped), bounded=plan.bounded,
+                   pruned=len(plan.pruned))
+
+
 def _linearizable_result(
     key: Hashable, plan: _Plan, ignored: list[Operation], model: Model[Any], order: list[int], windows: int,
     configurations: int, peak: int,
 ) -> PartitionResult:
+    """The whole linearization, over the history's own operations (a ghost writes its real value)."""
     initial = model.init()
-    states = _states(model, initial, plan.ops, order)
-    return PartitionResult(
-        key, tuple(plan.origin), tuple(_set_aside(plan, ignored)), Verdict.LINEARIZABLE, tuple(order), initial,
-        tuple(states), configurations=configurations, windows=windows, memory_bytes=peak, checked=len(plan.ops),
-        dropped=len(plan.dropped), bounded=plan.bounded, pruned=len(plan.pruned),
+    operations = [*plan.origin, *(o for _, o in plan.ghost_writes), *(o for _, o in plan.ghost_cas)]
+    states = _states(model, initial, operations, order)
+    return _counted(
+        PartitionResult(
+            key, tuple(operations), tuple(_set_aside(plan, ignored)), Verdict.LINEARIZABLE, tuple(order), initial,
+            tuple(states), configurations=configurations, windows=windows, memory_bytes=peak,
+        ),
+        plan,
     )
 
 
 def _window_view(
-    plan: _Plan, ignored: list[Operation], lo: int, hi: int, windows: int
-) -> tuple[tuple[Operation, ...], tuple[Operation, ...], tuple[float, float] | None]:
-    """The operations of a window, what was set aside among them, and its span (None: the whole part)."""
+    plan: _Plan, ignored: list[Operation], ops: list[Operation], windows: int
+) -> tuple[tuple[Operation, ...], tuple[float, float] | None]:
+    """What was set aside among a window's operations, and the window's span (None: the whole part)."""
     if windows == 1:
-        return tuple(plan.origin), tuple(_set_aside(plan, ignored)), None
-    origin = plan.origin[lo:hi]
-    begin = plan.ops[lo].call if hi > lo else 0.0
-    end = max((_INF if op.ret is None else op.ret for op in plan.ops[lo:hi]), default=begin)
-    aside = [op for op in _set_aside(plan, ignored) if begin <= op.call <= end]
-    return tuple(origin), tuple(aside), (begin, end)
+        return tuple(_set_aside(plan, ignored)), None
+    begin = min((op.call for op in ops), default=0.0)
+    end = max((_INF if op.ret is None else op.ret for op in ops), default=begin)
+    return tuple(op for op in _set_aside(plan, ignored) if begin <= op.call <= end), (begin, end)
 
 
 def _failing_result(
-    key: Hashable, plan: _Plan, ignored: list[Operation], model: Model[Any], found: _Found, lo: int, hi: int,
-    carried: list[Value], windows: int, configurations: int, pr: _Progress,
+    key: Hashable, plan: _Plan, ignored: list[Operation], model: Model[Any], found: _Found, local: list[Operation],
+    local_origin: list[Operation], carried: list[Value], windows: int, configurations: int, pr: _Progress,
 ) -> PartitionResult:
-    ops = plan.ops[lo:hi]
-    origin = {id(a): b for a, b in zip(ops, plan.origin[lo:hi], strict=True)}
+    origin = {id(a): b for a, b in zip(local, local_origin, strict=True)}
     start = found.best_start
-    states = _states(model, start, ops, found.best)
-    blocked, deadline = _blocked_after(ops, found.best, states[-1] if states else start, model)
+    states = _states(model, start, local_origin, found.best)
+    # After the prefix, the history's operations and the rewritten ones agree on every candidate: a
+    # ghost's real value is one nothing compares with.
+    blocked, deadline = _blocked_after(local, found.best, states[-1] if states else start, model)
     blocked = tuple(replace(b, op=origin[id(b.op)]) for b in blocked)
-    operations, aside, window = _window_view(plan, ignored, lo, hi, windows)
-    return PartitionResult(
-        key, operations, aside, Verdict.NOT_LINEARIZABLE, tuple(found.best), start, tuple(states), blocked,
-        None if deadline is None else origin[id(deadline)], configurations,
-        window=window, entry_states=tuple(carried) if window is not None else (), windows=windows,
-        memory_bytes=pr.peak, checked=len(plan.ops),
-        dropped=len(plan.dropped), bounded=plan.bounded, pruned=len(plan.pruned),
+    aside, window = _window_view(plan, ignored, [op for op in local if op.ret is not None] or local, windows)
+    return _counted(
+        PartitionResult(
+            key, tuple(local_origin), aside, Verdict.NOT_LINEARIZABLE, tuple(found.best), start, tuple(states),
+            blocked, None if deadline is None else origin[id(deadline)], configurations, window=window,
+            entry_states=tuple(carried) if window is not None else (), windows=windows, memory_bytes=pr.peak,
+        ),
+        plan,
     )
 
 
@@ -485,17 +551,20 @@ def _unknown_result(
     key: Hashable, kept: list[Operation], ignored: list[Operation], model: Model[Any], pr: _Progress, reason: str
 ) -> PartitionResult:
     plan = pr.plan or _Plan(kept, kept)
-    lo, hi = (pr.lo, pr.hi) if pr.plan is not None else (0, len(kept))
-    best = [i for i in pr.best if i < hi - lo]
-    start = pr.best_start if pr.plan is not None and best else (pr.entry[0] if pr.entry else model.init())
-    states = _states(model, start, plan.ops[lo:hi], best)
-    operations, aside, window = _window_view(plan, ignored, lo, hi, pr.windows)
-    return PartitionResult(
-        key, operations, aside, Verdict.UNKNOWN, tuple(best), start, tuple(states),
-        configurations=pr.configurations + pr.cached, reason=reason, window=window,
-        entry_states=pr.entry if window is not None else (), windows=pr.windows,
-        memory_bytes=max(pr.peak, pr.bytes + pr.held), checked=len(plan.ops),
-        dropped=len(plan.dropped), bounded=plan.bounded, pruned=len(plan.pruned),
+    local_origin = pr.local_origin if pr.plan is not None else kept
+    best = [i for i in pr.best if i < len(local_origin)]
+    start = pr.best_start if best else (pr.entry[0] if pr.entry else model.init())
+    states = _states(model, start, local_origin, best)
+    aside, window = _window_view(plan, ignored, [op for op in local_origin if op.ret is not None] or local_origin,
+                                 pr.windows)
+    return _counted(
+        PartitionResult(
+            key, tuple(local_origin), aside, Verdict.UNKNOWN, tuple(best), start, tuple(states),
+            configurations=pr.configurations + pr.cached, reason=reason, window=window,
+            entry_states=pr.entry if window is not None else (), windows=pr.windows,
+            memory_bytes=max(pr.peak, pr.bytes + pr.held),
+        ),
+        plan,
     )
 
 
@@ -564,7 +633,8 @@ class _Found:
     found: bool
     order: list[int]  # the linearization (not collecting)
     start: Value  # the entry state it starts from
-    ends: dict[Value, tuple[Value, tuple[int, ...]]]  # collecting: end state -> (entry state, linearization)
+    ends: dict[tuple[Value, int], tuple[Value, tuple[int, ...]]]  # collecting: (end state, indeterminate
+    # ops placed) -> (entry state, linearization)
     best: list[int]  # the longest linearizable prefix, when nothing was found
     best_start: Value
     cached: int
@@ -625,7 +695,7 @@ def _search(
     cache: set[tuple[Any, ...]] = set()
     mem = 0
     key: tuple[Any, ...]
-    ends: dict[Value, tuple[Value, tuple[int, ...]]] = {}
+    ends: dict[tuple[Value, int], tuple[Value, tuple[int, ...]]] = {}
     best: list[int] = []
     best_start: Value = starts[0] if starts else None
     progress.best, progress.best_start, progress.cached = best, best_start, 0
@@ -657,8 +727,8 @@ def _search(
                         progress.cached = len(cache)
                         progress.until_yield = until_yield
                         return _Found(True, order, start, {}, [], start, len(cache))
-                    if state not in ends:
-                        ends[state] = (start, tuple(order))
+                    if (state, linfo) not in ends:
+                        ends[state, linfo] = (start, tuple(order))
                     dead = True
                 else:
                     until_yield -= 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
+from dataclasses import replace
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from conclave.verify.errors import UnknownNameError
@@ -52,6 +53,32 @@ class Rejected:
 
 
 REJECT: Final = Rejected()
+
+
+class Unobserved:
+    """The type of ``UNOBSERVED``: the value of a write that nobody ever read or compared against.
+
+    The checker gives every such indeterminate write this one value, which makes
+    them interchangeable (see docs/checker.md, "Indeterminate writes"). It equals
+    only itself.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unobserved)
+
+    def __hash__(self) -> int:
+        return 0x5EED
+
+    def __repr__(self) -> str:
+        return "UNOBSERVED"
+
+    def __str__(self) -> str:
+        return "(a value nobody read)"
+
+
+UNOBSERVED: Final = Unobserved()
 
 
 def show(value: Value) -> str:
@@ -115,6 +142,15 @@ class Model(ABC, Generic[S]):
         ``(False, v)`` it was not ``v``; None: nothing (or ``op`` changes the state)."""
         return None
 
+    def mentions(self, op: Operation) -> tuple[Value, ...]:
+        """Every value ``op`` compares the state with (what it observes, what a cas expects)."""
+        ob = self.observes(op)
+        return () if ob is None else (ob[1],)
+
+    def assigning(self, op: Operation, value: Value) -> Operation:
+        """``op`` changed to assign ``value`` instead (only asked where ``assigns(op)`` is not None)."""
+        raise NotImplementedError(f"the {self.name} model does not rewrite assignments")
+
     def validate(self, op: Operation) -> str | None:
         """Why ``op`` makes no sense for this model, or None."""
         if op.f not in self.functions:
@@ -166,6 +202,9 @@ class Register(Model[Value]):
 
     def observes(self, op: Operation) -> tuple[bool, Value] | None:
         return (True, op.output) if op.f == "read" and op.status is Status.OK else None
+
+    def assigning(self, op: Operation, value: Value) -> Operation:
+        return replace(op, input=value)
 
     def explain(self, state: Value, op: Operation) -> str:
         return f"read returned {show(op.output)} but the register holds {show(state)}"
@@ -224,6 +263,12 @@ class CasRegister(Model[Value]):
         if op.f == "cas" and op.status is Status.FAIL:
             return (False, op.input[0])
         return None
+
+    def mentions(self, op: Operation) -> tuple[Value, ...]:
+        return (op.input[0],) if op.f == "cas" else super().mentions(op)
+
+    def assigning(self, op: Operation, value: Value) -> Operation:
+        return replace(op, input=(op.input[0], value) if op.f == "cas" else value)
 
     def validate(self, op: Operation) -> str | None:
         if op.f == "cas" and _pair(op.input) is None:

@@ -14,7 +14,8 @@ seconds); the client's process is then retired and a new one takes its place,
 as in Jepsen. Most timed-out writes never take effect (nothing observes them);
 a fraction ``applied`` of them do, at a point up to twice the timeout after the
 call, and may be read later. Written values are unique per key (1, 2, ...); a
-cas expects the current value or, as often, an older one, and fails then.
+cas expects the current value or, as often, an older one some read returned
+(a client's stale view), and fails then.
 
 ``anomaly`` makes the history NOT linearizable: one late read returns a value
 that two writes which completed before the read was called had overwritten.
@@ -114,7 +115,7 @@ def chaos_history(
 
     # Replay the points per key, in order: outputs, cas outcomes and unique values.
     state: dict[str, Value] = {k: None for k in key_names}
-    history: dict[str, list[Value]] = {k: [None] for k in key_names}
+    history: dict[str, list[Value]] = {k: [None] for k in key_names}  # values read, in order
     counter = {k: 0 for k in key_names}
     effective = sorted((o for o in ops if o.point is not None), key=lambda o: o.point or 0.0)
     for o in ops:
@@ -126,16 +127,16 @@ def chaos_history(
         current = state[o.key]
         if o.f == "read":
             o.output = current
+            if not o.timed_out and history[o.key][-1] != current:
+                history[o.key].append(current)
         elif o.f == "write":
             state[o.key] = o.input
-            history[o.key].append(o.input)
         else:
             past = history[o.key]
             expected = current if rng.random() < 0.5 else past[max(0, len(past) - 1 - rng.randrange(1, 4))]
             o.input = (expected, o.input[1])
             if expected == current:
                 state[o.key] = o.input[1]
-                history[o.key].append(o.input[1])
             else:
                 o.failed = True
     for o in ops:
