@@ -620,6 +620,25 @@ def _twins(ops: Sequence[Operation], model: Model[Any]) -> list[int]:
     return twin
 
 
+def _enables(
+    ops: Sequence[Operation], observer: list[bool], step: Callable[[Any, Operation], Any], state: Value, after: Value,
+    nxt: list[int], is_call: list[bool], opid: list[int], head: int,
+) -> bool:
+    """Whether some candidate observer is impossible in ``state`` but possible in ``after``.
+
+    A ghost is placed only then: one placed earlier can be moved later, up to just
+    before the failed compare that needs it, since nothing else can tell its value
+    from the one before it, and it has no return that bounds it.
+    """
+    x = nxt[head]
+    while is_call[x]:
+        j = opid[x]
+        if observer[j] and step(state, ops[j]) is REJECT and step(after, ops[j]) is not REJECT:
+            return True
+        x = nxt[x]
+    return False
+
+
 # --- stage 3: the search of one window --------------------------------------------------------------------------
 
 _DEFINITE, _INDETERMINATE, _FORCED = 0, 1, 2
@@ -675,6 +694,7 @@ def _search(
             match[call_node[i]] = node
     observer = [model.is_observer(op) for op in ops]
     info = [op.ret is None for op in ops]
+    ghost = [info[i] and model.assigns(op) == (UNOBSERVED,) for i, op in enumerate(ops)]
     # Returned and indeterminate ops are numbered apart, each in call order: bit[i] in lin or in linfo.
     bit = [0] * n
     counts = [0, 0]
@@ -799,7 +819,9 @@ def _search(
                             s2 = step(state, ops[i])
                             # An indeterminate op that would change nothing here is not needed here: any
                             # linearization that places it here also works without it.
-                            if s2 is not reject and not (info[i] and s2 == state):
+                            if s2 is not reject and not (info[i] and s2 == state) and (
+                                not ghost[i] or _enables(ops, observer, step, state, s2, nxt, is_call, opid, head)
+                            ):
                                 if info[i]:
                                     nl, nli = lin, linfo | bit[i]
                                 else:
