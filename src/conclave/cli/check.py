@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Hashable
@@ -66,8 +65,9 @@ def register(sub: Any) -> None:
         "--jobs",
         type=int,
         metavar="N",
-        help="check partitions (keys) in N worker processes (default: one per CPU, at most one per partition; "
-        "1: in this process)",
+        default=1,
+        help="check partitions (keys) in N worker processes, at most one per partition (default 1: all in this "
+        "process; worth it only when some keys take long to check, since histories and results are copied)",
     )
     p.set_defaults(func=run)
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         model = model_named(args.model)
         history = load(text, source, args.format)
         parts = partitions(history.operations, model, source)
-        jobs = min(args.jobs or os.cpu_count() or 1, len(parts))
+        jobs = min(args.jobs, len(parts))
         if jobs <= 1:
             result = check(history, model, _limits(deadline, memory))
         else:

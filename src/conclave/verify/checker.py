@@ -133,6 +133,7 @@ class PartitionResult:
     dropped: int = 0  # indeterminate writes nothing observed, left out
     bounded: int = 0  # indeterminate writes that must have happened before an observer returned
     pruned: int = 0  # operations legal in every state they can meet, left out
+    ghosts: int = 0  # indeterminate writes nothing observed, kept as interchangeable ghosts
     memory_bytes: int = 0  # peak estimate of the bytes the search held
 
 
@@ -494,7 +495,7 @@ def _states(model: Model[Any], start: Value, ops: Sequence[Operation], order: Se
 
 def _counted(result: PartitionResult, plan: _Plan) -> PartitionResult:
     return replace(result, checked=len(plan.ops) + plan.ghosts, dropped=len(plan.dropped), bounded=plan.bounded,
-                   pruned=len(plan.pruned))
+                   pruned=len(plan.pruned), ghosts=plan.ghosts)
 
 
 def _linearizable_result(

@@ -51,16 +51,18 @@ def render_text(result: CheckResult, model: Model[Any]) -> str:
     pruned = sum(p.pruned for p in parts)
     ignored = sum(len(p.ignored) - p.dropped - p.pruned for p in parts if p.window is None)
     bounded = sum(p.bounded for p in parts)
+    ghosts = sum(p.ghosts for p in parts)
     lines = [
         f"model: {model.name} ({model.summary})",
         f"operations: {checked + ignored + dropped + pruned} in {len(parts)} partition{'s' if len(parts) != 1 else ''}"
         + (f"; {ignored} set aside because they cannot constrain anything (failed, or unknown reads)" if ignored
            else ""),
     ]
-    if dropped or pruned or bounded:
+    if dropped or pruned or bounded or ghosts:
         lines.append(
-            f"indeterminate writes: {bounded} bounded by the first read of their value, {dropped} never observed "
-            f"left out; {pruned} failed compares against values nobody wrote left out"
+            f"indeterminate writes: {bounded} must precede the first read of their value; {dropped + ghosts} "
+            f"nobody observed" + (f" ({ghosts} kept as interchangeable ghosts for failed compares)" if ghosts else "")
+            + (f"; {pruned} failed compares of values nobody wrote set aside" if pruned else "")
         )
     windows = sum(p.windows for p in parts)
     lines.append(
