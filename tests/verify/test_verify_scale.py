@@ -24,7 +24,7 @@ from conclave.verify.report import render_text
 from conclave.verify.synth import chaos_history
 
 PLAIN = Limits(windows=False, indeterminate=False)
-TIGHT = Limits(window_ops_min=1)  # cut wherever possible
+TIGHT = Limits(window_ops_min=1, windows_from_ops=0)  # cut wherever possible
 
 
 # --- random small histories with values written once --------------------------------------------------------------
@@ -302,7 +302,8 @@ def test_small_windows_still_poll_the_deadline() -> None:
     for k in range(3000):
         ops.append(op(2 * k, 0, "write", k + 1, None, Status.OK, 4 * k, 4 * k + 1))
         ops.append(op(2 * k + 1, 1, "read", None, k + 1, Status.OK, 4 * k + 2, 4 * k + 3))
-    result = check_operations(ops, model_named("register"), Limits(should_stop=should_stop, window_ops_min=1))
+    limits = Limits(should_stop=should_stop, window_ops_min=1, windows_from_ops=0)
+    result = check_operations(ops, model_named("register"), limits)
     assert result.verdict is Verdict.LINEARIZABLE
     assert result.partitions[0].windows == 6000
     assert len(polls) >= 6000 // 64 - 1

@@ -89,6 +89,7 @@ class Limits:
     windows: bool = True  # split partitions where no operation is pending
     indeterminate: bool = True  # bound observed and drop unobserved indeterminate writes (register models)
     window_ops_min: int = 48  # windows are merged up to at least this many operations
+    windows_from_ops: int = 500  # a shorter partition is one window (collecting end states costs more there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +412,8 @@ def _windows(
     index ``len(plan.ops) + j`` in the result, ghost cas ``j`` the next ones.
     """
     ops = plan.ops
-    ranges = _cut(ops, lim.window_ops_min) if lim.windows else [(0, len(ops))]
+    cut = lim.windows and len(ops) + plan.ghosts >= lim.windows_from_ops
+    ranges = _cut(ops, lim.window_ops_min) if cut else [(0, len(ops))]
     writes, cases = plan.ghost_writes, plan.ghost_cas
     base = len(ops)
     negatives = [0]
