@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_verify_checker import random_ops
 from verify_histories import assert_evidence_valid, brute_force, op
 
 from conclave.verify.checker import Limits, Verdict, check_operations
@@ -307,3 +308,15 @@ def test_small_windows_still_poll_the_deadline() -> None:
     assert result.verdict is Verdict.LINEARIZABLE
     assert result.partitions[0].windows == 6000
     assert len(polls) >= 6000 // 64 - 1
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.sampled_from(["kv", "mutex", "set", "queue", "register", "cas-register"]))
+def test_windows_agree_with_brute_force_for_every_model(data: st.DataObject, name: str) -> None:
+    """Cuts and carried state sets on the general random histories (values repeat: no ghosts)."""
+    ops = data.draw(random_ops(name))
+    model = model_named(name)
+    result = check_operations(ops, model, TIGHT)
+    assert result.verdict is (Verdict.LINEARIZABLE if brute_force(ops, model) else Verdict.NOT_LINEARIZABLE), ops
+    for part in result.partitions:
+        assert_evidence_valid(part, model)
