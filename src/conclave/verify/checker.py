@@ -698,14 +698,25 @@ def _search(
     observer = [model.is_observer(op) for op in ops]
     info = [op.ret is None for op in ops]
     ghost = [info[i] and model.assigns(op) == (UNOBSERVED,) for i, op in enumerate(ops)]
-    # Returned and indeterminate ops are numbered apart, each in call order: bit[i] in lin or in linfo.
-    bit = [0] * n
-    counts = [0, 0]
+    compact = n > _COMPACT_FROM_OPS
+    # Op i is dbit[i] in lin or ibit[i] in linfo (the other is 0). In a long part the indeterminate ops
+    # have their own bitset, linfo, so that one never placed does not hold the lowest gap (below) down;
+    # in a short one every op is in lin, the returned ones first, each group in call order.
+    dbit = [0] * n
+    ibit = [0] * n
+    definite_total = n - sum(info)
+    counts = [0, 0 if compact else definite_total]
     for i in range(n):
-        bit[i] = 1 << counts[info[i]]
+        b = 1 << counts[info[i]]
         counts[info[i]] += 1
-    definite_total = counts[0]
-    twin_bit = [0 if t < 0 else bit[t] for t in _twins(ops, model)]
+        if compact and info[i]:
+            ibit[i] = b
+        else:
+            dbit[i] = b
+    info_mask = 0 if compact else ((1 << n) - 1) ^ ((1 << definite_total) - 1)
+    twins = _twins(ops, model)
+    twin_d = [0 if t < 0 else dbit[t] for t in twins]
+    twin_i = [0 if t < 0 else ibit[t] for t in twins]
     step = model.step
     reject = REJECT
     slice_size = max(1, slice_configurations)
@@ -714,7 +725,6 @@ def _search(
     # A configuration is (linearized set, state). In a long part the set is stored as (bits above
     # its lowest gap, position of that gap): every op called before the gap is linearized, so
     # the stored bits span only the ops in flight, not the whole history.
-    compact = n > _COMPACT_FROM_OPS
     cache: set[tuple[Any, ...]] = set()
     mem = 0
     key: tuple[Any, ...]
@@ -750,8 +760,9 @@ def _search(
                         progress.cached = len(cache)
                         progress.until_yield = until_yield
                         return _Found(True, order, start, {}, [], start, len(cache))
-                    if (state, linfo) not in ends:
-                        ends[state, linfo] = (start, tuple(order))
+                    placed_info = linfo | (lin & info_mask)
+                    if (state, placed_info) not in ends:
+                        ends[state, placed_info] = (start, tuple(order))
                     dead = True
                 else:
                     until_yield -= 1
@@ -772,22 +783,21 @@ def _search(
                     while is_call[x]:
                         i = opid[x]
                         if observer[i] and step(state, ops[i]) is not reject:
-                            if info[i]:
-                                nl, nli = lin, linfo | bit[i]
-                            else:
-                                nl, nli = lin | bit[i], linfo
+                            nl = lin | dbit[i]
                             if compact:
+                                nli = linfo | ibit[i]
                                 low = (~nl & (nl + 1)).bit_length() - 1
                                 k0 = nl >> low
                                 key = (k0, low, nli, state)
+                                mem += nli.bit_length() >> 3
                             else:
                                 k0 = nl
-                                key = (k0, nli, state)
+                                key = (k0, state)
                             if key in cache:
                                 dead = True
                             else:
                                 cache.add(key)
-                                mem += entry_bytes + (k0.bit_length() >> 3) + (nli.bit_length() >> 3)
+                                mem += entry_bytes + (k0.bit_length() >> 3)
                                 forced = x
                             break
                         x = nxt[x]
@@ -802,7 +812,9 @@ def _search(
                         p, q = prv[r], nxt[r]
                         nxt[p] = q
                         prv[q] = p
-                        lin, linfo = nl, nli
+                        lin = nl
+                        if compact:
+                            linfo = nli
                         if not info[opid[forced]]:
                             definite_left -= 1
                         arrived = True
@@ -815,9 +827,8 @@ def _search(
                 while True:
                     while is_call[node]:
                         i = opid[node]
-                        tb = twin_bit[i]
                         if info[i] is (scan_pass == _INDETERMINATE) and not observer[i] and (
-                            tb == 0 or (linfo if info[i] else lin) & tb
+                            twins[i] < 0 or lin & twin_d[i] or linfo & twin_i[i]
                         ):
                             s2 = step(state, ops[i])
                             # An indeterminate op that would change nothing here is not needed here: any
@@ -825,20 +836,20 @@ def _search(
                             if s2 is not reject and not (info[i] and s2 == state) and (
                                 not ghost[i] or _enables(ops, observer, step, state, s2, nxt, is_call, opid, head)
                             ):
-                                if info[i]:
-                                    nl, nli = lin, linfo | bit[i]
-                                else:
-                                    nl, nli = lin | bit[i], linfo
+                                nl = lin | dbit[i]
                                 if compact:
+                                    nli = linfo | ibit[i]
                                     low = (~nl & (nl + 1)).bit_length() - 1
                                     k0 = nl >> low
                                     key = (k0, low, nli, s2)
                                 else:
                                     k0 = nl
-                                    key = (k0, nli, s2)
+                                    key = (k0, s2)
                                 if key not in cache:
                                     cache.add(key)
-                                    mem += entry_bytes + (k0.bit_length() >> 3) + (nli.bit_length() >> 3)
+                                    mem += entry_bytes + (k0.bit_length() >> 3)
+                                    if compact:
+                                        mem += nli.bit_length() >> 3
                                     stack_node.append(node)
                                     stack_state.append(state)
                                     stack_how.append(scan_pass)
@@ -849,7 +860,9 @@ def _search(
                                     p, q = prv[r], nxt[r]
                                     nxt[p] = q
                                     prv[q] = p
-                                    lin, linfo = nl, nli
+                                    lin = nl
+                                    if compact:
+                                        linfo = nli
                                     state = s2
                                     if not info[i]:
                                         definite_left -= 1
@@ -883,10 +896,10 @@ def _search(
                 nxt[p] = node
                 prv[q] = node
                 i = opid[node]
+                lin ^= dbit[i]
                 if info[i]:
-                    linfo ^= bit[i]
+                    linfo ^= ibit[i]
                 else:
-                    lin ^= bit[i]
                     definite_left += 1
                 if how != _FORCED:
                     break
