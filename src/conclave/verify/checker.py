@@ -4,15 +4,14 @@ Theory of operation. ``check`` drops the operations the model ignores, splits
 the rest by ``model.partition`` (Horn & Kroening: a history is linearizable iff
 every part is) and checks each part alone, in three stages:
 
-1. Indeterminate writes (register-like models, every value written once; see
+1. Indeterminate writes (register-like models, every value assigned once; see
    ``_plan``). An ``info`` write whose value some operation observed took effect
-   before the first such observer returned: it gets that return (exact). An
-   ``info`` write whose value nothing observed is dropped: "it never happened".
-   A linearization without it is one of the original, so a LINEARIZABLE verdict
-   stands; without failed compare-and-sets nothing can have depended on it, so
-   NOT_LINEARIZABLE stands too. With them it might have, and a NOT_LINEARIZABLE
-   verdict is confirmed by checking again with the dropped writes kept, on the
-   part's history up to the end of the failing window (``_part``).
+   before the first such observer returned: it gets that return. One whose value
+   nothing mentions can only matter to a failed compare-and-set that runs while
+   its value is the state: without failed compares it is dropped ("it never
+   happened"); with them it becomes a ghost, rewritten to assign the one value
+   ``UNOBSERVED``, so that ghost writes are interchangeable and need not stay
+   pending (stage 2 counts how many were used). All of this is exact.
 2. Windows. The part is cut wherever no operation is pending (every operation
    called before the cut returned before it; an ``info`` operation never
    returns, so no cut follows one). Every linearization places the operations
@@ -22,7 +21,8 @@ every part is) and checks each part alone, in three stages:
    states (with one linearization per end state kept as the witness), and the
    part is linearizable iff the last window has a linearization from one of the
    states carried into it. An empty set of end states makes the window where it
-   happens the failing window, reported on its own.
+   happens the failing window, reported on its own. A carried state comes with
+   the fewest ghost writes used to reach it; a window may use the next ones.
 3. The search of a window is Lowe's just-in-time linearization of Wing & Gong's
    algorithm, as in Porcupine: the call and return events sit in a doubly
    linked list in time order; the operations whose call comes before the first
@@ -31,8 +31,9 @@ every part is) and checks each part alone, in three stages:
    (bitset of linearized operations, model state) prunes every configuration
    already explored (its outcome is known: no linearization, or its end states
    are recorded). The search is a loop over an explicit stack, so its depth is
-   not bounded by Python's recursion limit. Indeterminate operations have their
-   own bitset, so one never placed does not make every later key wide.
+   not bounded by Python's recursion limit. In a window of more than 512 ops,
+   indeterminate operations have their own bitset, so one never placed does not
+   make every later key wide.
 
 Reductions of the search that keep verdicts (and end states) exact:
 
@@ -47,6 +48,9 @@ Reductions of the search that keep verdicts (and end states) exact:
   input, output and status, by default), where one is called and returns no
   later than the other, are interchangeable, so only orders taking the earlier
   one first are explored.
+* Ghosts late. A ghost is placed only just before a failed compare it makes
+  legal: placed earlier, it can be moved later up to there, since nothing else
+  can tell its value from the one before it and no return bounds it.
 
 Limits: ``Limits.should_stop`` (a deadline check passed in by the caller: this
 module never reads a clock) is polled after every ``poll_every`` configurations
