@@ -115,6 +115,12 @@ def test_a_lost_update_hidden_behind_an_unobserved_write_is_not_excused() -> Non
     two_ghosts = [*again, op(5, 3, "write", 7, None, Status.INFO, 6)]
     assert brute_force(two_ghosts, model) is True
     assert check_operations(two_ghosts, model, TIGHT).verdict is Verdict.LINEARIZABLE
+    # Both ghosts called before the first window: the first uses one, the next window the other.
+    early = [*again, op(5, 3, "write", 7, None, Status.INFO, 0)]
+    assert brute_force(early, model) is True
+    result = check_operations(early, model, TIGHT)
+    assert result.verdict is Verdict.LINEARIZABLE and result.partitions[0].windows > 1
+    assert_evidence_valid(result.partitions[0], model)
 
 
 def test_an_observed_timed_out_write_must_precede_its_first_reader() -> None:
