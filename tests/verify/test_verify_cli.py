@@ -131,3 +131,50 @@ def test_html_marks_linearization_points_in_order(tmp_path: Path, capsys: pytest
     for o in ops:
         assert o["call"] <= o["point"] <= o["ret"]
     assert ops[0]["point"] < ops[1]["point"]
+
+
+def _two_keys(bad_key: str | None) -> str:
+    """Two keys, each a long run of write-then-read pairs (many windows); one read of bad_key goes stale."""
+    lines = []
+    t = 0
+    for k in range(400):
+        for key in ("a", "b"):
+            value = 2 * k + (key == "b") + 1
+            read = value - 2 if key == bad_key and k == 300 else value
+            lines += [
+                {"process": 0, "type": "invoke", "f": "write", "key": key, "value": value, "time": t},
+                {"process": 0, "type": "ok", "f": "write", "key": key, "value": value, "time": t + 1},
+                {"process": 1, "type": "invoke", "f": "read", "key": key, "value": None, "time": t + 2},
+                {"process": 1, "type": "ok", "f": "read", "key": key, "value": read, "time": t + 3},
+            ]
+            t += 4
+    return "".join(json.dumps(e) + "\n" for e in lines)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_every_key_gets_its_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str], jobs: str) -> None:
+    path = write(tmp_path, _two_keys("b"))
+    rc, lines, _ = run(capsys, path, "--model", "register", "--jobs", jobs, "--time-limit", "120")
+    assert (rc, lines[-1]) == (1, "not linearizable")
+    assert '  key "a": linearizable (800 operations in 17 windows)' in lines
+    assert '  key "b": not linearizable (800 operations in 17 windows; failing window of 48)' in lines
+    assert any("The failing window has 48 operations" in line for line in lines)
+    rc, lines, _ = run(capsys, write(tmp_path, _two_keys(None), "ok.jsonl"), "--model", "register", "--jobs", jobs)
+    assert (rc, lines[-1]) == (0, "linearizable")
+
+
+def test_jobs_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, lines, err = run(capsys, write(tmp_path, GOOD), "--model", "register", "--jobs", "0")
+    assert (rc, lines[-1]) == (2, "unknown")
+    assert "--jobs must be positive" in err
+
+
+def test_html_draws_only_the_failing_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "v.html"
+    rc, _, _ = run(capsys, write(tmp_path, _two_keys("a")), "--model", "register", "--html", str(out))
+    assert rc == 1
+    data = json.loads(out.read_text().split("const DATA = ", 1)[1].split(";\n", 1)[0])
+    failing, good = data["partitions"]
+    assert failing["verdict"] == "not linearizable" and failing["total"] == 48
+    assert "Only the failing window from position" in failing["note"]
+    assert good["verdict"] == "linearizable" and good["total"] == 800 and good["note"] == ""

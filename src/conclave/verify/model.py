@@ -19,6 +19,11 @@ Optional hooks make the checker fast without changing verdicts:
   ``step`` reads (the mutex adds the process).
 * ``ignores(op)``: operations that cannot constrain anything (a ``fail`` that had
   no effect, an indeterminate read whose output is unknown) are dropped.
+* ``assigns(op)`` and ``observes(op)``: for register-like models, the value an
+  operation sets when it takes effect, and what a legal operation tells about the
+  state before it (``(True, v)``: it was v; ``(False, v)``: it was not v). With
+  them, and values written only once, the checker bounds or drops indeterminate
+  writes (see docs/checker.md, "Indeterminate writes").
 
 Adding a model is a subclass with ``name``, ``functions``, ``init`` and ``step``;
 see docs/checker.md. This module must never do I/O or keep state between calls.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
+from dataclasses import replace
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
 from conclave.verify.errors import UnknownNameError
@@ -47,6 +53,32 @@ class Rejected:
 
 
 REJECT: Final = Rejected()
+
+
+class Unobserved:
+    """The type of ``UNOBSERVED``: the value of a write that nobody ever read or compared against.
+
+    The checker gives every such indeterminate write this one value, which makes
+    them interchangeable (see docs/checker.md, "Indeterminate writes"). It equals
+    only itself.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unobserved)
+
+    def __hash__(self) -> int:
+        return 0x5EED
+
+    def __repr__(self) -> str:
+        return "UNOBSERVED"
+
+    def __str__(self) -> str:
+        return "(a value nobody read)"
+
+
+UNOBSERVED: Final = Unobserved()
 
 
 def show(value: Value) -> str:
@@ -97,6 +129,28 @@ class Model(ABC, Generic[S]):
         """
         return (op.f, op.key, op.input, op.output, op.status)
 
+    def assigns(self, op: Operation) -> tuple[Value] | None:
+        """``(v,)`` when ``op``, if it changes the state, sets it to exactly ``v`` whatever it was; else None.
+
+        Only register-like models answer; None for every op (the default) turns
+        the reductions for indeterminate writes off.
+        """
+        return None
+
+    def observes(self, op: Operation) -> tuple[bool, Value] | None:
+        """What ``op`` being legal says about the state just before it: ``(True, v)`` it was ``v``,
+        ``(False, v)`` it was not ``v``; None: nothing (or ``op`` changes the state)."""
+        return None
+
+    def mentions(self, op: Operation) -> tuple[Value, ...]:
+        """Every value ``op`` compares the state with (what it observes, what a cas expects)."""
+        ob = self.observes(op)
+        return () if ob is None else (ob[1],)
+
+    def assigning(self, op: Operation, value: Value) -> Operation:
+        """``op`` changed to assign ``value`` instead (only asked where ``assigns(op)`` is not None)."""
+        raise NotImplementedError(f"the {self.name} model does not rewrite assignments")
+
     def validate(self, op: Operation) -> str | None:
         """Why ``op`` makes no sense for this model, or None."""
         if op.f not in self.functions:
@@ -143,6 +197,15 @@ class Register(Model[Value]):
     def is_observer(self, op: Operation) -> bool:
         return op.f == "read"
 
+    def assigns(self, op: Operation) -> tuple[Value] | None:
+        return (op.input,) if op.f == "write" else None
+
+    def observes(self, op: Operation) -> tuple[bool, Value] | None:
+        return (True, op.output) if op.f == "read" and op.status is Status.OK else None
+
+    def assigning(self, op: Operation, value: Value) -> Operation:
+        return replace(op, input=value)
+
     def explain(self, state: Value, op: Operation) -> str:
         return f"read returned {show(op.output)} but the register holds {show(state)}"
 
@@ -184,6 +247,28 @@ class CasRegister(Model[Value]):
         if op.f == "cas" and op.status is Status.FAIL:
             return False  # a failed compare is an observation, as in Porcupine's etcd model
         return super().ignores(op)
+
+    def assigns(self, op: Operation) -> tuple[Value] | None:
+        if op.f == "write":
+            return (op.input,)
+        if op.f == "cas" and op.status is not Status.FAIL:
+            return (op.input[1],)
+        return None
+
+    def observes(self, op: Operation) -> tuple[bool, Value] | None:
+        if op.f == "read" and op.status is Status.OK:
+            return (True, op.output)
+        if op.f == "cas" and op.status is Status.OK:
+            return (True, op.input[0])
+        if op.f == "cas" and op.status is Status.FAIL:
+            return (False, op.input[0])
+        return None
+
+    def mentions(self, op: Operation) -> tuple[Value, ...]:
+        return (op.input[0],) if op.f == "cas" else super().mentions(op)
+
+    def assigning(self, op: Operation, value: Value) -> Operation:
+        return replace(op, input=(op.input[0], value) if op.f == "cas" else value)
 
     def validate(self, op: Operation) -> str | None:
         if op.f == "cas" and _pair(op.input) is None:

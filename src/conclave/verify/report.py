@@ -4,7 +4,10 @@ Theory of operation. ``render_text`` turns a ``CheckResult`` into plain text:
 what was checked, and for a part that is not linearizable, the longest
 linearizable prefix the search found, the state it leaves, every operation that
 could have gone next with the reason it cannot, and the operation whose return
-forced the issue. Pure: returns strings, prints nothing.
+forced the issue; when the partition was cut into windows, only the failing
+window is shown, with the states the partition can be in when it starts. With
+several partitions, one line per partition gives its verdict. Pure: returns
+strings, prints nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from conclave.verify.history import Operation
 from conclave.verify.model import Model, show
 
 PREFIX_SHOWN_MAX = 12  # steps of a long prefix shown before its end: the end is where it goes wrong
+ENTRY_SHOWN_MAX = 8  # possible states at the start of a failing window
 
 
 def partition_label(key: Hashable) -> str:
@@ -42,15 +46,29 @@ def describe(op: Operation, model: Model[Any]) -> str:
 
 def render_text(result: CheckResult, model: Model[Any]) -> str:
     parts = result.partitions
-    checked = sum(len(p.operations) for p in parts)
-    ignored = sum(len(p.ignored) for p in parts)
+    checked = sum(p.checked if p.checked else len(p.operations) for p in parts)
+    dropped = sum(p.dropped for p in parts)
+    pruned = sum(p.pruned for p in parts)
+    ignored = sum(len(p.ignored) - p.dropped - p.pruned for p in parts if p.window is None)
+    bounded = sum(p.bounded for p in parts)
+    ghosts = sum(p.ghosts for p in parts)
     lines = [
         f"model: {model.name} ({model.summary})",
-        f"operations: {checked + ignored} in {len(parts)} partition{'s' if len(parts) != 1 else ''}"
+        f"operations: {checked + ignored + dropped + pruned} in {len(parts)} partition{'s' if len(parts) != 1 else ''}"
         + (f"; {ignored} set aside because they cannot constrain anything (failed, or unknown reads)" if ignored
            else ""),
-        f"search: {result.configurations} configurations cached (about {_size(result.memory_bytes)})",
     ]
+    if dropped or pruned or bounded or ghosts:
+        lines.append(
+            f"indeterminate writes: {bounded} must precede the first read of their value; {dropped + ghosts} "
+            f"nobody observed" + (f" ({ghosts} kept as interchangeable ghosts for failed compares)" if ghosts else "")
+            + (f"; {pruned} failed compares of values nobody wrote set aside" if pruned else "")
+        )
+    windows = sum(p.windows for p in parts)
+    lines.append(
+        f"search: {result.configurations} configurations cached (peak about {_size(result.memory_bytes)})"
+        + (f", in {windows} windows cut where no operation was pending" if windows > len(parts) else "")
+    )
     for p in parts:
         if p.verdict is Verdict.NOT_LINEARIZABLE:
             lines.append("")
@@ -59,8 +77,10 @@ def render_text(result: CheckResult, model: Model[Any]) -> str:
         lines.append("")
         lines.append(f"gave up: {result.reason}.")
         for p in parts:
-            status = p.verdict.value if p.verdict is not Verdict.UNKNOWN else (
-                f"unknown (longest linearizable prefix so far: {len(p.order)} of {len(p.operations)})")
+            where_ = f" of its window {p.window[0]:g}-{p.window[1]:g}" if p.window is not None else ""
+            status = f"{p.verdict.value} ({_extent(p)})" if p.verdict is not Verdict.UNKNOWN else (
+                f"unknown (longest linearizable prefix so far: {len(p.order)} of the {len(p.operations)} "
+                f"operations{where_})")
             lines.append(f"  {partition_label(p.key)}: {status}")
     elif result.verdict is Verdict.NOT_LINEARIZABLE:
         unchecked = [p for p in parts if p.verdict is Verdict.UNKNOWN]
@@ -72,7 +92,21 @@ def render_text(result: CheckResult, model: Model[Any]) -> str:
             )
     elif len(parts) > 1:
         lines.append(f"every one of the {len(parts)} partitions is linearizable")
+    if len(parts) > 1 and result.verdict is not Verdict.UNKNOWN:
+        lines.append("")
+        lines.append("per partition:")
+        for p in parts:
+            lines.append(f"  {partition_label(p.key)}: {p.verdict.value} ({_extent(p)})")
     return "\n".join(lines)
+
+
+def _extent(p: PartitionResult) -> str:
+    n = p.checked if p.checked else len(p.operations)
+    text = f"{n} operations" + (f" in {p.windows} windows" if p.windows > 1 else "")
+    if p.window is not None and p.verdict is not Verdict.LINEARIZABLE:
+        what = "failing" if p.verdict is Verdict.NOT_LINEARIZABLE else "stopped in"
+        text += f"; {what} window of {len(p.operations)}"
+    return text
 
 
 def _size(n: int) -> str:
@@ -81,7 +115,19 @@ def _size(n: int) -> str:
 
 def _explain_failure(p: PartitionResult, model: Model[Any]) -> list[str]:
     ops = p.operations
-    out = [f"{partition_label(p.key)} is NOT linearizable ({len(ops)} operations)."]
+    if p.window is None:
+        out = [f"{partition_label(p.key)} is NOT linearizable ({len(ops)} operations)."]
+    else:
+        first, last = p.window
+        entry = ", ".join(model.describe(s) for s in p.entry_states[:ENTRY_SHOWN_MAX])
+        more = len(p.entry_states) - ENTRY_SHOWN_MAX
+        out = [
+            f"{partition_label(p.key)} is NOT linearizable ({p.checked} operations, cut into {p.windows} windows "
+            "where no operation was pending).",
+            f"The failing window has {len(ops)} operations, from position {first:g} to {last:g}. Every window "
+            "before it has a linearization; when it starts the state can be: "
+            + entry + (f" (and {more} more)" if more > 0 else "") + ".",
+        ]
     if p.order:
         out.append(
             f"The longest linearizable prefix found places {len(p.order)} of its {len(ops)} operations, in this order:"

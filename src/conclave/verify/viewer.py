@@ -6,22 +6,28 @@ label, status, linearization step and point, the state after it, or why it was
 rejected) and drops that data into the ``viewer.html`` template shipped beside
 this module, which draws it with inline CSS and JavaScript. Positions are ranks
 of the partition's own events, so every partition is drawn compactly; the real
-positions appear on hover. Pure: returns a string; the CLI writes the file.
+positions appear on hover. A partition cut into windows that is not
+linearizable is drawn as its failing window only (with a note giving the states
+it can start from); a linearizable partition longer than ``VIEW_OPS_MAX`` is
+drawn up to that many steps of its linearization. Pure: returns a string; the
+CLI writes the file.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
 from conclave.verify.checker import CheckResult, PartitionResult, Verdict
 from conclave.verify.history import History, Operation, Status
-from conclave.verify.model import Model
+from conclave.verify.model import Model, show
 from conclave.verify.report import partition_label, render_text, where
 
 _PLACEHOLDER = "/*CONCLAVE_DATA*/null"
+VIEW_OPS_MAX = 2000  # operations drawn per linearizable partition
 
 
 def _template() -> str:
@@ -47,7 +53,27 @@ def _display_order(result: CheckResult) -> list[PartitionResult]:
     return sorted(result.partitions, key=lambda p: rank[p.verdict])
 
 
-def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
+def _shown(p: PartitionResult) -> tuple[PartitionResult, str]:
+    """The part of ``p`` drawn, and a note saying what was left out."""
+    if p.window is not None:
+        first, last = p.window
+        entry = ", ".join(show(s) for s in p.entry_states[:8]) + (" ..." if len(p.entry_states) > 8 else "")
+        return p, (f"Only the {'failing ' if p.verdict is Verdict.NOT_LINEARIZABLE else ''}window from position "
+                   f"{first:g} to {last:g} is drawn ({len(p.operations)} of the partition's {p.checked} operations, "
+                   f"cut into {p.windows} windows where no operation was pending); when it starts the state can be: "
+                   f"{entry}.")
+    if p.verdict is not Verdict.LINEARIZABLE or len(p.operations) <= VIEW_OPS_MAX:
+        return p, ""
+    keep = p.order[:VIEW_OPS_MAX]
+    ops = [p.operations[i] for i in keep]
+    until = max(op.call for op in ops)
+    shown = replace(p, operations=tuple(ops), order=tuple(range(len(ops))), states=p.states[:VIEW_OPS_MAX],
+                    ignored=tuple(op for op in p.ignored if op.call <= until))
+    return shown, f"The first {VIEW_OPS_MAX} steps of {len(p.order)} are drawn."
+
+
+def _partition_data(whole: PartitionResult, model: Model[Any]) -> dict[str, Any]:
+    p, note = _shown(whole)
     ops: list[Operation] = list(p.operations) + list(p.ignored)
     # Dense ranks of this partition's event positions; an open-ended op ends one past the last.
     positions = sorted({op.call for op in ops} | {op.ret for op in ops if op.ret is not None})
@@ -104,6 +130,7 @@ def _partition_data(p: PartitionResult, model: Model[Any]) -> dict[str, Any]:
         "ignoredCount": len(p.ignored),
         "unknownOps": sum(1 for op in p.operations if op.status is Status.INFO),
         "configurations": p.configurations,
+        "note": note,
     }
 
 
