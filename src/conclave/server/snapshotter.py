@@ -68,6 +68,7 @@ from typing import BinaryIO, NoReturn
 
 import msgpack
 
+from conclave.kv import errors as kverr
 from conclave.server.backup import MAGIC as BACKUP_MAGIC
 
 log = logging.getLogger("conclave.snapshot")
@@ -86,6 +87,10 @@ Writer = Callable[[BinaryIO], None]
 
 class SnapshotError(RuntimeError):
     """A snapshot child failed or missed its deadline."""
+
+
+class SnapshotTimeout(SnapshotError):
+    """A snapshot child missed its deadline and was killed."""
 
 
 class SnapshotBusy(SnapshotError):
@@ -148,7 +153,7 @@ class Job:
                 self.kill()
                 await self._exited(5.0)
                 self._reap(block=True)
-                raise SnapshotError(f"{self.what} child {self.pid} missed its {self.deadline_s:.0f} s deadline; killed")
+                raise SnapshotTimeout(f"{self.what} child {self.pid} missed its {self.deadline_s:g} s deadline; killed")
             if os.waitstatus_to_exitcode(self._status) != 0:
                 why = _read_side_file(self.path)
                 raise SnapshotError(
@@ -325,7 +330,11 @@ class FileStream:
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         job = await self._start()
-        path = await job.wait()
+        try:
+            path = await job.wait()
+        except SnapshotTimeout as exc:
+            log.warning("%s", exc)
+            raise kverr.Timeout() from exc
         loop = asyncio.get_running_loop()
         try:
             with open(path, "rb") as f:
