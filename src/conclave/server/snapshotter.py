@@ -62,6 +62,7 @@ import os
 import signal
 import struct
 import time
+import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, NoReturn
@@ -251,13 +252,19 @@ class Snapshotter:
             raise SnapshotBusy(f"a {self.job.what} child is already running")
         deadline = self.deadline_override_s if self.deadline_override_s is not None else deadline_for(db_bytes)
         path = self.work_dir / f"snapshot-{os.getpid()}-{next(self._names)}{BUILDING_SUFFIX}"
+        t0 = time.perf_counter()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():
+                # 3.12+ warns about fork in a threaded process; the module docstring says why this one is safe.
+                warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
+                pid = os.fork()
             if pid == 0:
                 _child_main(write, path, deadline, blocked)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        log.info("%s child %d started (fork took %.0f ms on the loop; deadline %g s)", what, pid,
+                 1000 * (time.perf_counter() - t0), deadline)
         self.job = Job(self, pid, path, deadline, what)
         return self.job
 
