@@ -41,8 +41,8 @@ that take none of them:
   closed, so a child that outlives a crashed parent holds neither its ports nor the data
   dir's lock.
 
-Bounded in time: the child arms ``alarm()`` for its deadline (it dies even if the parent is
-gone), and the parent ``SIGKILL``s it when the deadline passes; a failed or killed periodic
+Bounded in time: the parent ``SIGKILL``s the child when its deadline passes, and the child
+arms ``alarm()`` a little later as a backstop (it dies even if the parent is gone); a failed or killed periodic
 snapshot is retried later with backoff (``may_start``), the member keeps serving throughout,
 and a ``Maintenance.Snapshot`` whose child fails gets an error. Bounded in number: one child
 at a time (``start`` refuses while one runs; ``start_when_idle`` queues behind it). Costs: the
@@ -80,6 +80,7 @@ DEADLINE_PER_GB_S = 120.0
 RETRY_FIRST_S = 5.0
 RETRY_MAX_S = 300.0
 READ_BYTES = 1 << 20
+ALARM_GRACE_S = 5.0
 _EXIT_ERROR = 70
 
 Writer = Callable[[BinaryIO], None]
@@ -155,6 +156,8 @@ class Job:
                 await self._exited(5.0)
                 self._reap(block=True)
                 raise SnapshotTimeout(f"{self.what} child {self.pid} missed its {self.deadline_s:g} s deadline; killed")
+            if os.waitstatus_to_exitcode(self._status) == -signal.SIGALRM:
+                raise SnapshotTimeout(f"{self.what} child {self.pid} missed its deadline (its own alarm)")
             if os.waitstatus_to_exitcode(self._status) != 0:
                 why = _read_side_file(self.path)
                 raise SnapshotError(
@@ -383,7 +386,7 @@ def _child_main(write: Writer, path: Path, deadline_s: float, parent_mask: set[i
             signal.set_wakeup_fd(-1)
             for sig in _CHILD_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
-        signal.alarm(max(1, math.ceil(deadline_s)))
+        signal.alarm(math.ceil(deadline_s + ALARM_GRACE_S))  # after the parent's kill: its own backstop
         signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask - {signal.SIGALRM})
         os.closerange(3, _max_fd())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
