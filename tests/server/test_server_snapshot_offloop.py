@@ -268,3 +268,40 @@ def test_the_streamed_backup_is_the_same_bytes_as_encode_backup(tmp_path: Path) 
         snapshotter.write_backup(f, image, 12345, 7)
         assert f.getvalue() == encode_backup(image, 12345, 7)
         assert decode_backup(f.getvalue()) == (image, 12345, 7)
+
+
+def test_the_snapshotter_runs_one_child_at_a_time_reports_failures_and_backs_off(tmp_path: Path) -> None:
+    from conclave.server import snapshotter
+
+    leftover = tmp_path / f"snapshot-1-1{snapshotter.BUILDING_SUFFIX}"
+    leftover.write_bytes(b"from a crash")
+
+    def ok(f: Any) -> None:
+        f.write(b"image")
+
+    def boom(f: Any) -> None:
+        raise ValueError("no image today")
+
+    async def scenario() -> None:
+        snap = snapshotter.Snapshotter(tmp_path)
+        assert leftover.exists()  # not swept before this member starts a child
+        job = snap.start(ok, what="snapshot")
+        assert not leftover.exists()
+        with pytest.raises(snapshotter.SnapshotBusy):
+            snap.start(ok, what="snapshot")
+        queued = asyncio.create_task(snap.start_when_idle(ok, what="backup"))
+        await asyncio.sleep(0)
+        assert not queued.done()  # waits behind the running child
+        path = await job.wait()
+        assert path.read_bytes() == b"image" and snap.may_start()
+        path.unlink()
+        second = await queued
+        (await second.wait()).unlink()
+
+        job = snap.start(boom, what="snapshot")
+        with pytest.raises(snapshotter.SnapshotError, match="no image today"):
+            await job.wait()
+        assert not snap.may_start() and snap.failures == 1  # backoff before the next periodic try
+        assert not list(tmp_path.iterdir())  # neither its file nor its error note is left
+
+    asyncio.run(scenario())

@@ -564,8 +564,9 @@ class Node:
                     path.unlink()
         except SnapshotError as exc:
             self._snapshot_child = 0
-            log.warning("%s; this member keeps serving and retries the snapshot in %.0f s", exc,
-                        max(0.0, self.snapshotter.not_before - time.monotonic()))
+            if self._running:  # not the kill of a member that is stopping
+                log.warning("%s; this member keeps serving and retries the snapshot in %.1f s", exc,
+                            max(0.0, self.snapshotter.not_before - time.monotonic()))
             return
         except BaseException:
             self._snapshot_child = 0

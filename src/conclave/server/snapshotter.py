@@ -237,9 +237,7 @@ class Snapshotter:
         self.deadline_override_s: float | None = None  # tests: a short deadline
         self._names = itertools.count(1)
         self._idle_waiters: list[asyncio.Future[None]] = []
-        for stale in self.work_dir.glob(f"snapshot-*{BUILDING_SUFFIX}*"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        self._swept = False
 
     @property
     def busy(self) -> bool:
@@ -253,6 +251,13 @@ class Snapshotter:
         """Fork a child that runs ``write`` on a new file, now (the image is of this instant)."""
         if self.job is not None:
             raise SnapshotBusy(f"a {self.job.what} child is already running")
+        if not self._swept:
+            # Leftovers of an earlier run (a crash mid-snapshot). Swept at the first start, not at
+            # construction: by now this member holds the data dir's lock.
+            self._swept = True
+            for stale in self.work_dir.glob(f"snapshot-*{BUILDING_SUFFIX}*"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         deadline = self.deadline_override_s if self.deadline_override_s is not None else deadline_for(db_bytes)
         path = self.work_dir / f"snapshot-{os.getpid()}-{next(self._names)}{BUILDING_SUFFIX}"
         t0 = time.perf_counter()
