@@ -64,7 +64,8 @@ async def measure(sm: StateMachine, work_dir: Path) -> None:
     old = encode_backup(sm.snapshot(), sm.applied_index, 1)
     wall = loop.time() - t0
     await asyncio.sleep(0.05)
-    print(f"old (on the loop): {len(old) / 1e6:.0f} MB backup in {wall:.2f} s, max loop stall {meter.max_gap * 1000:.0f} ms")
+    print(f"old (on the loop): {len(old) / 1e6:.0f} MB backup in {wall:.2f} s, "
+          f"max loop stall {meter.max_gap * 1000:.0f} ms")
 
     snap = Snapshotter(work_dir)
 
