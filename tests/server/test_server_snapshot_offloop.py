@@ -304,4 +304,16 @@ def test_the_snapshotter_runs_one_child_at_a_time_reports_failures_and_backs_off
         assert not snap.may_start() and snap.failures == 1  # backoff before the next periodic try
         assert not list(tmp_path.iterdir())  # neither its file nor its error note is left
 
+        # A stream its reader abandons after the first chunk drops its file at aclose.
+        snap.not_before = 0.0
+
+        async def start() -> snapshotter.Job:
+            return snap.start(lambda f: f.write(b"x" * 100_000), what="backup")
+
+        stream = snapshotter.FileStream(start, 32 * 1024)
+        assert len(await anext(stream)) == 32 * 1024 and stream.size == 100_000
+        assert len(list(tmp_path.iterdir())) == 1
+        await stream.aclose()
+        assert not list(tmp_path.iterdir())
+
     asyncio.run(scenario())

@@ -622,10 +622,15 @@ class MaintenanceService:
             stream = _no_chunks()
         revision = self.backend.current_revision()
         sent = 0
-        async for piece in _rechunk(first, stream, SNAPSHOT_CHUNK_BYTES):
-            sent += len(piece)
-            yield pb.SnapshotResponse(header=self.edge.header(revision), remaining_bytes=max(0, size - sent),
-                                      blob=piece, version="3.6.0")
+        try:
+            async for piece in _rechunk(first, stream, SNAPSHOT_CHUNK_BYTES):
+                sent += len(piece)
+                yield pb.SnapshotResponse(header=self.edge.header(revision), remaining_bytes=max(0, size - sent),
+                                          blob=piece, version="3.6.0")
+        finally:  # a client that went away: let the backend drop its file now
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if sent != size:
             raise RuntimeError(f"the snapshot stream ended at {sent} of {size} bytes")
         if not sent:
