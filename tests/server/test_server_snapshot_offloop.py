@@ -270,7 +270,9 @@ def test_the_streamed_backup_is_the_same_bytes_as_encode_backup(tmp_path: Path) 
         assert decode_backup(f.getvalue()) == (image, 12345, 7)
 
 
-def test_the_snapshotter_runs_one_child_at_a_time_reports_failures_and_backs_off(tmp_path: Path) -> None:
+def test_the_snapshotter_runs_one_child_at_a_time_reports_failures_and_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from conclave.server import snapshotter
 
     leftover = tmp_path / f"snapshot-1-1{snapshotter.BUILDING_SUFFIX}"
@@ -315,5 +317,15 @@ def test_the_snapshotter_runs_one_child_at_a_time_reports_failures_and_backs_off
         assert len(list(tmp_path.iterdir())) == 1
         await stream.aclose()
         assert not list(tmp_path.iterdir())
+
+        # A fork that fails (no memory, no processes) is an error and a backoff, not a crash.
+        def no_fork() -> int:
+            raise OSError(12, "Cannot allocate memory")
+
+        snap.failures, snap.not_before = 0, 0.0
+        monkeypatch.setattr(os, "fork", no_fork)
+        with pytest.raises(snapshotter.SnapshotError, match="cannot fork"):
+            snap.start(ok, what="snapshot")
+        assert not snap.busy and not snap.may_start() and snap.failures == 1
 
     asyncio.run(scenario())

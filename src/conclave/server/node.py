@@ -550,7 +550,11 @@ class Node:
         def write(f: Any) -> None:  # runs in the child, on its copy of the state
             f.write(sm.snapshot())
 
-        job = self.snapshotter.start(write, what="snapshot", db_bytes=sm.store.db_size)
+        try:
+            job = self.snapshotter.start(write, what="snapshot", db_bytes=sm.store.db_size)
+        except SnapshotError as exc:  # fork failed: keep serving, try again after the backoff
+            log.warning("%s; this member keeps serving and retries the snapshot later", exc)
+            return
         self._snapshot_child = job.pid
         self._spawn(self._collect_snapshot(job, index))
 

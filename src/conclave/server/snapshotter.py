@@ -266,7 +266,11 @@ class Snapshotter:
             with warnings.catch_warnings():
                 # 3.12+ warns about fork in a threaded process; the module docstring says why this one is safe.
                 warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as exc:  # out of memory or processes: a later try may succeed
+                    self._backoff()
+                    raise SnapshotError(f"cannot fork a {what} child: {exc}") from exc
             if pid == 0:
                 _child_main(write, path, deadline, blocked)
         finally:
@@ -294,6 +298,11 @@ class Snapshotter:
                 job.path.unlink()
             self._finished(job, ok=False)
 
+    def _backoff(self) -> None:
+        self.failures += 1
+        backoff = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self.failures - 1, 16))
+        self.not_before = time.monotonic() + backoff
+
     def _finished(self, job: Job, *, ok: bool) -> None:
         if job.done.is_set():
             return
@@ -303,9 +312,7 @@ class Snapshotter:
         if ok:
             self.failures, self.not_before = 0, 0.0
         else:
-            self.failures += 1
-            backoff = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self.failures - 1, 16))
-            self.not_before = time.monotonic() + backoff
+            self._backoff()
         waiters, self._idle_waiters = self._idle_waiters, []
         for fut in waiters:
             if not fut.done():
