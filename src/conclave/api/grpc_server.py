@@ -569,6 +569,26 @@ class ClusterService:
 # ------------------------------------------------------------------------------------ Maintenance
 
 
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
+async def _rechunk(first: bytes, rest: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """``first`` then ``rest`` as pieces of exactly ``size`` bytes (the last one shorter)."""
+    buf = bytearray(first)
+    while True:
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+        chunk = await anext(rest, None)
+        if chunk is None:
+            break
+        buf += chunk
+    if buf:
+        yield bytes(buf)
+
+
 class MaintenanceService:
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
@@ -604,19 +624,30 @@ class MaintenanceService:
         return pb.MoveLeaderResponse(header=self.edge.current_header())
 
     async def snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        # The whole snapshot is gathered first so every message can carry remaining_bytes.
-        chunks = [chunk async for chunk in self.backend.snapshot()]
-        blob = b"".join(chunks)
+        # remaining_bytes needs the total: a backend stream that knows its size (``size``, set once
+        # its first chunk is produced) is relayed as it comes, any other is gathered first.
+        stream = self.backend.snapshot()
+        first = await anext(stream, b"")
+        size = getattr(stream, "size", None)
+        if not isinstance(size, int):
+            first += b"".join([chunk async for chunk in stream])
+            size = len(first)
+            stream = _no_chunks()
         revision = self.backend.current_revision()
-        offset = 0
-        while True:
-            piece = blob[offset : offset + SNAPSHOT_CHUNK_BYTES]
-            offset += len(piece)
-            yield pb.SnapshotResponse(
-                header=self.edge.header(revision), remaining_bytes=len(blob) - offset, blob=piece, version="3.6.0"
-            )
-            if offset >= len(blob):
-                return
+        sent = 0
+        try:
+            async for piece in _rechunk(first, stream, SNAPSHOT_CHUNK_BYTES):
+                sent += len(piece)
+                yield pb.SnapshotResponse(header=self.edge.header(revision), remaining_bytes=max(0, size - sent),
+                                          blob=piece, version="3.6.0")
+        finally:  # a client that went away: let the backend drop its file now
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if sent != size:
+            raise RuntimeError(f"the snapshot stream ended at {sent} of {size} bytes")
+        if not sent:
+            yield pb.SnapshotResponse(header=self.edge.header(revision), remaining_bytes=0, blob=b"", version="3.6.0")
 
     def handler(self) -> grpc.GenericRpcHandler:
         e = self.edge

@@ -431,11 +431,25 @@ class NodeBackend:
         h, compact, hash_rev = self.node.store.hash_kv(revision)
         return kv.HashKVResponse(_header(self.node, self.node.store.revision), h, compact, hash_rev)
 
-    async def snapshot(self) -> AsyncIterator[bytes]:  # type: ignore[override]
-        from conclave.server.backup import snapshot_chunks
+    def snapshot(self) -> AsyncIterator[bytes]:
+        """The backup file (``server/backup.py`` format), written by a forked child off the loop.
 
-        async for chunk in snapshot_chunks(self.node):
-            yield chunk
+        The child serialises the state at the moment the first chunk is asked for (after any
+        snapshot child already running); the stream's ``size`` is set with the first chunk.
+        """
+        from typing import BinaryIO
+
+        from conclave.server.snapshotter import FileStream, Job, write_backup
+
+        node = self.node
+
+        async def start() -> Job:
+            def write(f: BinaryIO) -> None:  # runs in the child, on its copy of the state
+                write_backup(f, node.sm.snapshot(), node.applied_index, node.raft.term)
+
+            return await node.snapshotter.start_when_idle(write, what="backup", db_bytes=lambda: node.store.db_size)
+
+        return FileStream(start, 32 * 1024)  # etcd's chunk size
 
     async def move_leader(self, target_id: int) -> None:
         """etcd's MoveLeader: returns once the target leads; an error if leadership went

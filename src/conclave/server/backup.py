@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import AsyncIterator
-from typing import Any
 
 import msgpack
 
 MAGIC = b"CONCLAVE-BACKUP\x01"
-CHUNK_BYTES = 64 * 1024
 
 
 class BackupError(ValueError):
@@ -50,8 +47,3 @@ def decode_backup(data: bytes) -> tuple[bytes, int, int]:
     except Exception as exc:
         raise BackupError(f"backup body is malformed: {exc}") from None
 
-
-async def snapshot_chunks(node: Any) -> AsyncIterator[bytes]:
-    data = encode_backup(node.sm.snapshot(), node.applied_index, node.raft.term)
-    for i in range(0, len(data), CHUNK_BYTES):
-        yield data[i : i + CHUNK_BYTES]

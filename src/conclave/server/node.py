@@ -84,12 +84,13 @@ from conclave.raft.types import (
 )
 from conclave.server.config import ConfigError, ServerConfig, parse_url
 from conclave.server.peer_guard import PeerGuard, reachable_members
+from conclave.server.snapshotter import Job, SnapshotError, Snapshotter, read_file
 from conclave.server.transport import Transport
 from conclave.storage.base import CorruptionError
 
 log = logging.getLogger("conclave.node")
 
-# Serialise snapshots in a forked child (copy-on-write) instead of on the event loop.
+# Serialise snapshots in a forked child (server/snapshotter.py) instead of on the event loop.
 SNAPSHOT_IN_CHILD = True
 # Where this member counts its starts: each start proposes with sequence numbers of a new epoch
 # (``entry.seq_base``), so the state machine's once-only table never mistakes a restarted
@@ -224,14 +225,6 @@ class InstallSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class RunInLoop:
-    """Transitional: what ``Node._submit(fn)`` posts for the snapshot path until it posts
-    ``InstallSnapshot``. No other code may post closures."""
-
-    fn: Callable[[], None]
-
-
-@dataclass(frozen=True, slots=True)
 class _KvBatch:
     """The ``ProposeKv`` of one drain, coalesced by the loop."""
 
@@ -246,7 +239,7 @@ class _ReadRound:
 
 
 Inbound = (ProposeKv | Propose | ProposeConfChange | ReadIndex | Tick | PeerMessages | Unreachable
-           | TransferLeader | InstallSnapshot | RunInLoop)
+           | TransferLeader | InstallSnapshot)
 _Work = Inbound | _KvBatch | _ReadRound
 
 
@@ -381,7 +374,8 @@ class Node:
         self.peer_guard = PeerGuard(self.member_id, clock=lambda: self.clock.now_ms() / 1000)
         self._closed = False
         self._bootstrap_conf = ConfState()
-        self._snapshot_child = 0
+        self._snapshot_child = 0  # the pid of the periodic snapshot's child until its image is installed
+        self.snapshotter = Snapshotter(cfg.data_dir)
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
 
@@ -553,6 +547,7 @@ class Node:
             with contextlib.suppress(BaseException):
                 await t
         self._fail_pending(kverr.Stopped())
+        self.snapshotter.close()
         await self.transport.close()
         if not self.fatal:
             await asyncio.get_running_loop().run_in_executor(self._fsync_pool, self.storage.sync)
@@ -577,11 +572,6 @@ class Node:
     def _post(self, msg: Inbound) -> None:
         self._inbox.append(msg)
         self._wake.set()
-
-    def _submit(self, op: Callable[[], None]) -> None:
-        """Transitional, for the snapshot path only: run ``op`` inside the loop (post
-        ``InstallSnapshot`` instead; everything else posts a typed message)."""
-        self._post(RunInLoop(op))
 
     def _on_peer_messages(self, msgs: list[Message]) -> None:
         self._post(PeerMessages(tuple(msgs)))
@@ -632,8 +622,6 @@ class Node:
                 # the same stretch of log.
                 self._snapshot_child = 0
                 self._install_local_snapshot(index, data)
-            case RunInLoop(fn):
-                fn()
             case _:
                 raise LocalProtocolError(f"unknown inbox message {msg!r:.80}")
 
@@ -833,7 +821,7 @@ class Node:
         self.hub.replace_store(self.sm.store)
         if self.raft.role == Role.LEADER:
             # Deadlines are member-local: a leader restarts every one with slack.
-            self.sm.leases.promote(now_ms(), self.cfg.election_timeout_ms)
+            self.sm.leases.promote(self.clock.now_ms(), self.cfg.election_timeout_ms)
 
     def _maybe_snapshot(self) -> None:
         # Members apply the same entries, so with one threshold all would serialise their store and
@@ -843,57 +831,55 @@ class Node:
         stagger = (self.member_id % 997) * self.cfg.snapshot_count // 2000
         if self._snapshot_child or self.sm.applied_index - self._snapshot_index < self.cfg.snapshot_count + stagger:
             return
-        if SNAPSHOT_IN_CHILD and hasattr(os, "fork"):
+        if not (SNAPSHOT_IN_CHILD and hasattr(os, "fork")):
+            self._install_local_snapshot(self.sm.applied_index, self.sm.snapshot())
+        elif self.snapshotter.may_start():  # not while a backup child runs, nor in a failure's backoff
             self._snapshot_in_child(self.sm.applied_index)
-            return
-        self._install_local_snapshot(self.sm.applied_index, self.sm.snapshot())
 
     def _snapshot_in_child(self, index: int) -> None:
-        """Serialise the store in a forked child (copy-on-write) while this member keeps serving.
+        """Serialise the store in a forked child (``conclave.server.snapshotter``) while this member serves.
 
-        Serialising a large store on the event loop held it for hundreds of milliseconds (O(state)
-        each time). The child sees the state exactly as applied up to ``index``, writes the image
-        to a file and exits; the parent picks it up and compacts Raft's log to ``index``.
+        The child sees the state exactly as applied up to ``index``, writes the image to a file and
+        exits; the parent picks it up and compacts Raft's log to ``index``. A child that fails or
+        misses its deadline is killed and the snapshot retried later; the member never waits for it.
         """
-        path = Path(self.cfg.data_dir) / f"snapshot-{index}.building"
-        pid = os.fork()
-        if pid == 0:  # the child: no event loop, no logging, no locks; just bytes to a file
-            code = 1
-            try:
-                with open(path, "wb") as f:
-                    f.write(self.sm.snapshot())
-                code = 0
-            finally:
-                os._exit(code)
-        self._snapshot_child = pid
-        self._spawn(self._collect_snapshot(pid, path, index))
+        sm = self.sm
 
-    async def _collect_snapshot(self, pid: int, path: Path, index: int) -> None:
-        loop = asyncio.get_running_loop()
+        def write(f: Any) -> None:  # runs in the child, on its copy of the state
+            f.write(sm.snapshot())
+
         try:
-            _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
-            if status != 0:
-                log.warning("snapshot child %d failed (status %d); will retry", pid, status)
-                self._snapshot_child = 0
-                return
-            data = await loop.run_in_executor(None, path.read_bytes)
+            job = self.snapshotter.start(write, what="snapshot", db_bytes=sm.store.db_size)
+        except SnapshotError as exc:  # fork failed: keep serving, try again after the backoff
+            log.warning("%s; this member keeps serving and retries the snapshot later", exc)
+            return
+        self._snapshot_child = job.pid
+        self._spawn(self._collect_snapshot(job, index))
+
+    async def _collect_snapshot(self, job: Job, index: int) -> None:
+        try:
+            path = await job.wait()
+            try:
+                data = await read_file(path)
+            finally:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        except SnapshotError as exc:
+            self._snapshot_child = 0
+            if self._running:  # not the kill of a member that is stopping
+                log.warning("%s; this member keeps serving and retries the snapshot in %.1f s", exc,
+                            max(0.0, self.snapshotter.not_before - time.monotonic()))
+            return
         except BaseException:
             self._snapshot_child = 0
             raise
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-        def install() -> None:
-            # Cleared only once the log is compacted, or the next apply would fork again for the
-            # same stretch of log.
-            self._snapshot_child = 0
-            self._install_local_snapshot(index, data)
-
-        self._submit(install)
+        self._post(InstallSnapshot(index, data))
 
     def _install_local_snapshot(self, index: int, data: bytes) -> None:
-        """Compact the log to ``index`` with the state image ``data`` (runs inside the loop)."""
+        """Compact the log to ``index`` with the state image ``data`` (runs inside the loop).
+
+        Cheap: the image is kept as is and the storage writes the file in its fsync thread.
+        """
         if index <= self._snapshot_index:
             return  # a newer snapshot (e.g. from the leader) was installed meanwhile
         t0 = time.perf_counter()
