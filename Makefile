@@ -44,6 +44,19 @@ system-deps:
 	   ($(APT_GET) update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq etcd-client etcd-server >/dev/null); \
 	else echo "warning: etcdctl/etcd missing and cannot apt-get install them; their tests will skip (fail under CI=true)"; fi
+	@# conclave chaos: ip netns / veth / bridge (iproute2) and nft for the namespace mode's faults
+	@if command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
+	  echo "installing iproute2 and nftables (apt-get) for conclave chaos"; \
+	  if [ ! -e "$(POLICY_RC_D)" ]; then \
+	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
+	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
+	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq iproute2 nftables >/dev/null 2>&1 || \
+	   ($(APT_GET) update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq iproute2 nftables >/dev/null); \
+	else echo "warning: ip/nft missing: conclave chaos runs its members behind the proxy instead of namespaces"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
