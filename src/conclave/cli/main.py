@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "conclave.cli.check",
     "conclave.cli.bench",
     "conclave.cli.client",
+    "conclave.cli.chaos",
 )
 
 
