@@ -83,7 +83,8 @@ def _owner_alive(run_id: str) -> bool:
         st = json.loads((STATE_DIR / f"{run_id}.json").read_text())
     except (OSError, ValueError):
         return False
-    return int(st.get("pid", 0)) != os.getpid() and _pid_alive(int(st.get("pid", 0)))
+    pid = int(st.get("pid", 0))
+    return pid > 0 and _pid_alive(pid)
 
 
 def _is_member_process(pid: int) -> bool:
@@ -94,16 +95,20 @@ def _is_member_process(pid: int) -> bool:
     return b"conclave" in b" ".join(cmd) and b"serve" in cmd
 
 
-def cleanup_leftovers(exclude: set[str] | None = None) -> list[str]:
-    """Remove what dead runs left behind; returns what was removed (for the log)."""
+def cleanup_leftovers(only: set[str] | None = None) -> list[str]:
+    """Remove what dead runs left behind (of the runs ``only`` names, if given); returns what was
+    removed, for the log. A run is dead when its state file is missing or names a dead pid."""
     removed: list[str] = []
-    exclude = exclude or set()
+
+    def skip(run: str) -> bool:
+        return (only is not None and run not in only) or _owner_alive(run)
+
     runs: set[str] = set()
     if shutil.which("ip") and os.geteuid() == 0:
         for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
             name = line.split()[0] if line.split() else ""
             m = _NS_RE.match(name)
-            if m and m.group(1) not in exclude and not _owner_alive(m.group(1)):
+            if m and not skip(m.group(1)):
                 for pid_s in sh("ip", "netns", "pids", name, check=False).stdout.split():
                     with contextlib.suppress(OSError, ValueError):
                         os.kill(int(pid_s), signal.SIGCONT)
@@ -119,14 +124,14 @@ def cleanup_leftovers(exclude: set[str] | None = None) -> list[str]:
             m = _LINK_RE.match(name)
             if m:
                 run = m.group(1) or m.group(2)
-                if run not in exclude and not _owner_alive(run):
+                if not skip(run):
                     sh("ip", "link", "del", name, check=False)
                     removed.append(f"link {name}")
                     runs.add(run)
     if STATE_DIR.is_dir():
         for path in STATE_DIR.glob("*.json"):
             run = path.stem
-            if run in exclude or _owner_alive(run):
+            if skip(run):
                 continue
             with contextlib.suppress(OSError, ValueError):
                 for pid in json.loads(path.read_text()).get("members", []):

@@ -206,6 +206,7 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, nemesi
     summary: dict[str, Any] = {
         "verdict": verdict,
         "seed": cfg.seed,
+        "run_id": cluster.run_id,
         "rerun": cfg.rerun(),
         "workload": cfg.workload,
         "checker": checked.verdict + (f" ({checked.error})" if checked.error else ""),
