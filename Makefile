@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PURE   := src/conclave/machine src/conclave/raft src/conclave/sim src/conclave/kv src/conclave/storage src/conclave/verify src/conclave/wire
 
-.PHONY: run test lint bench proto system-deps venv clean help
+.PHONY: run test lint bench proto system-deps venv clean help chaos
 
 help:
 	@echo "make run    - set up, then start a local 3-node cluster on 127.0.0.1 (Ctrl-C stops it)"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint   - ruff on everything, mypy --strict on the pure cores"
 	@echo "make bench  - benchmarks (bench/), side by side with etcd where a target names it"
 	@echo "make edge   - build the compiled client edge (Rust) where cargo exists; make test and make run do it"
+	@echo "make chaos  - the chaos matrix (every workload x nemesis, 5 nodes, 2 min, 2 seeds) into chaos-results/"
 	@echo "make proto  - regenerate the committed gRPC/protobuf modules from src/conclave/api/proto"
 
 $(STAMP): pyproject.toml
@@ -73,6 +74,10 @@ run: $(STAMP) edge
 
 bench: $(STAMP) system-deps
 	$(PY) bench/run_all.py
+
+# conclave chaos against every nemesis; results (history, logs, report.html per run) in chaos-results/
+chaos: $(STAMP) system-deps
+	$(PY) -m conclave.chaos.matrix --out chaos-results
 
 proto: $(STAMP)
 	$(PY) -m conclave.api.protogen

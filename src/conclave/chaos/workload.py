@@ -185,15 +185,19 @@ class RegisterWorkload:
         self.stats.fail += 1
         return "fail"
 
-    async def final_reads(self) -> dict[str, int | None]:
+    async def final_reads(self, budget_s: float = 60.0) -> dict[str, int | None]:
         """One linearizable read of every key used, recorded in the history (after the quiet period)."""
         out: dict[str, int | None] = {}
-        async with AsyncClient(self.native_endpoints, timeout=10.0) as c:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget_s
+        async with AsyncClient(self.native_endpoints, timeout=5.0) as c:
             for key in self.pool.all_keys:
+                if loop.time() > deadline:
+                    break  # a cluster that does not answer is reported by the recovery check
                 p = self._process()
                 self.recorder.record(p, "invoke", "read", key, None)
                 try:
-                    raw = await c.get(key)
+                    raw = await c.get(key, timeout=min(5.0, max(0.5, deadline - loop.time())))
                 except Exception:
                     self.recorder.record(p, "info", "read", key, None)
                     continue
