@@ -23,6 +23,7 @@ from conclave.verify.history import History
 from conclave.verify.model import model_named
 
 US = 1_000_000
+WRITES = frozenset({"write", "cas", "append", "put", "acquire", "fenced-write", "grant"})
 
 
 @dataclass
@@ -111,7 +112,7 @@ def lost_writes(ops: list[Op], final: dict[str, int | None]) -> list[dict[str, A
 
 def recovery(ops: list[Op], heals: list[float]) -> list[float | None]:
     """Seconds from each heal to the first acknowledged write invoked after it (None: never)."""
-    acked = sorted((o.call, o.ret) for o in ops if o.status == "ok" and o.f in ("write", "cas") and o.ret)
+    acked = sorted((o.call, o.ret) for o in ops if o.status == "ok" and o.f in WRITES and o.ret)
     out: list[float | None] = []
     for h in heals:
         t = h * US

@@ -30,9 +30,7 @@ from conclave.chaos.cluster import ChaosCluster
 from conclave.chaos.nemesis import Nemesis
 from conclave.chaos.netns import cleanup_leftovers
 from conclave.chaos.schedule import make_schedule
-from conclave.chaos.workload import KeyPool, Recorder, RegisterWorkload
-
-WORKLOADS = ("register",)
+from conclave.chaos.workload import WORKLOADS, Findings, KeyPool, Recorder, Workload
 
 
 @dataclass
@@ -79,9 +77,8 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
     schedule = make_schedule(cfg.seed, cfg.nemesis, cfg.time, cfg.interval, cfg.nodes,
                              pause_s=max(3.0, 2.5 * cfg.election_ms / 1000))
     recorder = Recorder(0.0)
-    workload: RegisterWorkload | None = None
+    workload: Workload | None = None
     nemesis: Nemesis | None = None
-    final: dict[str, int | None] = {}
     phases: dict[str, float] = {}
     old_term = signal.getsignal(signal.SIGTERM)
 
@@ -97,8 +94,8 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
         cluster.start()
         t0 = time.monotonic()
         recorder.t0 = t0
-        workload = RegisterWorkload(cluster.endpoints(), cluster.native_endpoints(), recorder, cfg.clients,
-                                    cfg.seed, pool=KeyPool("r/", cfg.keys, cfg.ops_per_key))
+        workload = WORKLOADS[cfg.workload](cluster.endpoints(), cluster.native_endpoints(), recorder, cfg.clients,
+                                           cfg.seed, pool=KeyPool(f"{cfg.workload}/", cfg.keys, cfg.ops_per_key))
         nemesis = Nemesis(cluster, schedule, t0, say, cfg.seed)
 
         async def main() -> None:
@@ -134,7 +131,7 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
                 except TimeoutError:
                     wl.cancel()
                 phases["stopped"] = time.monotonic() - t0
-                final.update(await workload.final_reads())
+                await workload.finish()
             finally:
                 prog.cancel()
                 wl.cancel()
@@ -152,7 +149,7 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
         cluster.teardown()
         signal.signal(signal.SIGTERM, old_term)
     duration = time.monotonic() - recorder.t0 if recorder.t0 else 0.0
-    summary = _analyse(cfg, cluster, recorder, nemesis, final, phases, duration, interrupted, say)
+    summary = _analyse(cfg, cluster, recorder, workload, nemesis, phases, duration, interrupted, say)
     if out is not None:
         _write_outputs(out, summary, recorder, root)
     elif root.exists():
@@ -167,19 +164,24 @@ def _write_after(recorder: Recorder, healed_s: float) -> bool:
     for e in reversed(recorder.events):
         if e["time"] < t:
             break
-        if e["type"] == "ok" and e["f"] in ("write", "cas"):
+        if e["type"] == "ok" and e["f"] in analysis.WRITES:
             invoked[e["process"]] = e["time"]
     return bool(invoked)
 
 
-def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, nemesis: Nemesis | None,
-             final: dict[str, int | None], phases: dict[str, float], duration: float, interrupted: bool,
+def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, workload: Workload | None,
+             nemesis: Nemesis | None, phases: dict[str, float], duration: float, interrupted: bool,
              say: Callable[[str], None]) -> dict[str, Any]:
     events = recorder.events
     ops = analysis.pair_ops(events)
-    say(f"checking {len(ops)} operations on {len({o.key for o in ops})} keys with the {RegisterWorkload.model} model")
-    checked = analysis.check_history(events, RegisterWorkload.model, cfg.check_budget)
-    lost = analysis.lost_writes(ops, final)
+    model = WORKLOADS[cfg.workload].model
+    findings = workload.judge(ops) if workload is not None else Findings()
+    if model is not None:
+        say(f"checking {len(ops)} operations on {len({o.key for o in ops})} keys with the {model} model")
+        checked = analysis.check_history(events, model, cfg.check_budget)
+    else:
+        checked = analysis.Checked("n/a", None, None, 0.0, 0, error="no checker model: the workload's own checks")
+    lost = findings.lost
     records = [r.as_dict() for r in (nemesis.records if nemesis else [])]
     heals = [float(r["end"]) for r in records if r["end"] is not None and not r["skipped"]]  # type: ignore[arg-type]
     rec = analysis.recovery(ops, heals)
@@ -196,9 +198,10 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, nemesi
     if final_heal is not None and final_recovery is not None:
         settle = (final_heal + final_recovery + 5.0) * analysis.US
         quiet_bad = sum(1 for o in ops if o.call >= settle and o.status == "info")
-    if checked.verdict == "not linearizable" or lost or (not interrupted and final_heal is not None and not recovered):
+    if (checked.verdict == "not linearizable" or lost or findings.violations
+            or (not interrupted and final_heal is not None and not recovered)):
         verdict = "violation"
-    elif checked.verdict == "linearizable" and not interrupted:
+    elif checked.verdict in ("linearizable", "n/a") and not interrupted:
         verdict = "valid"
     else:
         verdict = "unknown"
@@ -227,6 +230,8 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, nemesi
         "recovery_after_final_heal_s": final_recovery,
         "info_after_recovery": quiet_bad,
         "lost_acknowledged_writes": len(lost),
+        "violations": findings.violations[:50],
+        **{f"{cfg.workload}_{k}": v for k, v in findings.facts.items()},
         "interrupted": interrupted,
         "faults": records,
         "lost": lost,
@@ -251,6 +256,7 @@ def _write_outputs(out: Path, summary: dict[str, Any], recorder: Recorder, root:
         with contextlib.suppress(Exception):
             from conclave.verify.model import model_named
             from conclave.verify.viewer import render_html
-            viewer = render_html(checked.history, checked.result, model_named(RegisterWorkload.model))
+            model = model_named(str(WORKLOADS[summary["workload"]].model))
+            viewer = render_html(checked.history, checked.result, model)
     rows = analysis.series(ops, int(summary["duration_s"]) + 1)
     (out / "report.html").write_text(report.render(public, ops, rows, viewer), encoding="utf-8")

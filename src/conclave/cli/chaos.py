@@ -23,12 +23,13 @@ def register(sub: Any) -> None:
     p.add_argument("--nemesis", default="kill,pause,partition",
                    help=f"comma-separated: {','.join(NEMESES)}; or all, none (default kill,pause,partition)")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between fault starts (default 10)")
-    p.add_argument("--workload", default="register", choices=("register",), help="default register")
+    p.add_argument("--workload", default="register", choices=("register", "append", "lock", "watch", "lease"),
+                   help="register (default), append, lock, watch or lease (docs/chaos.md)")
     p.add_argument("--seed", type=int, default=None, help="the schedule's and clients' seed (default: random)")
     p.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
     p.add_argument("--keys", type=int, default=5, help="keys in use at a time (default 5)")
-    p.add_argument("--ops-per-key", type=int, default=200,
-                   help="operations after which a key is retired for a fresh one (default 200)")
+    p.add_argument("--ops-per-key", type=int, default=None,
+                   help="operations after which a key is retired for a fresh one (default 200; append 100)")
     p.add_argument("--quiet", type=float, default=10.0, help="seconds of load after healing (default 10)")
     p.add_argument("--recovery-timeout", type=float, default=30.0,
                    help="a write must succeed within this many seconds of the final heal (default 30)")
@@ -49,14 +50,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"conclave chaos: {exc}", file=sys.stderr)
         return 2
-    if args.time <= 0 or args.interval <= 0 or args.clients < 1 or args.keys < 1 or args.ops_per_key < 2:
+    if args.time <= 0 or args.interval <= 0 or args.clients < 1 or args.keys < 1 or (args.ops_per_key or 2) < 2:
         print("conclave chaos: --time, --interval, --clients, --keys must be positive, --ops-per-key at least 2",
               file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1 << 31)
     cfg = ChaosConfig(time=args.time, nodes=args.nodes, nemesis=nemeses, nemesis_text=args.nemesis,
                       workload=args.workload, seed=seed, interval=args.interval, clients=args.clients,
-                      keys=args.keys, ops_per_key=args.ops_per_key, quiet=args.quiet,
+                      keys=args.keys,
+                      ops_per_key=args.ops_per_key or (100 if args.workload == "append" else 200), quiet=args.quiet,
                       recovery_timeout=args.recovery_timeout, out=Path(args.out) if args.out else None,
                       mode=args.mode, check_budget=args.check_budget)
 
