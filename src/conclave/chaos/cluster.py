@@ -91,6 +91,8 @@ class ChaosCluster:
     log: list[str] = field(default_factory=list)
     fallback_reason: str = ""
     extra_args: list[str] = field(default_factory=list)
+    tmpfs_mb: int = 0  # > 0: each member's data dir is a tmpfs of this size (the disk nemesis; root only)
+    mounts: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -131,6 +133,12 @@ class ChaosCluster:
         return Member(i, f"n{i}", ip, 2379, 2381, 2380, f"http://{ip}:2380", self.root / f"n{i}",
                       self.root / f"n{i}.log")
 
+    def _prepare_data_dir(self, m: Member) -> None:
+        m.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.tmpfs_mb and self.mode == "netns":
+            sh("mount", "-t", "tmpfs", "-o", f"size={self.tmpfs_mb}m", f"conclave-chaos-{self.run_id}", str(m.data_dir))
+            self.mounts.append(m.data_dir)
+
     def initial_cluster(self, members: list[Member]) -> str:
         return ",".join(f"{m.name}={m.peer_url}" for m in members)
 
@@ -159,6 +167,8 @@ class ChaosCluster:
         self._learn_ids(timeout)
 
     def _spawn(self, m: Member, argv: list[str]) -> None:
+        if m.starts == 0:
+            self._prepare_data_dir(m)
         m.argv = argv
         with open(m.log_path, "ab") as out:
             out.write(f"\n=== chaos: start {m.name} ({time.strftime('%H:%M:%S')}) ===\n".encode())
@@ -305,6 +315,9 @@ class ChaosCluster:
                 self.net.teardown()
             if self.proxy is not None:
                 self.proxy.stop()
+            for path in self.mounts:
+                sh("umount", "-l", str(path), check=False)
+            self.mounts.clear()
             from conclave.chaos.netns import STATE_DIR
             (STATE_DIR / f"{self.run_id}.json").unlink(missing_ok=True)
 

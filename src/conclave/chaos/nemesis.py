@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import re
 import shutil
@@ -60,6 +61,7 @@ class Nemesis:
     say: Callable[[str], None]
     seed: int = 0
     records: list[FaultRecord] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)  # server misbehaviour seen by the nemesis itself
     _cuts: set[tuple[int, int]] = field(default_factory=set)
     _shaped: bool = False
 
@@ -205,18 +207,76 @@ class Nemesis:
             return None
         if f.kind == "member-replace":
             return await self._replace(rec, rng)
+        if f.kind in ("disk-full", "wal-torn", "wal-corrupt"):
+            return await self._disk(f, rec, rng, pick(f.targets)[0])
         rec.detail, rec.skipped = "unknown fault", True
         return None
 
-    async def _replace(self, rec: FaultRecord, rng: random.Random) -> Callable[[], object] | None:
-        """Remove a follower, add a fresh member as a learner, promote it once it has caught up."""
+    async def _disk(self, f: Fault, rec: FaultRecord, rng: random.Random, m: Member) -> Callable[[], object] | None:
+        c = self.cluster
+        if f.kind == "disk-full":
+            if not c.mounts:
+                rec.detail, rec.skipped = "skipped: data dirs are not on a tmpfs (needs the namespace mode)", True
+                return None
+            filler = m.data_dir / "chaos-filler"
+            st = os.statvfs(m.data_dir)
+            free = st.f_bavail * st.f_frsize
+            with open(filler, "wb") as out, contextlib.suppress(OSError):
+                os.posix_fallocate(out.fileno(), 0, free)
+            rec.detail = f"filled {m.name}'s data dir ({free >> 20} MiB)"
+
+            async def unfill() -> None:
+                filler.unlink(missing_ok=True)
+                state = "still running" if m.alive() else "had exited: " + _last_line(m)
+                rec.detail += f"; freed ({m.name} {state})"
+                if not m.alive():
+                    await self._thread(c.restart, m)
+            return unfill
+        await self._thread(c.kill, m)
+        wals = sorted(m.data_dir.rglob("*.wal"))
+        if not wals:
+            rec.detail = f"SIGKILL {m.name}: no WAL file found to damage"
+            return lambda: self._thread(c.restart, m)
+        seg = wals[-1]
+        size = seg.stat().st_size
+        if f.kind == "wal-torn":
+            cut = min(size, rng.randrange(1, 200))
+            os.truncate(seg, size - cut)
+            rec.detail = f"SIGKILL {m.name}, cut {cut} bytes off the end of {seg.name}"
+        else:
+            data = bytearray(seg.read_bytes())
+            used = len(data.rstrip(b"\0"))
+            at = rng.randrange(max(1, used // 2), max(2, used))
+            data[at] ^= 0xFF
+            seg.write_bytes(bytes(data))
+            rec.detail = f"SIGKILL {m.name}, flipped byte {at} of {used} written in {seg.name}"
+
+        async def restart_and_judge() -> None:
+            await self._thread(c.restart, m)
+            await asyncio.sleep(3.0)
+            if m.alive():
+                rec.detail += f"; restarted: {m.name} serves again"
+                return
+            words = _last_line(m)
+            if "corrupt" in words.lower():
+                rec.detail += f"; {m.name} refused to start as documented ({words[:160]}); rebuilding it"
+                await self._replace(rec, rng, gone=m)
+            else:
+                rec.detail += f"; {m.name} exited without naming the corruption: {words[:200]}"
+                self.findings.append(f"{f.kind} on {m.name}: exited without naming the corruption: {words[:300]}")
+        return restart_and_judge
+
+    async def _replace(self, rec: FaultRecord, rng: random.Random,
+                       gone: Member | None = None) -> Callable[[], object] | None:
+        """Remove a follower (or ``gone``), add a fresh member as a learner (its data dir built from
+        the others), promote it once it has caught up."""
         c = self.cluster
         lead = await self.leader()
         followers = [m for m in c.live() if m is not lead and m.alive()]
-        if lead is None or not followers:
-            rec.detail, rec.skipped = "skipped: no leader", True
+        if lead is None or (not followers and gone is None):
+            rec.detail, rec.skipped = rec.detail + " skipped: no leader", True
             return None
-        gone = rng.choice(followers)
+        gone = gone or rng.choice(followers)
         eps = [m.endpoint for m in c.live() if m is not gone]
         await self._thread(etcdctl, eps, "member", "remove", f"{gone.member_id:x}")
         gone.removed = True
@@ -233,7 +293,7 @@ class Nemesis:
         await self._thread(c.start_joining, fresh)
         if c.proxy is not None:
             c.proxy.ids = {m.member_id: m.index for m in c.members if m.member_id}
-        rec.detail = f"removed {gone.name}, added {fresh.name} as a learner"
+        rec.detail += ("; " if rec.detail else "") + f"removed {gone.name}, added {fresh.name} as a learner"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -259,3 +319,11 @@ class Nemesis:
         for r in self.records:
             if r.end is None:
                 r.end = round(self.now(), 3)
+
+
+def _last_line(m: Member) -> str:
+    try:
+        lines = [ln for ln in m.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""

@@ -71,7 +71,7 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
         out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="conclave-chaos-")) if out is None else out / "members"
     cluster = ChaosCluster(root, cfg.nodes, mode=cfg.mode, heartbeat_ms=cfg.heartbeat_ms,
-                           election_ms=cfg.election_ms)
+                           election_ms=cfg.election_ms, tmpfs_mb=256 if "disk" in cfg.nemesis else 0)
     if cluster.fallback_reason:
         say(f"network namespaces unavailable ({cluster.fallback_reason}): members on 127.0.0.1 behind the peer proxy")
     schedule = make_schedule(cfg.seed, cfg.nemesis, cfg.time, cfg.interval, cfg.nodes,
@@ -182,6 +182,8 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, worklo
     else:
         checked = analysis.Checked("n/a", None, None, 0.0, 0, error="no checker model: the workload's own checks")
     lost = findings.lost
+    if nemesis is not None:
+        findings.violations.extend(nemesis.findings)
     records = [r.as_dict() for r in (nemesis.records if nemesis else [])]
     heals = [float(r["end"]) for r in records if r["end"] is not None and not r["skipped"]]  # type: ignore[arg-type]
     rec = analysis.recovery(ops, heals)

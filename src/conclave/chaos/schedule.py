@@ -23,6 +23,7 @@ NEMESES: dict[str, tuple[str, ...]] = {
     "transfer": ("leader-transfer",),
     "compact": ("compact-defrag",),
     "member": ("member-replace",),
+    "disk": ("disk-full", "wal-torn", "wal-corrupt"),
 }
 ALL = tuple(NEMESES)
 
@@ -72,7 +73,7 @@ def make_schedule(seed: int, nemeses: tuple[str, ...], duration: float, interval
         targets: tuple[int, ...] = ()
         groups: tuple[tuple[int, ...], ...] = ()
         params: tuple[tuple[str, float], ...] = ()
-        if kind in ("kill-one", "pause-one"):
+        if kind in ("kill-one", "pause-one", "disk-full", "wal-torn", "wal-corrupt"):
             targets = (rng.randrange(nodes),)
         elif kind == "kill-majority":
             targets = tuple(sorted(rng.sample(range(nodes), majority)))
