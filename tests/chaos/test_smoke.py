@@ -75,3 +75,39 @@ def test_bad_arguments_are_refused_clearly(tmp_path: Path, args: list[str]) -> N
     done = _chaos(tmp_path / "x", *args, timeout=30)
     assert done.returncode == 2
     assert "conclave chaos:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_heals_and_removes_everything(tmp_path: Path) -> None:
+    """SIGINT in the middle of a fault: the run stops, and nothing of it is left behind."""
+    import re
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "conclave", "chaos", "--time", "60", "--interval", "4",
+                             "--nemesis", "partition,pause", "--seed", "3", "--out", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "fault " in line:
+            break
+    run = re.search(r"^run ([0-9a-f]{4}):", "".join(lines), re.M)
+    assert run is not None and any("fault " in ln for ln in lines), "".join(lines)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, "".join(lines) + rest  # interrupted: undecided, never "valid"
+    assert "interrupted" in rest
+    run_id = run.group(1)
+    if netns.available() is None:
+        assert f"{netns.NS_PREFIX}{run_id}-" not in netns.sh("ip", "netns", "list").stdout
+        assert f"cvb{run_id}" not in netns.sh("ip", "-o", "link", "show").stdout
+    assert not (netns.STATE_DIR / f"{run_id}.json").exists()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    serving = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "run" / "members") not in serving, "a member of the interrupted run still runs"
