@@ -208,6 +208,13 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, worklo
     else:
         verdict = "unknown"
     worst = max((r for r in rec if r is not None), default=None)
+    windows = [(float(r["start"]), float(r["end"])) for r in records  # type: ignore[arg-type]
+               if r["end"] is not None and not r["skipped"]]
+    in_fault = sum(e - s for s, e in windows)
+    ok_in = sum(1 for o in ops if o.status == "ok" and o.ret is not None
+                and any(s * analysis.US <= o.ret <= e * analysis.US for s, e in windows))
+    ok_all = counts["ok"]
+    rest_s = max(duration - in_fault, 1e-9)
     summary: dict[str, Any] = {
         "verdict": verdict,
         "seed": cfg.seed,
@@ -227,6 +234,9 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, worklo
         "faults_injected": sum(1 for r in records if not r["skipped"]),
         "faults_skipped": sum(1 for r in records if r["skipped"]),
         "worst_recovery_s": worst,
+        "ok_per_s_during_faults": round(ok_in / in_fault, 1) if in_fault else None,
+        "ok_per_s_outside_faults": round((ok_all - ok_in) / rest_s, 1),
+        "longest_gap_without_ok_s": analysis.longest_gap(ops, 0.0, duration),
         "faults_not_recovered": sum(1 for r in records if r.get("end") is not None and not r["skipped"]
                                     and r.get("recovery_s") is None),
         "recovery_after_final_heal_s": final_recovery,

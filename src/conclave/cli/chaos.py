@@ -77,7 +77,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"  faults injected {s['faults_injected']} (skipped {s['faults_skipped']}), "
           f"worst time to first write after a fault {s['worst_recovery_s']} s, "
           f"after the final heal {s['recovery_after_final_heal_s']} s")
+    print(f"  availability: {s['ok_per_s_during_faults']} ok/s during faults, {s['ok_per_s_outside_faults']} "
+          f"outside; longest stretch without an acknowledged operation {s['longest_gap_without_ok_s']} s")
     print(f"  acknowledged writes lost: {s['lost_acknowledged_writes']}")
+    for v in s["violations"][:10]:
+        print(f"  violation: {v}")
     if s["failing_keys"]:
         print(f"  not linearizable: {', '.join(s['failing_keys'][:10])}")
     if s["unknown_keys"]:
