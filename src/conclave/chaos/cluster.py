@@ -91,6 +91,7 @@ class ChaosCluster:
     log: list[str] = field(default_factory=list)
     fallback_reason: str = ""
     extra_args: list[str] = field(default_factory=list)
+    grpc_engine: str = "python"  # python | rust | mixed (even members rust, odd python)
     tmpfs_mb: int = 0  # > 0: each member's data dir is a tmpfs of this size (the disk nemesis; root only)
     mounts: list[Path] = field(default_factory=list)
 
@@ -153,11 +154,16 @@ class ChaosCluster:
             "--initial-cluster", cluster, "--initial-cluster-state", state,
             "--initial-cluster-token", TOKEN,
             "--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(self.election_ms),
-            "--snapshot-count", str(self.snapshot_count), *self.extra_args,
+            "--snapshot-count", str(self.snapshot_count), "--grpc-engine", self.engine_of(m), *self.extra_args,
         ]  # fmt: skip
         if self.net is not None:
             argv = self.net.wrap(m.index, argv)
         return argv
+
+    def engine_of(self, m: Member) -> str:
+        if self.grpc_engine == "mixed":
+            return "rust" if m.index % 2 == 0 else "python"
+        return self.grpc_engine
 
     def start(self, timeout: float = 60.0) -> None:
         cluster = self.initial_cluster(self.members)

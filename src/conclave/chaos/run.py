@@ -52,6 +52,7 @@ class ChaosConfig:
     check_budget: float = 120.0
     election_ms: int = 1000
     heartbeat_ms: int = 100
+    grpc_engine: str = "python"
 
     def rerun(self) -> str:
         args = ["conclave", "chaos", "--time", f"{self.time:g}", "--nodes", str(self.nodes), "--nemesis",
@@ -59,6 +60,8 @@ class ChaosConfig:
                 "--clients", str(self.clients), "--seed", str(self.seed)]
         if self.mode != "auto":
             args += ["--mode", self.mode]
+        if self.grpc_engine != "python":
+            args += ["--grpc-engine", self.grpc_engine]
         return shlex.join(args)
 
 
@@ -71,7 +74,8 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
         out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="conclave-chaos-")) if out is None else out / "members"
     cluster = ChaosCluster(root, cfg.nodes, mode=cfg.mode, heartbeat_ms=cfg.heartbeat_ms,
-                           election_ms=cfg.election_ms, tmpfs_mb=256 if "disk" in cfg.nemesis else 0)
+                           election_ms=cfg.election_ms, grpc_engine=cfg.grpc_engine,
+                           tmpfs_mb=256 if "disk" in cfg.nemesis else 0)
     if cluster.fallback_reason:
         say(f"network namespaces unavailable ({cluster.fallback_reason}): members on 127.0.0.1 behind the peer proxy")
     schedule = make_schedule(cfg.seed, cfg.nemesis, cfg.time, cfg.interval, cfg.nodes,
@@ -228,6 +232,7 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, worklo
         "unknown_keys": checked.unknown,
         "nodes": cfg.nodes,
         "mode": cluster.mode,
+        "grpc_engine": cfg.grpc_engine,
         "duration_s": round(duration, 1),
         "ops": len(ops),
         "ok": counts["ok"], "fail": counts["fail"], "info": counts["info"],

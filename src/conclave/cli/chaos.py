@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
                    help="a write must succeed within this many seconds of the final heal (default 30)")
     p.add_argument("--mode", default="auto", choices=("auto", "netns", "proxy"),
                    help="netns (root), proxy (127.0.0.1), auto: netns when possible (default)")
+    p.add_argument("--grpc-engine", default="python", choices=("python", "rust", "mixed"),
+                   help="the members' etcd gRPC engine; mixed: even members rust, odd python (default python)")
     p.add_argument("--out", default=None, help="write history.jsonl, report.html, summary.json, member logs here")
     p.add_argument("--check-budget", type=float, default=120.0, help="seconds the checker may take (default 120)")
     p.set_defaults(func=run)
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                       keys=args.keys,
                       ops_per_key=args.ops_per_key or (100 if args.workload == "append" else 200), quiet=args.quiet,
                       recovery_timeout=args.recovery_timeout, out=Path(args.out) if args.out else None,
-                      mode=args.mode, check_budget=args.check_budget)
+                      mode=args.mode, check_budget=args.check_budget, grpc_engine=args.grpc_engine)
 
     def say(line: str) -> None:
         print(line, flush=True)
