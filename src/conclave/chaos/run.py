@@ -100,6 +100,7 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
         recorder.t0 = t0
         workload = WORKLOADS[cfg.workload](cluster.endpoints(), cluster.native_endpoints(), recorder, cfg.clients,
                                            cfg.seed, pool=KeyPool(f"{cfg.workload}/", cfg.keys, cfg.ops_per_key))
+        workload.current_endpoints = cluster.endpoints
         nemesis = Nemesis(cluster, schedule, t0, say, cfg.seed)
 
         async def main() -> None:
