@@ -641,6 +641,7 @@ class LeaseWorkload(Workload):
                 n += 1
                 key = f"lease/{w}/{n}"
                 rec.record(process, "invoke", "grant", key, None)
+                granted_at = loop.time()  # before the grant: the lease runs from some moment after this
                 try:
                     lease = await c.lease(4)
                     await c.put(key, "x", lease=lease.id)
@@ -651,7 +652,7 @@ class LeaseWorkload(Workload):
                     await asyncio.sleep(0.5)
                     continue
                 ttl = lease.ttl
-                last_ka = loop.time()  # the grant itself counts: the key exists for a TTL from here
+                last_ka = granted_at  # the grant itself counts: the key exists for a TTL from then
                 rec.record(process, "ok", "grant", key, [lease.id, ttl])
                 self.stats.ok += 1
                 hold_until = loop.time() + rng.uniform(4, 12)
