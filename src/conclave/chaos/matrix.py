@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conclave.chaos.run import WORKLOADS
 from conclave.chaos.schedule import NEMESES
+from conclave.chaos.workload import WORKLOADS
 
 
 def table(root: Path) -> str:

@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from conclave.chaos.cluster import ChaosCluster, Member
@@ -110,7 +110,7 @@ class Nemesis:
     async def _thread(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.to_thread(fn, *args)
 
-    async def inject(self, f: Fault, rec: FaultRecord, rng: random.Random) -> Callable[[], object] | None:
+    async def inject(self, f: Fault, rec: FaultRecord, rng: random.Random) -> Callable[[], Awaitable[object]] | None:
         c = self.cluster
         members = c.live()
         idx = [m.index for m in members]
@@ -212,7 +212,8 @@ class Nemesis:
         rec.detail, rec.skipped = "unknown fault", True
         return None
 
-    async def _disk(self, f: Fault, rec: FaultRecord, rng: random.Random, m: Member) -> Callable[[], object] | None:
+    async def _disk(self, f: Fault, rec: FaultRecord, rng: random.Random,
+                    m: Member) -> Callable[[], Awaitable[object]] | None:
         c = self.cluster
         if f.kind == "disk-full":
             if not c.mounts:
@@ -267,7 +268,7 @@ class Nemesis:
         return restart_and_judge
 
     async def _replace(self, rec: FaultRecord, rng: random.Random,
-                       gone: Member | None = None) -> Callable[[], object] | None:
+                       gone: Member | None = None) -> Callable[[], Awaitable[object]] | None:
         """Remove a follower (or ``gone``), add a fresh member as a learner (its data dir built from
         the others), promote it once it has caught up."""
         c = self.cluster

@@ -553,7 +553,7 @@ class WatchWorkload(Workload):
                     self.stats.info += 1
                 finally:
                     with contextlib.suppress(Exception):
-                        await watch.close()
+                        watch.close()
                 start = events[-1][0] + 1 if events else start  # resume after the last revision seen
 
     async def finish(self) -> None:
@@ -573,7 +573,7 @@ class WatchWorkload(Workload):
                     self.reference.append((ev.kv.mod_revision, ev.kv.key.decode(), ev.kv.value.decode()))
                     if ev.kv.mod_revision >= last:
                         break
-                await watch.close()
+                watch.close()
             except Exception as exc:
                 self.ref_error = f"{type(exc).__name__}: {exc}"
 
