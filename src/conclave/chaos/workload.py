@@ -582,6 +582,7 @@ class WatchWorkload(Workload):
         ref = getattr(self, "reference", [])
         if getattr(self, "ref_error", ""):
             f.facts["reference"] = self.ref_error
+            f.violations.append(f"the committed history could not be read back: {self.ref_error}")
         ref_start = getattr(self, "ref_start", 0)
         ref_last = ref[-1][0] if ref else 0
         events_seen = 0
@@ -608,7 +609,7 @@ class WatchWorkload(Workload):
                 v, rev = o.out
                 if ref and ref_start <= rev <= ref_last and ref_at.get((rev, o.key)) != str(v):
                     f.lost.append({"key": o.key, "lost": v, "revision": rev})
-        f.facts = {"watchers": len(self.watched), "segments": sum(len(s) for s in self.watched.values()),
+        f.facts |= {"watchers": len(self.watched), "segments": sum(len(s) for s in self.watched.values()),
                    "events_seen": events_seen, "reference_events": len(ref), "compacted": len(self.compacted)}
         f.violations = f.violations[:50]
         return f
