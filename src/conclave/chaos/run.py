@@ -135,6 +135,11 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
                     await asyncio.wait_for(wl, timeout=30)
                 except TimeoutError:
                     wl.cancel()
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    say("a client task was cancelled under it (see client_spurious_cancellations)")
                 phases["stopped"] = time.monotonic() - t0
                 await workload.finish()
             finally:
@@ -250,6 +255,7 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, worklo
         "lost_acknowledged_writes": len(lost),
         "violations": findings.violations[:50],
         **{f"{cfg.workload}_{k}": v for k, v in findings.facts.items()},
+        "client_spurious_cancellations": workload.spurious_cancellations if workload is not None else 0,
         "interrupted": interrupted,
         "faults": records,
         "lost": lost,

@@ -17,30 +17,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from conclave.client import AsyncClient, put_op, value, version
 
+WORKER: contextvars.ContextVar[int] = contextvars.ContextVar("chaos_worker", default=-1)
+
 
 @dataclass
 class Recorder:
     t0: float
     events: list[dict[str, Any]] = field(default_factory=list)
+    open: dict[int, tuple[int, dict[str, Any]]] = field(default_factory=dict)  # process -> (worker, invoke)
 
     def now_us(self) -> int:
         return int((time.monotonic() - self.t0) * 1_000_000)
 
     def record(self, process: int, type_: str, f: str, key: str, val: object) -> int:
         t = self.now_us()
-        self.events.append({"process": process, "type": type_, "f": f, "key": key, "value": val, "time": t})
+        event = {"process": process, "type": type_, "f": f, "key": key, "value": val, "time": t}
+        self.events.append(event)
+        if type_ == "invoke":
+            self.open[process] = (WORKER.get(), event)
+        else:
+            self.open.pop(process, None)
         return t
+
+    def abandon(self, worker: int) -> None:
+        """Close the worker's open operations as indeterminate (its client task died under it)."""
+        for process, (w, inv) in list(self.open.items()):
+            if w == worker:
+                self.record(process, "info", inv["f"], inv["key"], inv["value"])
 
     def write(self, path: Path) -> None:
         with open(path, "w", encoding="utf-8") as out:
@@ -118,6 +133,7 @@ class Workload:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     # the members' etcd endpoints now (membership changes during a run); set by the harness
     current_endpoints: Callable[[], list[str]] | None = None
+    spurious_cancellations: int = 0
     _next_value: int = 0
     _next_process: int = 0
 
@@ -139,7 +155,24 @@ class Workload:
         return AsyncClient(eps, protocol=proto, timeout=timeout or self.op_timeout)
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._client(w) for w in range(self.clients)))
+        await asyncio.gather(*(self.guarded(self._client, w) for w in range(self.clients)))
+
+    async def guarded(self, body: Callable[[int], Awaitable[None]], w: int) -> None:
+        """Run one client, restarting it (new connection, open operation made ``info``) when a
+        call raised CancelledError although nobody cancelled this task: a client-library defect
+        (a gRPC channel closed under an in-flight call), counted in ``spurious_cancellations``."""
+        WORKER.set(w)
+        while True:
+            try:
+                await body(w)
+                return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or self.stop.is_set():
+                    raise
+                self.spurious_cancellations += 1
+                self.recorder.abandon(w)
+                self.stats.info += 1
 
     async def _client(self, w: int) -> None:
         raise NotImplementedError
@@ -494,8 +527,8 @@ class WatchWorkload(Workload):
 
     async def run(self) -> None:
         writers = max(1, self.clients // 2)
-        await asyncio.gather(*(self._writer(w) for w in range(writers)),
-                             *(self._watcher(w) for w in range(writers, max(writers + 2, self.clients))))
+        await asyncio.gather(*(self.guarded(self._writer, w) for w in range(writers)),
+                             *(self.guarded(self._watcher, w) for w in range(writers, max(writers + 2, self.clients))))
 
     async def _writer(self, w: int) -> None:
         rng = random.Random(f"watch-w/{self.seed}/{w}")
