@@ -594,21 +594,30 @@ class WatchWorkload(Workload):
         starts = [s for segs in self.watched.values() for s, _ in segs]
         if not starts:
             return
+        from conclave.client import Compacted
         async with AsyncClient(self.native_endpoints, timeout=10.0) as c:
             last = (await c.status()).revision
             self.ref_start = min(starts)
-            try:
-                watch = c.watch("watch/", prefix=True, start_revision=self.ref_start)
-                while True:
-                    ev = await watch.next(timeout=10.0)
-                    if ev is None:
-                        break
-                    self.reference.append((ev.kv.mod_revision, ev.kv.key.decode(), ev.kv.value.decode()))
-                    if ev.kv.mod_revision >= last:
-                        break
-                watch.close()
-            except Exception as exc:
-                self.ref_error = f"{type(exc).__name__}: {exc}"
+            for _attempt in range(3):
+                self.reference = []
+                try:
+                    watch = c.watch("watch/", prefix=True, start_revision=self.ref_start)
+                    while True:
+                        ev = await watch.next(timeout=10.0)
+                        if ev is None:
+                            break
+                        self.reference.append((ev.kv.mod_revision, ev.kv.key.decode(), ev.kv.value.decode()))
+                        if ev.kv.mod_revision >= last:
+                            break
+                    watch.close()
+                    break
+                except Compacted as exc:
+                    # history before the compaction is gone: the reference (and the checks) start after it
+                    self.ref_start = max(self.ref_start, exc.compact_revision + 1)
+                    self.compacted.append(f"reference from {self.ref_start}")
+                except Exception as exc:
+                    self.ref_error = f"{type(exc).__name__}: {exc}"
+                    break
 
     def judge(self, ops: list[Any]) -> Findings:
         f = Findings()
@@ -619,14 +628,22 @@ class WatchWorkload(Workload):
         ref_start = getattr(self, "ref_start", 0)
         ref_last = ref[-1][0] if ref else 0
         events_seen = 0
+        compared = 0
         for w, segs in self.watched.items():
             for start, events in segs:
                 events_seen += len(events)
                 for a, b in itertools.pairwise(events):
                     if b[0] < a[0] or b == a:
                         f.violations.append(f"watcher {w}: revision {b[0]} after {a[0]} (out of order or repeated)")
-                if not events or not ref or start < ref_start:
+                if start < ref_start:  # the part before the compaction cannot be compared
+                    events = [e for e in events if e[0] >= ref_start]
+                    start = ref_start
+                if not events:
                     continue
+                if not ref:
+                    f.violations.append(f"watcher {w} saw {len(events)} events but the committed history is empty")
+                    continue
+                compared += 1
                 upto = events[-1][0]
                 if upto > ref_last:
                     continue
@@ -643,7 +660,8 @@ class WatchWorkload(Workload):
                 if ref and ref_start <= rev <= ref_last and ref_at.get((rev, o.key)) != str(v):
                     f.lost.append({"key": o.key, "lost": v, "revision": rev})
         f.facts |= {"watchers": len(self.watched), "segments": sum(len(s) for s in self.watched.values()),
-                   "events_seen": events_seen, "reference_events": len(ref), "compacted": len(self.compacted)}
+                   "events_seen": events_seen, "reference_events": len(ref), "segments_compared": compared,
+                   "compacted": len(self.compacted), "reference_start": ref_start}
         f.violations = f.violations[:50]
         return f
 
