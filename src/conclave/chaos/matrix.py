@@ -19,12 +19,13 @@ from conclave.chaos.workload import WORKLOADS
 
 
 def table(root: Path) -> str:
-    rows = ["| workload | nemesis | nodes | seed | s | faults | ops (ok/fail/info) | verdict | lost acked writes "
-            "| worst s to first write after a fault |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| workload | nemesis | nodes | mode | seed | s | faults | ops (ok/fail/info) | verdict "
+            "| lost acked writes | worst s to first write after a fault |", "|---" * 11 + "|"]
     for path in sorted(root.glob("*/summary.json")):
         s = json.loads(path.read_text())
         nemesis = s["rerun"].split("--nemesis ")[1].split()[0] if "--nemesis " in s["rerun"] else "?"
-        rows.append(f"| {s['workload']} | {nemesis} | {s['nodes']} | {s['seed']} | {s['duration_s']} "
+        mode = s["mode"] + ("" if s.get("grpc_engine", "python") == "python" else f", {s['grpc_engine']} gRPC")
+        rows.append(f"| {s['workload']} | {nemesis} | {s['nodes']} | {mode} | {s['seed']} | {s['duration_s']} "
                     f"| {s['faults_injected']} | {s['ops']} ({s['ok']}/{s['fail']}/{s['info']}) | {s['verdict']} "
                     f"| {s['lost_acknowledged_writes']} | {s['worst_recovery_s']} |")
     return "\n".join(rows)
