@@ -58,6 +58,12 @@ class ChaosConfig:
         args = ["conclave", "chaos", "--time", f"{self.time:g}", "--nodes", str(self.nodes), "--nemesis",
                 self.nemesis_text, "--interval", f"{self.interval:g}", "--workload", self.workload,
                 "--clients", str(self.clients), "--seed", str(self.seed)]
+        if self.keys != 5:
+            args += ["--keys", str(self.keys)]
+        if self.ops_per_key != (100 if self.workload == "append" else 200):
+            args += ["--ops-per-key", str(self.ops_per_key)]
+        if self.quiet != 10.0:
+            args += ["--quiet", f"{self.quiet:g}"]
         if self.mode != "auto":
             args += ["--mode", self.mode]
         if self.grpc_engine != "python":
