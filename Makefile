@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PURE   := src/conclave/lab src/conclave/machine src/conclave/raft src/conclave/sim src/conclave/kv src/conclave/storage src/conclave/verify src/conclave/wire
 
-.PHONY: run test lint bench proto system-deps venv clean help
+.PHONY: run test lint bench proto system-deps venv clean help chaos
 
 help:
 	@echo "make run    - set up, then start a local 3-node cluster on 127.0.0.1 (Ctrl-C stops it)"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench  - benchmarks (bench/), side by side with etcd where a target names it"
 	@echo "make edge   - build the compiled client edge (Rust) where cargo exists; make test and make run do it"
 	@echo "make edge-check - clippy -D warnings and the edge's Rust unit tests (make test runs it)"
+	@echo "make chaos  - the chaos matrix (every workload x nemesis, 5 nodes, 2 min, 2 seeds) into chaos-results/"
 	@echo "make proto  - regenerate the committed gRPC/protobuf modules from src/conclave/api/proto"
 
 $(STAMP): pyproject.toml
@@ -57,6 +58,19 @@ system-deps:
 	   ($(APT_GET) update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null); \
 	else echo "warning: chromium missing and cannot apt-get install it; the lab's screenshot test will skip (fail under CI=true)"; fi
+	@# conclave chaos: ip netns / veth / bridge (iproute2) and nft for the namespace mode's faults
+	@if command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
+	  echo "installing iproute2 and nftables (apt-get) for conclave chaos"; \
+	  if [ ! -e "$(POLICY_RC_D)" ]; then \
+	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
+	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
+	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq iproute2 nftables >/dev/null 2>&1 || \
+	   ($(APT_GET) update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq iproute2 nftables >/dev/null); \
+	else echo "warning: ip/nft missing: conclave chaos runs its members behind the proxy instead of namespaces"; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
@@ -73,6 +87,10 @@ run: $(STAMP) edge
 
 bench: $(STAMP) system-deps
 	$(PY) bench/run_all.py
+
+# conclave chaos against every nemesis; results (history, logs, report.html per run) in chaos-results/
+chaos: $(STAMP) system-deps
+	$(PY) -m conclave.chaos.matrix --out chaos-results
 
 proto: $(STAMP)
 	$(PY) -m conclave.api.protogen

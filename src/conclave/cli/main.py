@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "conclave.cli.lab",
     "conclave.cli.bench",
     "conclave.cli.client",
+    "conclave.cli.chaos",
 )
 
 
