@@ -9,14 +9,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from conclave.client import AsyncClient, ClientError
 from conclave.server.launcher import ProcessCluster
 
 
-@pytest.mark.xfail(strict=True, reason="client defect: a dropped gRPC channel cancels the calls in flight on it "
-                                       "(grpc_transport raises asyncio.CancelledError); reported to the lead")
 def test_a_call_in_flight_on_a_dropped_connection_raises_a_client_error(tmp_path: Path) -> None:
     cluster = ProcessCluster(tmp_path, size=1)
     cluster.start()

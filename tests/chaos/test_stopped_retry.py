@@ -39,8 +39,6 @@ class FakeMember:
         self.closed = True
 
 
-@pytest.mark.xfail(strict=True, reason="client retries a write answered 'etcdserver: server stopped', which a "
-                                       "stopping member also answers for proposals already in Raft; reported")
 def test_a_write_answered_server_stopped_is_not_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     stopped = server_error("Stopped", "etcdserver: server stopped")

@@ -70,6 +70,14 @@ class GrpcTransport:
             return await self._request(method, arg)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller cancelled: let it through
+            # The channel was closed under the call (the client dropped this connection on a
+            # failover); grpc.aio cancels the calls in flight on it. For the caller that is a lost
+            # connection after the request was sent, never a cancellation of its own task.
+            raise ConnectionLost(f"{self.endpoint}: connection closed with the call in flight", sent=True) from None
 
     async def _request(self, method: str, arg: Any) -> Any:
         if method == "range":
