@@ -35,10 +35,11 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("grpc-engine", "auto|rust|python", "auto",
      "etcd gRPC engine: rust = the compiled edge (Rust), python = grpc.aio (no compiler needed), "
      "auto = rust when the edge is built, else python (the log says which runs)"),
-    ("cert-file", "FILE", "", "path to the client server TLS cert file (serves the https:// client URLs)"),
-    ("key-file", "FILE", "", "path to the client server TLS key file"),
+    ("cert-file", "FILE", "",
+     "path to the client server TLS cert file (serves the https:// client URLs) (default: none)"),
+    ("key-file", "FILE", "", "path to the client server TLS key file (default: none)"),
     ("client-cert-auth", "BOOL", "false", "enable client cert authentication (needs --trusted-ca-file)"),
-    ("trusted-ca-file", "FILE", "", "path to the client server TLS trusted CA cert file"),
+    ("trusted-ca-file", "FILE", "", "path to the client server TLS trusted CA cert file (default: none)"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
