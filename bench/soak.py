@@ -22,7 +22,6 @@ import asyncio
 import json
 import random
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -50,8 +49,8 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
     rng = random.Random(seed)
     counts: dict[str, int] = {}
     errors: dict[str, int] = {}
+    details: dict[str, int] = {}  # error code and message -> count
     samples: list[tuple[float, int]] = []
-    stop_at = time.monotonic() + duration
 
     def key(i: int) -> bytes:
         return b"/soak/%s/%05d" % (b"abcd"[i % 4 : i % 4 + 1], i)
@@ -62,6 +61,18 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
         txn, compact = rpc(ch, "etcdserverpb.KV", "Txn"), rpc(ch, "etcdserverpb.KV", "Compact")
         grant, revoke = rpc(ch, "etcdserverpb.Lease", "LeaseGrant"), rpc(ch, "etcdserverpb.Lease", "LeaseRevoke")
         watch = rpc(ch, "etcdserverpb.Watch", "Watch")
+        # The port opens before the member has elected itself: wait for a first write (bounded),
+        # or the writers would spin on fail-fast "no leader" answers.
+        ready_by = time.monotonic() + 30
+        while True:
+            try:
+                await put(pb.PutRequest(key=b"/soak/ready", value=b"1"), timeout=5)
+                break
+            except grpc.aio.AioRpcError:
+                if time.monotonic() > ready_by:
+                    raise
+                await asyncio.sleep(0.05)
+        stop_at = time.monotonic() + duration
 
         async def guarded(name: str, coro: Any) -> Any:
             try:
@@ -71,6 +82,7 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
             except grpc.aio.AioRpcError as exc:
                 code = f"{name}:{exc.code().name}"
                 errors[code] = errors.get(code, 0) + 1
+                details[f"{code}: {exc.details()}"] = details.get(f"{code}: {exc.details()}", 0) + 1
                 return None
 
         async def writer() -> None:
@@ -136,21 +148,29 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
 
         await asyncio.gather(*(writer() for _ in range(8)), *(leaser() for _ in range(2)),
                              *(watcher() for _ in range(4)), compactor(), sampler())
-    return {"counts": counts, "errors": errors, "samples": samples}
+    return {"counts": counts, "errors": errors, "error_details": details, "samples": samples}
 
 
-def summarize(samples: list[tuple[float, int]], warmup: float) -> dict[str, float]:
-    """RSS after warm-up vs at the end (medians of 5 samples each), the peak, in MB."""
-    after = [rss for t, rss in samples if t >= warmup]
-    if len(after) < 10:
-        raise RuntimeError(f"too few RSS samples after warm-up: {len(after)}")
+def summarize(samples: list[tuple[float, int]], warmup: float, window_s: float = 25.0) -> dict[str, float]:
+    """RSS growth after warm-up, in MB: the lowest RSS of the last ``window_s`` seconds minus the
+    lowest of the first ``window_s`` seconds after warm-up; also the peak.
+
+    RSS under this load is a sawtooth (about 10 MB, a period of about 20 s: compactions free what
+    the churn built up), so a sample taken at the end says more about the phase of the tooth than
+    about growth; the troughs are what a leak lifts. A window must hold at least one trough.
+    """
+    after = [(t, rss) for t, rss in samples if t >= warmup]
+    if len(after) < 10 or after[-1][0] - after[0][0] < 2 * window_s:
+        raise RuntimeError(f"too few RSS samples after warm-up: {len(after)} over "
+                           f"{after[-1][0] - after[0][0] if after else 0:.0f} s (need {2 * window_s:.0f} s)")
     mb = 2**20
-    start = statistics.median(after[:5]) / mb
-    end = statistics.median(after[-5:]) / mb
+    first, last = after[0][0], after[-1][0]
+    start = min(rss for t, rss in after if t <= first + window_s) / mb
+    end = min(rss for t, rss in after if t >= last - window_s) / mb
     return {
         "rss_warm_mb": round(start, 1),
         "rss_end_mb": round(end, 1),
-        "rss_peak_mb": round(max(after) / mb, 1),
+        "rss_peak_mb": round(max(rss for _, rss in after) / mb, 1),
         "growth_mb": round(end - start, 1),
     }
 
@@ -187,6 +207,7 @@ def run_soak(root: Path, duration: float, warmup: float, gc_full_interval: float
         **summarize(load["samples"], warmup),
         "ops": load["counts"],
         "errors": load["errors"],
+        "error_details": load["error_details"],
         "full_collections": [{"freed": f, "pause_ms": p} for f, p in full],
         "rss_mb_by_minute": [round(rss / 2**20, 1) for t, rss in load["samples"] if int(t) % 60 == 0],
         "samples": load["samples"],

@@ -4,8 +4,8 @@ The member's gc policy (server/runner.py): freeze once after start-up, then CPyt
 collections; the previous policy froze the survivors of every second, which kept every cycle
 that lived a second (+92 MB in 10 minutes of this load, bench/README.md). This test compresses
 an hour of put/overwrite/delete/lease/watch/txn churn (bench/soak.py's load, with compaction)
-into ~75 s (60 s measured after warm-up) under the default policy and asserts that RSS after
-warm-up does not grow beyond a fixed bound (the freeze-only policy grew ~9 MB a minute).
+into ~75 s (60 s measured after warm-up) under the default policy and asserts that the RSS
+troughs after warm-up do not rise beyond a fixed bound (the freeze-only policy grew ~9 MB a minute).
 bench/soak.py runs it for longer.
 """
 
@@ -20,12 +20,16 @@ from soak import run_soak
 
 DURATION_S = 75.0
 WARMUP_S = 15.0
-MAX_GROWTH_MB = 5.0  # default policy: ~1.5 MB a minute of allocator noise; freeze-only: ~9 MB a minute
+# Growth of the RSS troughs (bench/soak.py summarize) between the first and the last 25 s after
+# warm-up, about 35 s apart: the default policy's allocator noise is ~1.5 MB a minute (~1 MB here);
+# the freeze-only policy grew ~9 MB a minute (~5 MB here).
+MAX_GROWTH_MB = 3.0
 
 
 def test_rss_stays_bounded_under_an_hour_of_churn_compressed(tmp_path: Path) -> None:
     rep = run_soak(tmp_path / "soak", DURATION_S, WARMUP_S)
-    numbers = {k: rep[k] for k in ("rss_warm_mb", "rss_end_mb", "rss_peak_mb", "growth_mb", "ops", "errors")}
+    numbers = {k: rep[k] for k in ("rss_warm_mb", "rss_end_mb", "rss_peak_mb", "growth_mb", "ops", "errors",
+                                   "error_details")}
     assert rep["alive_at_end"], f"member died during the soak: {numbers}"
     ops = rep["ops"]
     for op in ("put", "delete", "txn", "lease_grant", "lease_revoke", "watch", "compact"):
