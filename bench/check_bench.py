@@ -14,6 +14,7 @@ checks each key alone, printing its time, windows and the search's peak estimate
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import statistics
 import sys
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def synthetic(seed: int, duration: float, anomaly: bool, out: Path | None, time_limit: float) -> int:
-    events = chaos_history(seed, duration=duration, anomaly=anomaly)
+    events = chaos_history(random.Random(seed), duration=duration, anomaly=anomaly)
     if out is not None:
         out.write_text(dump_json_lines(events))
         print(f"history written to {out}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,31 +34,12 @@ from conclave.server.launcher import free_ports
 from conclave.server.node import Node
 from tests.server.test_server_datadir import _config, _until
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from snapshot_stall import StallMeter
+
 BIG_KEYS = 100_000
 VALUE_BYTES = 1000
 STALL_LIMIT_S = 1.0
-
-
-class StallMeter:
-    """The largest gap between the wake-ups of a task sleeping 10 ms, since ``reset``."""
-
-    def __init__(self) -> None:
-        self.max_gap = 0.0
-        self._last = 0.0
-
-    def reset(self) -> None:
-        """Start a new window now (a gap in progress before it does not count)."""
-        self.max_gap = 0.0
-        self._last = asyncio.get_running_loop().time()
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        while True:
-            await asyncio.sleep(0.01)
-            now = loop.time()
-            self.max_gap = max(self.max_gap, now - self._last - 0.01)
-            self._last = now
 
 
 class Writer:

@@ -219,13 +219,13 @@ def test_widened_unique_runs_agree_with_the_plain_search(seed: int, n: int, info
 
 
 def _ops(seed: int, **kw: Any) -> list[Operation]:
-    return list(build_history(chaos_history(seed, **kw), "synth", "json").operations)
+    return list(build_history(chaos_history(random.Random(seed), **kw), "synth", "json").operations)
 
 
 def test_synthetic_histories_are_deterministic_and_shaped_like_the_issue() -> None:
-    a = chaos_history(7, duration=30)
-    assert dump_json_lines(a) == dump_json_lines(chaos_history(7, duration=30))
-    assert dump_json_lines(a) != dump_json_lines(chaos_history(8, duration=30))
+    a = chaos_history(random.Random(7), duration=30)
+    assert dump_json_lines(a) == dump_json_lines(chaos_history(random.Random(7), duration=30))
+    assert dump_json_lines(a) != dump_json_lines(chaos_history(random.Random(8), duration=30))
     ops = build_history(a, "synth", "json").operations
     per_key = {o.key for o in ops}
     assert per_key == {f"k{i}" for i in range(5)}
