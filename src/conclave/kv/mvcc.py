@@ -461,6 +461,13 @@ class Store:
                 responses.append(ResponseOp(response_txn=self._execute_txn(op.request_txn, path, w, header)))
         return TxnResponse(header=header, succeeded=succeeded, responses=tuple(responses))
 
+    def first_failed_compare(self, compares: Iterable[Compare]) -> int:
+        """Index of the first compare that does not hold at the current revision, or -1."""
+        for i, c in enumerate(compares):
+            if not self._compare(c):
+                return i
+        return -1
+
     def _compare(self, c: Compare) -> bool:
         if not c.range_end:
             kv = self._index.get(c.key)
