@@ -357,6 +357,10 @@ fn load(
                 vb = vb.with_crls(crls(crl)?).allow_unknown_revocation_status();
             }
             let verifier = vb.build().map_err(|e| match e {
+                VerifierBuilderError::InvalidCrl(rustls::CertRevocationListError::ParseError) => format!(
+                    "client CRL file {}: not a CRL that can be read (an X.509 v2 CRL with its extensions, such as the CRL number, is needed; v1 CRLs are not read)",
+                    o.crl_file.as_deref().unwrap_or("")
+                ),
                 VerifierBuilderError::InvalidCrl(c) => format!("client CRL file {}: {c:?}", o.crl_file.as_deref().unwrap_or("")),
                 other => format!("client CA file {ca}: {other}"),
             })?;
