@@ -80,6 +80,7 @@ class Ca:
         server: bool = False,
         san: list[x509.GeneralName] | None = None,
         not_after: datetime.datetime | None = None,
+        not_before: datetime.datetime | None = None,
     ) -> tuple[Path, Path, int]:
         """(cert path, key path, serial) of a new leaf certificate."""
         now = datetime.datetime.now(UTC)
@@ -94,7 +95,7 @@ class Ca:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(serial)
-            .not_valid_before(min(now, not_after or now) - datetime.timedelta(minutes=5))
+            .not_valid_before(not_before or min(now, not_after or now) - datetime.timedelta(minutes=5))
             .not_valid_after(not_after or now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -405,6 +406,16 @@ def test_bad_files_are_a_clear_value_error(
     assert f"client CRL file {garbage}" in error(
         cert_file=str(cert), key_file=str(key), client_ca_file=str(ca.path), crl_file=str(garbage)
     )
+
+
+def test_a_certificate_not_valid_yet_is_served_with_a_warning(
+    ca: Ca, served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conclave.api.edge")
+    later = datetime.datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC)
+    files = ca.issue("future", "127.0.0.1", server=True, not_before=later, not_after=later + datetime.timedelta(days=1))
+    served(files)
+    assert until(lambda: "not valid before 2099-01-02 03:04:05 UTC" in caplog.text), caplog.text
 
 
 # ------------------------------------------------------------------------------------------- reload

@@ -1155,3 +1155,18 @@ fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OUT_HTTP_END", OUT_HTTP_END)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_told_apart_as_go_does() {
+        for head in [&b"GET /"[..], b"HEAD ", b"POST ", b"PUT /", b"OPTIO"] {
+            assert!(looks_like_http(head));
+        }
+        for head in [&b"PRI *"[..], b"DELET", b"GET", b"\x16\x03\x01\x02\x00"] {
+            assert!(!looks_like_http(head));
+        }
+    }
+}

@@ -290,7 +290,10 @@ impl Tls {
             names.push(n);
         }
         let stamps = file_stamps(&opts);
-        let config = load(&opts, &provider, &versions, &names)?;
+        let (config, warning) = load(&opts, &provider, &versions, &names)?;
+        if let Some(w) = warning {
+            notice(WARNING, w);
+        }
         let state = Mutex::new(State { config, stamps, next_check: Instant::now() + RELOAD_CHECK });
         Ok(Tls { opts, provider, versions, names, state, notice })
     }
@@ -305,9 +308,12 @@ impl Tls {
             if stamps != st.stamps {
                 st.stamps = stamps;
                 match load(&self.opts, &self.provider, &self.versions, &self.names) {
-                    Ok(cfg) => {
+                    Ok((cfg, warning)) => {
                         st.config = cfg;
                         (self.notice)(INFO, format!("TLS: reloaded the client port's files ({})", files(&self.opts).join(", ")));
+                        if let Some(w) = warning {
+                            (self.notice)(WARNING, w);
+                        }
                     }
                     Err(e) => (self.notice)(WARNING, format!("TLS: the client port's files changed but do not load, so the previous ones stay in use: {e}")),
                 }
@@ -329,16 +335,16 @@ fn file_stamps(o: &Options) -> Vec<Option<Stamp>> {
     files(o).into_iter().map(stamp).collect()
 }
 
-/// Build a server configuration from the files as they are now.
+/// Build a server configuration from the files as they are now; also a warning about them, if any.
 fn load(
     o: &Options,
     provider: &Arc<CryptoProvider>,
     versions: &[&'static SupportedProtocolVersion],
     names: &[ServerName<'static>],
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<(Arc<ServerConfig>, Option<String>), String> {
     let (cert_file, key_file) = (o.cert_file.as_str(), o.key_file.as_str());
     let chain = certs(cert_file, "cert file")?;
-    check_validity(&chain[0], cert_file, SystemTime::now())?;
+    let warning = check_validity(&chain[0], cert_file, SystemTime::now())?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => format!("key file {key_file}: no PEM private key in it"),
         other => format!("key file {key_file}: {}", pem_error(other)),
@@ -379,7 +385,7 @@ fn load(
         other => format!("cert file {cert_file} and key file {key_file}: {other}"),
     })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), warning))
 }
 
 /// A certificate's validity bound: seconds since the epoch, and the time as written (UTC).
@@ -445,8 +451,9 @@ fn validity(der: &[u8]) -> Option<(Time, Time)> {
     Some((asn1_time(t1, v1)?, asn1_time(t2, v2)?))
 }
 
-/// A server certificate that expired, or is not valid yet, is an error saying when.
-fn check_validity(cert: &CertificateDer<'_>, path: &str, now: SystemTime) -> Result<(), String> {
+/// A server certificate that expired is an error saying when; one that is not valid yet (a clock
+/// behind the CA's) only a warning, since Go serves it too and clients will take it soon.
+fn check_validity(cert: &CertificateDer<'_>, path: &str, now: SystemTime) -> Result<Option<String>, String> {
     let Some((not_before, not_after)) = validity(cert.as_ref()) else {
         return Err(format!("cert file {path}: the first certificate is not a valid X.509 certificate"));
     };
@@ -455,9 +462,12 @@ fn check_validity(cert: &CertificateDer<'_>, path: &str, now: SystemTime) -> Res
         return Err(format!("cert file {path}: the certificate expired at {} (notAfter)", not_after.text));
     }
     if now < not_before.unix {
-        return Err(format!("cert file {path}: the certificate is not valid before {} (notBefore)", not_before.text));
+        return Ok(Some(format!(
+            "TLS: cert file {path}: the certificate is not valid before {} (notBefore): clients refuse it until then",
+            not_before.text
+        )));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A stream whose first bytes were already read (to sniff the protocol): they are replayed first.
