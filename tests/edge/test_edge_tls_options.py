@@ -16,6 +16,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conclave.api import edge_server, pb
 from conclave.api.stubs import EtcdStub
+from conclave.server.launcher import free_ports
 from tests.api.conftest import ServedBackend
 
 pytestmark = pytest.mark.skipif(not edge_server.available(), reason="the compiled edge is not built (make edge)")
@@ -516,3 +518,53 @@ def test_etcdctl_with_client_certificates_and_every_option(
     assert rc == 0 and out.strip() == "over-tls", out
     rc, out = etcdctl(s, ca, revoked, "get", "k")
     assert rc != 0, out
+
+
+@pytest.mark.skipif(ETCDCTL is None and os.environ.get("CI") != "true", reason="etcdctl is not installed")
+def test_a_serving_member_takes_a_rotated_certificate_and_etcdctl_sees_it(ca: Ca, tmp_path: Path) -> None:
+    """`conclave serve --grpc-engine rust` with etcd's mTLS flags: the cert and key are replaced
+    while it runs; etcdctl keeps working, and a new connection is served the new certificate."""
+    assert ETCDCTL is not None
+    cert, key, first_serial = ca.issue("member", "127.0.0.1", server=True)
+    client = ca.issue("etcdctl", "root")
+    port, peer = free_ports(2)
+    url = f"https://127.0.0.1:{port}"
+    log = tmp_path / "member.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conclave", "serve", "--name", "n1", "--data-dir", str(tmp_path / "data"),
+             "--grpc-engine", "rust", "--listen-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--cert-file", str(cert), "--key-file", str(key), "--client-cert-auth", "--trusted-ca-file", str(ca.path)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def ctl(*args: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [ETCDCTL, f"--endpoints={url}", "--dial-timeout=3s", "--command-timeout=5s", "--cacert", str(ca.path),
+             "--cert", str(client[0]), "--key", str(client[1]), *args],
+            capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"},
+        )  # fmt: skip
+        return done.returncode, done.stdout + done.stderr
+
+    def served_serial() -> int:
+        c = Conn(port, client_ctx(ca, client))
+        try:
+            return c.serial()
+        finally:
+            c.close()
+
+    try:
+        assert until(lambda: proc.poll() is None and ctl("endpoint", "health")[0] == 0, 30), log.read_text()
+        assert ctl("put", "k", "before")[0] == 0
+        assert served_serial() == first_serial
+        new_cert, new_key, new_serial = ca.issue("member2", "127.0.0.1", server=True)
+        key.write_bytes(new_key.read_bytes())
+        cert.write_bytes(new_cert.read_bytes())
+        assert until(lambda: served_serial() == new_serial), log.read_text()
+        rc, out = ctl("get", "k", "--print-value-only")
+        assert rc == 0 and out.strip() == "before", out
+        assert ctl("put", "k", "after")[0] == 0
+        assert "reloaded the client port's files" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)
