@@ -530,12 +530,12 @@ def test_a_serving_member_takes_a_rotated_certificate_and_etcdctl_sees_it(ca: Ca
     port, peer = free_ports(2)
     url = f"https://127.0.0.1:{port}"
     log = tmp_path / "member.log"
-    with log.open("wb") as out:
+    with log.open("wb") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "conclave", "serve", "--name", "n1", "--data-dir", str(tmp_path / "data"),
              "--grpc-engine", "rust", "--listen-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
              "--cert-file", str(cert), "--key-file", str(key), "--client-cert-auth", "--trusted-ca-file", str(ca.path)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     def ctl(*args: str) -> tuple[int, str]:
