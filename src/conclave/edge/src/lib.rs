@@ -10,6 +10,11 @@
 //! tasks. The edge carries no business rule: it moves bytes, gRPC length prefixes and status
 //! trailers.
 //!
+//! On a TLS listener the first byte decides: a TLS handshake record goes to rustls with the
+//! current configuration of `tls::Tls` (rebuilt when its files change), anything else gets Go's
+//! answer to plain text on a TLS port and is closed. What Python should log (a reload, files that
+//! do not load) travels as a `LOG` event on the same queue, so no edge thread takes the GIL.
+//!
 //! Limits: a gRPC message over `max_msg` bytes ends its stream with RESOURCE_EXHAUSTED; a
 //! truncated message or a compressed one ends the stream; a protocol error closes that
 //! connection; nothing closes the member. Responses are written only as the client's HTTP/2 flow
