@@ -510,6 +510,7 @@ def test_etcdctl_with_client_certificates_and_every_option(
         crl_file=str(ca.crl(tmp_path / "crl.pem", [revoked[2]])),
         allowed_hostnames=["etcdctl.example"],
         tls_min_version="TLS1.2",
+        tls_max_version="TLS1.2",  # so the cipher suites below are the ones negotiated
         cipher_suites=["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
     )
     rc, out = etcdctl(s, ca, good, "put", "k", "over-tls")
