@@ -379,6 +379,12 @@ def test_bad_options_are_a_clear_value_error(
     assert words in str(info.value)
 
 
+def test_blank_names_are_no_names(ca: Ca, server_files: tuple[Path, Path, int], served: Served) -> None:
+    """What splitting an empty flag value gives ([""]) restricts nothing and needs no client CA."""
+    s = served(server_files, allowed_hostnames=[""], cipher_suites=[" "])
+    assert outcome(port_of(s), client_ctx(ca, maximum_version=ssl.TLSVersion.TLSv1_2)) == "ok"
+
+
 def test_bad_files_are_a_clear_value_error(
     ca: Ca, server_files: tuple[Path, Path, int], served: Served, tmp_path: Path
 ) -> None:

@@ -921,10 +921,11 @@ impl Edge {
             key_file: key_file.clone().unwrap_or_default(),
             client_ca_file,
             crl_file,
-            allowed_hostnames: allowed_hostnames.unwrap_or_default(),
+            // Blank entries (what splitting an empty flag value gives) are no names.
+            allowed_hostnames: allowed_hostnames.unwrap_or_default().into_iter().filter(|h| !h.trim().is_empty()).collect(),
             min_version: tls_min_version.filter(|v| !v.is_empty()).unwrap_or_else(|| "TLS1.2".into()),
             max_version: tls_max_version.unwrap_or_default(),
-            cipher_suites: cipher_suites.unwrap_or_default(),
+            cipher_suites: cipher_suites.unwrap_or_default().into_iter().filter(|c| !c.trim().is_empty()).collect(),
         };
         let want_tls = match (&cert_file, &key_file) {
             (Some(_), Some(_)) => true,
