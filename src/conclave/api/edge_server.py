@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from conclave.api import pb
 from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, error_status, etcd_handlers
+from conclave.api.http import HttpBody, HttpHandler  # noqa: F401  (HttpBody: re-exported)
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
@@ -54,8 +55,6 @@ ENGINES = ("auto", "rust", "python")
 RANGE_PATH = "/etcdserverpb.KV/Range"
 PEER_CN = ":tls-client-cn"  # metadata key the edge adds for a mutual-TLS client's certificate CN
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
-HttpBody = bytes | AsyncIterable[bytes]  # an async iterable is sent as a chunked response
-HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], HttpBody]]]
 
 
 def available() -> bool:
