@@ -38,7 +38,7 @@ import grpc
 
 from conclave.api import pb
 from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, error_status, etcd_handlers
-from conclave.api.http import HttpBody, HttpHandler  # noqa: F401  (HttpBody: re-exported)
+from conclave.api.http import HttpBody, HttpHandler, version_document  # noqa: F401  (HttpBody: re-exported)
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
@@ -184,10 +184,7 @@ async def default_http_handler(
         ok = backend.has_leader()
         return (200 if ok else 503), ctype, json.dumps({"health": "true" if ok else "false"}).encode()
     if path == "/version":
-        from conclave.version import __version__
-
-        version = {"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}
-        return 200, ctype, json.dumps(version).encode()
+        return 200, ctype, json.dumps(await version_document(backend)).encode()
     return 404, [], b"404 page not found\n"
 
 
