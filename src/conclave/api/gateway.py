@@ -38,6 +38,7 @@ the cluster version ``major.minor.0``, and Conclave's own version under ``"concl
 
 from __future__ import annotations
 
+import base64
 import codecs
 import http
 import json
@@ -229,10 +230,75 @@ def _decode_one(text: str, pos: int) -> tuple[Any, int]:
         raise BadJson(go_json_error(err)) from None
 
 
+def _kind(value: Any) -> str:
+    return {list: "array", dict: "object", str: "string", bool: "bool", type(None): "null"}.get(type(value), "number")
+
+
+_B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def go_base64_error(text: str) -> int | None:
+    """Where Go's base64.StdEncoding rejects ``text`` (the byte its error names), or None."""
+    t = text.replace("\r", "").replace("\n", "")  # Go's decoder skips line breaks
+    for i, c in enumerate(t):
+        if c not in _B64 and c != "=":
+            return i
+    for q in range(0, len(t), 4):
+        quantum = t[q:q + 4]
+        if "=" in quantum:
+            p = quantum.index("=")
+            if p < 2 or quantum[p:] != "=" * (4 - p):
+                return q + p
+            return q + 4 if q + 4 < len(t) else None
+        if len(quantum) < 4:
+            return q
+    return None
+
+
+def _go_enum_name(enum: Any) -> str:
+    package = enum.file.package
+    return package + "." + enum.full_name[len(package) + 1:].replace(".", "_")
+
+
+def _check_field(field: Any, value: Any) -> Any:
+    """One field's JSON value checked as Go's jsonpb checks it (json_format is laxer or differs)."""
+    if value is None:
+        return value
+    if field.type == field.TYPE_MESSAGE:
+        return _go_checks(value, field.message_type) if isinstance(value, dict) else value
+    if field.type == field.TYPE_ENUM and isinstance(value, str) and value not in field.enum_type.values_by_name:
+        raise BadJson(f'unknown value "{value}" for enum {_go_enum_name(field.enum_type)}')
+    if field.type == field.TYPE_BYTES:
+        if isinstance(value, list) and all(type(b) is int and 0 <= b < 256 for b in value):
+            return base64.b64encode(bytes(value)).decode()  # Go's json reads []byte from an array too
+        if not isinstance(value, str):
+            raise BadJson(f"json: cannot unmarshal {_kind(value)} into Go value of type []uint8")
+        at = go_base64_error(value)
+        if at is not None:
+            raise BadJson(f"illegal base64 data at input byte {at}")
+    if field.type == field.TYPE_BOOL and not isinstance(value, bool):
+        raise BadJson(f"json: cannot unmarshal {_kind(value)} into Go value of type bool")
+    return value
+
+
+def _go_checks(obj: dict[str, Any], desc: Any) -> dict[str, Any]:
+    """``obj`` with Go's jsonpb checks applied per field (unknown names are left to be ignored)."""
+    out = dict(obj)
+    for name, value in obj.items():
+        field = desc.fields_by_name.get(name) or desc.fields_by_camelcase_name.get(name)
+        if field is None:
+            continue
+        if field.is_repeated and isinstance(value, list):
+            out[name] = [_check_field(field, v) for v in value]
+        else:
+            out[name] = _check_field(field, value)
+    return out
+
+
 def _to_message(value: Any, cls: Any) -> Any:
     if not isinstance(value, dict):
-        kind = {list: "array", str: "string", bool: "bool", type(None): "null"}.get(type(value), "number")
-        raise BadJson(f"json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage")
+        raise BadJson(f"json: cannot unmarshal {_kind(value)} into Go value of type map[string]json.RawMessage")
+    value = _go_checks(value, cls.DESCRIPTOR)
     msg = cls()
     try:
         json_format.ParseDict(value, msg, ignore_unknown_fields=True)
