@@ -134,12 +134,14 @@ def etcd_binary() -> str | None:
     return path
 
 
-def single_member(root: Path, kind: str = "conclave", http_port: int | None = None) -> ProcessCluster:
+def single_member(
+    root: Path, kind: str = "conclave", http_port: int | None = None, extra: tuple[str, ...] = ()
+) -> ProcessCluster:
     """A started one-member cluster (Conclave, or real etcd with ``kind="etcd"``)."""
-    extra: list[str] = []
+    args = list(extra)
     if kind == "conclave" and http_port is not None:
-        extra = ["--listen-client-http-urls", f"http://127.0.0.1:{http_port}"]
-    c = ProcessCluster(root, 1, kind=kind, extra_args=extra)
+        args += ["--listen-client-http-urls", f"http://127.0.0.1:{http_port}"]
+    c = ProcessCluster(root, 1, kind=kind, extra_args=args)
     try:
         c.start()
     except BaseException:

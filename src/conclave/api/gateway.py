@@ -190,11 +190,16 @@ def _innermost_open(text: str, pos: int) -> str:
     return stack[-1] if stack else ""
 
 
+def _cut_short(err: json.JSONDecodeError) -> bool:
+    """The text ended inside a value: more data could complete it."""
+    return err.pos >= len(err.doc.rstrip()) or err.msg.startswith("Unterminated string")
+
+
 def go_json_error(err: json.JSONDecodeError) -> str:
     """Python's decode error said as Go's decoder says it (clients show that text)."""
-    text, pos = err.doc, err.pos
-    if pos >= len(text.rstrip()):
+    if _cut_short(err):
         return "unexpected EOF"
+    text, pos = err.doc, err.pos
     c = _go_char(text[pos])
     msg = err.msg
     if msg.startswith("Expecting value"):
@@ -330,7 +335,7 @@ async def parse_stream(body: bytes | AsyncIterable[bytes], cls: Any) -> AsyncIte
             try:
                 value, end = _DECODER.raw_decode(text, pos)
             except json.JSONDecodeError as err:
-                if eof or err.pos < len(text.rstrip()):  # not just cut short: more data will not help
+                if eof or not _cut_short(err):  # more data will not help
                     raise BadJson(go_json_error(err)) from None
             else:
                 text = text[end:]
