@@ -312,3 +312,61 @@ def test_every_route_names_a_method_of_the_protos() -> None:
     methods = {f"/{s}/{m.name}" for s, d in pb.SERVICES.items() for m in d.methods}
     assert set(gw.ROUTES.values()) <= methods
     assert methods - set(gw.ROUTES.values()) <= {"/etcdserverpb.KV/RangeStream"}  # gRPC only, as in etcd
+
+
+async def _open_watch(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(host, port)
+    body = json.dumps({"create_request": {"key": b64("foo")}}).encode()
+    writer.write(b"POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b'"created":true'), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    return reader, writer
+
+
+async def _until(cond: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(cond())
+
+
+def test_a_client_that_goes_away_releases_its_watch_on_the_standalone_server() -> None:
+    from conclave.api.http import start_http_server
+
+    from .fake_backend import FakeBackend
+
+    async def go() -> None:
+        backend = FakeBackend()
+        server = await start_http_server(gw.gateway_router(backend), [("127.0.0.1", 0)])
+        try:
+            _, writer = await _open_watch("127.0.0.1", server.port)
+            assert len(backend.notifies) == 1
+            writer.close()  # no event is pending: the server must notice the closed socket itself
+            assert await _until(lambda: not backend.notifies), "the watch outlived its client"
+        finally:
+            await server.stop()
+
+    asyncio.run(go())
+
+
+def test_the_edge_releases_http_watches_when_it_stops() -> None:
+    if not available():
+        pytest.skip("the compiled edge is not built")
+    from conclave.api.edge_server import start_edge_server
+
+    from .fake_backend import FakeBackend
+
+    async def go() -> None:
+        backend = FakeBackend()
+        server = await start_edge_server(backend, "127.0.0.1", 0, http_handler=gw.gateway_router(backend))
+        host, port = server.endpoint.rsplit(":", 1)
+        _, writer = await _open_watch(host, int(port))
+        assert len(backend.notifies) == 1 and len(server.http) == 1
+        await server.stop()
+        assert await _until(lambda: not backend.notifies and not server.http)
+        writer.close()
+
+    asyncio.run(go())
