@@ -370,3 +370,30 @@ def test_the_edge_releases_http_watches_when_it_stops() -> None:
         writer.close()
 
     asyncio.run(go())
+
+
+def test_stream_errors_before_and_after_the_first_response() -> None:
+    """grpc-gateway v1: an error before any response sets the status; after one, it is a last chunk."""
+    fail_at: list[int] = []
+
+    async def observe(request: Any, context: Any) -> Any:
+        for i in range(3):
+            if i in fail_at:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+            yield pb.LeaderResponse(header=pb.ResponseHeader(revision=i + 1))
+
+    gateway = gw.Gateway(backend=None,  # type: ignore[arg-type]
+                         handlers=[service_handler("v3electionpb.Election", {"Observe": observe})])
+
+    async def call() -> tuple[int, list[Any]]:
+        status, _, body = await gateway.handle("POST", "/v3/election/observe", [], b'{"name":"ZQ=="}')
+        assert not isinstance(body, bytes)
+        return status, [json.loads(chunk) async for chunk in body]
+
+    assert asyncio.run(call()) == (200, [{"result": {"header": {"revision": str(i)}}} for i in (1, 2, 3)])
+    fail_at[:] = [1]
+    error = {"grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader",
+             "http_status": "Service Unavailable"}
+    assert asyncio.run(call()) == (200, [{"result": {"header": {"revision": "1"}}}, {"error": error}])
+    fail_at[:] = [0]
+    assert asyncio.run(call()) == (503, [{"error": error}])
