@@ -30,6 +30,7 @@ MASK_KEYS = {"cluster_id", "member_id", "raft_term", "leader", "raftIndex", "raf
 KEEP_IDS = {LEASE}
 
 Body = Any  # dict, bytes, or a callable of the replies so far
+AUTH_PENDING = "the user and role RPCs come with the auth-server branch (they match etcd once it is merged)"
 KNOWN_TXN = ("KNOWN (kv layer, not the gateway): etcd gives a nested txn's response an empty header and a "
              "range inside a txn the revision before the txn's writes; Conclave gives both the txn's revision")
 
@@ -44,6 +45,7 @@ class Step:
     ignore: tuple[str, ...] = ()  # dotted paths removed from both answers before comparing
     method: str = "POST"
     why: str = ""  # an intended difference: what and why
+    pending: str = ""  # compared unless Conclave answers 501 (UNIMPLEMENTED): a branch not merged yet
 
 
 def _rev(name: str, delta: int = 0) -> Callable[[dict[str, Any]], int]:
@@ -193,10 +195,9 @@ SCRIPT: list[Step] = [
     Step("auth status", "/v3/auth/status", {}, compare="none", why="Auth.AuthStatus is new in etcd 3.5 (3.4: 404)"),
     Step("authenticate, auth disabled", "/v3/auth/authenticate", {"name": "u", "password": "p"}),
     Step("auth disable, already", "/v3/auth/disable", {}),
-    Step("user list", "/v3/auth/user/list", {}, compare="none",
-         why="user and role RPCs answer UNIMPLEMENTED until the auth-server branch is merged"),
-    Step("role list", "/v3/auth/role/list", {}, compare="none", why="as user list"),
-    Step("user get unknown", "/v3/auth/user/get", {"name": "x"}, compare="none", why="as user list"),
+    Step("user list", "/v3/auth/user/list", {}, pending=AUTH_PENDING),
+    Step("role list", "/v3/auth/role/list", {}, pending=AUTH_PENDING),
+    Step("user get unknown", "/v3/auth/user/get", {"name": "x"}, pending=AUTH_PENDING),
     # ---- not gRPC
     Step("version", "/version", method="GET", ignore=("etcdserver", "etcdcluster", "conclave"),
          why="etcd 3.4.23 says 3.4.23/3.4.0; Conclave says 3.5.0/3.5.0 and adds its own version"),
@@ -300,7 +301,7 @@ def test_every_step_answers_as_etcd_34(answers: tuple[dict[str, Any], dict[str, 
     etcd, conclave = answers
     diffs = []
     for step in SCRIPT:
-        if step.compare == "none":
+        if step.compare == "none" or (step.pending and conclave[step.name][0] == 501):
             continue
         want = _comparable(step, *etcd[step.name])
         got = _comparable(step, *conclave[step.name])
@@ -321,3 +322,4 @@ def test_the_script_exercised_what_it_claims(answers: tuple[dict[str, Any], dict
     # The intended differences still hold as documented (so the list above stays true).
     assert conclave["version"][1]["etcdserver"] == "3.5.0" and "conclave" in conclave["version"][1]
     assert all(conclave[s.name][0] in (200, 404, 412, 501) for s in SCRIPT if s.compare == "none")
+    assert all(conclave[s.name][0] != 501 or s.pending for s in SCRIPT)  # nothing else is unimplemented
