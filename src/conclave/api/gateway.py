@@ -261,8 +261,9 @@ def go_base64_error(text: str) -> int | None:
 
 
 def _go_enum_name(enum: Any) -> str:
-    package = enum.file.package
-    return package + "." + enum.full_name[len(package) + 1:].replace(".", "_")
+    package: str = enum.file.package
+    name: str = enum.full_name
+    return package + "." + name[len(package) + 1:].replace(".", "_")
 
 
 def _check_field(field: Any, value: Any) -> Any:
