@@ -51,7 +51,7 @@ import grpc
 from google.protobuf import json_format
 
 from conclave.api import pb
-from conclave.api.edge_server import EdgeContext
+from conclave.api.edge_server import EdgeContext, method_table
 from conclave.api.grpc_server import etcd_handlers
 from conclave.api.http import Headers, HttpResult, HttpRouter, read_body, version_document
 from conclave.wire.contract import EtcdBackend
@@ -412,28 +412,6 @@ class _Method:
     path: str
     handler: Any  # grpc.RpcMethodHandler
     request_cls: Any
-
-
-class _Details:
-    __slots__ = ("invocation_metadata", "method")
-
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata: tuple[Any, ...] = ()
-
-
-def method_table(handlers: list[grpc.GenericRpcHandler]) -> dict[str, Any]:
-    """gRPC method path -> its RpcMethodHandler, through the public GenericRpcHandler API."""
-    table: dict[str, Any] = {}
-    for service, desc in pb.SERVICES.items():
-        for m in desc.methods:
-            path = f"/{service}/{m.name}"
-            for h in handlers:
-                mh = h.service(_Details(path))
-                if mh is not None:
-                    table[path] = mh
-                    break
-    return table
 
 
 def _request_classes() -> dict[str, Any]:
