@@ -442,7 +442,9 @@ class Gateway:
     # ------------------------------------------------------------------------------- /version
 
     async def version(self, method: str, path: str, headers: Headers, body: Any) -> HttpResult:
-        if method not in ("GET", "HEAD"):
+        if method == "OPTIONS":
+            return 200, list(COMMON_HEADERS), b""
+        if method != "GET":
             return 405, list(TEXT_HEADERS), b"Method Not Allowed\n"
         return 200, [("content-type", "application/json")], _dumps(await version_document(self.backend))
 
@@ -451,6 +453,8 @@ class Gateway:
     async def handle(self, method: str, path: str, headers: Headers, body: Any) -> HttpResult:
         base = path.partition("?")[0]
         route = self.routes.get(base)
+        if method == "OPTIONS":  # a CORS preflight: etcd answers every path with its headers
+            return 200, list(COMMON_HEADERS), b""
         if route is None:
             return 404, list(TEXT_HEADERS), b"Not Found\n"
         if method != "POST":
