@@ -29,15 +29,17 @@ chunked response, and a chunked request body arrives whole. The default serves `
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from conclave.api import pb
 from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, error_status, etcd_handlers
+from conclave.api.http import HttpBody, HttpHandler, version_document  # noqa: F401  (HttpBody: re-exported)
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
@@ -54,8 +56,6 @@ ENGINES = ("auto", "rust", "python")
 RANGE_PATH = "/etcdserverpb.KV/Range"
 PEER_CN = ":tls-client-cn"  # metadata key the edge adds for a mutual-TLS client's certificate CN
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
-HttpBody = bytes | AsyncIterable[bytes]  # an async iterable is sent as a chunked response
-HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], HttpBody]]]
 
 
 def available() -> bool:
@@ -79,6 +79,21 @@ class _Details:
     def __init__(self, method: str) -> None:
         self.method = method
         self.invocation_metadata: tuple[Any, ...] = ()
+
+
+def method_table(handlers: list[grpc.GenericRpcHandler]) -> dict[str, Any]:
+    """gRPC method path -> its RpcMethodHandler, through the public ``GenericRpcHandler.service`` API
+    (the edge and the JSON gateway dispatch to the handlers the grpc.aio engine registers)."""
+    table: dict[str, Any] = {}
+    for service, desc in pb.SERVICES.items():
+        for m in desc.methods:
+            path = f"/{service}/{m.name}"
+            for h in handlers:
+                mh = h.service(_Details(path))
+                if mh is not None:
+                    table[path] = mh
+                    break
+    return table
 
 
 class EdgeContext:
@@ -177,6 +192,17 @@ class _Call(EdgeContext):
         self.writable: asyncio.Event | None = None  # made when the stream first blocks
 
 
+class _HttpStream:
+    """One HTTP/1.1 request on the edge: its task, and flow control for a chunked answer."""
+
+    __slots__ = ("blocked", "task", "writable")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.blocked = False
+        self.writable: asyncio.Event | None = None
+
+
 async def default_http_handler(
     backend: EtcdBackend, method: str, path: str, headers: list[tuple[str, str]], body: bytes
 ) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -185,10 +211,7 @@ async def default_http_handler(
         ok = backend.has_leader()
         return (200 if ok else 503), ctype, json.dumps({"health": "true" if ok else "false"}).encode()
     if path == "/version":
-        from conclave.version import __version__
-
-        version = {"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}
-        return 200, ctype, json.dumps(version).encode()
+        return 200, ctype, json.dumps(await version_document(backend)).encode()
     return 404, [], b"404 page not found\n"
 
 
@@ -225,16 +248,7 @@ class EdgeServer:
         if _edge is None:
             raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
         self.backend = backend
-        self.methods: dict[str, Any] = {}
-        handlers = etcd_handlers(backend)
-        for service, desc in pb.SERVICES.items():
-            for m in desc.methods:
-                path = f"/{service}/{m.name}"
-                for h in handlers:
-                    mh = h.service(_Details(path))
-                    if mh is not None:
-                        self.methods[path] = mh
-                        break
+        self.methods: dict[str, Any] = method_table(etcd_handlers(backend))
         self.http_handler = http_handler
         self.loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {
@@ -259,6 +273,8 @@ class EdgeServer:
         self.read_barrier: Callable[[], Awaitable[None]] | None = getattr(backend, "read_barrier", None)
         self.reads: list[tuple[_Call, Any]] = []
         self.batches: set[asyncio.Task[None]] = set()
+        # HTTP/1.1 requests being answered, by stream id: cancelled on EV_CANCEL, paused when blocked.
+        self.http: dict[int, _HttpStream] = {}
         self.loop.add_reader(self.edge.fileno(), self._on_events)
 
     @property
@@ -285,7 +301,7 @@ class EdgeServer:
             return
         out, self.out = self.out, []
         for sid in self.edge.send(out):
-            call = self.calls.get(sid)
+            call: _Call | _HttpStream | None = self.calls.get(sid) or self.http.get(sid)
             if call is not None:
                 call.blocked = True
                 if call.writable is None:
@@ -327,14 +343,20 @@ class EdgeServer:
                     call._cancelled = True
                     if call.task is not None:
                         call.task.cancel()
+                stream = self.http.pop(sid, None)
+                if stream is not None and stream.task is not None:
+                    stream.task.cancel()
             elif kind == _edge.EV_WRITABLE:
-                call = self.calls.get(sid)
-                if call is not None:
-                    call.blocked = False
-                    if call.writable is not None:
-                        call.writable.set()
+                target = self.calls.get(sid) or self.http.get(sid)
+                if target is not None:
+                    target.blocked = False
+                    if target.writable is not None:
+                        target.writable.set()
             elif kind == _edge.EV_HTTP:
-                self.loop.create_task(self._run_http(sid, a, b))
+                stream = _HttpStream()
+                self.http[sid] = stream
+                stream.task = self.loop.create_task(self._run_http(sid, a, b))
+                stream.task.add_done_callback(functools.partial(self._http_done, sid))
             elif kind == _edge.EV_LOG:  # the edge's own news (TLS files reloaded, or not loadable)
                 log.log(a, "%s", b)
         if self.reads:
@@ -451,6 +473,9 @@ class EdgeServer:
             log.exception("unexpected error in %s", m)
             self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(err)}: {err}")
 
+    def _http_done(self, sid: int, _task: asyncio.Task[None]) -> None:
+        self.http.pop(sid, None)
+
     async def _run_http(self, sid: int, req: tuple[str, str, list[tuple[str, str]]], body: bytes) -> None:
         method, path, headers = req
         try:
@@ -464,14 +489,25 @@ class EdgeServer:
         if isinstance(out, bytes | bytearray):
             self._emit((sid, _edge.OUT_HTTP, status, hdrs, bytes(out)))
             return
-        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch).
+        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch),
+        # paused while the client does not read, closed (its producer's finally runs) when cancelled.
         self._emit((sid, _edge.OUT_HTTP_HEAD, status, hdrs))
+        stream = self.http.get(sid)
         try:
             async for chunk in out:
                 self._emit((sid, _edge.OUT_HTTP_CHUNK, bytes(chunk)))
-                await asyncio.sleep(0)
+                if stream is not None and stream.blocked and stream.writable is not None:
+                    await stream.writable.wait()
+                else:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("HTTP body stream failed for %s %s", method, path)
+        finally:
+            aclose = getattr(out, "aclose", None)
+            if aclose is not None:
+                await aclose()
         self._emit((sid, _edge.OUT_HTTP_END))
 
     # ------------------------------------------------------------------------------- shutdown
@@ -489,7 +525,11 @@ class EdgeServer:
                 call.task.cancel()
         for task in list(self.batches):
             task.cancel()
+        for stream in list(self.http.values()):
+            if stream.task is not None:
+                stream.task.cancel()
         self.calls.clear()
+        self.http.clear()
 
 
 async def start_edge_server(
