@@ -36,6 +36,7 @@ from typing import Any
 import msgpack
 
 from conclave.kv import errors as kverr
+from conclave.kv.auth import AuthResponse, AuthStore
 from conclave.kv.command import Command
 from conclave.kv.lease import Lessor
 from conclave.kv.mvcc import Response, Store
@@ -56,7 +57,7 @@ class Result:
     origin: int
     seq: int
     command: Command | None  # None for member and conf change entries
-    response: Response
+    response: Response | AuthResponse
     error: kverr.EtcdError | None
     events: tuple[Event, ...] = ()
 
@@ -70,7 +71,7 @@ class Applied:
 
 
 class StateMachine:
-    __slots__ = ("_once", "applied_index", "cluster_id", "leases", "members", "once_only", "store")
+    __slots__ = ("_once", "applied_index", "auth", "cluster_id", "leases", "members", "once_only", "store")
 
     def __init__(self, cluster_id: int = 0, members: Iterable[Member] = (), *, store: Store | None = None,
                  applied_index: int = 0, once_only: bool = True) -> None:
@@ -81,6 +82,7 @@ class StateMachine:
         # False switches off once-only apply: a broken rule for the simulator's teeth tests.
         self.once_only = once_only
         self._once: dict[int, tuple[int, int]] = {}  # origin -> (highest seq, bitmap below it)
+        self.auth = AuthStore()  # users, roles, permissions (replicated); not applied yet in this commit
         self.leases = Lessor()
         for lid in self.store.lease_ids():
             self.leases.grant(lid, self.store.lease_ttl(lid), 0)
@@ -111,7 +113,7 @@ class StateMachine:
         for i, (seq, cmd) in enumerate(decoded.commands):
             if seq and origin and not self._first_time(origin, seq):
                 continue
-            response: Response = None
+            response: Response | AuthResponse = None
             error: kverr.EtcdError | None = None
             events: tuple[Event, ...] = ()
             try:
