@@ -205,3 +205,12 @@ def test_rules_refuse_static_auth_errors_before_the_log() -> None:
     ok = a.RoleGrantPermissionRequest("app", Permission(PermType.READ, b"a", b"\x00"))
     assert rules.validate(ok, limits) is ok
     assert rules.validate(a.UserGrantRoleRequest("u", ""), limits) is not None  # role "" is the store's call
+
+
+def test_rules_validate_a_checked_command_by_what_it_wraps() -> None:
+    limits = rules.Limits(min_lease_ttl_s=5)
+    assert rules.validate(Checked(3, LeaseGrantRequest(1)), limits) == Checked(3, LeaseGrantRequest(5))
+    with pytest.raises(kverr.KeyNotProvided):
+        rules.validate(Checked(3, PutRequest(b"")), limits)
+    with pytest.raises(kverr.UserEmpty):
+        rules.validate(Checked(3, a.UserAddRequest("")), limits)
