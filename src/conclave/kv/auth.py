@@ -32,10 +32,16 @@ is ``lease_keys``, the keys attached to a lease (Put with a lease, LeaseRevoke):
 state, which can change between check and apply (a key attached to the lease meanwhile would be
 deleted by a revoke checked without it). So the machine repeats that part at apply time
 (``check_lease_keys``, against the replicated lease table) when the Checked names its user; a
-Checked without a user skips it. An unwrapped client command counts as
-checked at revision 0, so clusters that never touched auth keep their hot path unwrapped, and a
-command checked by no one can never apply once auth is on (the revision is >= 1 by then).
-Internal commands (the leader's lease expiry, seq 0; ``Noop``) are never checked.
+Checked without a user skips it. An unwrapped client command counts as checked at revision 0,
+so clusters that never touched auth keep their hot path unwrapped, and a command checked by no
+one can never apply once auth is on (the revision is >= 1 by then). Internal commands (the
+leader's lease expiry, seq 0; ``Noop``) are never checked.
+
+Server recipe: once ``revision > 0``, wrap every proposed command, the server's own too (the
+leader's NOSPACE alarm: ``Checked(revision, cmd)``, retried on AuthOldRevision). Authenticate:
+check the password (bcrypt) against the user's hash at revision R, propose
+``Checked(R, AuthenticateRequest(name, random 16 letters))``; AuthOldRevision means the
+password may have changed meanwhile: check again and retry (etcd's Authenticate loop).
 
 Revision numbering: 0 for a store that never changed, +1 for every successful change (a no-op
 such as granting a role the user already has, or enabling an enabled store, changes nothing).
