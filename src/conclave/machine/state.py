@@ -173,6 +173,7 @@ class StateMachine:
                 # The lease keys are kv state: they may have changed since the server's check.
                 auth.check_lease_keys(user, cmd, self.store.lease_keys)
         if isinstance(cmd, AUTH_REQUEST_TYPES):
+            self.store.last_events = ()  # the caller publishes these: an auth command has none
             return auth.apply(cmd, raft_index)  # type: ignore[arg-type]  # narrowed by the tuple
         if isinstance(cmd, Checked):
             raise kverr.MalformedCommand("a Checked command wraps another")
