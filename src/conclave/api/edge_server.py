@@ -155,7 +155,7 @@ class _Call(EdgeContext):
     """One gRPC stream, and the context its handler sees (one object per request, not two).
     ``started``: its handler runs (in its own task or in a batch's)."""
 
-    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "task", "writable")
+    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "t0", "task", "writable")
 
     def __init__(self, sid: int, method: Any, meta: list[tuple[str, str]], path: str) -> None:
         self._peer_cn = ""
@@ -174,6 +174,7 @@ class _Call(EdgeContext):
         self.started = False
         self.blocked = False
         self.writable: asyncio.Event | None = None  # made when the stream first blocks
+        self.t0 = 0.0  # the metrics' start time (extensive mode)
 
 
 async def default_http_handler(
@@ -207,6 +208,7 @@ class EdgeServer:
         key_file: str | None = None,
         client_ca_file: str | None = None,
         secure: list[bool] | None = None,
+        rpc_metrics: Any = None,
     ) -> None:
         """``cert_file``/``key_file`` (PEM) turn on TLS for the addresses whose ``secure`` entry is
         true (all of them when ``secure`` is None); ``client_ca_file`` also requires client
@@ -225,6 +227,7 @@ class EdgeServer:
                         self.methods[path] = mh
                         break
         self.http_handler = http_handler
+        self.rpc_metrics = rpc_metrics  # api/rpcmetrics.RpcMetrics: each call counted at its trailers
         self.loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {}
         if cert_file is not None or key_file is not None or client_ca_file is not None:
@@ -276,12 +279,16 @@ class EdgeServer:
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         if self.calls.pop(call.id, None) is not None:
             self._emit((call.id, _edge.OUT_TRAILERS, code.value[0], details))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.handled(call.path, code.value[0], call.t0)
 
     def _answer(self, call: _Call, message: bytes) -> None:
         """A unary call's response and its OK trailers, queued together."""
         if self.calls.pop(call.id, None) is not None:
             self.out.append((call.id, _edge.OUT_MSG, message))
             self._emit((call.id, _edge.OUT_TRAILERS, 0, ""))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.handled(call.path, 0, call.t0)
 
     # --------------------------------------------------------------------------------- events
 
@@ -328,6 +335,8 @@ class EdgeServer:
             self._emit((sid, _edge.OUT_TRAILERS, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!"))
             return
         call = _Call(sid, method, meta, path)
+        if self.rpc_metrics is not None:
+            call.t0 = self.rpc_metrics.start(path)
         self.calls[sid] = call
         if method.request_streaming:
             call.requests = _Requests()

@@ -31,6 +31,8 @@ class Member:
         self.node: Any = None
         self.grpc_server: Any = None
         self.native_server: Any = None
+        self.router: Any = None  # api.http.HttpRouter: every plain-HTTP route of this member
+        self.metrics_servers: list[Any] = []
 
     async def start(self) -> None:
         from conclave.server.backend import NodeBackend
@@ -40,6 +42,15 @@ class Member:
         await self.node.start()
         backend = NodeBackend(self.node)
         from conclave.api.edge_server import IMPORT_ERROR, choose_engine
+        from conclave.api.health import Health, register_routes
+        from conclave.api.http import HttpRouter
+        from conclave.api.rpcmetrics import RpcMetrics
+
+        registry = self.node.metrics.registry
+        rpc_metrics = RpcMetrics(registry, extensive=self.cfg.metrics == "extensive")
+        self.router = HttpRouter()
+        register_routes(self.router, Health(backend, timeout_s=self.cfg.request_timeout_s, registry=registry))
+        self.router.add("/version", _version_route(backend))
 
         try:
             engine = choose_engine(self.cfg.grpc_engine)
@@ -56,7 +67,8 @@ class Member:
                 tls = {"cert_file": self.cfg.cert_file, "key_file": self.cfg.key_file, "secure": secure,
                        "client_ca_file": self.cfg.trusted_ca_file if self.cfg.client_cert_auth else None}  # fmt: skip
             try:
-                self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes, **tls)
+                self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes,
+                                              http_handler=self.router, rpc_metrics=rpc_metrics, **tls)
             except ValueError as exc:  # unreadable TLS files
                 raise ConfigError(str(exc)) from None
             log.info("gRPC engine: rust (compiled edge)")
@@ -71,7 +83,8 @@ class Member:
                     "`make edge` builds it where a Rust toolchain is installed", IMPORT_ERROR)
             else:
                 log.info("gRPC engine: python (grpc.aio)")
-            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))
+            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes),
+                                               interceptors=[rpc_metrics.interceptor()])
             self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))
             for url in self.cfg.listen_client_urls:
                 hp = parse_url(url, "listen-client-urls")
@@ -96,16 +109,36 @@ class Member:
                 log.warning("native protocol listener is not available in this build")
             else:
                 self.native_server = await start_native_server(backend, self.cfg)
+        if self.cfg.listen_metrics_urls:
+            from conclave.api.http import start_http_server
+
+            hps = [parse_url(u, "listen-metrics-urls") for u in self.cfg.listen_metrics_urls]
+            try:
+                self.metrics_servers.append(await start_http_server(self.router, [(hp.host, hp.port) for hp in hps]))
+            except OSError as exc:
+                raise ConfigError(f"--listen-metrics-urls: cannot listen: {exc}") from None
+            log.info("metrics and health on %s", ",".join(self.cfg.listen_metrics_urls))
         log.info("member %s (%x) serving clients on %s", self.cfg.name, self.node.member_id,
                  ",".join(self.cfg.listen_client_urls))
 
     async def stop(self) -> None:
+        for srv in self.metrics_servers:
+            await srv.stop()
         if self.native_server is not None:
             self.native_server.close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
         if self.node is not None:
             await self.node.stop()
+
+
+def _version_route(backend: Any) -> Any:
+    from conclave.api.edge_server import default_http_handler
+
+    async def version(method: str, path: str, headers: list[tuple[str, str]], body: Any) -> Any:
+        return await default_http_handler(backend, method, "/version", headers, b"")
+
+    return version
 
 
 GC_THRESHOLDS = (20_000, 10, 100)
