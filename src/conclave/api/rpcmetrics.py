@@ -9,8 +9,9 @@ instead of "no data".
 
 Both engines report here, each once per call: the compiled edge's server when it queues a
 call's trailers (``api/edge_server.py``), grpc.aio through :meth:`RpcMetrics.interceptor`. The
-cost per call is one dict lookup and one counter increment (plus a clock read and a histogram
-observation in extensive mode); the series children are resolved once, at construction.
+cost per call is one dict lookup and two plain integer increments (a prometheus_client counter
+takes a lock: ten times the cost); a collector turns the integers into the two counter families
+at scrape time. Extensive mode adds a clock read and a prometheus_client histogram observation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from conclave.api import pb
 
@@ -49,12 +52,13 @@ def grpc_type(method: Any) -> str:
 
 
 class _Method:
-    __slots__ = ("handled", "seconds", "started")
+    __slots__ = ("handled", "labels", "seconds", "started")
 
-    def __init__(self, handled: list[Any], started: Any, seconds: Any) -> None:
-        self.handled = handled  # the counter child per status code value (0..16)
-        self.started = started
-        self.seconds = seconds
+    def __init__(self, labels: tuple[str, str, str], seconds: Any) -> None:
+        self.labels = labels  # grpc_type, grpc_service, grpc_method
+        self.handled = [0] * len(CODES)  # by status code value (0..16)
+        self.started = 0
+        self.seconds = seconds  # the histogram child (extensive), or None
 
 
 class RpcMetrics:
@@ -62,11 +66,6 @@ class RpcMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, extensive: bool = False) -> None:
         self.extensive = extensive
-        started = Counter("grpc_server_started_total", "Total number of RPCs started on the server.",
-                          ["grpc_type", "grpc_service", "grpc_method"], registry=registry)
-        handled = Counter("grpc_server_handled_total", "Total number of RPCs completed on the server, regardless "
-                          "of success or failure.", ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-                          registry=registry)
         seconds = None
         if extensive:
             seconds = Histogram("grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC "
@@ -77,15 +76,15 @@ class RpcMetrics:
         for service, desc in pb.SERVICES.items():
             for m in desc.methods:
                 labels = (grpc_type(m), service, m.name)
-                children = [handled.labels(*labels, CODE_NAMES[c.name]) for c in CODES]
                 self.methods[f"/{service}/{m.name}"] = _Method(
-                    children, started.labels(*labels), seconds.labels(*labels) if seconds is not None else None)
+                    labels, seconds.labels(*labels) if seconds is not None else None)
+        registry.register(_Counters(self))
 
     def start(self, path: str) -> float:
         """A call began; returns its start time (0.0 unless extensive)."""
         m = self.methods.get(path)
         if m is not None:
-            m.started.inc()
+            m.started += 1
         return time.perf_counter() if self.extensive else 0.0
 
     def handled(self, path: str, code: int, started: float) -> None:
@@ -93,13 +92,33 @@ class RpcMetrics:
         m = self.methods.get(path)
         if m is None:
             return
-        m.handled[code if 0 <= code < len(m.handled) else 2].inc()  # 2: Unknown
+        m.handled[code if 0 <= code < len(m.handled) else 2] += 1  # 2: Unknown
         if m.seconds is not None and started:
             m.seconds.observe(time.perf_counter() - started)
 
     def interceptor(self) -> grpc.aio.ServerInterceptor:
         """For the grpc.aio engine: counts every call the same way."""
         return _Interceptor(self)
+
+
+class _Counters(Collector):
+    """grpc_server_started_total and grpc_server_handled_total from the plain integers."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        started = CounterMetricFamily("grpc_server_started", "Total number of RPCs started on the server.",
+                                      labels=["grpc_type", "grpc_service", "grpc_method"])
+        handled = CounterMetricFamily("grpc_server_handled", "Total number of RPCs completed on the server, "
+                                      "regardless of success or failure.",
+                                      labels=["grpc_type", "grpc_service", "grpc_method", "grpc_code"])
+        names = [CODE_NAMES[c.name] for c in CODES]
+        for m in self.metrics.methods.values():
+            started.add_metric(list(m.labels), m.started)
+            for name, n in zip(names, m.handled, strict=True):
+                handled.add_metric([*m.labels, name], n)
+        return [started, handled]
 
 
 def _code_of(context: Any, default: int) -> int:

@@ -15,8 +15,11 @@ Three kinds of values, chosen by what they cost on the hot path:
   batch (``count_applied`` folds a whole Ready's results), by the transport once per frame, by
   the WAL once per fsync. An ``int +=`` costs a few tens of ns and takes no lock; the collector
   turns them into counter (or, where etcd has a gauge, gauge) families at scrape time.
-* **histograms** (durations, batch sizes): prometheus_client's ``Histogram``, observed once per
-  fsync, per snapshot, per log entry proposed or per ReadIndex round, never per request.
+* **histograms** (durations, batch sizes), observed once per fsync, per snapshot, per log entry
+  proposed or per ReadIndex round, never per request. Those on the raft loop's and the fsync
+  thread's path are :class:`Buckets` (a bisect and two plain updates, one writer each;
+  prometheus_client's ``Histogram`` takes a lock and costs several times more), exported as
+  histogram families at scrape time; the peer round trip (every few seconds) is a ``Histogram``.
 
 Hooks are injected, never imported by the pure layers: the WAL gets a ``SyncObserver``
 (``storage_observer``), the snapshotter a finished-callback, the transport this object. Names
@@ -27,17 +30,20 @@ api layer's ``RpcMetrics`` into the same registry).
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from conclave.kv.types import (
     DeleteRangeRequest,
@@ -61,6 +67,39 @@ METRICS_LEVELS = ("basic", "extensive")
 DISK_BUCKETS = tuple(0.001 * 2**k for k in range(14))
 RTT_BUCKETS = tuple(0.0001 * 2**k for k in range(16))
 BATCH_BUCKETS = tuple(float(2**k) for k in range(13))  # 1 .. 4096 commands or reads
+
+
+class Buckets:
+    """A histogram kept as plain numbers by ONE writer thread, exported at scrape time.
+
+    ``counts[i]`` holds the observations in (bounds[i-1], bounds[i]]; the last one those above
+    every bound. A scrape that races an observation may see the count one ahead of the sum,
+    which Prometheus tolerates (the next scrape is consistent)."""
+
+    __slots__ = ("bounds", "counts", "doc", "name", "sum")
+
+    def __init__(self, name: str, doc: str, bounds: tuple[float, ...]) -> None:
+        assert list(bounds) == sorted(bounds) and bounds, bounds
+        self.name = name
+        self.doc = doc
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, acc = [], 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            acc += n
+            cumulative.append((floatToGoString(bound), acc))
+        return HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.sum)
 
 
 @dataclass(slots=True)
@@ -114,35 +153,35 @@ class MemberMetrics:
         self.wal_write_bytes_total = 0
         self.snapshot_failures_total = 0
         self.peers: dict[int, PeerCounters] = {}
-        # Histograms (thread-safe; observed per batch).
-        self.wal_fsync = Histogram(
+        # Histograms observed per batch: the WAL's by the fsync thread, the others by the loop.
+        self.wal_fsync = Buckets(
             "etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.",
-            buckets=DISK_BUCKETS, registry=r)
-        self.backend_commit = Histogram(
+            DISK_BUCKETS)
+        self.backend_commit = Buckets(
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend (Conclave: the write of a state "
-            "machine snapshot file, its only durable write besides the WAL).", buckets=DISK_BUCKETS, registry=r)
-        self.backend_snapshot = Histogram(
+            "machine snapshot file, its only durable write besides the WAL).", DISK_BUCKETS)
+        self.backend_snapshot = Buckets(
             "etcd_disk_backend_snapshot_duration_seconds",
             "The latency distribution of backend snapshots (Maintenance.Snapshot: the backup child).",
-            buckets=DISK_BUCKETS, registry=r)
-        self.snap_save = Histogram(
+            DISK_BUCKETS)
+        self.snap_save = Buckets(
             "etcd_debugging_snap_save_total_duration_seconds",
             "The total latency distributions of save called by snapshot (the periodic snapshot child).",
-            buckets=DISK_BUCKETS, registry=r)
+            DISK_BUCKETS)
+        self.entry_commands = Buckets(
+            "conclave_server_commands_per_entry", "Client commands carried by one proposed Raft log entry "
+            "(the commands that arrived while the previous batch was being persisted).", BATCH_BUCKETS)
+        self.read_index_batch = Buckets(
+            "conclave_server_read_index_batch_size", "Linearizable reads served by one ReadIndex round.",
+            BATCH_BUCKETS)
+        self.ready_entries = Buckets(
+            "conclave_server_entries_per_fsync", "Raft log entries made durable by one WAL fsync.", BATCH_BUCKETS)
+        self.histograms = [self.wal_fsync, self.backend_commit, self.backend_snapshot, self.snap_save,
+                           self.entry_commands, self.read_index_batch, self.ready_entries]
         self.peer_rtt = Histogram(
             "etcd_network_peer_round_trip_time_seconds", "Round-Trip-Time histogram between peers",
             ["To"], buckets=RTT_BUCKETS, registry=r)
-        self.entry_commands = Histogram(
-            "conclave_server_commands_per_entry", "Client commands carried by one proposed Raft log entry "
-            "(the commands that arrived while the previous batch was being persisted).",
-            buckets=BATCH_BUCKETS, registry=r)
-        self.read_index_batch = Histogram(
-            "conclave_server_read_index_batch_size", "Linearizable reads served by one ReadIndex round.",
-            buckets=BATCH_BUCKETS, registry=r)
-        self.ready_entries = Histogram(
-            "conclave_server_entries_per_fsync", "Raft log entries made durable by one WAL fsync.",
-            buckets=BATCH_BUCKETS, registry=r)
         r.register(_MemberCollector(self))
 
     # ------------------------------------------------------------------ hooks
@@ -256,6 +295,8 @@ class _MemberCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.m
+        for h in m.histograms:
+            yield h.family()
         yield _gauge("etcd_server_version", "Which version is running. 1 for 'server_version' label with "
                      "current version.", 1, {"server_version": ETCD_SERVER_VERSION})
         yield _gauge("etcd_cluster_version", "Which version is running. 1 for 'cluster_version' label with "
