@@ -132,10 +132,17 @@ def _members(client: Any) -> tuple[dict[int, str], dict[int, str]]:
     return names, urls
 
 
+def _size(n: float) -> str:
+    """Bytes as `etcdctl endpoint status` prints them (kB = 1000 B)."""
+    for unit in ("B", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def render(views: list[MemberView], names: dict[int, str]) -> Any:
     from rich.table import Table
-
-    from conclave.cli.client import _size
 
     leaders = {v.status.leader for v in views if v.status is not None and v.status.leader}
     leader = next(iter(leaders)) if len(leaders) == 1 else 0
