@@ -32,6 +32,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from conclave.version import __version__
+from conclave.wire.contract import EtcdBackend
+
 log = logging.getLogger("conclave.api.http")
 
 Headers = list[tuple[str, str]]
@@ -43,6 +46,11 @@ StreamingHttpHandler = Callable[[str, str, Headers, Any], Awaitable[HttpResult]]
 
 NOT_FOUND: HttpResult = (404, [("content-type", "text/plain; charset=utf-8")], b"404 page not found\n")
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole request body read for a non-streaming route
+
+
+async def not_found(method: str, path: str, headers: Headers, body: Any) -> HttpResult:
+    """A handler that serves nothing (the client port once --listen-client-http-urls is set)."""
+    return NOT_FOUND
 
 
 class BodyTooLarge(Exception):
@@ -136,6 +144,17 @@ class HttpRouter:
 
     async def __call__(self, method: str, path: str, headers: Headers, body: bytes) -> HttpResult:
         return await self.dispatch(method, path, headers, body)
+
+
+async def version_document(backend: EtcdBackend) -> dict[str, str]:
+    """``GET /version`` as etcd 3.5 answers it, plus Conclave's own version.
+
+    ``etcdserver`` is the version Maintenance.Status reports (one source, so the two agree), in
+    purely numeric dotted form (Patroni parses each part as an int); ``etcdcluster`` is its
+    ``major.minor.0``, as etcd derives the cluster version."""
+    server = (await backend.status()).version
+    major, minor = [*server.split("."), "0", "0"][:2]
+    return {"etcdserver": server, "etcdcluster": f"{major}.{minor}.0", "conclave": __version__}
 
 
 # ------------------------------------------------------------------------------ standalone server

@@ -31,8 +31,9 @@ class Member:
         self.node: Any = None
         self.grpc_server: Any = None
         self.native_server: Any = None
-        self.router: Any = None  # api.http.HttpRouter: every plain-HTTP route of this member
-        self.metrics_servers: list[Any] = []
+        self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version, /metrics, /health...
+        self.http_server: Any = None  # the --listen-client-http-urls listener
+        self.metrics_servers: list[Any] = []  # the --listen-metrics-urls listeners
 
     async def start(self) -> None:
         from conclave.server.backend import NodeBackend
@@ -42,15 +43,20 @@ class Member:
         await self.node.start()
         backend = NodeBackend(self.node)
         from conclave.api.edge_server import IMPORT_ERROR, choose_engine
+        from conclave.api.gateway import gateway_router
+        from conclave.api.grpc_server import GRPC_OVERHEAD_BYTES
         from conclave.api.health import Health, register_routes
-        from conclave.api.http import HttpRouter
+        from conclave.api.http import HttpRouter, not_found, start_http_server
         from conclave.api.rpcmetrics import RpcMetrics
 
         registry = self.node.metrics.registry
         rpc_metrics = RpcMetrics(registry, extensive=self.cfg.metrics == "extensive")
-        self.router = HttpRouter()
-        register_routes(self.router, Health(backend, timeout_s=self.cfg.request_timeout_s, registry=registry))
-        self.router.add("/version", _version_route(backend))
+        health = Health(backend, timeout_s=self.cfg.request_timeout_s, registry=registry)
+        self.http_router = gateway_router(backend)
+        register_routes(self.http_router, health)
+        self.metrics_router = HttpRouter()  # --listen-metrics-urls: metrics and health only, as etcd's
+        register_routes(self.metrics_router, health)
+        http_urls = self.cfg.listen_client_http_urls
 
         try:
             engine = choose_engine(self.cfg.grpc_engine)
@@ -67,8 +73,10 @@ class Member:
                 tls = {"cert_file": self.cfg.cert_file, "key_file": self.cfg.key_file, "secure": secure,
                        "client_ca_file": self.cfg.trusted_ca_file if self.cfg.client_cert_auth else None}  # fmt: skip
             try:
+                # HTTP/1.1 beside gRPC on the client port, unless it has its own URLs (as etcd 3.5).
+                http_handler = not_found if http_urls else self.http_router
                 self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes,
-                                              http_handler=self.router, rpc_metrics=rpc_metrics, **tls)
+                                              http_handler=http_handler, rpc_metrics=rpc_metrics, **tls)  # fmt: skip
             except ValueError as exc:  # unreadable TLS files
                 raise ConfigError(str(exc)) from None
             log.info("gRPC engine: rust (compiled edge)")
@@ -102,6 +110,15 @@ class Member:
                 if bound == 0:
                     raise ConfigError(f"--listen-client-urls: cannot listen on {hp}")
             await self.grpc_server.start()
+            if not http_urls:
+                log.info("JSON gateway: not served (the python engine cannot share the gRPC port; "
+                         "give --listen-client-http-urls)")
+        if http_urls:
+            hps = [parse_url(u, "listen-client-http-urls") for u in http_urls]
+            limit = self.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES  # as the edge's, for both ports
+            self.http_server = await start_http_server(self.http_router, [(hp.host, hp.port) for hp in hps],
+                                                       max_body_bytes=limit)  # fmt: skip
+            log.info("JSON gateway and /version on %s", ",".join(http_urls))
         if self.cfg.listen_native_urls:
             try:
                 from conclave.api.native import start_native_server
@@ -110,11 +127,10 @@ class Member:
             else:
                 self.native_server = await start_native_server(backend, self.cfg)
         if self.cfg.listen_metrics_urls:
-            from conclave.api.http import start_http_server
-
             hps = [parse_url(u, "listen-metrics-urls") for u in self.cfg.listen_metrics_urls]
             try:
-                self.metrics_servers.append(await start_http_server(self.router, [(hp.host, hp.port) for hp in hps]))
+                self.metrics_servers.append(
+                    await start_http_server(self.metrics_router, [(hp.host, hp.port) for hp in hps]))
             except OSError as exc:
                 raise ConfigError(f"--listen-metrics-urls: cannot listen: {exc}") from None
             log.info("metrics and health on %s", ",".join(self.cfg.listen_metrics_urls))
@@ -126,19 +142,12 @@ class Member:
             await srv.stop()
         if self.native_server is not None:
             self.native_server.close()
+        if self.http_server is not None:
+            await self.http_server.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
         if self.node is not None:
             await self.node.stop()
-
-
-def _version_route(backend: Any) -> Any:
-    from conclave.api.edge_server import default_http_handler
-
-    async def version(method: str, path: str, headers: list[tuple[str, str]], body: Any) -> Any:
-        return await default_http_handler(backend, method, "/version", headers, b"")
-
-    return version
 
 
 GC_THRESHOLDS = (20_000, 10, 100)
