@@ -8,6 +8,7 @@ import queue
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -181,9 +182,10 @@ def test_leader_changes_after_a_transfer(cluster: ProcessCluster) -> None:
 
 
 def test_python_engine_extensive_and_the_metrics_listener(tmp_path: Any) -> None:
-    (mport,) = free_ports(1)
+    mport, hport = free_ports(2)
     c = ProcessCluster(tmp_path / "c", 1, extra_args=[
-        "--grpc-engine", "python", "--metrics", "extensive", "--listen-metrics-urls", f"http://127.0.0.1:{mport}"])
+        "--grpc-engine", "python", "--metrics", "extensive", "--listen-metrics-urls", f"http://127.0.0.1:{mport}",
+        "--listen-client-http-urls", f"http://127.0.0.1:{hport}"])
     c.start()
     try:
         m = c.members[0]
@@ -209,6 +211,13 @@ def test_python_engine_extensive_and_the_metrics_listener(tmp_path: Any) -> None
         codes = {dict(lab)["grpc_code"] for (n, lab) in s if n == "grpc_server_handled_total"}
         assert len(codes) == 17
         assert scrape_text(mport, "/health").startswith('{"health":"true"')
+        # the gateway's listener serves the same routes; the metrics listener only metrics and health
+        assert value(scrape(hport)[1], "etcd_server_has_leader") == 1
+        assert scrape_text(hport, "/readyz") == "ok\n"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{mport}/v3/kv/range", data=b"{}"),
+                                   timeout=10)
+        assert err.value.code == 404
     finally:
         c.stop()
 
