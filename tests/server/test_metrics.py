@@ -129,6 +129,8 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
     assert grpc_handled(after, "Range") - grpc_handled(before, "Range") == reads
     assert grpc_handled(after, "LeaseGrant", service="etcdserverpb.Lease") == 1
     assert delta("etcd_disk_wal_fsync_duration_seconds_count") >= 1
+    assert delta("etcd_network_client_grpc_received_bytes_total") >= puts * 100  # each put carried 100 bytes
+    assert delta("etcd_network_client_grpc_sent_bytes_total") >= reads * 100  # each read answered them
     # one client putting one key at a time: one entry each
     assert delta("etcd_server_proposals_applied_total") >= puts
     assert value(after, "etcd_server_proposals_committed_total") >= value(after, "etcd_server_proposals_applied_total")
@@ -201,6 +203,7 @@ def test_python_engine_extensive_and_the_metrics_listener(tmp_path: Any) -> None
             cl.close()
         types, s = scrape(mport)
         assert grpc_handled(s, "Put") == 5
+        assert value(s, "etcd_network_client_grpc_received_bytes_total") >= 5 * 3  # key and value of each put
         assert grpc_handled(s, "Range") == 1
         assert grpc_handled(s, "Range", code="OutOfRange") == 1
         assert types["grpc_server_handling_seconds"] == "histogram"

@@ -299,6 +299,7 @@ class EdgeServer:
             self.out.append((call.id, _edge.OUT_MSG, message))
             self._emit((call.id, _edge.OUT_TRAILERS, 0, ""))
             if self.rpc_metrics is not None:
+                self.rpc_metrics.sent_bytes += len(message)
                 self.rpc_metrics.handled(call.path, 0, call.t0)
 
     # --------------------------------------------------------------------------------- events
@@ -364,6 +365,8 @@ class EdgeServer:
         call = self.calls.get(sid)
         if call is None:
             return
+        if self.rpc_metrics is not None:
+            self.rpc_metrics.received_bytes += len(data)
         try:
             request = call.method.request_deserializer(data)
         except Exception:
@@ -444,7 +447,10 @@ class EdgeServer:
             async for item in fn(call.requests if m.request_streaming else request, call):
                 if call.id not in self.calls:
                     return
-                self._emit((call.id, _edge.OUT_MSG, ser(item)))
+                data = ser(item)
+                if self.rpc_metrics is not None:
+                    self.rpc_metrics.sent_bytes += len(data)
+                self._emit((call.id, _edge.OUT_MSG, data))
                 if call.blocked and call.writable is not None:
                     await call.writable.wait()
             self._finish(call, grpc.StatusCode.OK, "")

@@ -12,6 +12,8 @@ call's trailers (``api/edge_server.py``), grpc.aio through :meth:`RpcMetrics.int
 cost per call is one dict lookup and two plain integer increments (a prometheus_client counter
 takes a lock: ten times the cost); a collector turns the integers into the two counter families
 at scrape time. Extensive mode adds a clock read and a prometheus_client histogram observation.
+``etcd_network_client_grpc_{received,sent}_bytes_total`` count the gRPC messages' bytes (the
+edge adds their lengths; grpc.aio's interceptor asks each message its ``ByteSize()``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class RpcMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, extensive: bool = False) -> None:
         self.extensive = extensive
+        self.received_bytes = 0
+        self.sent_bytes = 0
         seconds = None
         if extensive:
             seconds = Histogram("grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC "
@@ -118,7 +122,17 @@ class _Counters(Collector):
             started.add_metric(list(m.labels), m.started)
             for name, n in zip(names, m.handled, strict=True):
                 handled.add_metric([*m.labels, name], n)
-        return [started, handled]
+        received = CounterMetricFamily("etcd_network_client_grpc_received_bytes",
+                                       "The total number of bytes received from grpc clients.",
+                                       value=self.metrics.received_bytes)
+        sent = CounterMetricFamily("etcd_network_client_grpc_sent_bytes",
+                                   "The total number of bytes sent to grpc clients.", value=self.metrics.sent_bytes)
+        return [started, handled, received, sent]
+
+
+def _size(message: Any) -> int:
+    size = getattr(message, "ByteSize", None)
+    return int(size()) if size is not None else 0
 
 
 def _code_of(context: Any, default: int) -> int:
@@ -146,8 +160,11 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: Any) -> Any:
                 t0, code = metrics.start(path), 2
+                if handler.unary_unary is not None:
+                    metrics.received_bytes += _size(request)
                 try:
                     resp = await inner(request, context)
+                    metrics.sent_bytes += _size(resp)
                     code = _code_of(context, 0) if context.code() is not None else 0
                     return resp
                 except grpc.aio.AbortError:
@@ -166,8 +183,11 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
         async def stream(request: Any, context: Any) -> Any:
             t0, code = metrics.start(path), 2
+            if handler.unary_stream is not None:
+                metrics.received_bytes += _size(request)
             try:
                 async for item in inner_s(request, context):
+                    metrics.sent_bytes += _size(item)
                     yield item
                 code = _code_of(context, 0) if context.code() is not None else 0
             except grpc.aio.AbortError:
