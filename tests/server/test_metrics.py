@@ -128,6 +128,17 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
     assert grpc_handled(after, "Put") - grpc_handled(before, "Put") == puts
     assert grpc_handled(after, "Range") - grpc_handled(before, "Range") == reads
     assert grpc_handled(after, "LeaseGrant", service="etcdserverpb.Lease") == 1
+    # the watch stream the client closed ends as Canceled: started - handled counts the open streams
+    def open_watch_streams() -> float:
+        _, now = scrape(leader.client_port)
+        watch_labels = (("grpc_method", "Watch"), ("grpc_service", "etcdserverpb.Watch"), ("grpc_type", "bidi_stream"))
+        return now[("grpc_server_started_total", watch_labels)] - sum(
+            v for (n, lab), v in now.items() if n == "grpc_server_handled_total" and set(watch_labels) <= set(lab))
+
+    wait_for(lambda: open_watch_streams() == 0, 10, "the closed watch stream to be counted as handled")
+    assert grpc_handled(scrape(leader.client_port)[1], "Watch", code="Canceled", service="etcdserverpb.Watch") == 1
+    wait_for(lambda: value(scrape(leader.client_port)[1], "etcd_debugging_mvcc_watcher_total") == 0, 10,
+             "the watcher to go with its stream")
     assert delta("etcd_disk_wal_fsync_duration_seconds_count") >= 1
     assert delta("etcd_network_client_grpc_received_bytes_total") >= puts * 100  # each put carried 100 bytes
     assert delta("etcd_network_client_grpc_sent_bytes_total") >= reads * 100  # each read answered them

@@ -325,6 +325,8 @@ class EdgeServer:
                 call = self.calls.pop(sid, None)
                 if call is not None:
                     call._cancelled = True
+                    if self.rpc_metrics is not None:  # a stream the client closed ends as Canceled
+                        self.rpc_metrics.handled(call.path, grpc.StatusCode.CANCELLED.value[0], call.t0)
                     if call.task is not None:
                         call.task.cancel()
                 stream = self.http.pop(sid, None)
