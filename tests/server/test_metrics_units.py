@@ -116,3 +116,47 @@ def test_rpc_counters_cover_every_method_and_code() -> None:
     codes = {dict(k[1])["grpc_code"] for k in s if k[0] == "grpc_server_handled_total"}
     assert len(codes) == 17
     assert not any(k[0].startswith("grpc_server_handling_seconds") for k in s)  # basic
+
+
+def test_transport_counts_bytes_round_trips_failures_and_drops() -> None:
+    import asyncio
+
+    from conclave.raft.types import Message, MessageType
+    from conclave.server.launcher import free_ports
+    from conclave.server.transport import QUEUE_MESSAGES_MAX, Transport
+
+    p1, p2, dead = free_ports(3)
+
+    async def no_rpc(method: str, args: object) -> object:
+        raise AssertionError("the ping must be answered by the transport, not the node")
+
+    async def scenario() -> None:
+        m1, m2 = MemberMetrics(), MemberMetrics()
+        got: list[Message] = []
+        t1 = Transport(1, 7, lambda ms: None, no_rpc, lambda n: None, metrics=m1)
+        t2 = Transport(2, 7, got.extend, no_rpc, lambda n: None, metrics=m2)
+        await t1.listen("127.0.0.1", p1)
+        await t2.listen("127.0.0.1", p2)
+        t1.set_peer(2, ("127.0.0.1", p2))
+        t1.set_peer(3, ("127.0.0.1", dead))  # nobody listens there
+        try:
+            t1.send([Message(MessageType.HEARTBEAT, to=2, frm=1, term=1)])
+            def rtts() -> float:
+                return m1.registry.get_sample_value("etcd_network_peer_round_trip_time_seconds_count",
+                                                    {"To": "2"}) or 0.0
+
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 10
+            while loop.time() < end and (not got or not rtts() or not m1.peer(3).sent_failures):
+                await asyncio.sleep(0.02)
+            assert got and m1.peer(2).sent_bytes > 0 and m2.peer(1).received_bytes >= m1.peer(2).sent_bytes > 0
+            assert rtts() >= 1  # the first probe goes out as the connection comes up
+            assert m1.peer(3).sent_failures >= 1
+            # a full queue drops the message and counts it
+            t1.send([Message(MessageType.HEARTBEAT, to=3, frm=1, term=1)] * (QUEUE_MESSAGES_MAX + 5))
+            assert m1.peer(3).dropped_messages >= 5
+        finally:
+            await t1.close()
+            await t2.close()
+
+    asyncio.run(scenario())
