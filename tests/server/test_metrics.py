@@ -282,3 +282,35 @@ def test_metrics_scrape_runs_while_writes_go_on(cluster: ProcessCluster) -> None
         stop.set()
         t.join(30)
     assert not errors and done[0] > 0
+
+
+def test_snapshots_and_backups_are_timed(tmp_path: Any) -> None:
+    """The periodic snapshot (child, then its file written with the WAL) and a backup."""
+    c = ProcessCluster(tmp_path / "c", 1, snapshot_count=50)
+    c.start()
+    try:
+        m = c.members[0]
+        wait_for(lambda: _answers(m.client_port) and value(scrape(m.client_port)[1], "etcd_server_has_leader") == 1,
+                 15, "a leader")
+        cl = Etcd(m.endpoint)
+        try:
+            for i in range(120):
+                cl.put(b"s%d" % i, b"x" * 50)
+
+            def saved() -> bool:
+                s = scrape(m.client_port)[1]
+                return (value(s, "etcd_debugging_snap_save_total_duration_seconds_count") >= 1
+                        and value(s, "etcd_disk_backend_commit_duration_seconds_count") >= 1)
+
+            wait_for(saved, 20, "a snapshot child and its file write to be timed")
+            maint = EtcdStub(cl.channel, "etcdserverpb.Maintenance")
+            chunks = list(maint.Snapshot(pb.SnapshotRequest(), timeout=30))
+            assert chunks
+        finally:
+            cl.close()
+        s = scrape(m.client_port)[1]
+        assert value(s, "etcd_disk_backend_snapshot_duration_seconds_count") == 1
+        assert value(s, "etcd_disk_backend_snapshot_duration_seconds_sum") > 0
+        assert value(s, "conclave_snapshot_failures_total") == 0
+    finally:
+        c.stop()
