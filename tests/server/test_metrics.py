@@ -108,6 +108,7 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
         c.kv.Txn(pb.TxnRequest(success=[pb.RequestOp(request_put=pb.PutRequest(key=b"t", value=b"1"))]), timeout=10)
         granted = lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30), timeout=10)
         lease.LeaseRevoke(pb.LeaseRevokeRequest(ID=granted.ID), timeout=10)
+        lease.LeaseGrant(pb.LeaseGrantRequest(TTL=1), timeout=10)  # left to expire (1 s, the minimum here)
         _, after = scrape(leader.client_port)
         assert value(after, "etcd_debugging_mvcc_watcher_total") == 1
     finally:
@@ -121,13 +122,13 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
     assert delta("etcd_mvcc_txn_total") == 1
     assert delta("etcd_mvcc_delete_total") == 1
     assert delta("etcd_mvcc_range_total") == reads
-    assert delta("etcd_debugging_lease_granted_total") == 1
+    assert delta("etcd_debugging_lease_granted_total") == 2
     assert delta("etcd_debugging_lease_revoked_total") == 1
     assert delta("etcd_debugging_mvcc_keys_total") == puts - 1 + 1  # k0 deleted, t added
     assert delta("etcd_debugging_mvcc_current_revision") == puts + 1 + 1  # puts, the delete, the txn
     assert grpc_handled(after, "Put") - grpc_handled(before, "Put") == puts
     assert grpc_handled(after, "Range") - grpc_handled(before, "Range") == reads
-    assert grpc_handled(after, "LeaseGrant", service="etcdserverpb.Lease") == 1
+    assert grpc_handled(after, "LeaseGrant", service="etcdserverpb.Lease") == 2
     # the watch stream the client closed ends as Canceled: started - handled counts the open streams
     def open_watch_streams() -> float:
         _, now = scrape(leader.client_port)
@@ -139,6 +140,8 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
     assert grpc_handled(scrape(leader.client_port)[1], "Watch", code="Canceled", service="etcdserverpb.Watch") == 1
     wait_for(lambda: value(scrape(leader.client_port)[1], "etcd_debugging_mvcc_watcher_total") == 0, 10,
              "the watcher to go with its stream")
+    wait_for(lambda: value(scrape(leader.client_port)[1], "etcd_debugging_server_lease_expired_total")
+             == value(before, "etcd_debugging_server_lease_expired_total") + 1, 15, "the short lease to expire")
     assert delta("etcd_disk_wal_fsync_duration_seconds_count") >= 1
     assert delta("etcd_network_client_grpc_received_bytes_total") >= puts * 100  # each put carried 100 bytes
     assert delta("etcd_network_client_grpc_sent_bytes_total") >= reads * 100  # each read answered them
