@@ -111,6 +111,7 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
         lease.LeaseGrant(pb.LeaseGrantRequest(TTL=1), timeout=10)  # left to expire (1 s, the minimum here)
         _, after = scrape(leader.client_port)
         assert value(after, "etcd_debugging_mvcc_watcher_total") == 1
+        assert value(after, "etcd_debugging_mvcc_watch_stream_total") == 1
     finally:
         watch.close()
         c.close()
@@ -127,6 +128,9 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
     assert delta("etcd_debugging_mvcc_keys_total") == puts - 1 + 1  # k0 deleted, t added
     assert delta("etcd_debugging_mvcc_current_revision") == puts + 1 + 1  # puts, the delete, the txn
     assert grpc_handled(after, "Put") - grpc_handled(before, "Put") == puts
+    put_labels = {"grpc_method": "Put", "grpc_service": "etcdserverpb.KV", "grpc_type": "unary"}
+    assert delta("grpc_server_msg_received_total", **put_labels) == puts
+    assert delta("grpc_server_msg_sent_total", **put_labels) == puts
     assert grpc_handled(after, "Range") - grpc_handled(before, "Range") == reads
     assert grpc_handled(after, "LeaseGrant", service="etcdserverpb.Lease") == 2
     # the watch stream the client closed ends as Canceled: started - handled counts the open streams
@@ -140,6 +144,7 @@ def test_metrics_move_with_the_operations(cluster: ProcessCluster) -> None:
     assert grpc_handled(scrape(leader.client_port)[1], "Watch", code="Canceled", service="etcdserverpb.Watch") == 1
     wait_for(lambda: value(scrape(leader.client_port)[1], "etcd_debugging_mvcc_watcher_total") == 0, 10,
              "the watcher to go with its stream")
+    assert value(scrape(leader.client_port)[1], "etcd_debugging_mvcc_watch_stream_total") == 0
     wait_for(lambda: value(scrape(leader.client_port)[1], "etcd_debugging_server_lease_expired_total")
              == value(before, "etcd_debugging_server_lease_expired_total") + 1, 15, "the short lease to expire")
     assert delta("etcd_disk_wal_fsync_duration_seconds_count") >= 1

@@ -108,11 +108,17 @@ def test_rpc_counters_cover_every_method_and_code() -> None:
     r.handled("/etcdserverpb.KV/Put", 0, t0)
     r.handled("/etcdserverpb.KV/Put", 14, t0)  # UNAVAILABLE
     r.handled("/no.such/Method", 0, 0.0)  # not an etcd method: ignored
+    r.received("/etcdserverpb.KV/Put", 40)
+    r.sent("/etcdserverpb.KV/Put", 25)
     s = samples(reg, "grpc_server_")
     put = (("grpc_method", "Put"), ("grpc_service", "etcdserverpb.KV"), ("grpc_type", "unary"))
     assert s[("grpc_server_handled_total", tuple(sorted((*put, ("grpc_code", "OK")))))] == 1
     assert s[("grpc_server_handled_total", tuple(sorted((*put, ("grpc_code", "Unavailable")))))] == 1
     assert s[("grpc_server_started_total", put)] == 1
+    assert s[("grpc_server_msg_received_total", put)] == 1 and s[("grpc_server_msg_sent_total", put)] == 1
+    client = samples(reg, "etcd_network_client_grpc_")
+    assert client[("etcd_network_client_grpc_received_bytes_total", ())] == 40
+    assert client[("etcd_network_client_grpc_sent_bytes_total", ())] == 25
     codes = {dict(k[1])["grpc_code"] for k in s if k[0] == "grpc_server_handled_total"}
     assert len(codes) == 17
     assert not any(k[0].startswith("grpc_server_handling_seconds") for k in s)  # basic

@@ -323,7 +323,7 @@ class EdgeServer:
             self.out.append((call.id, _edge.OUT_MSG, message))
             self._emit((call.id, _edge.OUT_TRAILERS, 0, ""))
             if self.rpc_metrics is not None:
-                self.rpc_metrics.sent_bytes += len(message)
+                self.rpc_metrics.sent(call.path, len(message))
                 self.rpc_metrics.handled(call.path, 0, call.t0)
 
     # --------------------------------------------------------------------------------- events
@@ -394,7 +394,7 @@ class EdgeServer:
         if call is None:
             return
         if self.rpc_metrics is not None:
-            self.rpc_metrics.received_bytes += len(data)
+            self.rpc_metrics.received(call.path, len(data))
         try:
             request = call.method.request_deserializer(data)
         except Exception:
@@ -477,7 +477,7 @@ class EdgeServer:
                     return
                 data = ser(item)
                 if self.rpc_metrics is not None:
-                    self.rpc_metrics.sent_bytes += len(data)
+                    self.rpc_metrics.sent(call.path, len(data))
                 self._emit((call.id, _edge.OUT_MSG, data))
                 if call.blocked and call.writable is not None:
                     await call.writable.wait()

@@ -12,8 +12,10 @@ call's trailers (``api/edge_server.py``), grpc.aio through :meth:`RpcMetrics.int
 cost per call is one dict lookup and two plain integer increments (a prometheus_client counter
 takes a lock: ten times the cost); a collector turns the integers into the two counter families
 at scrape time. Extensive mode adds a clock read and a prometheus_client histogram observation.
-``etcd_network_client_grpc_{received,sent}_bytes_total`` count the gRPC messages' bytes (the
-edge adds their lengths; grpc.aio's interceptor asks each message its ``ByteSize()``).
+``grpc_server_msg_{received,sent}_total`` and ``etcd_network_client_grpc_{received,sent}_bytes_total``
+count the gRPC messages and their bytes (the edge adds their lengths; grpc.aio's interceptor asks
+each message its ``ByteSize()``; a client stream's requests are not seen there, only counted
+by the edge). ``etcd_debugging_mvcc_watch_stream_total`` is the Watch streams started and not ended.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from conclave.api import pb
 
+WATCH_PATH = "/etcdserverpb.Watch/Watch"
 # go-grpc-prometheus's default buckets (etcd keeps them).
 HANDLING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CODES = tuple(sorted(grpc.StatusCode, key=lambda c: c.value[0]))
@@ -54,12 +57,14 @@ def grpc_type(method: Any) -> str:
 
 
 class _Method:
-    __slots__ = ("handled", "labels", "seconds", "started")
+    __slots__ = ("handled", "labels", "msg_received", "msg_sent", "seconds", "started")
 
     def __init__(self, labels: tuple[str, str, str], seconds: Any) -> None:
         self.labels = labels  # grpc_type, grpc_service, grpc_method
         self.handled = [0] * len(CODES)  # by status code value (0..16)
         self.started = 0
+        self.msg_received = 0
+        self.msg_sent = 0
         self.seconds = seconds  # the histogram child (extensive), or None
 
 
@@ -91,6 +96,20 @@ class RpcMetrics:
             m.started += 1
         return time.perf_counter() if self.extensive else 0.0
 
+    def received(self, path: str, nbytes: int) -> None:
+        """One request message of ``nbytes`` arrived on a call to ``path``."""
+        self.received_bytes += nbytes
+        m = self.methods.get(path)
+        if m is not None:
+            m.msg_received += 1
+
+    def sent(self, path: str, nbytes: int) -> None:
+        """One response message of ``nbytes`` went out on a call to ``path``."""
+        self.sent_bytes += nbytes
+        m = self.methods.get(path)
+        if m is not None:
+            m.msg_sent += 1
+
     def handled(self, path: str, code: int, started: float) -> None:
         """A call on ``path`` ended with status ``code`` (its numeric value)."""
         m = self.methods.get(path)
@@ -117,9 +136,18 @@ class _Counters(Collector):
         handled = CounterMetricFamily("grpc_server_handled", "Total number of RPCs completed on the server, "
                                       "regardless of success or failure.",
                                       labels=["grpc_type", "grpc_service", "grpc_method", "grpc_code"])
+        msg_in = CounterMetricFamily("grpc_server_msg_received", "Total number of RPC stream messages received "
+                                     "on the server.", labels=["grpc_type", "grpc_service", "grpc_method"])
+        msg_out = CounterMetricFamily("grpc_server_msg_sent", "Total number of gRPC stream messages sent by the "
+                                      "server.", labels=["grpc_type", "grpc_service", "grpc_method"])
         names = [CODE_NAMES[c.name] for c in CODES]
-        for m in self.metrics.methods.values():
+        watch_streams = 0
+        for path, m in self.metrics.methods.items():
             started.add_metric(list(m.labels), m.started)
+            msg_in.add_metric(list(m.labels), m.msg_received)
+            msg_out.add_metric(list(m.labels), m.msg_sent)
+            if path == WATCH_PATH:
+                watch_streams = m.started - sum(m.handled)
             for name, n in zip(names, m.handled, strict=True):
                 handled.add_metric([*m.labels, name], n)
         received = CounterMetricFamily("etcd_network_client_grpc_received_bytes",
@@ -127,7 +155,9 @@ class _Counters(Collector):
                                        value=self.metrics.received_bytes)
         sent = CounterMetricFamily("etcd_network_client_grpc_sent_bytes",
                                    "The total number of bytes sent to grpc clients.", value=self.metrics.sent_bytes)
-        return [started, handled, received, sent]
+        streams = GaugeMetricFamily("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams.",
+                                    value=watch_streams)
+        return [started, handled, msg_in, msg_out, received, sent, streams]
 
 
 def _size(message: Any) -> int:
@@ -161,10 +191,10 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: Any) -> Any:
                 t0, code = metrics.start(path), 2
                 if handler.unary_unary is not None:
-                    metrics.received_bytes += _size(request)
+                    metrics.received(path, _size(request))
                 try:
                     resp = await inner(request, context)
-                    metrics.sent_bytes += _size(resp)
+                    metrics.sent(path, _size(resp))
                     code = _code_of(context, 0) if context.code() is not None else 0
                     return resp
                 except grpc.aio.AbortError:
@@ -184,10 +214,10 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: Any) -> Any:
             t0, code = metrics.start(path), 2
             if handler.unary_stream is not None:
-                metrics.received_bytes += _size(request)
+                metrics.received(path, _size(request))
             try:
                 async for item in inner_s(request, context):
-                    metrics.sent_bytes += _size(item)
+                    metrics.sent(path, _size(item))
                     yield item
                 code = _code_of(context, 0) if context.code() is not None else 0
             except grpc.aio.AbortError:

@@ -152,6 +152,7 @@ class MemberMetrics:
         self.lease_renewed_total = 0
         self.wal_write_bytes_total = 0
         self.snapshot_failures_total = 0
+        self.slow_apply_total = 0  # Readys whose apply took longer than node.SLOW_APPLY_S
         self.peers: dict[int, PeerCounters] = {}
         # Histograms observed per batch: the WAL's by the fsync thread, the others by the loop.
         self.wal_fsync = Buckets(
@@ -326,6 +327,9 @@ class _MemberCollector(Collector):
                        m.lease_expired_total)
         yield _gauge("etcd_disk_wal_write_bytes_total", "Total number of bytes written in WAL.",
                      m.wal_write_bytes_total)
+        yield _counter("etcd_server_slow_apply_total", "The total number of slow apply requests (likely "
+                       "overloaded from slow disk; Conclave: a Ready's committed entries applied in over 100 ms).",
+                       m.slow_apply_total)
         yield _counter("conclave_snapshot_failures_total", "Snapshot or backup children that failed or "
                        "missed their deadline.", m.snapshot_failures_total)
         yield from self._peers()

@@ -105,6 +105,7 @@ SEQ_EPOCH_FILE = "seq-epoch"
 # Errors that stop the member when raised while the loop handles a message.
 FATAL_ERRORS: tuple[type[BaseException], ...] = (AssertionError, OSError, CorruptionError)
 LOOP_ERROR_LOG_INTERVAL_MS = 60_000
+SLOW_APPLY_S = 0.1  # etcd's warnApplyDuration: an apply slower than this counts in etcd_server_slow_apply_total
 
 __all__ = [
     "Clock", "ConfChangePending", "InstallSnapshot", "LeaderTransferTimeout", "MonotonicClock", "Node",
@@ -777,7 +778,10 @@ class Node:
             self._snapshot_index = rd.snapshot.meta.index
             self._sync_peers()
         if rd.committed:
+            t0 = time.perf_counter()
             self._apply(rd.committed)
+            if time.perf_counter() - t0 > SLOW_APPLY_S:
+                self.metrics.slow_apply_total += 1
         for rs in rd.read_states:
             waiters = self._reads.in_flight.pop(rs.context, None)
             if waiters:
