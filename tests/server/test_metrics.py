@@ -203,10 +203,12 @@ def test_leader_changes_after_a_transfer(cluster: ProcessCluster) -> None:
 
 
 def test_python_engine_extensive_and_the_metrics_listener(tmp_path: Any) -> None:
-    mport, hport = free_ports(2)
-    c = ProcessCluster(tmp_path / "c", 1, extra_args=[
-        "--grpc-engine", "python", "--metrics", "extensive", "--listen-metrics-urls", f"http://127.0.0.1:{mport}",
-        "--listen-client-http-urls", f"http://127.0.0.1:{hport}"])
+    c = ProcessCluster(tmp_path / "c", 1, extra_args=["--grpc-engine", "python", "--metrics", "extensive"])
+    taken = {p for m in c.members for p in (m.client_port, m.peer_port, m.native_port)}
+    mport, hport = [p for p in free_ports(6) if p not in taken][:2]  # never one the member uses already
+    for m in c.members:
+        m.argv += ["--listen-metrics-urls", f"http://127.0.0.1:{mport}",
+                   "--listen-client-http-urls", f"http://127.0.0.1:{hport}"]
     c.start()
     try:
         m = c.members[0]
