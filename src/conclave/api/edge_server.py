@@ -171,7 +171,7 @@ class _Call(EdgeContext):
     """One gRPC stream, and the context its handler sees (one object per request, not two).
     ``started``: its handler runs (in its own task or in a batch's)."""
 
-    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "task", "writable")
+    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "t0", "task", "writable")
 
     def __init__(self, sid: int, method: Any, meta: list[tuple[str, str]], path: str) -> None:
         self._peer_cn = ""
@@ -190,6 +190,7 @@ class _Call(EdgeContext):
         self.started = False
         self.blocked = False
         self.writable: asyncio.Event | None = None  # made when the stream first blocks
+        self.t0 = 0.0  # the metrics' start time (extensive mode)
 
 
 class _HttpStream:
@@ -236,6 +237,7 @@ class EdgeServer:
         tls_min_version: str = "TLS1.2",
         tls_max_version: str = "",
         cipher_suites: Sequence[str] = (),
+        rpc_metrics: Any = None,
     ) -> None:
         """``cert_file``/``key_file`` (PEM) turn on TLS for the addresses whose ``secure`` entry is
         true (all of them when ``secure`` is None); ``client_ca_file`` also requires client
@@ -250,6 +252,7 @@ class EdgeServer:
         self.backend = backend
         self.methods: dict[str, Any] = method_table(etcd_handlers(backend))
         self.http_handler = http_handler
+        self.rpc_metrics = rpc_metrics  # api/rpcmetrics.RpcMetrics: each call counted at its trailers
         self.loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {
             "cert_file": cert_file,
@@ -311,12 +314,17 @@ class EdgeServer:
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         if self.calls.pop(call.id, None) is not None:
             self._emit((call.id, _edge.OUT_TRAILERS, code.value[0], details))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.handled(call.path, code.value[0], call.t0)
 
     def _answer(self, call: _Call, message: bytes) -> None:
         """A unary call's response and its OK trailers, queued together."""
         if self.calls.pop(call.id, None) is not None:
             self.out.append((call.id, _edge.OUT_MSG, message))
             self._emit((call.id, _edge.OUT_TRAILERS, 0, ""))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.sent(call.path, len(message))
+                self.rpc_metrics.handled(call.path, 0, call.t0)
 
     # --------------------------------------------------------------------------------- events
 
@@ -341,6 +349,8 @@ class EdgeServer:
                 call = self.calls.pop(sid, None)
                 if call is not None:
                     call._cancelled = True
+                    if self.rpc_metrics is not None:  # a stream the client closed ends as Canceled
+                        self.rpc_metrics.handled(call.path, grpc.StatusCode.CANCELLED.value[0], call.t0)
                     if call.task is not None:
                         call.task.cancel()
                 stream = self.http.pop(sid, None)
@@ -371,6 +381,8 @@ class EdgeServer:
             self._emit((sid, _edge.OUT_TRAILERS, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!"))
             return
         call = _Call(sid, method, meta, path)
+        if self.rpc_metrics is not None:
+            call.t0 = self.rpc_metrics.start(path)
         self.calls[sid] = call
         if method.request_streaming:
             call.requests = _Requests()
@@ -381,6 +393,8 @@ class EdgeServer:
         call = self.calls.get(sid)
         if call is None:
             return
+        if self.rpc_metrics is not None:
+            self.rpc_metrics.received(call.path, len(data))
         try:
             request = call.method.request_deserializer(data)
         except Exception:
@@ -461,7 +475,10 @@ class EdgeServer:
             async for item in fn(call.requests if m.request_streaming else request, call):
                 if call.id not in self.calls:
                     return
-                self._emit((call.id, _edge.OUT_MSG, ser(item)))
+                data = ser(item)
+                if self.rpc_metrics is not None:
+                    self.rpc_metrics.sent(call.path, len(data))
+                self._emit((call.id, _edge.OUT_MSG, data))
                 if call.blocked and call.writable is not None:
                     await call.writable.wait()
             self._finish(call, grpc.StatusCode.OK, "")

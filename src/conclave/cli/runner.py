@@ -31,8 +31,9 @@ class Member:
         self.node: Any = None
         self.grpc_server: Any = None
         self.native_server: Any = None
-        self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version (and /health...)
+        self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version, /metrics, /health...
         self.http_server: Any = None  # the --listen-client-http-urls listener
+        self.metrics_servers: list[Any] = []  # the --listen-metrics-urls listeners
 
     async def start(self) -> None:
         from conclave.server.backend import NodeBackend
@@ -41,15 +42,20 @@ class Member:
         self.node = Node(self.cfg)
         await self.node.start()
         backend = NodeBackend(self.node)
-        from functools import partial
-
-        from conclave.api.edge_server import IMPORT_ERROR, choose_engine, default_http_handler
+        from conclave.api.edge_server import IMPORT_ERROR, choose_engine
         from conclave.api.gateway import gateway_router
         from conclave.api.grpc_server import GRPC_OVERHEAD_BYTES
-        from conclave.api.http import not_found, start_http_server
+        from conclave.api.health import Health, register_routes
+        from conclave.api.http import HttpRouter, not_found, start_http_server
+        from conclave.api.rpcmetrics import RpcMetrics
 
+        registry = self.node.metrics.registry
+        rpc_metrics = RpcMetrics(registry, extensive=self.cfg.metrics == "extensive")
+        health = Health(backend, timeout_s=self.cfg.request_timeout_s, registry=registry)
         self.http_router = gateway_router(backend)
-        self.http_router.add("/health", partial(default_http_handler, backend))
+        register_routes(self.http_router, health)
+        self.metrics_router = HttpRouter()  # --listen-metrics-urls: metrics and health only, as etcd's
+        register_routes(self.metrics_router, health)
         http_urls = self.cfg.listen_client_http_urls
 
         try:
@@ -70,7 +76,7 @@ class Member:
                 # HTTP/1.1 beside gRPC on the client port, unless it has its own URLs (as etcd 3.5).
                 http_handler = not_found if http_urls else self.http_router
                 self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes,
-                                              http_handler=http_handler, **tls)  # fmt: skip
+                                              http_handler=http_handler, rpc_metrics=rpc_metrics, **tls)  # fmt: skip
             except ValueError as exc:  # unreadable TLS files
                 raise ConfigError(str(exc)) from None
             log.info("gRPC engine: rust (compiled edge)")
@@ -85,7 +91,8 @@ class Member:
                     "`make edge` builds it where a Rust toolchain is installed", IMPORT_ERROR)
             else:
                 log.info("gRPC engine: python (grpc.aio)")
-            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))
+            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes),
+                                               interceptors=[rpc_metrics.interceptor()])
             self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))
             for url in self.cfg.listen_client_urls:
                 hp = parse_url(url, "listen-client-urls")
@@ -119,10 +126,20 @@ class Member:
                 log.warning("native protocol listener is not available in this build")
             else:
                 self.native_server = await start_native_server(backend, self.cfg)
+        if self.cfg.listen_metrics_urls:
+            hps = [parse_url(u, "listen-metrics-urls") for u in self.cfg.listen_metrics_urls]
+            try:
+                self.metrics_servers.append(
+                    await start_http_server(self.metrics_router, [(hp.host, hp.port) for hp in hps]))
+            except OSError as exc:
+                raise ConfigError(f"--listen-metrics-urls: cannot listen: {exc}") from None
+            log.info("metrics and health on %s", ",".join(self.cfg.listen_metrics_urls))
         log.info("member %s (%x) serving clients on %s", self.cfg.name, self.node.member_id,
                  ",".join(self.cfg.listen_client_urls))
 
     async def stop(self) -> None:
+        for srv in self.metrics_servers:
+            await srv.stop()
         if self.native_server is not None:
             self.native_server.close()
         if self.http_server is not None:

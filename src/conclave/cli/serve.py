@@ -44,6 +44,11 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("key-file", "FILE", "", "path to the client server TLS key file (default: none)"),
     ("client-cert-auth", "BOOL", "false", "enable client cert authentication (needs --trusted-ca-file)"),
     ("trusted-ca-file", "FILE", "", "path to the client server TLS trusted CA cert file (default: none)"),
+    ("listen-metrics-urls", "URLS", "",
+     "additional plain-HTTP URLs serving /metrics, /health, /livez and /readyz (default: none; the client "
+     "port serves them too)"),
+    ("metrics", "basic|extensive", "basic",
+     "metrics level: extensive adds the per-RPC grpc_server_handling_seconds histograms"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
@@ -124,6 +129,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         key_file=args.key_file or "",
         client_cert_auth=_bool(args, "client-cert-auth"),
         trusted_ca_file=args.trusted_ca_file or "",
+        listen_metrics_urls=(
+            parse_urls(args.listen_metrics_urls, "listen-metrics-urls") if args.listen_metrics_urls else []
+        ),
+        metrics=str(args.metrics).strip().lower(),
     )
     cfg.validate()
     return cfg

@@ -154,6 +154,7 @@ class NodeBackend:
         if not req.serializable:
             await self.node.read_barrier()
         resp: kv.RangeResponse = self.node.store.range(req)
+        self.node.metrics.mvcc_range_total += 1
         return resp
 
     async def put(self, req: kv.PutRequest) -> kv.PutResponse:
@@ -224,6 +225,7 @@ class NodeBackend:
         if lease_id not in node.lessor:
             raise kverr.LeaseNotFound()
         ttl: int = node.lessor.renew(lease_id, node.now_ms())
+        node.metrics.lease_renewed_total += 1
         return ttl
 
     async def _local_ttl(self, lease_id: int) -> int:

@@ -144,6 +144,10 @@ class ServerConfig:
     key_file: str = ""
     client_cert_auth: bool = False
     trusted_ca_file: str = ""
+    # Metrics (etcd's flags): the same /metrics and health routes on extra plain-HTTP listeners;
+    # "extensive" adds the per-RPC handling-time histograms.
+    listen_metrics_urls: list[str] = field(default_factory=list)
+    metrics: str = "basic"
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -177,6 +181,8 @@ class ServerConfig:
             )
         if self.grpc_engine not in ("auto", "rust", "python"):
             raise ConfigError(f"--grpc-engine must be auto, rust or python, got {self.grpc_engine!r}")
+        if self.metrics not in ("basic", "extensive"):
+            raise ConfigError(f"--metrics must be 'basic' or 'extensive', got {self.metrics!r}")
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("--cert-file and --key-file must be given together")
         if self.client_cert_auth and not self.trusted_ca_file:
@@ -210,6 +216,7 @@ class ServerConfig:
             ("listen-peer-urls", self.listen_peer_urls),
             ("initial-advertise-peer-urls", self.initial_advertise_peer_urls),
             ("listen-native-urls", self.listen_native_urls),
+            ("listen-metrics-urls", self.listen_metrics_urls),
             ("listen-client-http-urls", self.listen_client_http_urls),
         ):
             for u in urls:
