@@ -27,7 +27,7 @@ is locked for ``base_s * 2 ** (failures - free)`` seconds (1 s, 2 s, 4 s, ... ca
 60 s). An attempt during the lock is answered with the same error as a wrong password
 (``authentication failed, invalid user ID or password``) WITHOUT checking the password, so a
 guesser learns nothing and costs the member no bcrypt work. A success clears the key; a key idle
-for ``cap_s`` after its lock ended is forgotten; the table holds at most ``max_keys`` keys (the
+for ``cap_s`` after its last failure and its lock's end is forgotten; the table holds at most ``max_keys`` keys (the
 oldest are dropped first). Policy documented in docs/security.md.
 """
 
@@ -206,9 +206,9 @@ class JwtTokens(TokenProvider):
 
     def info(self, token: str) -> TokenInfo:
         try:
+            # exp is checked here against the injected wall clock (PyJWT would read time.time()).
             claims = self._jwt.decode(token, self._verify_key, algorithms=[self.method],
-                                      options={"require": ["exp"]}, leeway=0)  # fmt: skip
-            # PyJWT checks exp against time.time(); the injected wall clock must agree too.
+                                      options={"require": ["exp"], "verify_exp": False})  # fmt: skip
             if int(claims["exp"]) <= self._wall():
                 raise kverr.InvalidAuthToken()
             user, revision = claims["username"], claims["revision"]
@@ -272,6 +272,8 @@ def provider_from_flag(value: str, ttl_s: float = DEFAULT_TTL_S,
     method = options.get("sign-method", "")
     if not method:
         raise TokenConfigError("--auth-token jwt needs sign-method= (e.g. RS256)")
+    if method not in JWT_METHODS:
+        raise TokenConfigError(f"--auth-token: unsupported sign-method {method!r} (one of {', '.join(JWT_METHODS)})")
 
     def read(flag: str) -> bytes | None:
         path = options.get(flag)
@@ -302,7 +304,8 @@ class AttemptLimiter:
         self.base_ms = int(base_s * 1000)
         self.cap_ms = int(cap_s * 1000)
         self.max_keys = max_keys
-        self._keys: OrderedDict[tuple[str, str], list[int]] = OrderedDict()  # key -> [failures, locked_until]
+        # key -> [failures, locked_until_ms, last_failure_ms]
+        self._keys: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
 
     def locked(self, user: str, source: str) -> bool:
         """True while this (user, source) must not have its password checked."""
@@ -310,19 +313,22 @@ class AttemptLimiter:
         if entry is None:
             return False
         now = self._now()
-        if entry[1] + self.cap_ms <= now:  # idle long enough after its lock: forgotten
+        if max(entry[1], entry[2]) + self.cap_ms <= now:  # idle long enough after its lock: forgotten
             del self._keys[(user, source)]
             return False
         return entry[1] > now
 
     def failed(self, user: str, source: str) -> None:
         key = (user, source)
-        entry = self._keys.pop(key, None) or [0, 0]
+        now = self._now()
+        entry = self._keys.pop(key, None)
+        if entry is None or max(entry[1], entry[2]) + self.cap_ms <= now:
+            entry = [0, 0, 0]
         entry[0] += 1
+        entry[2] = now
         over = entry[0] - self.free
         if over >= 0:
-            delay = min(self.cap_ms, self.base_ms << min(over, 30))
-            entry[1] = self._now() + delay
+            entry[1] = now + min(self.cap_ms, self.base_ms << min(over, 30))
         self._keys[key] = entry  # most recent last
         while len(self._keys) > self.max_keys:
             self._keys.popitem(last=False)
