@@ -850,6 +850,7 @@ class Node:
         self.hub.replace_store(self.sm.store)
         # The entries the image replaces may have deleted users or changed passwords.
         self.tokens.invalidate_all()
+        log.info("state restored from a snapshot at index %d (this member's auth tokens were dropped)", index)
         if self.raft.role == Role.LEADER:
             # Deadlines are member-local: a leader restarts every one with slack.
             self.sm.leases.promote(self.clock.now_ms(), self.cfg.election_timeout_ms)
