@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from conclave.kv import auth as a
 from conclave.kv import errors
 from conclave.kv.auth import AuthStore, Permission, PermType
+from conclave.kv.command import Command
 from conclave.kv.types import (
     AlarmAction,
     AlarmRequest,
@@ -362,8 +365,11 @@ def test_check_is_a_no_op_while_auth_is_off() -> None:
 
 def test_check_needs_a_user() -> None:
     s = root_store()
-    for call in (lambda: s.check("", RangeRequest(b"k"), no_leases), lambda: s.check_admin(""),
-                 lambda: s.check_read_range("", b"k", b""), lambda: s.check_lease_renew("", [])):
+    calls: list[Callable[[], None]] = [
+        lambda: s.check("", RangeRequest(b"k"), no_leases), lambda: s.check_admin(""),
+        lambda: s.check_read_range("", b"k", b""), lambda: s.check_lease_renew("", []),
+    ]
+    for call in calls:
         with pytest.raises(errors.UserEmpty):
             call()
     with pytest.raises(errors.UserNotFound):
@@ -444,7 +450,7 @@ def test_check_txn_compares_both_branches_and_nested_txns() -> None:
 
 def test_check_admin_only_commands() -> None:
     s = alice_on(b"/w/", PermType.READWRITE)
-    admin_only = [
+    admin_only: list[Command] = [
         CompactionRequest(5),
         AlarmRequest(AlarmAction.ACTIVATE, 1, AlarmType.NOSPACE),
         AlarmRequest(AlarmAction.DEACTIVATE, 1, AlarmType.NOSPACE),
