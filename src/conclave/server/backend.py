@@ -633,6 +633,7 @@ class NodeBackend:
         source = auth.source
         if self.attempts.locked(name, source):
             raise kverr.AuthFailed()  # the same answer as a wrong password, and no bcrypt work
+        revision = int(st.revision)  # the password is checked against the store at this revision
         user = st.users.get(name)
         stored = user.password_hash if user is not None and not user.no_password else None
         if not await self._verify_password(password, stored):
@@ -642,7 +643,8 @@ class NodeBackend:
         self.attempts.succeeded(name, source)
         tokens = self.node.tokens
         prefix = "" if tokens.signs else new_simple_prefix()
-        resp = await self.node.propose_kv(kvauth.AuthenticateRequest(name=name, token=prefix))
+        # Checked: a password changed (or the user deleted) meanwhile makes the apply refuse it.
+        resp = await self.node.propose_kv(Checked(revision, kvauth.AuthenticateRequest(name=name, token=prefix)))
         token = tokens.sign(name, resp.auth_revision) if tokens.signs else resp.token
         return token, self._header_revision()
 
