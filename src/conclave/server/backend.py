@@ -171,7 +171,8 @@ class NodeBackend:
     # ------------------------------------------------------------------ auth: who is calling
 
     def auth_enabled(self) -> bool:
-        return bool(self.node.sm.auth.enabled)
+        enabled: bool = self.node.sm.auth.enabled
+        return enabled
 
     def _caller(self, auth: AuthInfo) -> tuple[str, int]:
         """The user a request speaks for and the auth revision its check holds at (auth is enabled)."""
