@@ -51,7 +51,7 @@ from conclave.server.config import parse_url, reported_db_size
 from conclave.server.node import ConfChangePending, Node, PeerRpc
 from conclave.server.transport import PeerUnavailable, RemoteError
 from conclave.version import __version__
-from conclave.wire.contract import NO_AUTH, AuthInfo, MemberInfo, StatusInfo, WatchDelivery
+from conclave.wire.contract import NO_AUTH, AuthInfo, AuthTokenAhead, MemberInfo, StatusInfo, WatchDelivery
 
 log = logging.getLogger("conclave.auth")
 
@@ -178,7 +178,13 @@ class NodeBackend:
         """The user a request speaks for and the auth revision its check holds at (auth is enabled)."""
         st = self.node.sm.auth
         if auth.token:
-            info = self.node.tokens.info(auth.token)
+            try:
+                info = self.node.tokens.info(auth.token)
+            except kverr.InvalidAuthToken:
+                _, dot, index = auth.token.rpartition(".")
+                if dot and index.isdigit() and int(index) > self.node.applied_index and not self.node.tokens.signed:
+                    raise AuthTokenAhead() from None  # logged in elsewhere, not applied here yet
+                raise
             if info.revision is None:  # simple tokens follow the store
                 return info.user, int(st.revision)
             if info.revision < st.revision:  # a JWT issued before the last auth change
