@@ -57,6 +57,7 @@ log = logging.getLogger("conclave.auth")
 
 ETCD_API_VERSION = "3.5.0"
 _BCRYPT_PREFIXES = (b"$2a$", b"$2b$", b"$2y$")
+BCRYPT_MAX_PASSWORD_BYTES = 72
 
 # Errors a forwarded RPC may come back with, by class name.
 _REMOTE_ERRORS: dict[str, type[kverr.EtcdError]] = {
@@ -612,18 +613,24 @@ class NodeBackend:
             if not raw.startswith(_BCRYPT_PREFIXES):
                 raise kverr.EtcdError("etcdserver: hashed password is not a bcrypt hash")
             return raw
+        raw_pw = password.encode()
+        if len(raw_pw) > BCRYPT_MAX_PASSWORD_BYTES:  # bcrypt reads 72 bytes; Go's bcrypt (etcd) refuses more too
+            raise kverr.EtcdError("bcrypt: password length exceeds 72 bytes")
         cost = self.node.cfg.bcrypt_cost
-        hashed_pw: bytes = await self._bcrypt(lambda: bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)))
+        hashed_pw: bytes = await self._bcrypt(lambda: bcrypt.hashpw(raw_pw, bcrypt.gensalt(cost)))
         return hashed_pw
 
     async def _verify_password(self, password: str, stored: bytes | None) -> bool:
+        raw = password.encode()
+        if len(raw) > BCRYPT_MAX_PASSWORD_BYTES:  # no stored hash can match it (user add refuses those)
+            raw, stored = raw[:BCRYPT_MAX_PASSWORD_BYTES], None
         if stored is None:  # unknown user or no password: spend the same time, then fail
             if self._dummy_hash is None:
                 self._dummy_hash = await self._hash_password("conclave-dummy", "")
-            await self._bcrypt(bcrypt.checkpw, password.encode(), self._dummy_hash)
+            await self._bcrypt(bcrypt.checkpw, raw, self._dummy_hash)
             return False
         try:
-            ok: bool = await self._bcrypt(bcrypt.checkpw, password.encode(), stored)
+            ok: bool = await self._bcrypt(bcrypt.checkpw, raw, stored)
         except ValueError:  # a stored hash bcrypt cannot read
             return False
         return ok
