@@ -160,8 +160,8 @@ class NodeBackend:
     async def _write(self, req: Any, auth: AuthInfo = NO_AUTH) -> Any:
         self._check_not_learner()
         req = self.node.sm.validate(req, self.node.limits)
-        st = self.node.sm.auth
-        if st.enabled:  # checked before proposing, refused at apply if the auth store moved on
+        if self.node.auth_on:  # checked before proposing, refused at apply if the auth store moved on
+            st = self.node.sm.auth
             user, revision = self._caller(auth)
             st.check(user, req, self.node.store.lease_keys)
             req = Checked(revision, req)
@@ -172,8 +172,7 @@ class NodeBackend:
     # ------------------------------------------------------------------ auth: who is calling
 
     def auth_enabled(self) -> bool:
-        enabled: bool = self.node.sm.auth.enabled
-        return enabled
+        return self.node.auth_on
 
     def _caller(self, auth: AuthInfo) -> tuple[str, int]:
         """The user a request speaks for and the auth revision its check holds at (auth is enabled)."""
@@ -233,9 +232,8 @@ class NodeBackend:
         rules.validate(req, self.node.limits)
         if not req.serializable:
             await self.node.read_barrier()
-        st = self.node.sm.auth
-        if st.enabled:  # after the barrier, right before reading (as etcd's doSerialize)
-            st.check(self._caller(auth)[0], req, self.node.store.lease_keys)
+        if self.node.auth_on:  # after the barrier, right before reading (as etcd's doSerialize)
+            self.node.sm.auth.check(self._caller(auth)[0], req, self.node.store.lease_keys)
         resp: kv.RangeResponse = self.node.store.range(req)
         return resp
 
@@ -331,9 +329,8 @@ class NodeBackend:
         return True
 
     async def lease_keep_alive(self, lease_id: int, *, auth: AuthInfo = NO_AUTH) -> int:
-        st = self.node.sm.auth
-        if st.enabled:  # the 2026-03 fix: root, or WRITE on every key attached to the lease
-            st.check_lease_renew(self._caller(auth)[0], self._lease_keys(lease_id))
+        if self.node.auth_on:  # the 2026-03 fix: root, or WRITE on every key attached to the lease
+            self.node.sm.auth.check_lease_renew(self._caller(auth)[0], self._lease_keys(lease_id))
         ttl: int = await self._at_leader(PeerRpc.KEEPALIVE, lease_id, self._local_keepalive)
         return ttl
 
@@ -370,9 +367,8 @@ class NodeBackend:
 
     def watch_create(self, req: kv.WatchCreateRequest, notify: Callable[[], None], *,
                      auth: AuthInfo = NO_AUTH) -> _Subscription:
-        st = self.node.sm.auth
-        if st.enabled:  # checked at create time: a later grant or revoke does not touch the watcher
-            st.check_read_range(self._caller(auth)[0], req.key, req.range_end)
+        if self.node.auth_on:  # checked at create time: a later grant or revoke does not touch the watcher
+            self.node.sm.auth.check_read_range(self._caller(auth)[0], req.key, req.range_end)
         w = self.node.hub.watch(
             req.key, req.range_end, req.start_revision, filters=req.filters, prev_kv=req.prev_kv,
         )

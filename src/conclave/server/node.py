@@ -390,6 +390,9 @@ class Node:
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
         self._replayed_index = 0
+        # A copy of ``sm.auth.enabled`` refreshed after every applied entry and restore: what the
+        # backend and the api read on each request (one attribute, the no-auth hot path).
+        self.auth_on = False
         try:
             self.tokens: TokenProvider = provider_from_flag(cfg.auth_token, cfg.auth_token_ttl, self.clock.now_ms)
         except TokenConfigError as exc:
@@ -506,6 +509,7 @@ class Node:
         self._waiters.start_at(entry.seq_base(self._next_seq_epoch()))
         # A renamed member (same data dir, new --name) keeps its id; _on_tick publishes the new name.
         self.hub = WatchHub(self.store, notify=self._notify_watcher)
+        self.auth_on = self.sm.auth.enabled
         raft_cfg = Config(
             id=self.member_id,
             election_tick=self.cfg.election_ticks,
@@ -816,6 +820,7 @@ class Node:
         now = self.clock.now_ms()
         for e in entries:
             out = self.sm.apply(e, now)
+            self.auth_on = self.sm.auth.enabled
             if out.events:
                 self.hub.publish(out.events)
             for r in out.results:
@@ -851,6 +856,7 @@ class Node:
 
     def _restore_snapshot(self, data: bytes, index: int) -> None:
         self._sm = StateMachine.restore(data, index=index)
+        self.auth_on = self._sm.auth.enabled
         self.hub.replace_store(self.sm.store)
         # The entries the image replaces may have deleted users or changed passwords.
         self.tokens.invalidate_all()
