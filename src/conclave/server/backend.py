@@ -27,7 +27,6 @@ the event loop, and only the hash is proposed. Failed Authenticate attempts are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +57,7 @@ log = logging.getLogger("conclave.auth")
 ETCD_API_VERSION = "3.5.0"
 _BCRYPT_PREFIXES = (b"$2a$", b"$2b$", b"$2y$")
 BCRYPT_MAX_PASSWORD_BYTES = 72
+AUTHENTICATE_ATTEMPTS = 3  # password checks of one Authenticate racing changes of the auth store
 
 # Errors a forwarded RPC may come back with, by class name.
 _REMOTE_ERRORS: dict[str, type[kverr.EtcdError]] = {
@@ -164,7 +164,7 @@ class NodeBackend:
             st = self.node.sm.auth
             user, revision = self._caller(auth)
             st.check(user, req, self.node.store.lease_keys)
-            req = Checked(revision, req)
+            req = Checked(revision, req, user)  # with the user: the machine re-checks the lease keys
         resp = await self.node.propose_kv(req)
         await self._enforce_quota()
         return resp
@@ -217,10 +217,16 @@ class NodeBackend:
         store = self.node.store
         over = rules.over_quota(store, self.node.limits) and self.node.is_leader()
         if over and not any(a.alarm == kv.AlarmType.NOSPACE for a in store.alarms()):
-            with contextlib.suppress(kverr.EtcdError):
-                await self.node.propose_kv(
-                    kv.AlarmRequest(kv.AlarmAction.ACTIVATE, self.node.member_id, kv.AlarmType.NOSPACE)
-                )
+            alarm = kv.AlarmRequest(kv.AlarmAction.ACTIVATE, self.node.member_id, kv.AlarmType.NOSPACE)
+            for _ in range(3):  # the member's own proposal: checked at the current auth revision
+                revision = self.node.sm.auth.revision
+                try:
+                    await self.node.propose_kv(Checked(revision, alarm) if revision else alarm)
+                except kverr.AuthOldRevision:
+                    continue
+                except kverr.EtcdError:
+                    pass
+                break
 
     # ------------------------------------------------------------------ KV
 
@@ -647,17 +653,26 @@ class NodeBackend:
         source = auth.source
         if self.attempts.locked(name, source):
             raise kverr.AuthFailed()  # the same answer as a wrong password, and no bcrypt work
-        revision = int(st.revision)  # the password is checked against the store at this revision
-        user = st.users.get(name)
-        stored = user.password_hash if user is not None and not user.no_password else None
-        if not await self._verify_password(password, stored):
-            self.attempts.failed(name, source)
-            log.warning("authentication failed for user %r from %s", name, source or "an unknown address")
-            raise kverr.AuthFailed()
-        self.attempts.succeeded(name, source)
-        prefix = "" if tokens.signed else new_simple_prefix()
-        # Checked: a password changed (or the user deleted) meanwhile makes the apply refuse it.
-        resp = await self.node.propose_kv(Checked(revision, kvauth.AuthenticateRequest(name=name, token=prefix)))
+        for attempt in range(AUTHENTICATE_ATTEMPTS):
+            st = self.node.sm.auth
+            revision = int(st.revision)  # the password is checked against the store at this revision
+            user = st.users.get(name)
+            stored = user.password_hash if user is not None and not user.no_password else None
+            if not await self._verify_password(password, stored):
+                self.attempts.failed(name, source)
+                log.warning("authentication failed for user %r from %s", name, source or "an unknown address")
+                raise kverr.AuthFailed()
+            self.attempts.succeeded(name, source)
+            prefix = "" if tokens.signed else new_simple_prefix()
+            try:
+                # Checked: a password changed (or the user deleted) meanwhile makes the apply refuse it.
+                resp = await self.node.propose_kv(
+                    Checked(revision, kvauth.AuthenticateRequest(name=name, token=prefix)))
+            except kverr.AuthOldRevision:
+                if attempt + 1 == AUTHENTICATE_ATTEMPTS:
+                    raise
+                continue  # the auth store changed while checking: check the password again (as etcd)
+            break
         token = tokens.sign(name, resp.auth_revision) if tokens.signed else resp.token
         return token, self._header_revision()
 
