@@ -659,8 +659,13 @@ class NodeBackend:
             user = st.users.get(name)
             stored = user.password_hash if user is not None and not user.no_password else None
             if not await self._verify_password(password, stored):
-                self.attempts.failed(name, source)
-                log.warning("authentication failed for user %r from %s", name, source or "an unknown address")
+                locked_ms = self.attempts.failed(name, source)
+                where = source or "an unknown address"
+                if locked_ms:  # one line per lock, not per guess
+                    log.warning("%d failed logins as %r from %s: further attempts refused for %.0f s",
+                                self.attempts.failures(name, source), name, where, locked_ms / 1000)
+                else:
+                    log.info("authentication failed for user %r from %s", name, where)
                 raise kverr.AuthFailed()
             self.attempts.succeeded(name, source)
             prefix = "" if tokens.signed else new_simple_prefix()
