@@ -49,6 +49,12 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
      "port serves them too)"),
     ("metrics", "basic|extensive", "basic",
      "metrics level: extensive adds the per-RPC grpc_server_handling_seconds histograms"),
+    # Auth (users, roles and permissions: docs/security.md)
+    ("auth-token", "simple|jwt,...", "simple",
+     "token type: 'simple' (random, member-local, TTL --auth-token-ttl) or "
+     "'jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m' (signed; a member with only pub-key verifies)"),
+    ("auth-token-ttl", "SECONDS", "300", "lifetime of a simple token after its last use"),
+    ("bcrypt-cost", "N", "10", "bcrypt cost for hashing passwords (4..31)"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
@@ -133,6 +139,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             parse_urls(args.listen_metrics_urls, "listen-metrics-urls") if args.listen_metrics_urls else []
         ),
         metrics=str(args.metrics).strip().lower(),
+        auth_token=str(args.auth_token).strip(),
+        auth_token_ttl=_int(args, "auth-token-ttl"),
+        bcrypt_cost=_int(args, "bcrypt-cost"),
     )
     cfg.validate()
     return cfg

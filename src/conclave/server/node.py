@@ -42,6 +42,10 @@ Metrics (``server/metrics.py``, etcd's names): the loop bumps plain counters onc
 (per Ready applied, per entry proposed, per ReadIndex round); the WAL, the snapshotter and the
 transport report through hooks the node injects; gauges (leader, indexes, keys) are read from
 this node when ``/metrics`` is scraped, so the hot path pays nothing for them.
+Auth tokens are member-local (``self.tokens``, ``server/auth_tokens.py``, on the injected clock):
+every member registers the simple token of each applied Authenticate, and drops a user's tokens
+when its deletion or password change applies (all of them when auth is disabled, or a snapshot
+replaces the state), so a token obtained on one member works on every member.
 
 Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
 the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
@@ -66,7 +70,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from conclave.kv import auth as kvauth
 from conclave.kv import errors as kverr
+from conclave.kv.command import Checked
 from conclave.kv.lease import Lessor
 from conclave.kv.watch import WatchHub
 from conclave.machine import Member, StateMachine, entry, rules
@@ -87,6 +93,7 @@ from conclave.raft.types import (
     Ready,
     Role,
 )
+from conclave.server.auth_tokens import TokenConfigError, TokenProvider, provider_from_flag
 from conclave.server.config import ConfigError, ServerConfig, parse_url
 from conclave.server.metrics import MemberMetrics
 from conclave.server.peer_guard import PeerGuard, reachable_members
@@ -106,6 +113,9 @@ SEQ_EPOCH_FILE = "seq-epoch"
 FATAL_ERRORS: tuple[type[BaseException], ...] = (AssertionError, OSError, CorruptionError)
 LOOP_ERROR_LOG_INTERVAL_MS = 60_000
 SLOW_APPLY_S = 0.1  # etcd's warnApplyDuration: an apply slower than this counts in etcd_server_slow_apply_total
+# Applied commands that change which tokens are valid (Node._token_effect).
+_TOKEN_EFFECTS = frozenset({kvauth.AuthenticateRequest, kvauth.UserDeleteRequest,
+                            kvauth.UserChangePasswordRequest, kvauth.AuthDisableRequest})  # fmt: skip
 
 __all__ = [
     "Clock", "ConfChangePending", "InstallSnapshot", "LeaderTransferTimeout", "MonotonicClock", "Node",
@@ -389,6 +399,14 @@ class Node:
         self.metrics = MemberMetrics(extensive=cfg.metrics == "extensive")
         self.metrics.bind(self)
         self.snapshotter.on_finished = self.metrics.snapshot_finished
+        self._replayed_index = 0
+        # A copy of ``sm.auth.enabled`` refreshed after every applied entry and restore: what the
+        # backend and the api read on each request (one attribute, the no-auth hot path).
+        self.auth_on = False
+        try:
+            self.tokens: TokenProvider = provider_from_flag(cfg.auth_token, cfg.auth_token_ttl, self.clock.now_ms)
+        except TokenConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     # ------------------------------------------------------------------ the state machine
 
@@ -483,6 +501,9 @@ class Node:
             self._write_meta()
         persisted: PersistedState = self.storage.load()
         self._bootstrap_conf = persisted.conf_state
+        # Authenticate entries this member's own log replays at start are old logins: their tokens
+        # expired or died with the previous process and must not come back (Node._token_effect).
+        self._replayed_index = persisted.entries[-1].index if persisted.entries else 0
         if persisted.snapshot is not None:
             self._sm = StateMachine.restore(persisted.snapshot.data, index=persisted.snapshot.meta.index)
             self._snapshot_index = persisted.snapshot.meta.index
@@ -499,6 +520,7 @@ class Node:
         self._waiters.start_at(entry.seq_base(self._next_seq_epoch()))
         # A renamed member (same data dir, new --name) keeps its id; _on_tick publishes the new name.
         self.hub = WatchHub(self.store, notify=self._notify_watcher)
+        self.auth_on = self.sm.auth.enabled
         raft_cfg = Config(
             id=self.member_id,
             election_tick=self.cfg.election_ticks,
@@ -818,17 +840,32 @@ class Node:
             out = self.sm.apply(e, now)
             if out.results:
                 count(out.results)
+            self.auth_on = self.sm.auth.enabled
             if out.events:
                 self.hub.publish(out.events)
             for r in out.results:
                 if r.origin == self.member_id:
                     self._waiters.resolve(r.seq, r.response, r.error)
+                if r.command.__class__ in _TOKEN_EFFECTS and r.error is None:
+                    self._token_effect(r.command, r.response, e.index)
             if out.members_changed:
                 self._sync_peers()
             if self.member_id in out.removed:
                 self.stop_reason = "this member was removed from the cluster"
                 log.warning("%s; stopping", self.stop_reason)
                 asyncio.get_running_loop().call_later(0.5, self.stopped.set)
+
+    def _token_effect(self, cmd: Any, response: Any, index: int) -> None:
+        """Keep this member's tokens in step with an applied auth command (entry ``index``)."""
+        if isinstance(cmd, Checked):
+            cmd = cmd.command
+        if isinstance(cmd, kvauth.AuthenticateRequest):
+            if isinstance(response, kvauth.AuthenticateResponse) and response.token and index > self._replayed_index:
+                self.tokens.register(response.token, response.name or cmd.name)
+        elif isinstance(cmd, kvauth.UserDeleteRequest | kvauth.UserChangePasswordRequest):
+            self.tokens.invalidate_user(cmd.name)
+        elif isinstance(cmd, kvauth.AuthDisableRequest):
+            self.tokens.invalidate_all()
 
     def _notify_watcher(self, watcher: Any) -> None:
         cb = self.watch_callbacks.get(watcher.id)
@@ -839,7 +876,11 @@ class Node:
 
     def _restore_snapshot(self, data: bytes, index: int) -> None:
         self._sm = StateMachine.restore(data, index=index)
+        self.auth_on = self._sm.auth.enabled
         self.hub.replace_store(self.sm.store)
+        # The entries the image replaces may have deleted users or changed passwords.
+        self.tokens.invalidate_all()
+        log.info("state restored from a snapshot at index %d (this member's auth tokens were dropped)", index)
         if self.raft.role == Role.LEADER:
             # Deadlines are member-local: a leader restarts every one with slack.
             self.sm.leases.promote(self.clock.now_ms(), self.cfg.election_timeout_ms)
