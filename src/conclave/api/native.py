@@ -210,6 +210,13 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        check = self.server.peer_check
+        refused = check(transport) if check is not None and transport.get_extra_info("ssl_object") else None
+        if refused is not None:
+            log.warning("native: refused TLS client %s: %s", self.peer, refused)
+            self.closed = True
+            self.transport.abort()
+            return
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -540,6 +547,7 @@ class NativeServer:
     def __init__(self, backend: Any, max_request_bytes: int, *, frame_read_timeout_s: float = FRAME_READ_TIMEOUT_S,
                  buffered_bytes_max: int = 0) -> None:
         self.backend = backend
+        self.peer_check: Callable[[Any], str | None] | None = None  # TLS: refuse a client after the handshake
         self.dispatch = _Dispatch(backend)
         self.frame_bytes_max = max_request_bytes + FRAME_OVERHEAD_BYTES
         self.frame_read_timeout_s = frame_read_timeout_s
@@ -587,9 +595,9 @@ class NativeServer:
             ports.extend(int(sock.getsockname()[1]) for sock in sockets[:1])
         return ports
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, ssl: Any = None) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: NativeConnection(self), host, port, reuse_address=True)
+        server = await loop.create_server(lambda: NativeConnection(self), host, port, reuse_address=True, ssl=ssl)
         self.servers.append(server)
 
     def close(self) -> None:
@@ -613,13 +621,18 @@ def parse_listen_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-async def start_native_server(backend: Any, cfg: Any) -> NativeServer:
-    """Listen on every ``cfg.listen_native_urls`` address (the runner's entry point)."""
+async def start_native_server(
+    backend: Any, cfg: Any, ssl: Any = None, peer_check: Callable[[Any], str | None] | None = None
+) -> NativeServer:
+    """Listen on every ``cfg.listen_native_urls`` address (the runner's entry point). ``ssl`` (an
+    ``ssl.SSLContext``) serves the https:// ones; ``peer_check(transport)`` runs after each TLS
+    handshake and a reason it returns closes the connection before a frame is read."""
     server = NativeServer(backend, int(getattr(cfg, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)))
+    server.peer_check = peer_check
     try:
         for url in cfg.listen_native_urls:
             host, port = parse_listen_url(url)
-            await server.listen(host, port)
+            await server.listen(host, port, ssl=ssl if url.strip().lower().startswith("https://") else None)
     except BaseException:
         server.close()
         raise
