@@ -322,8 +322,21 @@ class Transport:
         self._server: asyncio.Server | None = None
         self._rpc_ids = itertools.count(1)
         self._conns: set[asyncio.StreamWriter] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._tls_listener: Any = None
+        self._accepting: asyncio.Task[None] | None = None
 
     async def listen(self, host: str, port: int) -> None:
+        if self.tls is not None and self.tls.server is not None:
+            # Accept plain sockets and hand each to connect_accepted_socket with TLS: it raises the
+            # handshake's failure to us (asyncio.start_server(ssl=...) would swallow it unlogged).
+            import socket
+
+            lsock = socket.create_server((host, port), reuse_port=False)
+            lsock.setblocking(False)
+            self._tls_listener = lsock
+            self._accepting = asyncio.get_running_loop().create_task(self._accept_tls(lsock))
+            return
         self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
 
     def set_peer(self, node_id: int, address: tuple[str, int], secure: bool = False) -> None:
@@ -386,8 +399,6 @@ class Transport:
         self._conns.add(writer)
         peer_desc = writer.get_extra_info("peername")
         try:
-            if self.tls is not None and self.tls.server is not None and not await self._handshake(writer, peer_desc):
-                return
             kind, body = await read_frame(reader)
             if kind != HELLO:
                 raise TransportError("first frame is not a hello")
@@ -424,23 +435,41 @@ class Transport:
             self._conns.discard(writer)
             writer.close()
 
-    async def _handshake(self, writer: asyncio.StreamWriter, peer_desc: Any) -> bool:
-        """TLS on an accepted connection; False (logged, to be closed) when the peer is refused."""
+    async def _accept_tls(self, lsock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(lsock)
+            except OSError as exc:  # e.g. out of file descriptors: keep the listener alive
+                log.warning("peer port: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(conn, addr))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: Any, addr: Any) -> None:
+        """TLS on an accepted socket, then ``_serve``; a refused peer is logged and closed."""
         assert self.tls is not None and self.tls.server is not None
-        source = peer_desc[0] if isinstance(peer_desc, tuple) else str(peer_desc)
+        loop = asyncio.get_running_loop()
+        source = addr[0] if isinstance(addr, tuple) else str(addr)
+        reader = asyncio.StreamReader(loop=loop)
         try:
-            await asyncio.wait_for(writer.start_tls(self.tls.server.listening_context()), HANDSHAKE_TIMEOUT_S)
-        except TimeoutError:
-            self.note_refusal(source, f"no TLS handshake within {HANDSHAKE_TIMEOUT_S:.0f} s")
-            return False
-        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            transport, protocol = await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader, loop=loop), conn,
+                ssl=self.tls.server.listening_context(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            )  # fmt: skip
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
+            conn.close()
             self.note_refusal(source, tlsmod.describe_handshake_error(exc))
-            return False
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         reason = self.tls.refusal(writer)
         if reason is not None:
             self.note_refusal(source, reason)
-            return False
-        return True
+            writer.close()
+            return
+        await self._serve(reader, writer)
 
     async def _answer(self, writer: asyncio.StreamWriter, body: Any) -> None:
         rid, method, args = body
@@ -459,6 +488,11 @@ class Transport:
             self._server.close()
         for w in list(self._conns):
             w.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._tls_listener.close()
+        for t in list(self._handshakes):
+            t.cancel()
         for peer in list(self._peers.values()):
             await peer.close()
         self._peers.clear()
