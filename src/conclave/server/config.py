@@ -141,6 +141,10 @@ class ServerConfig:
     key_file: str = ""
     client_cert_auth: bool = False
     trusted_ca_file: str = ""
+    # Auth (etcd's flags): token scheme (server/auth_tokens.py), simple tokens' TTL, bcrypt's cost.
+    auth_token: str = "simple"
+    auth_token_ttl: int = 300
+    bcrypt_cost: int = 10
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -185,6 +189,7 @@ class ServerConfig:
                            ("trusted-ca-file", self.trusted_ca_file)):  # fmt: skip
             if path and not Path(path).is_file():
                 raise ConfigError(f"--{flag}: no such file: {path}")
+        self._validate_auth()
         if self.heartbeat_interval_ms <= 0:
             raise ConfigError("--heartbeat-interval must be > 0 (milliseconds)")
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
@@ -210,6 +215,18 @@ class ServerConfig:
         ):
             for u in urls:
                 parse_url(u, flag)
+
+    def _validate_auth(self) -> None:
+        from conclave.server.auth_tokens import TokenConfigError, provider_from_flag
+
+        if not 4 <= self.bcrypt_cost <= 31:  # bcrypt's MinCost and MaxCost, as etcd checks
+            raise ConfigError(f"--bcrypt-cost must be between 4 and 31, got {self.bcrypt_cost}")
+        if self.auth_token_ttl <= 0:
+            raise ConfigError(f"--auth-token-ttl must be > 0 seconds, got {self.auth_token_ttl}")
+        try:
+            provider_from_flag(self.auth_token, self.auth_token_ttl)
+        except TokenConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def client_url_is_tls(self, url: str) -> bool:
         return url.strip().lower().startswith("https://")
