@@ -22,9 +22,10 @@ with ``--client-cert-auth``. A connection without either passes no ``auth`` at a
 ``NO_AUTH`` default). The Auth service's calls (users, roles, enable/disable/status) are reachable
 by name (``conclave.wire.native.AUTH_CALLS``).
 
-TLS: ``start_native_server(..., ssl=context)`` serves every native listener over TLS with that
-context (built by the runner from the client TLS flags); a plain-text peer on a TLS port fails the
-handshake and is dropped by the TLS layer before any frame is read.
+TLS: ``start_native_server(..., ssl=context)`` serves the ``https://`` native listeners over TLS
+with that context (built by the runner from the client TLS flags; ``peer_check`` refuses a
+certificate the handshake accepted but etcd's allowed-hostname rule does not); a plain-text peer
+on a TLS port fails the handshake and is dropped by the TLS layer before any frame is read.
 
 Values travel as positional lists: a ``conclave.kv.types`` dataclass is the list of its fields in
 declaration order (nested dataclasses likewise, tuples as lists, enums as ints), so the wire shape
@@ -245,6 +246,13 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        check = self.server.peer_check
+        refused = check(transport) if check is not None and transport.get_extra_info("ssl_object") else None
+        if refused is not None:
+            log.warning("native: refused TLS client %s: %s", self.peer, refused)
+            self.closed = True
+            self.transport.abort()
+            return
         self.cert_cn = certificate_cn(transport.get_extra_info("ssl_object"))
         self._set_auth()
         self.server.connections.add(self)
@@ -609,6 +617,7 @@ class NativeServer:
     def __init__(self, backend: Any, max_request_bytes: int, *, frame_read_timeout_s: float = FRAME_READ_TIMEOUT_S,
                  buffered_bytes_max: int = 0) -> None:
         self.backend = backend
+        self.peer_check: Callable[[Any], str | None] | None = None  # TLS: refuse a client after the handshake
         self.dispatch = _Dispatch(backend)
         self.frame_bytes_max = max_request_bytes + FRAME_OVERHEAD_BYTES
         self.frame_read_timeout_s = frame_read_timeout_s
@@ -698,13 +707,21 @@ def certificate_cn(ssl_object: Any) -> str:
     return ""
 
 
-async def start_native_server(backend: Any, cfg: Any, ssl: ssl_module.SSLContext | None = None) -> NativeServer:
-    """Listen on every ``cfg.listen_native_urls`` address (the runner's entry point); TLS with ``ssl``."""
+async def start_native_server(
+    backend: Any, cfg: Any, ssl: ssl_module.SSLContext | None = None,
+    peer_check: Callable[[Any], str | None] | None = None,
+) -> NativeServer:
+    """Listen on every ``cfg.listen_native_urls`` address (the runner's entry point).
+
+    ``ssl`` (an ``ssl.SSLContext``) serves the https:// ones (see the module docstring);
+    ``peer_check(transport)`` runs after each TLS handshake and a reason it returns closes the
+    connection before a frame is read."""
     server = NativeServer(backend, int(getattr(cfg, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)))
+    server.peer_check = peer_check
     try:
         for url in cfg.listen_native_urls:
             host, port = parse_listen_url(url)
-            await server.listen(host, port, ssl)
+            await server.listen(host, port, ssl=ssl if url.strip().lower().startswith("https://") else None)
     except BaseException:
         server.close()
         raise

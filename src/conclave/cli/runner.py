@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from conclave.server.config import ConfigError, ServerConfig, parse_url
@@ -33,9 +32,13 @@ class Member:
         self.native_server: Any = None
 
     async def start(self) -> None:
+        from conclave.cli import tls_listeners
+        from conclave.server import tls
         from conclave.server.backend import NodeBackend
         from conclave.server.node import Node
 
+        tls.prepare_auto_tls(self.cfg)  # before the node: the peer transport needs its files too
+        client_tls = tls.client_settings(self.cfg)
         self.node = Node(self.cfg)
         await self.node.start()
         backend = NodeBackend(self.node)
@@ -51,12 +54,11 @@ class Member:
             hps = [parse_url(u, "listen-client-urls") for u in self.cfg.listen_client_urls]
             addrs = [(hp.host, hp.port) for hp in hps]
             secure = [self.cfg.client_url_is_tls(u) for u in self.cfg.listen_client_urls]
-            tls: dict[str, Any] = {}
+            tls_kw: dict[str, Any] = {}
             if any(secure):
-                tls = {"cert_file": self.cfg.cert_file, "key_file": self.cfg.key_file, "secure": secure,
-                       "client_ca_file": self.cfg.trusted_ca_file if self.cfg.client_cert_auth else None}  # fmt: skip
+                tls_kw = tls_listeners.edge_kwargs(client_tls, secure, EdgeServer.__init__)
             try:
-                self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes, **tls)
+                self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes, **tls_kw)
             except ValueError as exc:  # unreadable TLS files
                 raise ConfigError(str(exc)) from None
             log.info("gRPC engine: rust (compiled edge)")
@@ -71,18 +73,19 @@ class Member:
                     "`make edge` builds it where a Rust toolchain is installed", IMPORT_ERROR)
             else:
                 log.info("gRPC engine: python (grpc.aio)")
-            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))
+            secure_urls = [u for u in self.cfg.listen_client_urls if self.cfg.client_url_is_tls(u)]
+            interceptors: list[Any] = []
+            if secure_urls:
+                tls_listeners.python_engine_refusals(client_tls)
+                if client_tls.crl_file or client_tls.allowed_hostnames:
+                    interceptors.append(tls_listeners.ClientCertCheck(client_tls).interceptor())
+            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes),
+                                               interceptors=interceptors or None)  # fmt: skip
             self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))
             for url in self.cfg.listen_client_urls:
                 hp = parse_url(url, "listen-client-urls")
                 if self.cfg.client_url_is_tls(url):
-                    creds = grpc.ssl_server_credentials(
-                        [(Path(self.cfg.key_file).read_bytes(), Path(self.cfg.cert_file).read_bytes())],
-                        root_certificates=(
-                            Path(self.cfg.trusted_ca_file).read_bytes() if self.cfg.client_cert_auth else None
-                        ),
-                        require_client_auth=self.cfg.client_cert_auth,
-                    )
+                    creds = tls_listeners.grpc_credentials(client_tls)
                     bound = self.grpc_server.add_secure_port(f"{hp.host}:{hp.port}", creds)
                 else:
                     bound = self.grpc_server.add_insecure_port(f"{hp.host}:{hp.port}")
@@ -95,7 +98,11 @@ class Member:
             except ImportError:
                 log.warning("native protocol listener is not available in this build")
             else:
-                self.native_server = await start_native_server(backend, self.cfg)
+                native_ssl = None
+                if any(self.cfg.client_url_is_tls(u) for u in self.cfg.listen_native_urls):
+                    native_ssl = tls.ContextSource(client_tls, server=True).listening_context()
+                self.native_server = await start_native_server(
+                    backend, self.cfg, ssl=native_ssl, peer_check=tls_listeners.native_peer_check(client_tls))
         log.info("member %s (%x) serving clients on %s", self.cfg.name, self.node.member_id,
                  ",".join(self.cfg.listen_client_urls))
 

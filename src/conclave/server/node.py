@@ -90,10 +90,10 @@ from conclave.raft.types import (
     Role,
 )
 from conclave.server.auth_tokens import TokenConfigError, TokenProvider, provider_from_flag
-from conclave.server.config import ConfigError, ServerConfig, parse_url
+from conclave.server.config import ConfigError, ServerConfig, is_tls_url, parse_url
 from conclave.server.peer_guard import PeerGuard, reachable_members
 from conclave.server.snapshotter import Job, SnapshotError, Snapshotter, read_file
-from conclave.server.transport import Transport
+from conclave.server.transport import PeerTls, Transport
 from conclave.storage.base import CorruptionError
 
 log = logging.getLogger("conclave.node")
@@ -513,7 +513,7 @@ class Node:
         self._last_leader = NONE
         peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
         self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
-                                   self._on_unreachable)
+                                   self._on_unreachable, tls=PeerTls.from_config(self.cfg))
         await self.transport.listen(peer.host, peer.port)
         self._sync_peers()
         self._running = True
@@ -533,7 +533,8 @@ class Node:
             for url in urls:
                 hp = parse_url(url, "initial-cluster")
                 try:
-                    cid, wires = await fetch_cluster_info((hp.host, hp.port), 3.0)
+                    tls = PeerTls.from_config(self.cfg) if is_tls_url(url) else None
+                    cid, wires = await fetch_cluster_info((hp.host, hp.port), 3.0, tls=tls)
                 except (TimeoutError, OSError, Exception) as exc:
                     errors.append(f"{url}: {exc}")
                     continue
@@ -577,7 +578,7 @@ class Node:
         for mid, m in self.members.items():
             if mid != self.member_id and m.peer_urls:
                 hp = parse_url(m.peer_urls[0], "peer-urls")
-                self.transport.set_peer(mid, (hp.host, hp.port))
+                self.transport.set_peer(mid, (hp.host, hp.port), secure=is_tls_url(m.peer_urls[0]))
         for mid in list(self.transport.peers()):
             if mid not in self.members:
                 self.transport.remove_peer(mid)
