@@ -97,6 +97,12 @@ class NativeChannel(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl_module.SSLError) and not self.received:
+            # The member's TLS layer refused us after the handshake (TLS 1.3 checks the client
+            # certificate then): a certificate required, unknown or revoked.
+            self._fail(TLSError(f"TLS with {self.endpoint}: the member refused the connection: {exc.reason or exc}"
+                                f" (a client certificate it accepts is needed: cert_file=, key_file=)"))
+            return
         self._fail(ConnectionLost(f"connection to {self.endpoint} lost" + (f": {exc}" if exc else ""), sent=True))
 
     def _fail(self, err: BaseException) -> None:

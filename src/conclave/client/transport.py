@@ -111,7 +111,9 @@ class NativeTransport:
         except BaseException as exc:
             t.close()
             if isinstance(exc, ConnectionLost) and not t.channel.received:
-                hint = "" if ssl is not None else " (if its native port serves TLS, connect with TLS: ca_file=...)"
+                hint = (" (a member that requires a client certificate closes TLS connections without one: "
+                        "cert_file=, key_file=)" if ssl is not None else
+                        " (if its native port serves TLS, connect with TLS: ca_file=...)")
                 raise ConnectionLost(f"{endpoint} closed the connection before answering{hint}", sent=False) from None
             if isinstance(exc, TimeoutError):
                 raise ConnectionLost(f"{endpoint} did not answer within {timeout:g}s of connecting",
