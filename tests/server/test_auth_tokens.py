@@ -87,7 +87,7 @@ def test_jwt_tokens_sign_verify_expire_and_refuse_forgeries(tmp_path: Path) -> N
     signer = provider_from_flag(f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl=5m",
                                 wall_clock=lambda: now[0])  # fmt: skip
     verifier = provider_from_flag(f"jwt,pub-key={pub},sign-method=RS256", wall_clock=lambda: now[0])
-    assert isinstance(signer, JwtTokens) and signer.signs and not verifier.signs
+    assert isinstance(signer, JwtTokens) and signer.can_sign and verifier.signed and not verifier.can_sign
     token = signer.sign("alice", 7)
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["username"] == "alice" and claims["revision"] == 7 and claims["exp"] == int(now[0]) + 300
@@ -148,8 +148,10 @@ def test_server_config_checks_the_auth_flags(tmp_path: Path) -> None:
         return ServerConfig(name="a", data_dir=str(tmp_path / "a"), **kw)  # type: ignore[arg-type]
 
     cfg().validate()
-    for kw, says in (({"bcrypt_cost": 3}, "--bcrypt-cost"), ({"bcrypt_cost": 32}, "--bcrypt-cost"),
-                     ({"auth_token_ttl": 0}, "--auth-token-ttl"), ({"auth_token": "nope"}, "--auth-token")):  # fmt: skip
+    bad: list[tuple[dict[str, object], str]] = [
+        ({"bcrypt_cost": 3}, "--bcrypt-cost"), ({"bcrypt_cost": 32}, "--bcrypt-cost"),
+        ({"auth_token_ttl": 0}, "--auth-token-ttl"), ({"auth_token": "nope"}, "--auth-token")]
+    for kw, says in bad:
         with pytest.raises(ConfigError, match=says):
             cfg(**kw).validate()
 

@@ -140,11 +140,12 @@ def _peer_host(context: Any) -> str:
     return host if sep and port.isdigit() else peer
 
 
-def auth_info(context: Any) -> AuthInfo:
+def auth_info(context: Any, with_source: bool = False) -> AuthInfo:
     """Who a call says it is: metadata ``token`` (else ``authorization``), else the client cert's CN.
 
     The CN counts only when no token is sent and the call did not come through the gateway
     (metadata ``grpcgateway-accept``), as etcd's AuthInfoFromCtx / AuthInfoFromTLS decide.
+    ``with_source`` adds the client's address (Authenticate's rate limit; costly, so only there).
     """
     token = ""
     authorization = ""
@@ -166,7 +167,7 @@ def auth_info(context: Any) -> AuthInfo:
         if names:
             first = names[0]
             cn = first.decode() if isinstance(first, bytes | bytearray) else str(first)
-    return AuthInfo(token=token, cert_cn=cn, gateway=gateway, source=_peer_host(context))
+    return AuthInfo(token=token, cert_cn=cn, gateway=gateway, source=_peer_host(context) if with_source else "")
 
 
 def _go_code(code: str) -> str:
@@ -764,7 +765,8 @@ class AuthService:
         return pb.AuthStatusResponse(header=self.edge.header(rev), enabled=enabled, authRevision=auth_revision)
 
     async def authenticate(self, request: Any, context: Any) -> Any:
-        token, rev = await self.backend.authenticate(request.name, request.password, auth=self._auth(context))
+        token, rev = await self.backend.authenticate(request.name, request.password,
+                                                     auth=auth_info(context, with_source=True))
         return pb.AuthenticateResponse(header=self.edge.header(rev), token=token)
 
     async def user_add(self, request: Any, context: Any) -> Any:

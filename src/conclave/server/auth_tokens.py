@@ -76,7 +76,8 @@ class TokenProvider:
     """What the backend needs from a token scheme."""
 
     kind = "none"
-    signs = False  # True: Authenticate's token is made here after the apply (jwt)
+    signed = False  # True: Authenticate's token is signed here after the apply (jwt), not registered
+    can_sign = False  # a jwt member given only pub-key verifies but cannot issue tokens
 
     def info(self, token: str) -> TokenInfo:  # raises InvalidAuthToken
         raise kverr.InvalidAuthToken()
@@ -163,7 +164,7 @@ class JwtTokens(TokenProvider):
     """Signed tokens (PyJWT): claims username, revision, exp."""
 
     kind = "jwt"
-    signs = True
+    signed = True
 
     def __init__(self, sign_method: str, pub_key: bytes, priv_key: bytes | None, ttl_s: float = DEFAULT_JWT_TTL_S,
                  wall_clock: Callable[[], float] = time.time) -> None:
@@ -183,6 +184,7 @@ class JwtTokens(TokenProvider):
         if sign_method.startswith("HS"):
             secret = priv_key if priv_key is not None else pub_key
             self._verify_key = self._sign_key = secret
+            self.can_sign = True
             return
         from cryptography.hazmat.primitives import serialization
 
@@ -195,7 +197,7 @@ class JwtTokens(TokenProvider):
                 self._sign_key = serialization.load_pem_private_key(priv_key, password=None)
             except (ValueError, TypeError) as exc:
                 raise TokenConfigError(f"--auth-token: priv-key is not an unencrypted PEM private key: {exc}") from None
-        self.signs = self._sign_key is not None
+        self.can_sign = self._sign_key is not None
 
     def sign(self, user: str, revision: int) -> str:
         if self._sign_key is None:

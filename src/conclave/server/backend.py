@@ -171,7 +171,8 @@ class NodeBackend:
     # ------------------------------------------------------------------ auth: who is calling
 
     def auth_enabled(self) -> bool:
-        return bool(self.node.sm.auth.enabled)
+        enabled: bool = self.node.sm.auth.enabled
+        return enabled
 
     def _caller(self, auth: AuthInfo) -> tuple[str, int]:
         """The user a request speaks for and the auth revision its check holds at (auth is enabled)."""
@@ -630,9 +631,14 @@ class NodeBackend:
         if not st.enabled:
             raise kverr.AuthNotEnabled()
         self._check_not_learner()
+        tokens = self.node.tokens
+        if tokens.signed and not tokens.can_sign:
+            log.warning("Authenticate refused: this member has a jwt pub-key but no priv-key to sign with")
+            raise kverr.AuthFailed()
         source = auth.source
         if self.attempts.locked(name, source):
             raise kverr.AuthFailed()  # the same answer as a wrong password, and no bcrypt work
+        revision = int(st.revision)  # the password is checked against the store at this revision
         user = st.users.get(name)
         stored = user.password_hash if user is not None and not user.no_password else None
         if not await self._verify_password(password, stored):
@@ -640,10 +646,10 @@ class NodeBackend:
             log.warning("authentication failed for user %r from %s", name, source or "an unknown address")
             raise kverr.AuthFailed()
         self.attempts.succeeded(name, source)
-        tokens = self.node.tokens
-        prefix = "" if tokens.signs else new_simple_prefix()
-        resp = await self.node.propose_kv(kvauth.AuthenticateRequest(name=name, token=prefix))
-        token = tokens.sign(name, resp.auth_revision) if tokens.signs else resp.token
+        prefix = "" if tokens.signed else new_simple_prefix()
+        # Checked: a password changed (or the user deleted) meanwhile makes the apply refuse it.
+        resp = await self.node.propose_kv(Checked(revision, kvauth.AuthenticateRequest(name=name, token=prefix)))
+        token = tokens.sign(name, resp.auth_revision) if tokens.signed else resp.token
         return token, self._header_revision()
 
     async def auth_enable(self, *, auth: AuthInfo = NO_AUTH) -> int:

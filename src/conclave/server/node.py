@@ -108,7 +108,7 @@ SEQ_EPOCH_FILE = "seq-epoch"
 FATAL_ERRORS: tuple[type[BaseException], ...] = (AssertionError, OSError, CorruptionError)
 LOOP_ERROR_LOG_INTERVAL_MS = 60_000
 # Applied commands that change which tokens are valid (Node._token_effect).
-_TOKEN_EFFECTS = frozenset({Checked, kvauth.AuthenticateRequest, kvauth.UserDeleteRequest,
+_TOKEN_EFFECTS = frozenset({kvauth.AuthenticateRequest, kvauth.UserDeleteRequest,
                             kvauth.UserChangePasswordRequest, kvauth.AuthDisableRequest})  # fmt: skip
 
 __all__ = [
