@@ -36,7 +36,7 @@ kv_commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(LeaseRevokeRequest, st.integers(0, 2**63 - 1)),
     st.builds(Noop, blobs),
 )
-checked = st.builds(Checked, st.integers(0, 2**63 - 1), auth_commands | kv_commands)
+checked = st.builds(Checked, st.integers(0, 2**63 - 1), auth_commands | kv_commands, names)
 
 
 @given(auth_commands | kv_commands | checked, st.integers(0, 2**64 - 1))
@@ -49,10 +49,12 @@ def test_round_trip(cmd: Command, request_id: int) -> None:
 def test_checked_cannot_nest_and_auth_commands_stay_out_of_txns() -> None:
     with pytest.raises(TypeError):
         encode_command(Checked(1, Checked(2, PutRequest(b"k"))), 1)
-    inner = [40, 2, [1, b"k", b"", 0, False, False, False]]
+    put = [1, b"k", b"", 0, False, False, False]
+    assert decode_command(bytes(msgpack.packb([FORMAT, 1, 40, 1, put, "u"], use_bin_type=True))) == (
+        1, Checked(1, PutRequest(b"k"), "u"))
     raw = [
-        [FORMAT, 1, 40, 1, inner],  # Checked(Checked(...))
-        [FORMAT, 1, 3, [], [[40, 1, [1, b"k", b"", 0, False, False, False]]], []],  # Checked inside a txn op
+        [FORMAT, 1, 40, 1, [40, 2, put, "u"], "u"],  # Checked(Checked(...))
+        [FORMAT, 1, 3, [], [[40, 1, put, "u"]], []],  # Checked inside a txn op
         [FORMAT, 1, 3, [], [[24]], []],  # a fieldless UserDelete as a txn op
         [FORMAT, 1, 3, [], [[28, "r"]], []],  # RoleAdd as a txn op
     ]
@@ -73,9 +75,11 @@ def test_checked_cannot_nest_and_auth_commands_stay_out_of_txns() -> None:
     [FORMAT, 1, 30, "r", [0, b"k"]],  # short Permission
     [FORMAT, 1, 30, "r", "perm"],  # not an array
     [FORMAT, 1, 31, "r", b"k"],  # RoleRevokePermission needs range_end
-    [FORMAT, 1, 40, -1.5, [20]],  # Checked revision not an integer
-    [FORMAT, 1, 40, 1],  # Checked without a command
-    [FORMAT, 1, 40, 1, []],  # Checked of nothing
+    [FORMAT, 1, 40, -1.5, [20], ""],  # Checked revision not an integer
+    [FORMAT, 1, 40, 1, ""],  # Checked without a command
+    [FORMAT, 1, 40, 1, [], ""],  # Checked of nothing
+    [FORMAT, 1, 40, 1, [20], b"user-as-bytes"],  # Checked user not a string
+    [FORMAT, 1, 40, 1, [20]],  # Checked without its user field
     [FORMAT, 1, 39],  # unknown tag
 ])
 def test_malformed_auth_commands(body: list[object]) -> None:

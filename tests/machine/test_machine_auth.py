@@ -11,7 +11,16 @@ from conclave.kv import auth as a
 from conclave.kv import errors as kverr
 from conclave.kv.auth import Permission, PermType
 from conclave.kv.command import Checked, Command, Noop
-from conclave.kv.types import LeaseGrantRequest, LeaseGrantResponse, PutRequest, PutResponse, RangeRequest
+from conclave.kv.types import (
+    LeaseGrantRequest,
+    LeaseGrantResponse,
+    LeaseRevokeRequest,
+    PutRequest,
+    PutResponse,
+    RangeRequest,
+    RequestOp,
+    TxnRequest,
+)
 from conclave.machine import Member, StateMachine, entry, rules
 from conclave.raft.types import Entry
 
@@ -205,3 +214,32 @@ def test_rules_refuse_static_auth_errors_before_the_log() -> None:
     ok = a.RoleGrantPermissionRequest("app", Permission(PermType.READ, b"a", b"\x00"))
     assert rules.validate(ok, limits) is ok
     assert rules.validate(a.UserGrantRoleRequest("u", ""), limits) is not None  # role "" is the store's call
+
+
+def test_rules_validate_a_checked_command_by_what_it_wraps() -> None:
+    limits = rules.Limits(min_lease_ttl_s=5)
+    assert rules.validate(Checked(3, LeaseGrantRequest(1)), limits) == Checked(3, LeaseGrantRequest(5))
+    with pytest.raises(kverr.KeyNotProvided):
+        rules.validate(Checked(3, PutRequest(b"")), limits)
+    with pytest.raises(kverr.UserEmpty):
+        rules.validate(Checked(3, a.UserAddRequest("")), limits)
+
+
+def test_lease_keys_are_rechecked_at_apply_when_the_checked_names_its_user() -> None:
+    sm, log = enabled_machine()
+    rev = sm.auth.revision
+    lease = log.one(Checked(rev, LeaseGrantRequest(30), "alice"))
+    assert isinstance(lease, LeaseGrantResponse)
+    assert isinstance(log.one(Checked(rev, PutRequest(b"/w/a", b"1", lease=lease.id), "alice")), PutResponse)
+    # alice's revoke is checked now (she can write every attached key) ...
+    revoke = LeaseRevokeRequest(lease.id)
+    sm.auth.check("alice", revoke, sm.store.lease_keys)
+    # ... but root attaches a key alice cannot write before it applies
+    assert isinstance(log.one(Checked(rev, PutRequest(b"/secret", b"s", lease=lease.id), "root")), PutResponse)
+    assert isinstance(log.one(Checked(rev, revoke, "alice")), kverr.PermissionDenied)
+    assert isinstance(log.one(Checked(rev, TxnRequest(success=(RequestOp(request_put=PutRequest(
+        b"/w/b", b"", lease=lease.id)),)), "alice")), kverr.PermissionDenied)
+    assert [kv.value for kv in sm.store.range(RangeRequest(b"/secret")).kvs] == [b"s"]
+    # without a user the machine trusts the server's check (the contract's two-field form)
+    assert log.one(Checked(rev, revoke)) is not None
+    assert sm.store.range(RangeRequest(b"/secret")).kvs == ()

@@ -18,21 +18,30 @@ position. Conclave splits the same check in two halves:
 1. before proposing, the server resolves the caller (token or certificate CN) to a user, reads
    the store's ``revision`` R and runs ``check(user, command, lease_keys)`` against the store as
    it is at R (reads are served right after this check and never enter the log);
-2. it proposes ``Checked(R, command)``; the state machine applies it only if the store's
-   revision is still R (else ``AuthOldRevision``: the client re-authenticates and retries, as
-   with etcd's token revision).
+2. it proposes ``Checked(R, command, user)``; the state machine applies it only if the
+   store's revision is still R (else ``AuthOldRevision``: the client re-authenticates and
+   retries, as with etcd's token revision).
 
 Why that is as safe as checking at apply time: ``revision`` is bumped by every command that
 changes anything a check reads (users, their roles, role permissions, ``enabled``; enabling
 bumps it too, unlike etcd, so a command checked while auth was off cannot slip in after an
 enable). Equal revisions therefore mean an identical auth store, so the check made at R gives
-the verdict an apply-time check would give. The only other input is ``lease_keys``, the keys
-attached to a lease (Put with a lease, LeaseRevoke): that is kv state, which can change between
-check and apply -- etcd has the same window for lease keepalive checks, and a key attached in
-between was itself written by a user allowed to write it. An unwrapped client command counts as
-checked at revision 0, so clusters that never touched auth keep their hot path unwrapped, and a
-command checked by no one can never apply once auth is on (the revision is >= 1 by then).
-Internal commands (the leader's lease expiry, seq 0; ``Noop``) are never checked.
+the verdict an apply-time check would give, on any member, however far behind it is (the
+state at revision R is the same on every member: all apply the same log). The only other input
+is ``lease_keys``, the keys attached to a lease (Put with a lease, LeaseRevoke): that is kv
+state, which can change between check and apply (a key attached to the lease meanwhile would be
+deleted by a revoke checked without it). So the machine repeats that part at apply time
+(``check_lease_keys``, against the replicated lease table) when the Checked names its user; a
+Checked without a user skips it. An unwrapped client command counts as checked at revision 0,
+so clusters that never touched auth keep their hot path unwrapped, and a command checked by no
+one can never apply once auth is on (the revision is >= 1 by then). Internal commands (the
+leader's lease expiry, seq 0; ``Noop``) are never checked.
+
+Server recipe: once ``revision > 0``, wrap every proposed command, the server's own too (the
+leader's NOSPACE alarm: ``Checked(revision, cmd)``, retried on AuthOldRevision). Authenticate:
+check the password (bcrypt) against the user's hash at revision R, propose
+``Checked(R, AuthenticateRequest(name, random 16 letters))``; AuthOldRevision means the
+password may have changed meanwhile: check again and retry (etcd's Authenticate loop).
 
 Revision numbering: 0 for a store that never changed, +1 for every successful change (a no-op
 such as granting a role the user already has, or enabling an enabled store, changes nothing).
@@ -574,6 +583,15 @@ class AuthStore:
         self._known(user)
         _check_command(self, user, command, lease_keys)
 
+    def check_lease_keys(self, user: str, command: Command, lease_keys: LeaseKeys) -> None:
+        """The lease part of ``check`` alone: WRITE on every key attached to a lease the command
+        attaches to (Put, also inside txns) or revokes, unless admin. The machine repeats it at
+        apply time, where the attached keys are the replicated ones at that log position."""
+        if not self.enabled or self.is_admin(user):
+            return
+        for lease in _leases_of(command):
+            self._lease_keys_writable(user, _keys_of(lease_keys, lease))
+
     def check_admin(self, user: str) -> None:
         """etcd's IsAdminPermitted: UserEmpty, UserNotFound or PermissionDenied unless root."""
         if not self.enabled:
@@ -722,6 +740,25 @@ def _keys_of(lease_keys: LeaseKeys, lease_id: int) -> Iterable[bytes]:
         return tuple(lease_keys(lease_id))
     except errors.LeaseNotFound:
         return ()  # the command fails at apply with "requested lease not found"
+
+
+def _leases_of(cmd: object) -> list[int]:
+    if isinstance(cmd, PutRequest):
+        return [cmd.lease] if cmd.lease else []
+    if isinstance(cmd, LeaseRevokeRequest):
+        return [cmd.id]
+    if not isinstance(cmd, TxnRequest):
+        return []
+    found: list[int] = []
+    pending = [cmd]
+    while pending:
+        t = pending.pop()
+        for op in (*t.success, *t.failure):
+            if op.request_put is not None and op.request_put.lease:
+                found.append(op.request_put.lease)
+            elif op.request_txn is not None:
+                pending.append(op.request_txn)
+    return found
 
 
 def _check_put(store: AuthStore, user: str, put: PutRequest, lease_keys: LeaseKeys) -> None:

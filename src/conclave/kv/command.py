@@ -6,7 +6,7 @@ A command is what the server proposes to Raft and every replica's state machine 
 one of the request values of ``conclave.kv.types`` (Put, DeleteRange, Txn, Range, Compaction,
 LeaseGrant, LeaseRevoke, Alarm, handed to ``Store.apply``), ``Noop`` (an opaque payload the
 store ignores, e.g. a leader's barrier), one of the auth commands of ``conclave.kv.auth``
-(handed to ``AuthStore.apply``), or ``Checked(revision, command)``: a client command the server
+(handed to ``AuthStore.apply``), or ``Checked(revision, command, user)``: a client command the server
 authorised at auth revision ``revision`` (the machine refuses it with AuthOldRevision if the
 auth store has moved on since; see ``conclave.kv.auth``). A Checked never wraps a Checked.
 ``encode_command(cmd, request_id)`` turns it into the bytes of a log entry;
@@ -79,10 +79,15 @@ class Noop:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """``command`` as the server authorised it at auth revision ``revision`` (see kv.auth)."""
+    """``command`` as the server authorised it at auth revision ``revision`` (see kv.auth).
+
+    ``user`` (optional) is who it was authorised for: with it, the machine repeats at apply
+    time the one part of the check that reads kv state (the keys attached to a lease).
+    """
 
     revision: int
     command: Command
+    user: str = ""
 
 
 Command = (
@@ -180,7 +185,7 @@ def _encode(cmd: Command) -> list[Any]:
     if isinstance(cmd, Checked):
         if isinstance(cmd.command, Checked):
             raise TypeError("a Checked command cannot wrap another")
-        return [_CHECKED, cmd.revision, _encode(cmd.command)]
+        return [_CHECKED, cmd.revision, _encode(cmd.command), cmd.user]
     if isinstance(cmd, AuthEnableRequest):
         return [_AUTH_ENABLE]
     if isinstance(cmd, AuthDisableRequest):
@@ -313,13 +318,13 @@ def _decode(item: Any, depth: int) -> Command:
         _arity(fields, 1, "Noop")
         return Noop(_b(fields[0]))
     if tag == _CHECKED:
-        _arity(fields, 2, "Checked")
+        _arity(fields, 3, "Checked")
         if depth > 0:
             raise ValueError("a Checked command may only be the outermost command")
         inner = _list(fields[1])
         if inner and inner[0] == _CHECKED:
             raise ValueError("a Checked command cannot wrap another")
-        return Checked(_i(fields[0]), _decode(inner, 0))
+        return Checked(_i(fields[0]), _decode(inner, 0), _s(fields[2]))
     return _decode_auth(tag, fields)
 
 

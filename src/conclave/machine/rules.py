@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import cast
 
 from conclave.kv import auth, errors
+from conclave.kv.command import Checked, Command
 from conclave.kv.mvcc import MAX_LEASE_TTL_S, Store
 from conclave.kv.types import AlarmType, LeaseGrantRequest, PutRequest, TxnRequest
 from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TXN_OPS, validate_request, write_cost_bytes
@@ -50,7 +52,13 @@ def min_lease_ttl_s(election_timeout_ms: int) -> int:
 
 
 def validate(req: object, limits: Limits, store: Store | None = None) -> object:
-    """The request to propose (a lease TTL raised to the minimum), or the EtcdError etcd gives."""
+    """The request to propose (a lease TTL raised to the minimum), or the EtcdError etcd gives.
+
+    A ``Checked`` wrapper is validated by its command (and stays wrapped).
+    """
+    if isinstance(req, Checked):
+        inner = validate(req.command, limits, store)
+        return req if inner is req.command else Checked(req.revision, cast(Command, inner))
     # Quota first, as etcd's quotaKVServer wraps the request checks.
     if store is not None and _adds_data(req) and any(a.alarm == AlarmType.NOSPACE for a in store.alarms()):
         raise errors.NoSpace()

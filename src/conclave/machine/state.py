@@ -18,7 +18,8 @@ response or ``EtcdError``); the driver resolves the ones it proposed (``origin =
 Auth: an auth command goes to ``auth.apply`` (an Authenticate's ``AuthenticateResponse`` is in
 the results of EVERY member, so each can register the token). ``Checked(rev, cmd)`` is a client
 command the server authorised at auth revision ``rev``: while auth is on it applies only if the
-auth revision is still ``rev`` (else AuthOldRevision, nothing changes); an unwrapped client
+auth revision is still ``rev`` (else AuthOldRevision, nothing changes) and, when it names its
+user, that user may still write every key attached to the leases it uses; an unwrapped client
 command counts as ``rev`` 0; internal commands (seq 0 lease expiry, Noop) are never checked;
 ``Result.command`` is the unwrapped command. Why this is as safe as etcd's apply-time check:
 ``conclave.kv.auth``. Clusters that never enable auth take the old path (a flag test and a
@@ -152,19 +153,25 @@ class StateMachine:
     def _apply_authorised(self, cmd: Command, seq: int, raft_index: int, store_index: int) -> Response | AuthResponse:
         """Apply a command that may need the auth revision check (see conclave.kv.auth).
 
-        ``Checked(rev, c)``: refused with AuthOldRevision if auth is on and the store's auth
-        revision is not ``rev``. An unwrapped client command counts as checked at revision 0.
-        Internal commands (seq 0: the leader's lease expiry; Noop) are never checked.
+        ``Checked(rev, c, user)``: refused with AuthOldRevision if auth is on and the store's
+        auth revision is not ``rev``; with a user, the lease part of the check is repeated. An
+        unwrapped client command counts as checked at revision 0. Internal commands (seq 0: the
+        leader's lease expiry; Noop) are never checked.
         """
         auth = self.auth
+        user = ""
         if isinstance(cmd, Checked):
-            revision, cmd = cmd.revision, cmd.command
+            revision, user, cmd = cmd.revision, cmd.user, cmd.command
         elif seq == 0 or isinstance(cmd, Noop):
             revision = auth.revision
         else:
             revision = 0
-        if auth.enabled and revision != auth.revision:
-            raise kverr.AuthOldRevision()
+        if auth.enabled:
+            if revision != auth.revision:
+                raise kverr.AuthOldRevision()
+            if user:
+                # The lease keys are kv state: they may have changed since the server's check.
+                auth.check_lease_keys(user, cmd, self.store.lease_keys)
         if isinstance(cmd, AUTH_REQUEST_TYPES):
             return auth.apply(cmd, raft_index)  # type: ignore[arg-type]  # narrowed by the tuple
         if isinstance(cmd, Checked):
