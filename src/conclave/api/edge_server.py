@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -208,10 +208,20 @@ class EdgeServer:
         key_file: str | None = None,
         client_ca_file: str | None = None,
         secure: list[bool] | None = None,
+        crl_file: str | None = None,
+        allowed_hostnames: Sequence[str] = (),
+        tls_min_version: str = "TLS1.2",
+        tls_max_version: str = "",
+        cipher_suites: Sequence[str] = (),
     ) -> None:
         """``cert_file``/``key_file`` (PEM) turn on TLS for the addresses whose ``secure`` entry is
         true (all of them when ``secure`` is None); ``client_ca_file`` also requires client
-        certificates signed by that CA (mutual TLS). ALPN offers h2 and http/1.1."""
+        certificates signed by that CA (mutual TLS), not revoked by ``crl_file`` and, when
+        ``allowed_hostnames`` is given, carrying one of them in their SAN. ``tls_min_version`` /
+        ``tls_max_version`` (``TLS1.2``, ``TLS1.3``; max empty = the newest) and ``cipher_suites``
+        (Go/IANA names) restrict the handshake. ALPN offers h2 and http/1.1. Changed files are
+        reloaded for new handshakes; files that do not load keep the old ones (a warning here).
+        Bad options or files raise ValueError saying which and why."""
         if _edge is None:
             raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
         self.backend = backend
@@ -227,9 +237,17 @@ class EdgeServer:
                         break
         self.http_handler = http_handler
         self.loop = asyncio.get_running_loop()
-        tls: dict[str, Any] = {}
-        if cert_file is not None or key_file is not None or client_ca_file is not None:
-            tls = {"cert_file": cert_file, "key_file": key_file, "client_ca_file": client_ca_file, "secure": secure}
+        tls: dict[str, Any] = {
+            "cert_file": cert_file,
+            "key_file": key_file,
+            "client_ca_file": client_ca_file,
+            "secure": secure,
+            "crl_file": crl_file,
+            "allowed_hostnames": list(allowed_hostnames),
+            "tls_min_version": tls_min_version,
+            "tls_max_version": tls_max_version,
+            "cipher_suites": list(cipher_suites),
+        }
         self.edge = _edge.Edge(addrs, max_request_bytes + GRPC_OVERHEAD_BYTES, max_streams, workers, **tls)
         self.ports: list[int] = list(self.edge.ports)
         self.host = addrs[0][0] if addrs else "127.0.0.1"
@@ -317,6 +335,8 @@ class EdgeServer:
                         call.writable.set()
             elif kind == _edge.EV_HTTP:
                 self.loop.create_task(self._run_http(sid, a, b))
+            elif kind == _edge.EV_LOG:  # the edge's own news (TLS files reloaded, or not loadable)
+                log.log(a, "%s", b)
         if self.reads:
             reads, self.reads = self.reads, []
             task = self.loop.create_task(self._serve_reads(reads))
@@ -484,7 +504,8 @@ async def start_edge_server(
 ) -> EdgeServer:
     """Start the compiled edge for ``backend``; raises OSError when an address cannot be bound.
 
-    ``tls`` is passed to :class:`EdgeServer` (cert_file, key_file, client_ca_file, secure)."""
+    ``tls`` is passed to :class:`EdgeServer` (cert_file, key_file, client_ca_file, secure, crl_file,
+    allowed_hostnames, tls_min_version, tls_max_version, cipher_suites)."""
     return EdgeServer(
         backend, addrs or [(host, port)], max_request_bytes=max_request_bytes, http_handler=http_handler, **tls
     )

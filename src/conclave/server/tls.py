@@ -376,6 +376,8 @@ def describe_handshake_error(exc: BaseException) -> str:
             return f"TLS version refused: {text}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ConnectionError):
+        return "the connection was closed during the TLS handshake (the other side may have refused it)"
     return text or type(exc).__name__
 
 

@@ -311,7 +311,7 @@ class Transport:
         tls: PeerTls | None = None,
     ) -> None:
         self.tls = tls
-        self._refusals: dict[str, str] = {}
+        self._refusals: set[tuple[str, str]] = set()
         self.refused = 0
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -353,11 +353,12 @@ class Transport:
     def note_refusal(self, source: str, reason: str, outbound: bool = False) -> None:
         """Count a refused TLS peer; log it once per source and reason (a retrying peer is one line)."""
         self.refused += 1
-        if self._refusals.get(source) == reason:
+        key = (source, reason)
+        if key in self._refusals:
             return
-        if len(self._refusals) >= REFUSALS_TRACKED_MAX and source not in self._refusals:
+        if len(self._refusals) >= REFUSALS_TRACKED_MAX:
             self._refusals.clear()  # bounded: a flood of sources costs a few repeated lines, not memory
-        self._refusals[source] = reason
+        self._refusals.add(key)
         if outbound:
             log.warning("peer TLS: not connecting to %s: %s", source, reason)
         else:
