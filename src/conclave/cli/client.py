@@ -94,6 +94,8 @@ def add_global_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("client flags (before or after a client command, as etcdctl's)")
     g.add_argument("--endpoints", default=argparse.SUPPRESS,
                    help="comma-separated host:port list of the client commands (env CONCLAVE_ENDPOINTS)")
+    g.add_argument("--protocol", choices=("native", "grpc"), default=argparse.SUPPRESS,
+                   help="wire protocol of the client commands (default native; env CONCLAVE_PROTOCOL)")
     add_security_flags(g)
 
 
@@ -101,8 +103,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoints", default=argparse.SUPPRESS,
                    help=f"comma-separated host:port list (default native {DEFAULT_ENDPOINTS}; "
                         f"with --protocol grpc {DEFAULT_GRPC_ENDPOINTS}; env CONCLAVE_ENDPOINTS)")
-    p.add_argument("--protocol", choices=("native", "grpc"), default=os.environ.get("CONCLAVE_PROTOCOL", "native"),
-                   help="wire protocol: Conclave's native one or the etcd v3 gRPC API (default %(default)s)")
+    p.add_argument("--protocol", choices=("native", "grpc"), default=argparse.SUPPRESS,
+                   help="wire protocol: Conclave's native one or the etcd v3 gRPC API (default native; "
+                        "env CONCLAVE_PROTOCOL)")
     p.add_argument("-w", "--write-out", choices=("simple", "json", "table"), default="simple",
                    help="output format (default %(default)s)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds (default %(default)s)")
@@ -233,12 +236,17 @@ def _register_auth(sub: Any) -> None:
     action(roles, "delete", "delete a role", cmd_role_delete).add_argument("name")
     p = action(roles, "grant-permission", "grant read|write|readwrite on KEY [END] (or --prefix / --from-key)",
                cmd_role_grant)
-    p.add_argument("args", nargs="*", metavar="ROLE PERM KEY [END]")
+    p.add_argument("name", metavar="ROLE")
+    p.add_argument("perm", metavar="PERM", help="read, write or readwrite")
+    p.add_argument("key")
+    p.add_argument("range_end", nargs="?", default=None, metavar="END", help="end of the range [KEY, END)")
     for flag, what in (("--prefix", "KEY is a prefix"), ("--from-key", "every key from KEY on")):
         p.add_argument(flag, **BOOL, help=what)
     p = action(roles, "revoke-permission", "revoke the permission on KEY [END] (or --prefix / --from-key)",
                cmd_role_revoke)
-    p.add_argument("args", nargs="*", metavar="ROLE KEY [END]")
+    p.add_argument("name", metavar="ROLE")
+    p.add_argument("key")
+    p.add_argument("range_end", nargs="?", default=None, metavar="END", help="end of the range [KEY, END)")
     for flag, what in (("--prefix", "KEY is a prefix"), ("--from-key", "every key from KEY on")):
         p.add_argument(flag, **BOOL, help=what)
 
@@ -319,6 +327,10 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
 def _run(handler: Callable[[Any, argparse.Namespace], int], args: argparse.Namespace) -> int:
     from conclave.client import AuthFailed, Client, ClientError
 
+    args.protocol = getattr(args, "protocol", None) or os.environ.get("CONCLAVE_PROTOCOL") or "native"
+    if args.protocol not in ("native", "grpc"):
+        print(f"Error: CONCLAVE_PROTOCOL must be native or grpc, not {args.protocol!r}", file=sys.stderr)
+        return 1
     endpoints = getattr(args, "endpoints", None) or os.environ.get("CONCLAVE_ENDPOINTS") or (
         DEFAULT_ENDPOINTS if args.protocol == "native" else DEFAULT_GRPC_ENDPOINTS)
     try:
@@ -844,12 +856,12 @@ def cmd_role_delete(client: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _perm_range(args: argparse.Namespace, rest: Sequence[str]) -> tuple[bytes, bytes]:
+def _perm_range(args: argparse.Namespace) -> tuple[bytes, bytes]:
     """(key, range_end) of KEY [END] with --prefix / --from-key, with etcdctl's argument errors."""
     from conclave.client.types import prefix_end
 
-    key = rest[0].encode()
-    if len(rest) == 1:
+    key = args.key.encode()
+    if args.range_end is None:
         if args.prefix:
             if args.from_key:
                 raise BadArgs("--from-key and --prefix flags are mutually exclusive")
@@ -859,30 +871,26 @@ def _perm_range(args: argparse.Namespace, rest: Sequence[str]) -> tuple[bytes, b
         raise BadArgs("unexpected endkey argument with --prefix flag")
     if args.from_key:
         raise BadArgs("unexpected endkey argument with --from-key flag")
-    return key, rest[1].encode()
+    return key, args.range_end.encode()
 
 
 def cmd_role_grant(client: Any, args: argparse.Namespace) -> int:
     from conclave.kv.auth import PermType
 
-    if len(args.args) not in (3, 4):
-        raise BadArgs("role grant command requires role name, permission type, and key [endkey] as its argument")
-    name, perm, *rest = args.args
+    name, perm = args.name, args.perm
     try:
         kind = PermType[perm.upper()]
     except KeyError:
         raise BadArgs(f"invalid permission type: {perm}") from None
-    key, end = _perm_range(args, rest)
+    key, end = _perm_range(args)
     client.role_grant_permission(name, kind, key, end)
     print(f"Role {name} updated")
     return 0
 
 
 def cmd_role_revoke(client: Any, args: argparse.Namespace) -> int:
-    if len(args.args) not in (2, 3):
-        raise BadArgs("role revoke-permission command requires role name and key [endkey] as its argument")
-    name, *rest = args.args
-    key, end = _perm_range(args, rest)
+    name = args.name
+    key, end = _perm_range(args)
     client.role_revoke_permission(name, key, end)
     if not end:
         print(f"Permission of key {_text(key)} is revoked from role {name}")
