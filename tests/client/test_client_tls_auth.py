@@ -148,3 +148,13 @@ def test_the_cli_with_etcdctl_flags_over_tls(member: ProcessCluster, pki: Pki) -
         == (0, "1\n", "")
     rc, _, err = conclave(ep, "--user=alice:pw", "get", "/app/cli", "--timeout=3")  # no TLS flags
     assert rc == 1 and "TLS" in err
+
+
+@pytest.mark.parametrize("protocol", ["native", "grpc"])
+def test_insecure_skip_tls_verify_needs_no_ca(member: ProcessCluster, pki: Pki, protocol: str) -> None:
+    m = member.members[0]
+    ep = m.native_endpoint if protocol == "native" else m.endpoint
+    with Client([ep], protocol=protocol, user="alice", password="pw", timeout=10, discover=False,
+                insecure_skip_tls_verify=True, cert_file=str(pki.client_cert), key_file=str(pki.client_key)) as c:
+        c.put(f"/app/skip-{protocol}", "v")
+        assert c.get(f"/app/skip-{protocol}") == b"v"

@@ -6,8 +6,9 @@ Theory of operation: :class:`TLSConfig` holds etcdctl's four options (``--cacert
 certificate when given; no verification at all with ``insecure_skip_verify``. gRPC gets channel
 credentials (:meth:`TLSConfig.grpc_credentials`) from the same files; gRPC's Python API cannot turn
 verification off, so with ``insecure_skip_verify`` the client fetches the certificate the member
-presents (unverified) and trusts exactly that one, under the name it carries -- which works for the
-self-signed certificates ``--insecure-skip-tls-verify`` is used with (``--auto-tls``).
+presents (unverified, one extra TLS handshake per connection) and trusts exactly that certificate
+as its trust anchor, under a name it carries (self-signed ones from ``--auto-tls`` and CA-issued
+ones alike; tests/client/test_client_tls_auth.py runs the latter).
 
 Files are read when a connection is made, so a renewed client certificate is picked up by the next
 connection. An unreadable file or a certificate that does not match its key is a :class:`TLSError`
