@@ -98,9 +98,9 @@ def test_a_drain_of_linearizable_ranges_is_one_task_one_barrier_one_send(fake_ed
     seen: list[bool] = []
     plain_range = backend.range
 
-    async def range_seen(req: Any) -> Any:
+    async def range_seen(req: Any, **kw: Any) -> Any:
         seen.append(req.serializable)
-        return await plain_range(req)
+        return await plain_range(req, **kw)
 
     backend.range = range_seen  # type: ignore[method-assign]
     n = 40

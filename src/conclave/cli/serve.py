@@ -47,6 +47,12 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("key-file", "FILE", "", "path to the client server TLS key file (default: none)"),
     ("client-cert-auth", "BOOL", "false", "enable client cert authentication (needs --trusted-ca-file)"),
     ("trusted-ca-file", "FILE", "", "path to the client server TLS trusted CA cert file (default: none)"),
+    # Auth (users, roles and permissions: docs/security.md)
+    ("auth-token", "simple|jwt,...", "simple",
+     "token type: 'simple' (random, member-local, TTL --auth-token-ttl) or "
+     "'jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m' (signed; a member with only pub-key verifies)"),
+    ("auth-token-ttl", "SECONDS", "300", "lifetime of a simple token after its last use"),
+    ("bcrypt-cost", "N", "10", "bcrypt cost for hashing passwords (4..31)"),
     ("client-crl-file", "FILE", "", "path to the client certificate revocation list file (default: none)"),
     ("client-cert-allowed-hostname", "NAMES", "",
      "comma list of SAN hostnames a client certificate must match one of (default: none)"),
@@ -145,6 +151,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         key_file=args.key_file or "",
         client_cert_auth=_bool(args, "client-cert-auth"),
         trusted_ca_file=args.trusted_ca_file or "",
+        auth_token=str(args.auth_token).strip(),
+        auth_token_ttl=_int(args, "auth-token-ttl"),
+        bcrypt_cost=_int(args, "bcrypt-cost"),
         client_crl_file=args.client_crl_file or "",
         client_cert_allowed_hostname=parse_list(args.client_cert_allowed_hostname),
         auto_tls=_bool(args, "auto-tls"),

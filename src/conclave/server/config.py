@@ -154,6 +154,10 @@ class ServerConfig:
     key_file: str = ""
     client_cert_auth: bool = False
     trusted_ca_file: str = ""
+    # Auth (etcd's flags): token scheme (server/auth_tokens.py), simple tokens' TTL, bcrypt's cost.
+    auth_token: str = "simple"
+    auth_token_ttl: int = 300
+    bcrypt_cost: int = 10
     client_crl_file: str = ""
     client_cert_allowed_hostname: list[str] = field(default_factory=list)
     auto_tls: bool = False
@@ -210,6 +214,7 @@ class ServerConfig:
         if self.grpc_engine not in ("auto", "rust", "python"):
             raise ConfigError(f"--grpc-engine must be auto, rust or python, got {self.grpc_engine!r}")
         self._validate_tls()
+        self._validate_auth()
         if self.heartbeat_interval_ms <= 0:
             raise ConfigError("--heartbeat-interval must be > 0 (milliseconds)")
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
@@ -235,6 +240,18 @@ class ServerConfig:
         ):
             for u in urls:
                 parse_url(u, flag)
+
+    def _validate_auth(self) -> None:
+        from conclave.server.auth_tokens import TokenConfigError, provider_from_flag
+
+        if not 4 <= self.bcrypt_cost <= 31:  # bcrypt's MinCost and MaxCost, as etcd checks
+            raise ConfigError(f"--bcrypt-cost must be between 4 and 31, got {self.bcrypt_cost}")
+        if self.auth_token_ttl <= 0:
+            raise ConfigError(f"--auth-token-ttl must be > 0 seconds, got {self.auth_token_ttl}")
+        try:
+            provider_from_flag(self.auth_token, self.auth_token_ttl)
+        except TokenConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _validate_tls(self) -> None:
         for family, cert, key, ca, auth, auto in (

@@ -38,6 +38,11 @@ deadlines (grant at apply, keep-alive, expiry on the leader, the slack at promot
 peer guard's log rate all read it, so tests drive them on virtual time. Request timeouts
 use the event loop's clock.
 
+Auth tokens are member-local (``self.tokens``, ``server/auth_tokens.py``, on the injected clock):
+every member registers the simple token of each applied Authenticate, and drops a user's tokens
+when its deletion or password change applies (all of them when auth is disabled, or a snapshot
+replaces the state), so a token obtained on one member works on every member.
+
 Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
 the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
 ``serve_peer_rpcs``; an unknown or not-yet-served method is answered with an error.
@@ -61,7 +66,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from conclave.kv import auth as kvauth
 from conclave.kv import errors as kverr
+from conclave.kv.command import Checked
 from conclave.kv.lease import Lessor
 from conclave.kv.watch import WatchHub
 from conclave.machine import Member, StateMachine, entry, rules
@@ -82,6 +89,7 @@ from conclave.raft.types import (
     Ready,
     Role,
 )
+from conclave.server.auth_tokens import TokenConfigError, TokenProvider, provider_from_flag
 from conclave.server.config import ConfigError, ServerConfig, is_tls_url, parse_url
 from conclave.server.peer_guard import PeerGuard, reachable_members
 from conclave.server.snapshotter import Job, SnapshotError, Snapshotter, read_file
@@ -99,6 +107,9 @@ SEQ_EPOCH_FILE = "seq-epoch"
 # Errors that stop the member when raised while the loop handles a message.
 FATAL_ERRORS: tuple[type[BaseException], ...] = (AssertionError, OSError, CorruptionError)
 LOOP_ERROR_LOG_INTERVAL_MS = 60_000
+# Applied commands that change which tokens are valid (Node._token_effect).
+_TOKEN_EFFECTS = frozenset({kvauth.AuthenticateRequest, kvauth.UserDeleteRequest,
+                            kvauth.UserChangePasswordRequest, kvauth.AuthDisableRequest})  # fmt: skip
 
 __all__ = [
     "Clock", "ConfChangePending", "InstallSnapshot", "LeaderTransferTimeout", "MonotonicClock", "Node",
@@ -378,6 +389,10 @@ class Node:
         self.snapshotter = Snapshotter(cfg.data_dir)
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
+        try:
+            self.tokens: TokenProvider = provider_from_flag(cfg.auth_token, cfg.auth_token_ttl, self.clock.now_ms)
+        except TokenConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     # ------------------------------------------------------------------ the state machine
 
@@ -803,12 +818,26 @@ class Node:
             for r in out.results:
                 if r.origin == self.member_id:
                     self._waiters.resolve(r.seq, r.response, r.error)
+                if r.command.__class__ in _TOKEN_EFFECTS and r.error is None:
+                    self._token_effect(r.command, r.response)
             if out.members_changed:
                 self._sync_peers()
             if self.member_id in out.removed:
                 self.stop_reason = "this member was removed from the cluster"
                 log.warning("%s; stopping", self.stop_reason)
                 asyncio.get_running_loop().call_later(0.5, self.stopped.set)
+
+    def _token_effect(self, cmd: Any, response: Any) -> None:
+        """Keep this member's tokens in step with an applied auth command."""
+        if isinstance(cmd, Checked):
+            cmd = cmd.command
+        if isinstance(cmd, kvauth.AuthenticateRequest):
+            if isinstance(response, kvauth.AuthenticateResponse) and response.token:
+                self.tokens.register(response.token, response.name or cmd.name)
+        elif isinstance(cmd, kvauth.UserDeleteRequest | kvauth.UserChangePasswordRequest):
+            self.tokens.invalidate_user(cmd.name)
+        elif isinstance(cmd, kvauth.AuthDisableRequest):
+            self.tokens.invalidate_all()
 
     def _notify_watcher(self, watcher: Any) -> None:
         cb = self.watch_callbacks.get(watcher.id)
@@ -820,6 +849,9 @@ class Node:
     def _restore_snapshot(self, data: bytes, index: int) -> None:
         self._sm = StateMachine.restore(data, index=index)
         self.hub.replace_store(self.sm.store)
+        # The entries the image replaces may have deleted users or changed passwords.
+        self.tokens.invalidate_all()
+        log.info("state restored from a snapshot at index %d (this member's auth tokens were dropped)", index)
         if self.raft.role == Role.LEADER:
             # Deadlines are member-local: a leader restarts every one with slack.
             self.sm.leases.promote(self.clock.now_ms(), self.cfg.election_timeout_ms)
