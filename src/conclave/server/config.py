@@ -277,6 +277,8 @@ class ServerConfig:
                             f"--{flag}: {u} needs TLS: give --{family}cert-file and --{family}key-file"
                             f" (or --{family}auto-tls)"
                         )
+        if self.client_crl_file and not self.client_cert_auth:
+            raise ConfigError("--client-crl-file needs --client-cert-auth (it checks client certificates)")
         if self.client_cert_allowed_hostname and not self.client_cert_auth:
             raise ConfigError("--client-cert-allowed-hostname needs --client-cert-auth (it checks client certificates)")
         if (self.peer_cert_allowed_cn or self.peer_cert_allowed_hostname) and not self.peer_client_cert_auth:
