@@ -332,7 +332,8 @@ class Transport:
             # handshake's failure to us (asyncio.start_server(ssl=...) would swallow it unlogged).
             import socket
 
-            lsock = socket.create_server((host, port), reuse_port=False)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            lsock = socket.create_server((host.strip("[]"), port), family=family, backlog=512)
             lsock.setblocking(False)
             self._tls_listener = lsock
             self._accepting = asyncio.get_running_loop().create_task(self._accept_tls(lsock))
