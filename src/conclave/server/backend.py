@@ -230,6 +230,7 @@ class NodeBackend:
         if st.enabled:  # after the barrier, right before reading (as etcd's doSerialize)
             st.check(self._caller(auth)[0], req, self.node.store.lease_keys)
         resp: kv.RangeResponse = self.node.store.range(req)
+        self.node.metrics.mvcc_range_total += 1
         return resp
 
     async def put(self, req: kv.PutRequest, *, auth: AuthInfo = NO_AUTH) -> kv.PutResponse:
@@ -300,6 +301,7 @@ class NodeBackend:
         if lease_id not in node.lessor:
             raise kverr.LeaseNotFound()
         ttl: int = node.lessor.renew(lease_id, node.now_ms())
+        node.metrics.lease_renewed_total += 1
         return ttl
 
     async def _local_ttl(self, lease_id: int) -> int:
