@@ -52,6 +52,7 @@ class Member:
             raise ConfigError(str(exc)) from None
         tls.validate_config(self.cfg)  # `conclave serve` did already; a ServerConfig built in code may not have
         tls.prepare_auto_tls(self.cfg)  # before the node: the peer transport needs its files too
+        tls.warn_unused(self.cfg)
         client_tls = tls.client_settings(self.cfg)
         # What the chosen engine cannot enforce is refused before anything listens.
         secure = [self.cfg.client_url_is_tls(u) for u in self.cfg.listen_client_urls]

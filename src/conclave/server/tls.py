@@ -620,6 +620,14 @@ def _hosts(urls: Iterable[str]) -> list[str]:
     return [h for h in (urlsplit(u if "://" in u else "http://" + u).hostname for u in urls) if h]
 
 
+def warn_unused(cfg: ServerConfig) -> None:
+    """Certificates given for a port family whose URLs are all http:// are not used: say so (as etcd)."""
+    if cfg.cert_file and not cfg.client_tls:
+        log.warning("--cert-file is given but no client or native URL is https://: clients connect in plain text")
+    if cfg.peer_cert_file and not cfg.peer_tls:
+        log.warning("--peer-cert-file is given but the peer URLs are http://: peer traffic is not encrypted")
+
+
 def prepare_auto_tls(cfg: ServerConfig) -> None:
     """Fill the cert/key flags of the families whose auto-TLS is on and that have no files of their own."""
     if cfg.auto_tls and not cfg.explicit_client_cert:
