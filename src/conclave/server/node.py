@@ -38,14 +38,14 @@ deadlines (grant at apply, keep-alive, expiry on the leader, the slack at promot
 peer guard's log rate all read it, so tests drive them on virtual time. Request timeouts
 use the event loop's clock.
 
-Metrics (``server/metrics.py``, etcd's names): the loop bumps plain counters once per batch
-(per Ready applied, per entry proposed, per ReadIndex round); the WAL, the snapshotter and the
-transport report through hooks the node injects; gauges (leader, indexes, keys) are read from
-this node when ``/metrics`` is scraped, so the hot path pays nothing for them.
 Auth tokens are member-local (``self.tokens``, ``server/auth_tokens.py``, on the injected clock):
 every member registers the simple token of each applied Authenticate, and drops a user's tokens
 when its deletion or password change applies (all of them when auth is disabled, or a snapshot
 replaces the state), so a token obtained on one member works on every member.
+Metrics (``server/metrics.py``, etcd's names): the loop bumps plain counters once per batch
+(per Ready applied, per entry proposed, per ReadIndex round); the WAL, the snapshotter and the
+transport report through hooks the node injects; gauges (leader, indexes, keys) are read from
+this node when ``/metrics`` is scraped, so the hot path pays nothing for them.
 
 Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
 the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
@@ -94,11 +94,11 @@ from conclave.raft.types import (
     Role,
 )
 from conclave.server.auth_tokens import TokenConfigError, TokenProvider, provider_from_flag
-from conclave.server.config import ConfigError, ServerConfig, parse_url
+from conclave.server.config import ConfigError, ServerConfig, is_tls_url, parse_url
 from conclave.server.metrics import MemberMetrics
 from conclave.server.peer_guard import PeerGuard, reachable_members
 from conclave.server.snapshotter import Job, SnapshotError, Snapshotter, read_file
-from conclave.server.transport import Transport
+from conclave.server.transport import PeerTls, Transport
 from conclave.storage.base import CorruptionError
 
 log = logging.getLogger("conclave.node")
@@ -112,10 +112,10 @@ SEQ_EPOCH_FILE = "seq-epoch"
 # Errors that stop the member when raised while the loop handles a message.
 FATAL_ERRORS: tuple[type[BaseException], ...] = (AssertionError, OSError, CorruptionError)
 LOOP_ERROR_LOG_INTERVAL_MS = 60_000
-SLOW_APPLY_S = 0.1  # etcd's warnApplyDuration: an apply slower than this counts in etcd_server_slow_apply_total
 # Applied commands that change which tokens are valid (Node._token_effect).
 _TOKEN_EFFECTS = frozenset({kvauth.AuthenticateRequest, kvauth.UserDeleteRequest,
                             kvauth.UserChangePasswordRequest, kvauth.AuthDisableRequest})  # fmt: skip
+SLOW_APPLY_S = 0.1  # etcd's warnApplyDuration: an apply slower than this counts in etcd_server_slow_apply_total
 
 __all__ = [
     "Clock", "ConfChangePending", "InstallSnapshot", "LeaderTransferTimeout", "MonotonicClock", "Node",
@@ -395,18 +395,14 @@ class Node:
         self.snapshotter = Snapshotter(cfg.data_dir)
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
-        # Counters bumped once per batch; gauges read from this node at scrape time (server/metrics.py).
-        self.metrics = MemberMetrics(extensive=cfg.metrics == "extensive")
-        self.metrics.bind(self)
-        self.snapshotter.on_finished = self.metrics.snapshot_finished
-        self._replayed_index = 0
-        # A copy of ``sm.auth.enabled`` refreshed after every applied entry and restore: what the
-        # backend and the api read on each request (one attribute, the no-auth hot path).
-        self.auth_on = False
         try:
             self.tokens: TokenProvider = provider_from_flag(cfg.auth_token, cfg.auth_token_ttl, self.clock.now_ms)
         except TokenConfigError as exc:
             raise ConfigError(str(exc)) from None
+        # Counters bumped once per batch; gauges read from this node at scrape time (server/metrics.py).
+        self.metrics = MemberMetrics(extensive=cfg.metrics == "extensive")
+        self.metrics.bind(self)
+        self.snapshotter.on_finished = self.metrics.snapshot_finished
 
     # ------------------------------------------------------------------ the state machine
 
@@ -532,7 +528,7 @@ class Node:
         self._last_leader = NONE
         peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
         self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
-                                   self._on_unreachable, metrics=self.metrics)
+                                   self._on_unreachable, tls=PeerTls.from_config(self.cfg), metrics=self.metrics)
         await self.transport.listen(peer.host, peer.port)
         self._sync_peers()
         self._running = True
@@ -552,7 +548,8 @@ class Node:
             for url in urls:
                 hp = parse_url(url, "initial-cluster")
                 try:
-                    cid, wires = await fetch_cluster_info((hp.host, hp.port), 3.0)
+                    tls = PeerTls.from_config(self.cfg) if is_tls_url(url) else None
+                    cid, wires = await fetch_cluster_info((hp.host, hp.port), 3.0, tls=tls)
                 except (TimeoutError, OSError, Exception) as exc:
                     errors.append(f"{url}: {exc}")
                     continue
@@ -596,7 +593,7 @@ class Node:
         for mid, m in self.members.items():
             if mid != self.member_id and m.peer_urls:
                 hp = parse_url(m.peer_urls[0], "peer-urls")
-                self.transport.set_peer(mid, (hp.host, hp.port))
+                self.transport.set_peer(mid, (hp.host, hp.port), secure=is_tls_url(m.peer_urls[0]))
         for mid in list(self.transport.peers()):
             if mid not in self.members:
                 self.transport.remove_peer(mid)
