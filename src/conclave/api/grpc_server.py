@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -493,6 +494,11 @@ class WatchStream:
                 self.watches.pop(watch_id, None)
                 watch.subscription.cancel()
             watch.sent_since_tick = True
+            if delivery.canceled and delivery.compact_revision:
+                # etcd's compaction cancel: compact_revision set, header revision 0, no reason text
+                # (clients key on compact_revision; the native protocol keeps the reason)
+                return convert.watch_delivery_to_pb(dataclasses.replace(delivery, cancel_reason=""), watch_id,
+                                                    self.edge.header(0))
             revision = delivery.revision or self.edge.backend.current_revision()
             return convert.watch_delivery_to_pb(delivery, watch_id, self.edge.header(revision))
         return None
