@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from api.fake_backend import FakeBackend  # tests/ is on sys.path (rootdir-based import of test packages)
 
+from api.fake_backend import FakeBackend  # tests/ is on sys.path (rootdir-based import of test packages)
 from conclave import AsyncClient
 from conclave.api import native
 from conclave.client import AuthFailed, InvalidAuthToken, PermissionDenied, UserEmpty
@@ -137,15 +137,15 @@ def test_the_token_of_authenticate_holds_for_the_connection() -> None:
         ch = await NativeChannel.connect(ep, 2)
         try:
             req = kv.RangeRequest(key=b"/ok/a")
-            with pytest.raises(UserEmpty, match="^etcdserver: user name is empty$"):
+            with pytest.raises(UserEmpty, match=r"^etcdserver: user name is empty$"):
                 await ch.call("range", [req])
-            with pytest.raises(AuthFailed, match="^etcdserver: authentication failed, invalid user ID or password$"):
+            with pytest.raises(AuthFailed, match=r"^etcdserver: authentication failed, invalid user ID or password$"):
                 await ch.call("authenticate", ["alice", "wrong"])
             token, _ = await ch.call("authenticate", ["alice", "pw"])
             assert token == "tok1.1"
             await ch.call("range", [req])
             assert b.seen[-1].token == "tok1.1" and b.seen[-1].source.startswith("127.0.0.1:")
-            with pytest.raises(PermissionDenied, match="^etcdserver: permission denied$"):
+            with pytest.raises(PermissionDenied, match=r"^etcdserver: permission denied$"):
                 await ch.call("range", [kv.RangeRequest(key=b"/secret")])
             # Another connection is not logged in.
             other = await NativeChannel.connect(ep, 2)
@@ -174,7 +174,7 @@ def test_the_client_authenticates_every_connection_and_once_more_when_the_token_
         # A member that refuses even the fresh token: one retry, then the error (no loop).
         b.stale_after_issue = True
         async with AsyncClient([ep], discover=False, user="alice", password="pw") as c:
-            with pytest.raises(InvalidAuthToken, match="^etcdserver: invalid auth token$"):
+            with pytest.raises(InvalidAuthToken, match=r"^etcdserver: invalid auth token$"):
                 await c.put("/ok/k", "v3")
         assert [x[0] for x in b.calls].count("authenticate") == 4
 
@@ -235,7 +235,7 @@ def test_a_member_without_auth_support_answers_unknown_method() -> None:
     async def body(ep: str, b: AuthBackend) -> None:
         ch = await NativeChannel.connect(ep, 2)
         try:
-            with pytest.raises(ServerError, match="unknown native method"):
+            with pytest.raises(ServerError, match=r"unknown native method"):
                 await ch.call("authenticate", ["alice", "pw"])
         finally:
             ch.close()

@@ -66,7 +66,7 @@ def test_the_client_over_tls_as_a_limited_user(member: ProcessCluster, pki: Pki,
                 **tls_kw(pki)) as c:
         c.put(f"/app/{protocol}", "v")
         assert c.get(f"/app/{protocol}") == b"v"
-        with pytest.raises(PermissionDenied, match="^etcdserver: permission denied$"):
+        with pytest.raises(PermissionDenied, match=r"^etcdserver: permission denied$"):
             c.put("/outside", "x")
         with pytest.raises(PermissionDenied):
             c.user_list()  # auth management needs root
@@ -77,9 +77,9 @@ def test_the_client_over_tls_as_a_limited_user(member: ProcessCluster, pki: Pki,
         c.put(f"/app/{protocol}", "after-expiry")
         assert c.get(f"/app/{protocol}") == b"after-expiry"
     with Client([ep], protocol=protocol, user="alice", password="wrong", timeout=10, discover=False,
-                **tls_kw(pki)) as c:
-        with pytest.raises(AuthFailed, match="^etcdserver: authentication failed, invalid user ID or password$"):
-            c.get("/app/x")
+                **tls_kw(pki)) as c, \
+            pytest.raises(AuthFailed, match=r"^etcdserver: authentication failed, invalid user ID or password$"):
+        c.get("/app/x")
 
 
 @pytest.mark.parametrize("protocol", ["native", "grpc"])
@@ -94,16 +94,15 @@ def test_the_certificate_alone_is_the_user_named_by_its_cn(member: ProcessCluste
 def test_tls_refusals_are_clear(member: ProcessCluster, pki: Pki) -> None:
     m = member.members[0]
     with Client([m.native_endpoint], user="alice", password="pw", timeout=4, connect_timeout=2,
-                discover=False) as c:  # plain text on the TLS port
-        with pytest.raises(Unavailable, match="TLS"):
-            c.get("/app/x")
+                discover=False) as c, pytest.raises(Unavailable, match=r"TLS"):  # plain text on the TLS port
+        c.get("/app/x")
     with Client([m.native_endpoint], ca_file=str(pki.ca), user="alice", password="pw", timeout=4,
-                connect_timeout=2, discover=False) as c:  # no client certificate under --client-cert-auth
-        with pytest.raises((TLSError, Unavailable), match="client certificate"):
-            c.get("/app/x")
-    with Client([m.endpoint], protocol="grpc", timeout=4, connect_timeout=2, discover=False) as c:
-        with pytest.raises(ClientError, match="TLS"):
-            c.get("/app/x")
+                connect_timeout=2, discover=False) as c, \
+            pytest.raises((TLSError, Unavailable), match=r"client certificate"):  # none, under --client-cert-auth
+        c.get("/app/x")
+    with Client([m.endpoint], protocol="grpc", timeout=4, connect_timeout=2, discover=False) as c, \
+            pytest.raises(ClientError, match=r"TLS"):
+        c.get("/app/x")
 
 
 @pytest.mark.parametrize("lib", ["aetcd", "etcd3"])
