@@ -71,6 +71,14 @@ def test_the_client_over_tls_as_a_limited_user(member: ProcessCluster, pki: Pki,
         with pytest.raises(PermissionDenied):
             c.user_list()  # auth management needs root
         assert c.user_get("alice") == ("app",)  # one's own user is readable
+        with pytest.raises(PermissionDenied):  # a watch is checked when it is created
+            c.watch("/outside").start()
+        w = c.watch("/app/", prefix=True)
+        w.start()
+        c.put(f"/app/{protocol}-w", "seen")
+        ev = w.next(timeout=10)
+        assert ev is not None and ev.kv.value == b"seen"
+        w.close()
         # The member forgets the token TOKEN_TTL_S after its last use: the next call is refused
         # with "invalid auth token", and the client logs in again and retries by itself.
         time.sleep(TOKEN_TTL_S + 1.5)

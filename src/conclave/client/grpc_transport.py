@@ -265,7 +265,11 @@ class GrpcTransport:
                 from conclave.client.errors import Compacted
 
                 raise Compacted(compact_revision=first.compact_revision)
-            raise server_error("WatchRangeEmpty", first.cancel_reason or "watch refused")
+            # etcd refuses a watch by creating and canceling it at once; the reason carries the
+            # gRPC error ("rpc error: code = PermissionDenied desc = etcdserver: permission denied").
+            reason = first.cancel_reason or "watch refused"
+            message = reason.split(" desc = ", 1)[1] if " desc = " in reason else reason
+            raise server_error(kind_for_message(message) or "WatchRangeEmpty", message)
 
         async def pump() -> None:
             try:
