@@ -66,7 +66,7 @@ class AuthMember:
         c, p = free_ports(2)
         cfg = ServerConfig(name="solo", data_dir=str(tmp / "solo"), listen_client_urls=[f"http://127.0.0.1:{c}"],
                            listen_peer_urls=[f"http://127.0.0.1:{p}"], heartbeat_interval_ms=20,
-                           election_timeout_ms=200, bcrypt_cost=4, **cfg_kwargs)  # fmt: skip
+                           election_timeout_ms=200, **{"bcrypt_cost": 4, **cfg_kwargs})  # fmt: skip
         cfg.validate()
         self.node = Node(cfg, storage_factory=lambda _d: MemoryStorage(), clock=self.clock)
         self.backend: NodeBackend | None = None

@@ -243,3 +243,12 @@ def test_lease_keys_are_rechecked_at_apply_when_the_checked_names_its_user() -> 
     # without a user the machine trusts the server's check (the contract's two-field form)
     assert log.one(Checked(rev, revoke)) is not None
     assert sm.store.range(RangeRequest(b"/secret")).kvs == ()
+
+
+def test_auth_commands_carry_no_watch_events() -> None:
+    sm = StateMachine.bootstrap(1, [])
+    data = entry.encode_batch(A, [(1, PutRequest(b"k", b"v")), (2, a.UserAddRequest("u", H))])
+    out = sm.apply(Entry(1, 1, data=data), 0)
+    assert [len(r.events) for r in out.results] == [1, 0] and len(out.events) == 1
+    out = sm.apply(Entry(1, 2, data=entry.encode_batch(A, [(3, a.RoleAddRequest("r"))])), 0)
+    assert out.events == [] and out.results[0].events == ()

@@ -39,7 +39,7 @@ from conclave.api.election import ElectionService
 from conclave.api.lock import LockService
 from conclave.kv import errors as kverr
 from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
-from conclave.wire.contract import NO_AUTH, AuthInfo, EtcdBackend, WatchSubscription
+from conclave.wire.contract import NO_AUTH, AuthInfo, AuthTokenAhead, EtcdBackend, WatchSubscription
 
 log = logging.getLogger("conclave.api")
 
@@ -218,6 +218,13 @@ class Edge:
         """For calls that touch no key: etcd still reports the store's current revision."""
         return self.header(self.backend.current_revision())
 
+    async def catch_up(self) -> None:
+        """One read barrier: everything committed before now is applied here afterwards."""
+        barrier = getattr(self.backend, "read_barrier", None)
+        if barrier is None:
+            raise kverr.InvalidAuthToken()
+        await barrier()
+
     def check_leader(self, context: Any) -> None:
         if not self.backend.has_leader() and _requires_leader(context):
             raise kverr.NoLeader()
@@ -230,7 +237,11 @@ class Edge:
                 await context.abort(grpc.StatusCode.INTERNAL, Undecodable(request.reason).message)
             try:
                 self.check_leader(context)
-                return await fn(request, context)
+                try:
+                    return await fn(request, context)
+                except AuthTokenAhead:  # the token's login is not applied here yet: catch up, once
+                    await self.catch_up()
+                    return await fn(request, context)
             except grpc.aio.AbortError:
                 raise
             except Exception as err:
@@ -569,7 +580,11 @@ class LeaseService:
     async def keep_alive(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         async for req in request_iterator:
             try:
-                ttl = await self.backend.lease_keep_alive(req.ID, auth=self.edge.auth(context))
+                try:
+                    ttl = await self.backend.lease_keep_alive(req.ID, auth=self.edge.auth(context))
+                except AuthTokenAhead:  # the token's login is not applied here yet: catch up, once
+                    await self.edge.catch_up()
+                    ttl = await self.backend.lease_keep_alive(req.ID, auth=self.edge.auth(context))
             except kverr.LeaseNotFound:
                 ttl = 0  # etcd answers an unknown lease with TTL 0, not an error
             yield pb.LeaseKeepAliveResponse(

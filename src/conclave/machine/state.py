@@ -60,7 +60,8 @@ from conclave.raft.types import ConfChangeType, Entry, EntryType
 
 IMAGE_FORMAT = 3
 # Command classes that take the slow path even while auth is off (kv commands do not).
-_AUTH_PATH: frozenset[type] = frozenset((Checked, *AUTH_REQUEST_TYPES))
+_AUTH_COMMANDS: frozenset[type] = frozenset(AUTH_REQUEST_TYPES)
+_AUTH_PATH: frozenset[type] = _AUTH_COMMANDS | {Checked}
 ONCE_WINDOW = 4 * ent.BATCH_SLOTS
 _WINDOW_MASK = (1 << ONCE_WINDOW) - 1
 
@@ -172,8 +173,9 @@ class StateMachine:
             if user:
                 # The lease keys are kv state: they may have changed since the server's check.
                 auth.check_lease_keys(user, cmd, self.store.lease_keys)
-        if isinstance(cmd, AUTH_REQUEST_TYPES):
-            return auth.apply(cmd, raft_index)  # type: ignore[arg-type]  # narrowed by the tuple
+        if cmd.__class__ in _AUTH_COMMANDS:
+            self.store.last_events = ()  # the caller publishes these: an auth command has none
+            return auth.apply(cmd, raft_index)  # type: ignore[arg-type]  # one of AUTH_REQUEST_TYPES
         if isinstance(cmd, Checked):
             raise kverr.MalformedCommand("a Checked command wraps another")
         return self.store.apply(cmd, store_index)

@@ -85,6 +85,10 @@ class TokenProvider:
     def sign(self, user: str, revision: int) -> str:
         raise kverr.AuthFailed()
 
+    def known(self, token: str) -> bool:
+        """Whether ``token`` is in this member's table (simple tokens; others: always True)."""
+        return True
+
     def register(self, token: str, user: str) -> None:
         """An applied Authenticate named ``token`` for ``user`` (simple tokens only)."""
 
@@ -113,6 +117,9 @@ class SimpleTokens(TokenProvider):
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    def known(self, token: str) -> bool:
+        return token in self._tokens
 
     def register(self, token: str, user: str) -> None:
         if not self._warned:

@@ -27,7 +27,6 @@ the event loop, and only the hash is proposed. Failed Authenticate attempts are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,12 +50,14 @@ from conclave.server.config import parse_url, reported_db_size
 from conclave.server.node import ConfChangePending, Node, PeerRpc
 from conclave.server.transport import PeerUnavailable, RemoteError
 from conclave.version import __version__
-from conclave.wire.contract import NO_AUTH, AuthInfo, MemberInfo, StatusInfo, WatchDelivery
+from conclave.wire.contract import NO_AUTH, AuthInfo, AuthTokenAhead, MemberInfo, StatusInfo, WatchDelivery
 
 log = logging.getLogger("conclave.auth")
 
 ETCD_API_VERSION = "3.5.0"
 _BCRYPT_PREFIXES = (b"$2a$", b"$2b$", b"$2y$")
+BCRYPT_MAX_PASSWORD_BYTES = 72
+AUTHENTICATE_ATTEMPTS = 3  # password checks of one Authenticate racing changes of the auth store
 
 # Errors a forwarded RPC may come back with, by class name.
 _REMOTE_ERRORS: dict[str, type[kverr.EtcdError]] = {
@@ -159,11 +160,11 @@ class NodeBackend:
     async def _write(self, req: Any, auth: AuthInfo = NO_AUTH) -> Any:
         self._check_not_learner()
         req = self.node.sm.validate(req, self.node.limits)
-        st = self.node.sm.auth
-        if st.enabled:  # checked before proposing, refused at apply if the auth store moved on
+        if self.node.auth_on:  # checked before proposing, refused at apply if the auth store moved on
+            st = self.node.sm.auth
             user, revision = self._caller(auth)
             st.check(user, req, self.node.store.lease_keys)
-            req = Checked(revision, req)
+            req = Checked(revision, req, user)  # with the user: the machine re-checks the lease keys
         resp = await self.node.propose_kv(req)
         await self._enforce_quota()
         return resp
@@ -171,14 +172,19 @@ class NodeBackend:
     # ------------------------------------------------------------------ auth: who is calling
 
     def auth_enabled(self) -> bool:
-        enabled: bool = self.node.sm.auth.enabled
-        return enabled
+        return self.node.auth_on
 
     def _caller(self, auth: AuthInfo) -> tuple[str, int]:
         """The user a request speaks for and the auth revision its check holds at (auth is enabled)."""
         st = self.node.sm.auth
         if auth.token:
-            info = self.node.tokens.info(auth.token)
+            try:
+                info = self.node.tokens.info(auth.token)
+            except kverr.InvalidAuthToken:
+                _, dot, index = auth.token.rpartition(".")
+                if dot and index.isdigit() and int(index) > self.node.applied_index and not self.node.tokens.signed:
+                    raise AuthTokenAhead() from None  # logged in elsewhere, not applied here yet
+                raise
             if info.revision is None:  # simple tokens follow the store
                 return info.user, int(st.revision)
             if info.revision < st.revision:  # a JWT issued before the last auth change
@@ -211,10 +217,16 @@ class NodeBackend:
         store = self.node.store
         over = rules.over_quota(store, self.node.limits) and self.node.is_leader()
         if over and not any(a.alarm == kv.AlarmType.NOSPACE for a in store.alarms()):
-            with contextlib.suppress(kverr.EtcdError):
-                await self.node.propose_kv(
-                    kv.AlarmRequest(kv.AlarmAction.ACTIVATE, self.node.member_id, kv.AlarmType.NOSPACE)
-                )
+            alarm = kv.AlarmRequest(kv.AlarmAction.ACTIVATE, self.node.member_id, kv.AlarmType.NOSPACE)
+            for _ in range(3):  # the member's own proposal: checked at the current auth revision
+                revision = self.node.sm.auth.revision
+                try:
+                    await self.node.propose_kv(Checked(revision, alarm) if revision else alarm)
+                except kverr.AuthOldRevision:
+                    continue
+                except kverr.EtcdError:
+                    pass
+                break
 
     # ------------------------------------------------------------------ KV
 
@@ -226,9 +238,8 @@ class NodeBackend:
         rules.validate(req, self.node.limits)
         if not req.serializable:
             await self.node.read_barrier()
-        st = self.node.sm.auth
-        if st.enabled:  # after the barrier, right before reading (as etcd's doSerialize)
-            st.check(self._caller(auth)[0], req, self.node.store.lease_keys)
+        if self.node.auth_on:  # after the barrier, right before reading (as etcd's doSerialize)
+            self.node.sm.auth.check(self._caller(auth)[0], req, self.node.store.lease_keys)
         resp: kv.RangeResponse = self.node.store.range(req)
         return resp
 
@@ -324,9 +335,8 @@ class NodeBackend:
         return True
 
     async def lease_keep_alive(self, lease_id: int, *, auth: AuthInfo = NO_AUTH) -> int:
-        st = self.node.sm.auth
-        if st.enabled:  # the 2026-03 fix: root, or WRITE on every key attached to the lease
-            st.check_lease_renew(self._caller(auth)[0], self._lease_keys(lease_id))
+        if self.node.auth_on:  # the 2026-03 fix: root, or WRITE on every key attached to the lease
+            self.node.sm.auth.check_lease_renew(self._caller(auth)[0], self._lease_keys(lease_id))
         ttl: int = await self._at_leader(PeerRpc.KEEPALIVE, lease_id, self._local_keepalive)
         return ttl
 
@@ -363,9 +373,8 @@ class NodeBackend:
 
     def watch_create(self, req: kv.WatchCreateRequest, notify: Callable[[], None], *,
                      auth: AuthInfo = NO_AUTH) -> _Subscription:
-        st = self.node.sm.auth
-        if st.enabled:  # checked at create time: a later grant or revoke does not touch the watcher
-            st.check_read_range(self._caller(auth)[0], req.key, req.range_end)
+        if self.node.auth_on:  # checked at create time: a later grant or revoke does not touch the watcher
+            self.node.sm.auth.check_read_range(self._caller(auth)[0], req.key, req.range_end)
         w = self.node.hub.watch(
             req.key, req.range_end, req.start_revision, filters=req.filters, prev_kv=req.prev_kv,
         )
@@ -606,18 +615,24 @@ class NodeBackend:
             if not raw.startswith(_BCRYPT_PREFIXES):
                 raise kverr.EtcdError("etcdserver: hashed password is not a bcrypt hash")
             return raw
+        raw_pw = password.encode()
+        if len(raw_pw) > BCRYPT_MAX_PASSWORD_BYTES:  # bcrypt reads 72 bytes; Go's bcrypt (etcd) refuses more too
+            raise kverr.EtcdError("bcrypt: password length exceeds 72 bytes")
         cost = self.node.cfg.bcrypt_cost
-        hashed_pw: bytes = await self._bcrypt(lambda: bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)))
+        hashed_pw: bytes = await self._bcrypt(lambda: bcrypt.hashpw(raw_pw, bcrypt.gensalt(cost)))
         return hashed_pw
 
     async def _verify_password(self, password: str, stored: bytes | None) -> bool:
+        raw = password.encode()
+        if len(raw) > BCRYPT_MAX_PASSWORD_BYTES:  # no stored hash can match it (user add refuses those)
+            raw, stored = raw[:BCRYPT_MAX_PASSWORD_BYTES], None
         if stored is None:  # unknown user or no password: spend the same time, then fail
             if self._dummy_hash is None:
                 self._dummy_hash = await self._hash_password("conclave-dummy", "")
-            await self._bcrypt(bcrypt.checkpw, password.encode(), self._dummy_hash)
+            await self._bcrypt(bcrypt.checkpw, raw, self._dummy_hash)
             return False
         try:
-            ok: bool = await self._bcrypt(bcrypt.checkpw, password.encode(), stored)
+            ok: bool = await self._bcrypt(bcrypt.checkpw, raw, stored)
         except ValueError:  # a stored hash bcrypt cannot read
             return False
         return ok
@@ -638,17 +653,26 @@ class NodeBackend:
         source = auth.source
         if self.attempts.locked(name, source):
             raise kverr.AuthFailed()  # the same answer as a wrong password, and no bcrypt work
-        revision = int(st.revision)  # the password is checked against the store at this revision
-        user = st.users.get(name)
-        stored = user.password_hash if user is not None and not user.no_password else None
-        if not await self._verify_password(password, stored):
-            self.attempts.failed(name, source)
-            log.warning("authentication failed for user %r from %s", name, source or "an unknown address")
-            raise kverr.AuthFailed()
-        self.attempts.succeeded(name, source)
-        prefix = "" if tokens.signed else new_simple_prefix()
-        # Checked: a password changed (or the user deleted) meanwhile makes the apply refuse it.
-        resp = await self.node.propose_kv(Checked(revision, kvauth.AuthenticateRequest(name=name, token=prefix)))
+        for attempt in range(AUTHENTICATE_ATTEMPTS):
+            st = self.node.sm.auth
+            revision = int(st.revision)  # the password is checked against the store at this revision
+            user = st.users.get(name)
+            stored = user.password_hash if user is not None and not user.no_password else None
+            if not await self._verify_password(password, stored):
+                self.attempts.failed(name, source)
+                log.warning("authentication failed for user %r from %s", name, source or "an unknown address")
+                raise kverr.AuthFailed()
+            self.attempts.succeeded(name, source)
+            prefix = "" if tokens.signed else new_simple_prefix()
+            try:
+                # Checked: a password changed (or the user deleted) meanwhile makes the apply refuse it.
+                resp = await self.node.propose_kv(
+                    Checked(revision, kvauth.AuthenticateRequest(name=name, token=prefix)))
+            except kverr.AuthOldRevision:
+                if attempt + 1 == AUTHENTICATE_ATTEMPTS:
+                    raise
+                continue  # the auth store changed while checking: check the password again (as etcd)
+            break
         token = tokens.sign(name, resp.auth_revision) if tokens.signed else resp.token
         return token, self._header_revision()
 

@@ -389,6 +389,10 @@ class Node:
         self.snapshotter = Snapshotter(cfg.data_dir)
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
+        self._replayed_index = 0
+        # A copy of ``sm.auth.enabled`` refreshed after every applied entry and restore: what the
+        # backend and the api read on each request (one attribute, the no-auth hot path).
+        self.auth_on = False
         try:
             self.tokens: TokenProvider = provider_from_flag(cfg.auth_token, cfg.auth_token_ttl, self.clock.now_ms)
         except TokenConfigError as exc:
@@ -486,6 +490,9 @@ class Node:
             self._write_meta()
         persisted: PersistedState = self.storage.load()
         self._bootstrap_conf = persisted.conf_state
+        # Authenticate entries this member's own log replays at start are old logins: their tokens
+        # expired or died with the previous process and must not come back (Node._token_effect).
+        self._replayed_index = persisted.entries[-1].index if persisted.entries else 0
         if persisted.snapshot is not None:
             self._sm = StateMachine.restore(persisted.snapshot.data, index=persisted.snapshot.meta.index)
             self._snapshot_index = persisted.snapshot.meta.index
@@ -502,6 +509,7 @@ class Node:
         self._waiters.start_at(entry.seq_base(self._next_seq_epoch()))
         # A renamed member (same data dir, new --name) keeps its id; _on_tick publishes the new name.
         self.hub = WatchHub(self.store, notify=self._notify_watcher)
+        self.auth_on = self.sm.auth.enabled
         raft_cfg = Config(
             id=self.member_id,
             election_tick=self.cfg.election_ticks,
@@ -813,13 +821,14 @@ class Node:
         now = self.clock.now_ms()
         for e in entries:
             out = self.sm.apply(e, now)
+            self.auth_on = self.sm.auth.enabled
             if out.events:
                 self.hub.publish(out.events)
             for r in out.results:
                 if r.origin == self.member_id:
                     self._waiters.resolve(r.seq, r.response, r.error)
                 if r.command.__class__ in _TOKEN_EFFECTS and r.error is None:
-                    self._token_effect(r.command, r.response)
+                    self._token_effect(r.command, r.response, e.index)
             if out.members_changed:
                 self._sync_peers()
             if self.member_id in out.removed:
@@ -827,12 +836,12 @@ class Node:
                 log.warning("%s; stopping", self.stop_reason)
                 asyncio.get_running_loop().call_later(0.5, self.stopped.set)
 
-    def _token_effect(self, cmd: Any, response: Any) -> None:
-        """Keep this member's tokens in step with an applied auth command."""
+    def _token_effect(self, cmd: Any, response: Any, index: int) -> None:
+        """Keep this member's tokens in step with an applied auth command (entry ``index``)."""
         if isinstance(cmd, Checked):
             cmd = cmd.command
         if isinstance(cmd, kvauth.AuthenticateRequest):
-            if isinstance(response, kvauth.AuthenticateResponse) and response.token:
+            if isinstance(response, kvauth.AuthenticateResponse) and response.token and index > self._replayed_index:
                 self.tokens.register(response.token, response.name or cmd.name)
         elif isinstance(cmd, kvauth.UserDeleteRequest | kvauth.UserChangePasswordRequest):
             self.tokens.invalidate_user(cmd.name)
@@ -848,6 +857,7 @@ class Node:
 
     def _restore_snapshot(self, data: bytes, index: int) -> None:
         self._sm = StateMachine.restore(data, index=index)
+        self.auth_on = self._sm.auth.enabled
         self.hub.replace_store(self.sm.store)
         # The entries the image replaces may have deleted users or changed passwords.
         self.tokens.invalidate_all()

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from conclave.kv import auth as kvauth
+from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 
 
@@ -49,6 +50,13 @@ class AuthInfo:
 
 
 NO_AUTH = AuthInfo()
+
+
+class AuthTokenAhead(kverr.InvalidAuthToken):
+    """A simple token whose login (the Authenticate entry its suffix names) is committed but not yet
+    applied on this member. Same code and text as InvalidAuthToken; an edge may take one read
+    barrier (``read_barrier()``) and retry the call once, so a client that logged in on another
+    member is not refused while this one catches up."""
 
 
 @dataclass(frozen=True, slots=True)
