@@ -148,6 +148,14 @@ def test_a_revoked_client_certificate_is_refused(members: list[Member], tmp_path
         return
     m.wait_healthy(ctl_flags(pki, good))
     assert etcdctl(m.url, "put", "k", "v", tls=ctl_flags(pki, good))[0] == 0
+    # The streaming RPCs pass the check too (the python engine wraps every handler kind).
+    rc, out = etcdctl(m.url, "lease", "grant", "30", tls=ctl_flags(pki, good))
+    assert rc == 0, out
+    lease = out.split()[1]
+    rc, out = etcdctl(m.url, "lease", "keep-alive", "--once", lease, tls=ctl_flags(pki, good))
+    assert rc == 0 and "keepalived with TTL" in out, out
+    rc, out = etcdctl(m.url, "snapshot", "save", str(tmp_path / f"{engine}.db"), tls=ctl_flags(pki, good))
+    assert rc == 0, out
     rc, out = etcdctl(m.url, "get", "k", tls=ctl_flags(pki, bad))
     assert rc != 0, out
     if engine == "python":  # checked per call (grpc python has no CRL option): the reason reaches the client
@@ -291,3 +299,32 @@ def test_auto_tls_serves_a_self_signed_certificate(members: list[Member], tmp_pa
     assert (tmp_path / f"d{m.client}" / "fixtures" / "client" / "cert.pem").is_file()
     rc, out = etcdctl(m.url, "get", "auto")  # verifying the self-signed certificate fails
     assert rc != 0, out
+
+
+def _negotiated(port: int, ctx: ssl.SSLContext) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(
+        raw, server_hostname="127.0.0.1"
+    ) as s:
+        cipher = s.cipher()
+    assert cipher is not None
+    return cipher[0]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cipher_suites_choose_the_tls12_suite(members: list[Member], tmp_path: Path, pki: Pki, engine: str) -> None:
+    """A TLS1.2 client offering every suite gets the one --cipher-suites names, on the gRPC and native ports."""
+    server = pki.leaf("server")
+    m = start(members, tmp_path, engine, "--cert-file", str(server.cert), "--key-file", str(server.key),
+              "--cipher-suites", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", native=True)  # fmt: skip
+    m.wait_healthy(ctl_flags(pki, None))
+    offer = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305"
+    for port, alpn in ((m.client, ["h2"]), (m.native, None)):
+        ctx = client_context(pki, max_version=ssl.TLSVersion.TLSv1_2, alpn=alpn)
+        ctx.set_ciphers(offer)
+        assert _negotiated(port, ctx) == "ECDHE-ECDSA-CHACHA20-POLY1305", port
+        # A client that offers none of the configured suites is refused.
+        ctx = client_context(pki, max_version=ssl.TLSVersion.TLSv1_2, alpn=alpn)
+        ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+        with pytest.raises(ssl.SSLError):
+            _negotiated(port, ctx)
+    assert etcdctl(m.url, "put", "k", "v", tls=ctl_flags(pki, None))[0] == 0

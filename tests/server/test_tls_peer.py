@@ -22,7 +22,7 @@ from .tls_pki import Leaf, Pki, client_context, replace_files, served_serial, wa
 
 def peer_cluster(root: Path, pki: Pki, leaves: dict[str, Leaf], *extra: str, size: int = 3) -> ProcessCluster:
     return ProcessCluster(
-        root, size=size, peer_tls=True,
+        root, size=size, peer_tls=True, heartbeat_ms=100, election_ms=1500,  # steady terms on a loaded machine
         extra_args=["--peer-trusted-ca-file", str(pki.ca_file), "--peer-client-cert-auth", *extra],
         member_args={name: ["--peer-cert-file", str(leaf.cert), "--peer-key-file", str(leaf.key)]
                      for name, leaf in leaves.items()},
@@ -91,7 +91,7 @@ def test_impostor_peers_are_refused_before_any_raft_message(tmp_path: Path) -> N
         wait_for(lambda: "common name 'intruder' is not in --peer-cert-allowed-cn" in m1.log_text(), 15,
                  "m5's refusal")  # fmt: skip
         before = term(m1.endpoint)
-        time.sleep(3.0)  # m4 and m5 campaign all along (election timeout 0.5 s): none of it may arrive
+        time.sleep(4.0)  # m4 and m5 campaign all along (election timeout 1.5 s): none of it may arrive
         assert term(m1.endpoint) == before
         assert a.put(b"k2", b"v2") is not None
         for bad in (m4, m5):
@@ -123,3 +123,49 @@ def test_peer_port_refuses_a_client_without_a_certificate(tmp_path: Path) -> Non
         assert data == b""
         wait_for(lambda: "peer TLS: refused a connection from 127.0.0.1: no client certificate presented"
                  in m1.log_text(), 10, "the refusal")  # fmt: skip
+
+
+def test_a_member_joins_over_tls_and_an_impostor_cannot(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from .tls_pki import ETCDCTL
+
+    assert ETCDCTL is not None, "etcdctl is not installed"
+    pki = Pki(tmp_path / "pki")
+    leaves = {f"m{i}": pki.leaf(f"m{i}") for i in (1, 2, 3)}
+    cluster = peer_cluster(tmp_path / "c", pki, leaves)
+
+    def ctl(*args: str) -> tuple[int, str]:
+        done = subprocess.run([ETCDCTL, f"--endpoints={','.join(cluster.endpoints[:3])}", "--command-timeout=10s",
+                               *args], capture_output=True, text=True, timeout=30)  # fmt: skip
+        return done.returncode, done.stdout + done.stderr
+
+    with cluster:
+        wait_for(lambda: ctl("put", "before", "join")[0] == 0, 30, "a first write")
+        m4_leaf = pki.leaf("m4")
+        cluster.member_args["m4"] = ["--peer-cert-file", str(m4_leaf.cert), "--peer-key-file", str(m4_leaf.key)]
+        m4 = cluster.add_member_process("m4")
+        assert m4.peer_url.startswith("https://")
+        rc, out = ctl("member", "add", "m4", "--peer-urls", m4.peer_url)
+        assert rc == 0, out
+        m4.start()
+        cluster.wait_ready(40, [m4])
+        e4 = Etcd(m4.endpoint)
+        wait_for(lambda: e4.value(b"before", serializable=True) == b"join", 30, "m4 to catch up over TLS")
+        e4.close()
+        before = term(cluster.members[0].endpoint)
+        rogue = Pki(tmp_path / "rogue", cn="rogue CA").leaf("m5")
+        cluster.member_args["m5"] = ["--peer-cert-file", str(rogue.cert), "--peer-key-file", str(rogue.key)]
+        m5 = cluster.add_member_process("m5")
+        rc, out = ctl("member", "add", "m5", "--peer-urls", m5.peer_url, "--learner")
+        assert rc == 0, out
+        m5.start()
+        assert m5.proc is not None
+        assert m5.proc.wait(60) != 0
+        assert "cannot join: no member of --initial-cluster answered" in m5.log_text(), m5.log_text()[-2000:]
+        assert "it refused this member's peer certificate" in m5.log_text(), m5.log_text()[-2000:]
+        members = json.loads(ctl("member", "list", "-w", "json")[1])["members"]
+        assert next(m for m in members if m5.peer_url in m["peerURLs"]).get("name", "") == ""  # never started
+        assert term(cluster.members[0].endpoint) == before
+        assert ctl("put", "after", "impostor")[0] == 0

@@ -56,6 +56,7 @@ class Pki:
             .issuer_name(self.ca.cert.subject)
             .last_update(now - datetime.timedelta(minutes=5))
             .next_update(now + datetime.timedelta(days=1))
+            .add_extension(x509.CRLNumber(1), critical=False)  # a v2 CRL, as `openssl ca -gencrl` writes
         )
         for serial in revoked:
             b = b.add_revoked_certificate(

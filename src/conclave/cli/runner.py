@@ -32,31 +32,36 @@ class Member:
         self.native_server: Any = None
 
     async def start(self) -> None:
+        from conclave.api.edge_server import IMPORT_ERROR, choose_engine
         from conclave.cli import tls_listeners
         from conclave.server import tls
         from conclave.server.backend import NodeBackend
         from conclave.server.node import Node
 
-        tls.prepare_auto_tls(self.cfg)  # before the node: the peer transport needs its files too
-        client_tls = tls.client_settings(self.cfg)
-        self.node = Node(self.cfg)
-        await self.node.start()
-        backend = NodeBackend(self.node)
-        from conclave.api.edge_server import IMPORT_ERROR, choose_engine
-
         try:
             engine = choose_engine(self.cfg.grpc_engine)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(str(exc)) from None
+        tls.validate_config(self.cfg)  # `conclave serve` did already; a ServerConfig built in code may not have
+        tls.prepare_auto_tls(self.cfg)  # before the node: the peer transport needs its files too
+        client_tls = tls.client_settings(self.cfg)
+        # What the chosen engine cannot enforce is refused before anything listens.
+        secure = [self.cfg.client_url_is_tls(u) for u in self.cfg.listen_client_urls]
+        tls_kw: dict[str, Any] = {}
+        if engine == "rust" and any(secure):
+            from conclave.api.edge_server import EdgeServer
+
+            tls_kw = tls_listeners.edge_kwargs(client_tls, secure, EdgeServer.__init__)
+        elif any(secure):
+            tls_listeners.python_engine_refusals(client_tls)
+        self.node = Node(self.cfg)
+        await self.node.start()
+        backend = NodeBackend(self.node)
         if engine == "rust":
             from conclave.api.edge_server import EdgeServer
 
             hps = [parse_url(u, "listen-client-urls") for u in self.cfg.listen_client_urls]
             addrs = [(hp.host, hp.port) for hp in hps]
-            secure = [self.cfg.client_url_is_tls(u) for u in self.cfg.listen_client_urls]
-            tls_kw: dict[str, Any] = {}
-            if any(secure):
-                tls_kw = tls_listeners.edge_kwargs(client_tls, secure, EdgeServer.__init__)
             try:
                 self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes, **tls_kw)
             except ValueError as exc:  # unreadable TLS files
@@ -75,10 +80,8 @@ class Member:
                 log.info("gRPC engine: python (grpc.aio)")
             secure_urls = [u for u in self.cfg.listen_client_urls if self.cfg.client_url_is_tls(u)]
             interceptors: list[Any] = []
-            if secure_urls:
-                tls_listeners.python_engine_refusals(client_tls)
-                if client_tls.crl_file or client_tls.allowed_hostnames:
-                    interceptors.append(tls_listeners.ClientCertCheck(client_tls).interceptor())
+            if secure_urls and (client_tls.crl_file or client_tls.allowed_hostnames):
+                interceptors.append(tls_listeners.ClientCertCheck(client_tls).interceptor())
             self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes),
                                                interceptors=interceptors or None)  # fmt: skip
             self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))

@@ -171,6 +171,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_max_version=str(args.tls_max_version or "").strip(),
     )
     cfg.validate()
+    from conclave.server.tls import validate_config  # cryptography parses the certificates
+
+    validate_config(cfg)
     return cfg
 
 

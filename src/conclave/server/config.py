@@ -283,11 +283,8 @@ class ServerConfig:
             raise ConfigError("--peer-cert-allowed-cn and --peer-cert-allowed-hostname need --peer-client-cert-auth")
         if self.self_signed_cert_validity <= 0:
             raise ConfigError(f"--self-signed-cert-validity must be > 0 (years), got {self.self_signed_cert_validity}")
-        from conclave.server import tls  # the file checks parse certificates (cryptography)
-
-        tls.check_versions_and_ciphers(self.tls_min_version, self.tls_max_version, self.cipher_suites)
-        for settings in (tls.client_settings(self), tls.peer_settings(self)):
-            tls.check_settings(settings)
+        # The files, versions and suites are checked by server/tls.py's validate_config (it parses
+        # certificates with cryptography; `conclave serve` runs it right after this).
 
     def client_url_is_tls(self, url: str) -> bool:
         return is_tls_url(url)

@@ -263,6 +263,13 @@ def check_settings(s: TlsSettings, now: datetime.datetime | None = None) -> None
     check_versions_and_ciphers(s.min_version, s.max_version, s.cipher_suites)
 
 
+def validate_config(cfg: ServerConfig) -> None:
+    """Every TLS file, version and suite of ``cfg`` usable, or a ConfigError (after ``cfg.validate()``)."""
+    check_versions_and_ciphers(cfg.tls_min_version, cfg.tls_max_version, cfg.cipher_suites)
+    for settings in (client_settings(cfg), peer_settings(cfg)):
+        check_settings(settings)
+
+
 # ---------------------------------------------------------------------------- contexts
 
 

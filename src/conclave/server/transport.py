@@ -506,14 +506,27 @@ async def fetch_cluster_info(address: tuple[str, int], timeout: float, tls: Peer
     """Ask a running member for the cluster id and members (used by a joining member; ``tls``
     when that member's peer URL is https://)."""
     dial = tls.dial_args(address[0]) if tls is not None else {}
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address, **dial), timeout)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address, **dial), timeout)
+    except ssl.SSLError as exc:
+        raise TransportError(f"TLS with the member failed: {tlsmod.describe_handshake_error(exc)}") from None
     try:
         reason = tls.refusal(writer) if tls is not None else None
         if reason is not None:
             raise TransportError(f"member at {address[0]}:{address[1]} refused: {reason}")
-        writer.write(encode_frame(HELLO, [0, 0]) + encode_frame(RPC_REQ, [1, "cluster_info", None]))
-        await writer.drain()
-        kind, body = await asyncio.wait_for(read_frame(reader), timeout)
+        try:
+            writer.write(encode_frame(HELLO, [0, 0]) + encode_frame(RPC_REQ, [1, "cluster_info", None]))
+            await writer.drain()
+            kind, body = await asyncio.wait_for(read_frame(reader), timeout)
+        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            if tls is None:
+                raise
+            # TLS1.3: a member that refuses our certificate says so only by closing after the handshake.
+            raise TransportError(
+                "the member closed the TLS connection without answering: it refused this member's peer "
+                "certificate (is --peer-cert-file signed by the CA its --peer-trusted-ca-file names, with a "
+                f"name it allows?) ({tlsmod.describe_handshake_error(exc)})"
+            ) from None
         if kind != RPC_RESP or not body[1]:
             raise TransportError(f"member at {address} refused cluster_info: {body}")
         return body[2]
