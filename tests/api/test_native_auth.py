@@ -42,6 +42,9 @@ class AuthBackend(FakeBackend):
         self.calls: list[tuple[Any, ...]] = []
         self.stale_after_issue = False  # every token is refused as soon as it is issued
 
+    def auth_enabled(self) -> bool:
+        return self.enabled
+
     async def authenticate(self, name: str, password: str, *, auth: AuthInfo = NO_AUTH) -> tuple[str, int]:
         self.calls.append(("authenticate", name, auth.source != ""))
         if not self.enabled:
@@ -145,12 +148,15 @@ def test_the_token_of_authenticate_holds_for_the_connection() -> None:
             assert token == "tok1.1"
             await ch.call("range", [req])
             assert b.seen[-1].token == "tok1.1" and b.seen[-1].source.startswith("127.0.0.1:")
+            await ch.call("put", [kv.PutRequest(b"/ok/a", b"1")])
+            assert (await ch.call("ping", []))[1] == b.current_revision() > 0
             with pytest.raises(PermissionDenied, match=r"^etcdserver: permission denied$"):
                 await ch.call("range", [kv.RangeRequest(key=b"/secret")])
             # Another connection is not logged in.
             other = await NativeChannel.connect(ep, 2)
             with pytest.raises(UserEmpty):
                 await other.call("range", [req])
+            assert await other.call("ping", []) == [True, 0]  # no revision without credentials
             other.close()
             with pytest.raises(InvalidArgument):  # a malformed authenticate is refused, not a crash
                 await ch.call("authenticate", ["alice"])

@@ -190,9 +190,14 @@ class _Dispatch:
         return await self.backend.hash_kv(revision, **auth)
 
     async def _ping(self, args: list[Any], auth: AuthKw) -> list[Any]:
-        """Liveness and leader knowledge of this member, for clients holding idle streams."""
+        """Liveness and leader knowledge of this member, for clients holding idle streams.
+
+        Open to connections without credentials (clients probe with it before they log in), so
+        while auth is on such a connection is told revision 0, not the store's."""
         self._ints(args, 0)
-        return [bool(self.backend.has_leader()), int(self.backend.current_revision())]
+        auth_on = getattr(self.backend, "auth_enabled", None)
+        hidden = not auth and auth_on is not None and bool(auth_on())
+        return [bool(self.backend.has_leader()), 0 if hidden else int(self.backend.current_revision())]
 
     async def _move_leader(self, args: list[Any], auth: AuthKw) -> None:
         (target,) = self._ints(args, 1)
