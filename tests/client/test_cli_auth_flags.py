@@ -112,3 +112,11 @@ def test_the_client_gets_the_options(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert capsys.readouterr().out == "Authentication Disabled\n"
     assert seen == {"endpoints": ["h:1", "h:2"], "protocol": "grpc", "timeout": 5.0, "user": "root",
                     "password": "pw", "ca_file": "ca.pem", "called": True}
+
+
+def test_every_normalized_flag_accepts_a_value() -> None:
+    """normalize_bool_flags rewrites these words for every command: each must take ``=true``."""
+    for argv in (["txn", "--interactive"], ["txn", "-i"], ["get", "k", "--from-key"], ["del", "k", "--prefix"],
+                 ["watch", "k", "--prefix"], ["user", "add", "u", "--interactive"], ["user", "get", "u", "--detail"]):
+        parse(*argv)
+    assert parse("txn", "--interactive").interactive is True

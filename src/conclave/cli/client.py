@@ -149,7 +149,7 @@ def register(sub: Any) -> None:
 
     add("txn", "run a transaction read from stdin (compares, blank line, success ops, blank line, "
                "failure ops), like etcdctl txn", cmd_txn).add_argument(
-        "-i", "--interactive", action="store_true", help="prompt for each part")
+        "-i", "--interactive", **BOOL, help="prompt for each part")
 
     p = add("watch", "print events on a key or range until interrupted", cmd_watch)
     p.add_argument("key")
