@@ -120,3 +120,33 @@ def test_every_normalized_flag_accepts_a_value() -> None:
                  ["watch", "k", "--prefix"], ["user", "add", "u", "--interactive"], ["user", "get", "u", "--detail"]):
         parse(*argv)
     assert parse("txn", "--interactive").interactive is True
+
+
+def test_password_prompts_of_user_add_and_passwd(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import getpass
+
+    answers = iter(["s3cret", "s3cret", "one", "two"])
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
+    calls: list[tuple[object, ...]] = []
+
+    class FakeClient:
+        def user_add(self, name: str, password: str, no_password: bool = False) -> None:
+            calls.append(("add", name, password, no_password))
+
+        def user_change_password(self, name: str, password: str) -> None:
+            calls.append(("passwd", name, password))
+
+    assert cli.cmd_user_add(FakeClient(), parse("user", "add", "carol")) == 0
+    assert prompts == ["Password of carol: ", "Type password of carol again for confirmation: "]
+    assert calls == [("add", "carol", "s3cret", False)] and capsys.readouterr().out == "User carol created\n"
+    with pytest.raises(cli.BadArgs, match=r"^given passwords are different$"):
+        cli.cmd_user_passwd(FakeClient(), parse("user", "passwd", "carol"))
+    assert cli.cmd_user_add(FakeClient(), parse("user", "add", "dave", "--no-password")) == 0
+    assert calls[-1] == ("add", "dave", "", True)
