@@ -254,3 +254,18 @@ def test_a_member_without_auth_support_answers_unknown_method() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_authenticate_switches_the_identity_of_the_client() -> None:
+    async def body(ep: str, b: AuthBackend) -> None:
+        async with AsyncClient([ep], discover=False, user="alice", password="pw") as c:
+            with pytest.raises(PermissionDenied):
+                await c.put("/secret", "x")
+            token = await c.authenticate("root", "rootpw")
+            assert b.tokens[token] == "root"
+            await c.put("/secret", "x")  # now as root
+            with pytest.raises(AuthFailed):
+                await c.authenticate("root", "nope")
+            await c.put("/secret", "y")  # a failed switch keeps the identity it had
+
+    run(body)
