@@ -41,12 +41,16 @@ class AuthBackend(FakeBackend):
         self.seen: list[AuthInfo] = []
         self.calls: list[tuple[Any, ...]] = []
         self.stale_after_issue = False  # every token is refused as soon as it is issued
+        self.leaderless_logins = 0  # this many Authenticate calls answer "no leader" first
 
     def auth_enabled(self) -> bool:
         return self.enabled
 
     async def authenticate(self, name: str, password: str, *, auth: AuthInfo = NO_AUTH) -> tuple[str, int]:
         self.calls.append(("authenticate", name, auth.source != ""))
+        if self.leaderless_logins > 0:
+            self.leaderless_logins -= 1
+            raise kverr.NoLeader()
         if not self.enabled:
             raise kverr.AuthNotEnabled()
         if self.passwords.get(name) != password:
@@ -267,5 +271,15 @@ def test_authenticate_switches_the_identity_of_the_client() -> None:
             with pytest.raises(AuthFailed):
                 await c.authenticate("root", "nope")
             await c.put("/secret", "y")  # a failed switch keeps the identity it had
+
+    run(body)
+
+
+def test_a_login_without_a_leader_is_tried_again_until_the_deadline() -> None:
+    async def body(ep: str, b: AuthBackend) -> None:
+        b.leaderless_logins = 2  # an election: the token cannot be committed yet
+        async with AsyncClient([ep], discover=False, user="alice", password="pw", timeout=5) as c:
+            await c.put("/ok/k", "v")
+        assert [x[0] for x in b.calls].count("authenticate") == 3
 
     run(body)
