@@ -165,3 +165,22 @@ def test_insecure_skip_tls_verify_needs_no_ca(member: ProcessCluster, pki: Pki, 
                 insecure_skip_tls_verify=True, cert_file=str(pki.client_cert), key_file=str(pki.client_key)) as c:
         c.put(f"/app/skip-{protocol}", "v")
         assert c.get(f"/app/skip-{protocol}") == b"v"
+
+
+def test_failed_logins_over_new_native_connections_are_rate_limited(member: ProcessCluster, pki: Pki) -> None:
+    """The limiter counts per (user, client host): opening a new connection (a new port) for every
+    guess does not reset it (docs/security.md, Brute force: locked after the 5th failure)."""
+    m = member.members[0]
+    with Client([m.native_endpoint], timeout=10, discover=False, **tls_kw(pki)) as root:  # CN root
+        root.user_add("eve", "right")
+    for _ in range(5):
+        with Client([m.native_endpoint], user="eve", password="guess", timeout=10, discover=False,
+                    **tls_kw(pki)) as c, pytest.raises(AuthFailed):
+            c.get("/app/x")
+    with Client([m.native_endpoint], user="eve", password="right", timeout=10, discover=False,
+                **tls_kw(pki)) as c, pytest.raises(AuthFailed):
+        c.get("/app/x")  # locked: even the right password is refused, unchecked
+    time.sleep(4.5)  # the lock (1 s, doubled by the refused attempt above) runs out
+    with Client([m.native_endpoint], user="eve", password="right", timeout=10, discover=False,
+                **tls_kw(pki)) as c, pytest.raises(PermissionDenied):  # logged in: eve has no role
+        c.get("/app/x")

@@ -217,6 +217,7 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.frame_bytes_max = server.frame_bytes_max
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_host = ""  # the client's address without its port: Authenticate's rate limit counts per host
         self.buffer = bytearray()
         self.in_flight = 0
         self.reading_paused = False  # back-pressure: too many requests in flight, or peer not reading
@@ -251,6 +252,7 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         check = self.server.peer_check
         refused = check(transport) if check is not None and transport.get_extra_info("ssl_object") else None
         if refused is not None:
@@ -264,7 +266,7 @@ class NativeConnection(asyncio.BufferedProtocol):
 
     def _set_auth(self) -> None:
         if self.token or self.cert_cn:
-            self.auth = {"auth": AuthInfo(token=self.token, cert_cn=self.cert_cn, source=self.peer)}
+            self.auth = {"auth": AuthInfo(token=self.token, cert_cn=self.cert_cn, source=self.peer_host)}
         else:
             self.auth = {}
 
@@ -467,7 +469,7 @@ class NativeConnection(asyncio.BufferedProtocol):
             call = getattr(self.server.backend, "authenticate", None)
             if call is None:
                 raise UnknownMethod(f"{UnknownMethod.message}: {AUTHENTICATE} (this member has no auth support)")
-            token, revision = await call(name, password, auth=AuthInfo(cert_cn=self.cert_cn, source=self.peer))
+            token, revision = await call(name, password, auth=AuthInfo(cert_cn=self.cert_cn, source=self.peer_host))
         except asyncio.CancelledError:
             raise
         except kverr.EtcdError as err:
