@@ -847,6 +847,8 @@ class Session:
                 log.warning("session lease %x expired", self.lease_id)
                 self.expired.set()
                 return
+            except AuthError as exc:  # e.g. the user lost WRITE on the lease's keys: say so, loudly
+                log.warning("session lease %x: keep-alive refused: %s", self.lease_id, exc)
             except ClientError as exc:  # unreachable for now: keep trying until the TTL runs out
                 log.debug("session keep-alive failed: %s", exc)
 
