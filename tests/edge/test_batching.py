@@ -29,7 +29,8 @@ PUT = "/etcdserverpb.KV/Put"
 class FakeEdge:
     """What EdgeServer uses of ``conclave._edge.Edge``: queued events in, batches of outputs out."""
 
-    def __init__(self, addrs: Any, max_msg: int, max_streams: int, workers: int) -> None:
+    def __init__(self, addrs: Any, max_msg: int, max_streams: int, workers: int, **tls: Any) -> None:
+        assert tls.get("cert_file") is None  # plain listeners: the TLS options are passed, all unset
         self.ports = [0]
         self.r, self.w = socket.socketpair()
         self.events: list[tuple[Any, ...]] = []

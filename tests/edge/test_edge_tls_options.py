@@ -379,6 +379,12 @@ def test_bad_options_are_a_clear_value_error(
     assert words in str(info.value)
 
 
+def test_blank_names_are_no_names(ca: Ca, server_files: tuple[Path, Path, int], served: Served) -> None:
+    """What splitting an empty flag value gives ([""]) restricts nothing and needs no client CA."""
+    s = served(server_files, allowed_hostnames=[""], cipher_suites=[" "])
+    assert outcome(port_of(s), client_ctx(ca, maximum_version=ssl.TLSVersion.TLSv1_2)) == "ok"
+
+
 def test_bad_files_are_a_clear_value_error(
     ca: Ca, server_files: tuple[Path, Path, int], served: Served, tmp_path: Path
 ) -> None:
@@ -510,6 +516,7 @@ def test_etcdctl_with_client_certificates_and_every_option(
         crl_file=str(ca.crl(tmp_path / "crl.pem", [revoked[2]])),
         allowed_hostnames=["etcdctl.example"],
         tls_min_version="TLS1.2",
+        tls_max_version="TLS1.2",  # so the cipher suites below are the ones negotiated
         cipher_suites=["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
     )
     rc, out = etcdctl(s, ca, good, "put", "k", "over-tls")

@@ -9,7 +9,7 @@ from pathlib import Path
 from conclave.api import pb
 from conclave.kv import auth as kvauth
 from conclave.kv.command import Checked
-from tests.api.test_auth_matrix import KV, MAINT, AuthMember, setup_users
+from tests.api.test_auth_matrix import KV, LEASE, MAINT, AuthMember, _root_lease, setup_users
 
 
 def test_the_nospace_alarm_is_raised_with_auth_on(tmp_path: Path) -> None:
@@ -48,5 +48,22 @@ def test_authenticate_retries_when_the_store_changes_under_it(tmp_path: Path) ->
         token, _ = m.run(backend.authenticate("ro", "ropw"))
         assert len(raced) == 1 and "racer" in backend.node.sm.auth.roles
         assert m.call(KV, "Range", pb.RangeRequest(key=b"/app/k"), token).header.revision > 0
+    finally:
+        m.close()
+
+
+def test_lease_leases_lists_only_the_leases_the_caller_could_renew(tmp_path: Path) -> None:
+    m = AuthMember(tmp_path, "python")
+    try:
+        tokens = m.tokens = setup_users(m)
+        app = _root_lease(m, b"/app/held")
+        other = _root_lease(m, b"/other/held")
+
+        def listed(who: str) -> set[int]:
+            return {s.ID for s in m.call(LEASE, "LeaseLeases", pb.LeaseLeasesRequest(), tokens[who]).leases}
+
+        assert {app, other} <= listed("root")
+        assert other in listed("rwo") and app not in listed("rwo")  # rwo may write /other/ only
+        assert not {app, other} & listed("ro")  # ro writes nothing
     finally:
         m.close()

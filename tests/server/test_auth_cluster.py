@@ -99,6 +99,17 @@ def test_a_token_from_one_member_works_on_the_others(cluster: ProcessCluster) ->
     err = error_of(lambda: call(others[0].endpoint, "etcdserverpb.KV", "Range", pb.RangeRequest(key=b"/service/x"),
                                 "abcdefghijklmnop.1"))  # fmt: skip
     assert err == ("UNAUTHENTICATED", "etcdserver: invalid auth token")
+    # A watch created at once on another member is checked as the token's user too.
+    token = authenticate(first.endpoint, "alice", "pw")
+    with grpc.insecure_channel(others[1].endpoint) as ch:
+        reqs = [pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"/service/", range_end=b"/service0")),
+                pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"/other"))]
+        stream = EtcdStub(ch, "etcdserverpb.Watch").Watch(iter(reqs), metadata=(("token", token),), timeout=10)
+        allowed, refused = next(stream), next(stream)
+        stream.cancel()
+    assert allowed.created and not allowed.canceled and allowed.watch_id == 0, allowed
+    assert refused.canceled and refused.watch_id == -1, refused
+    assert refused.cancel_reason == "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
 
 
 def test_auth_state_survives_a_restart_and_a_snapshot(cluster: ProcessCluster) -> None:

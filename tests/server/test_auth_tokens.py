@@ -185,3 +185,10 @@ def test_attempt_limiter_policy() -> None:
     for user in ("d", "e", "f", "g"):
         lim.failed(user, "x")
     assert len(lim._keys) == 3
+
+
+def test_attempt_limiter_reports_the_lock_it_starts() -> None:
+    clock = Clock()
+    lim = AttemptLimiter(clock, free=2, base_s=1, cap_s=60)
+    assert [lim.failed("u", "s") for _ in range(4)] == [0, 1000, 2000, 4000]
+    assert lim.failures("u", "s") == 4 and lim.failures("v", "s") == 0

@@ -132,7 +132,7 @@ class EtcdProcess:
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer}",
              "--initial-cluster", f"{name}=http://127.0.0.1:{self.peer}"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: _ctl(self.endpoint, "endpoint", "health")[0] == 0, 30, "etcd to start")
+        wait_for(lambda: _ctl(self.endpoint, "endpoint", "status")[0] == 0, 30, "etcd to start")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -194,14 +194,38 @@ def _view(endpoint: str) -> dict[str, object]:
     return out
 
 
+AUTH_SCRIPT = [
+    ("user", "add", "root:rootpw"), ("role", "add", "app"),
+    ("role", "grant-permission", "app", "readwrite", "/app/", "--prefix"),
+    ("role", "grant-permission", "app", "read", "b/x"), ("user", "add", "alice:alicepw"),
+    ("user", "grant-role", "alice", "app"),
+]
+
+
 def test_an_etcd_backup_restores_into_conclave(etcd_factory: type[EtcdProcess], tmp_path: Path) -> None:
     etcd = etcd_factory(tmp_path / "etcd")
     lease = _fill(etcd.endpoint)
+    for cmd in AUTH_SCRIPT:
+        rc, out = _ctl(etcd.endpoint, *cmd)
+        assert rc == 0, out
     want = _view(etcd.endpoint)
     backup = tmp_path / "etcd.db"
     rc, out = _ctl(etcd.endpoint, "snapshot", "save", str(backup))
     assert rc == 0, out
     etcd.stop()
+
+    # the auth store comes along: users with etcd's bcrypt hashes, their roles, the permissions
+    import bcrypt
+
+    from conclave.kv.auth import Permission, PermType
+
+    sm, _, _ = etcd_backup.etcd_backup_to_machine(backup.read_bytes())
+    assert sorted(sm.auth.users) == ["alice", "root"] and sm.auth.users["alice"].roles == ("app",)
+    assert bcrypt.checkpw(b"alicepw", sm.auth.users["alice"].password_hash)
+    assert sm.auth.roles["app"].permissions == (Permission(PermType.READWRITE, b"/app/", b"/app0"),
+                                                Permission(PermType.READ, b"b/x", b""))
+    assert sm.auth.permitted("alice", b"/app/1", b"", PermType.WRITE)
+    assert not sm.auth.permitted("alice", b"b/x", b"", PermType.WRITE)
 
     # conclave snapshot status says what etcdctl snapshot status says, in every output format
     for fmt in ("simple", "table", "json"):
@@ -264,6 +288,38 @@ def test_a_conclave_backup_goes_to_etcd(etcd_factory: type[EtcdProcess], tmp_pat
     back = _conclave("snapshot", "convert", str(converted), str(tmp_path / "back.db"), "--to", "conclave")
     assert back.returncode == 0, back.stderr
     assert hashlib.sha256(converted.read_bytes()).hexdigest() == h1
+
+
+def test_users_and_roles_of_a_conclave_backup_reach_etcd(etcd_factory: type[EtcdProcess], tmp_path: Path) -> None:
+    import bcrypt
+
+    from conclave.kv import auth
+
+    sm = StateMachine(1, [])
+    sm.store.apply(PutRequest(key=b"/app/x", value=b"1"), 1)
+    sm.store.apply(PutRequest(key=b"other", value=b"2"), 2)
+    for i, cmd in enumerate([
+        auth.UserAddRequest("root", bcrypt.hashpw(b"rootpw", bcrypt.gensalt(4))),
+        auth.UserGrantRoleRequest("root", "root"), auth.RoleAddRequest("app"),
+        auth.RoleGrantPermissionRequest("app", auth.Permission(auth.PermType.READWRITE, b"/app/", b"/app0")),
+        auth.UserAddRequest("alice", bcrypt.hashpw(b"alicepw", bcrypt.gensalt(4))),
+        auth.UserGrantRoleRequest("alice", "app"), auth.AuthEnableRequest(),
+    ]):
+        sm.auth.apply(cmd, 10 + i)
+    converted = tmp_path / "auth.db"
+    converted.write_bytes(etcd_backup.machine_to_etcd_backup(sm))
+    restored = tmp_path / "etcd-restored"
+    rc, out = _ctl("", "snapshot", "restore", str(converted), "--data-dir", str(restored))
+    assert rc == 0, out
+    etcd = etcd_factory(restored)
+    rc, out = _ctl(etcd.endpoint, "--user", "alice:alicepw", "get", "/app/x", "--print-value-only")
+    assert (rc, out.strip()) == (0, "1"), out
+    rc, out = _ctl(etcd.endpoint, "--user", "alice:alicepw", "get", "other")
+    assert rc != 0 and "permission denied" in out, out
+    rc, out = _ctl(etcd.endpoint, "get", "other")
+    assert rc != 0 and "user name is empty" in out, out  # auth stayed enabled
+    rc, out = _ctl(etcd.endpoint, "--user", "root:rootpw", "role", "get", "app")
+    assert rc == 0 and "[/app/, /app0) (prefix /app/)" in out, out
 
 
 def test_restore_refuses_a_damaged_etcd_backup_clearly(tmp_path: Path) -> None:

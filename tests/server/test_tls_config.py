@@ -80,6 +80,7 @@ def test_flags_come_from_the_environment_too(pki: Pki, tmp_path: Path, monkeypat
         ("https-without-cert", "needs TLS: give --peer-cert-file and --peer-key-file"),
         ("cn-and-hostname", "mutually exclusive"),
         ("auth-without-ca", "--peer-client-cert-auth needs --peer-trusted-ca-file"),
+        ("crl-without-auth", "--client-crl-file needs --client-cert-auth"),
     ],
 )
 def test_bad_tls_input_is_one_clear_config_error(pki: Pki, tmp_path: Path, case: str, expected: str) -> None:
@@ -111,6 +112,8 @@ def test_bad_tls_input_is_one_clear_config_error(pki: Pki, tmp_path: Path, case:
         flags = ["--listen-peer-urls", "https://127.0.0.1:2380"]
     elif case == "cn-and-hostname":
         flags += ["--peer-client-cert-auth", "--peer-cert-allowed-cn", "a", "--peer-cert-allowed-hostname", "b"]
+    elif case == "crl-without-auth":
+        flags += ["--client-crl-file", str(pki.crl(tmp_path / "crl.pem", []))]
     elif case == "auth-without-ca":
         flags = [*flags[:-2], "--peer-client-cert-auth"]
     with pytest.raises(ConfigError) as err:

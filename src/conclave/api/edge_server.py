@@ -29,15 +29,17 @@ chunked response, and a chunked request body arrives whole. The default serves `
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from conclave.api import pb
 from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, error_status, etcd_handlers
+from conclave.api.http import HttpBody, HttpHandler, version_document  # noqa: F401  (HttpBody: re-exported)
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
@@ -54,8 +56,6 @@ ENGINES = ("auto", "rust", "python")
 RANGE_PATH = "/etcdserverpb.KV/Range"
 PEER_CN = ":tls-client-cn"  # metadata key the edge adds for a mutual-TLS client's certificate CN
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
-HttpBody = bytes | AsyncIterable[bytes]  # an async iterable is sent as a chunked response
-HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], HttpBody]]]
 
 
 def available() -> bool:
@@ -79,6 +79,21 @@ class _Details:
     def __init__(self, method: str) -> None:
         self.method = method
         self.invocation_metadata: tuple[Any, ...] = ()
+
+
+def method_table(handlers: list[grpc.GenericRpcHandler]) -> dict[str, Any]:
+    """gRPC method path -> its RpcMethodHandler, through the public ``GenericRpcHandler.service`` API
+    (the edge and the JSON gateway dispatch to the handlers the grpc.aio engine registers)."""
+    table: dict[str, Any] = {}
+    for service, desc in pb.SERVICES.items():
+        for m in desc.methods:
+            path = f"/{service}/{m.name}"
+            for h in handlers:
+                mh = h.service(_Details(path))
+                if mh is not None:
+                    table[path] = mh
+                    break
+    return table
 
 
 class EdgeContext:
@@ -156,7 +171,7 @@ class _Call(EdgeContext):
     """One gRPC stream, and the context its handler sees (one object per request, not two).
     ``started``: its handler runs (in its own task or in a batch's)."""
 
-    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "task", "writable")
+    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "t0", "task", "writable")
 
     def __init__(self, sid: int, method: Any, meta: list[tuple[str, str]], path: str) -> None:
         self._peer_cn = ""
@@ -175,6 +190,18 @@ class _Call(EdgeContext):
         self.started = False
         self.blocked = False
         self.writable: asyncio.Event | None = None  # made when the stream first blocks
+        self.t0 = 0.0  # the metrics' start time (extensive mode)
+
+
+class _HttpStream:
+    """One HTTP/1.1 request on the edge: its task, and flow control for a chunked answer."""
+
+    __slots__ = ("blocked", "task", "writable")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.blocked = False
+        self.writable: asyncio.Event | None = None
 
 
 async def default_http_handler(
@@ -185,10 +212,7 @@ async def default_http_handler(
         ok = backend.has_leader()
         return (200 if ok else 503), ctype, json.dumps({"health": "true" if ok else "false"}).encode()
     if path == "/version":
-        from conclave.version import __version__
-
-        version = {"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}
-        return 200, ctype, json.dumps(version).encode()
+        return 200, ctype, json.dumps(await version_document(backend)).encode()
     return 404, [], b"404 page not found\n"
 
 
@@ -213,6 +237,7 @@ class EdgeServer:
         tls_min_version: str = "TLS1.2",
         tls_max_version: str = "",
         cipher_suites: Sequence[str] = (),
+        rpc_metrics: Any = None,
     ) -> None:
         """``cert_file``/``key_file`` (PEM) turn on TLS for the addresses whose ``secure`` entry is
         true (all of them when ``secure`` is None); ``client_ca_file`` also requires client
@@ -225,17 +250,9 @@ class EdgeServer:
         if _edge is None:
             raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
         self.backend = backend
-        self.methods: dict[str, Any] = {}
-        handlers = etcd_handlers(backend)
-        for service, desc in pb.SERVICES.items():
-            for m in desc.methods:
-                path = f"/{service}/{m.name}"
-                for h in handlers:
-                    mh = h.service(_Details(path))
-                    if mh is not None:
-                        self.methods[path] = mh
-                        break
+        self.methods: dict[str, Any] = method_table(etcd_handlers(backend))
         self.http_handler = http_handler
+        self.rpc_metrics = rpc_metrics  # api/rpcmetrics.RpcMetrics: each call counted at its trailers
         self.loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {
             "cert_file": cert_file,
@@ -259,6 +276,8 @@ class EdgeServer:
         self.read_barrier: Callable[[], Awaitable[None]] | None = getattr(backend, "read_barrier", None)
         self.reads: list[tuple[_Call, Any]] = []
         self.batches: set[asyncio.Task[None]] = set()
+        # HTTP/1.1 requests being answered, by stream id: cancelled on EV_CANCEL, paused when blocked.
+        self.http: dict[int, _HttpStream] = {}
         self.loop.add_reader(self.edge.fileno(), self._on_events)
 
     @property
@@ -285,7 +304,7 @@ class EdgeServer:
             return
         out, self.out = self.out, []
         for sid in self.edge.send(out):
-            call = self.calls.get(sid)
+            call: _Call | _HttpStream | None = self.calls.get(sid) or self.http.get(sid)
             if call is not None:
                 call.blocked = True
                 if call.writable is None:
@@ -295,12 +314,17 @@ class EdgeServer:
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         if self.calls.pop(call.id, None) is not None:
             self._emit((call.id, _edge.OUT_TRAILERS, code.value[0], details))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.handled(call.path, code.value[0], call.t0)
 
     def _answer(self, call: _Call, message: bytes) -> None:
         """A unary call's response and its OK trailers, queued together."""
         if self.calls.pop(call.id, None) is not None:
             self.out.append((call.id, _edge.OUT_MSG, message))
             self._emit((call.id, _edge.OUT_TRAILERS, 0, ""))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.sent(call.path, len(message))
+                self.rpc_metrics.handled(call.path, 0, call.t0)
 
     # --------------------------------------------------------------------------------- events
 
@@ -325,16 +349,24 @@ class EdgeServer:
                 call = self.calls.pop(sid, None)
                 if call is not None:
                     call._cancelled = True
+                    if self.rpc_metrics is not None:  # a stream the client closed ends as Canceled
+                        self.rpc_metrics.handled(call.path, grpc.StatusCode.CANCELLED.value[0], call.t0)
                     if call.task is not None:
                         call.task.cancel()
+                stream = self.http.pop(sid, None)
+                if stream is not None and stream.task is not None:
+                    stream.task.cancel()
             elif kind == _edge.EV_WRITABLE:
-                call = self.calls.get(sid)
-                if call is not None:
-                    call.blocked = False
-                    if call.writable is not None:
-                        call.writable.set()
+                target = self.calls.get(sid) or self.http.get(sid)
+                if target is not None:
+                    target.blocked = False
+                    if target.writable is not None:
+                        target.writable.set()
             elif kind == _edge.EV_HTTP:
-                self.loop.create_task(self._run_http(sid, a, b))
+                stream = _HttpStream()
+                self.http[sid] = stream
+                stream.task = self.loop.create_task(self._run_http(sid, a, b))
+                stream.task.add_done_callback(functools.partial(self._http_done, sid))
             elif kind == _edge.EV_LOG:  # the edge's own news (TLS files reloaded, or not loadable)
                 log.log(a, "%s", b)
         if self.reads:
@@ -349,6 +381,8 @@ class EdgeServer:
             self._emit((sid, _edge.OUT_TRAILERS, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!"))
             return
         call = _Call(sid, method, meta, path)
+        if self.rpc_metrics is not None:
+            call.t0 = self.rpc_metrics.start(path)
         self.calls[sid] = call
         if method.request_streaming:
             call.requests = _Requests()
@@ -359,6 +393,8 @@ class EdgeServer:
         call = self.calls.get(sid)
         if call is None:
             return
+        if self.rpc_metrics is not None:
+            self.rpc_metrics.received(call.path, len(data))
         try:
             request = call.method.request_deserializer(data)
         except Exception:
@@ -439,7 +475,10 @@ class EdgeServer:
             async for item in fn(call.requests if m.request_streaming else request, call):
                 if call.id not in self.calls:
                     return
-                self._emit((call.id, _edge.OUT_MSG, ser(item)))
+                data = ser(item)
+                if self.rpc_metrics is not None:
+                    self.rpc_metrics.sent(call.path, len(data))
+                self._emit((call.id, _edge.OUT_MSG, data))
                 if call.blocked and call.writable is not None:
                     await call.writable.wait()
             self._finish(call, grpc.StatusCode.OK, "")
@@ -450,6 +489,9 @@ class EdgeServer:
         except Exception as err:
             log.exception("unexpected error in %s", m)
             self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(err)}: {err}")
+
+    def _http_done(self, sid: int, _task: asyncio.Task[None]) -> None:
+        self.http.pop(sid, None)
 
     async def _run_http(self, sid: int, req: tuple[str, str, list[tuple[str, str]]], body: bytes) -> None:
         method, path, headers = req
@@ -464,14 +506,25 @@ class EdgeServer:
         if isinstance(out, bytes | bytearray):
             self._emit((sid, _edge.OUT_HTTP, status, hdrs, bytes(out)))
             return
-        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch).
+        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch),
+        # paused while the client does not read, closed (its producer's finally runs) when cancelled.
         self._emit((sid, _edge.OUT_HTTP_HEAD, status, hdrs))
+        stream = self.http.get(sid)
         try:
             async for chunk in out:
                 self._emit((sid, _edge.OUT_HTTP_CHUNK, bytes(chunk)))
-                await asyncio.sleep(0)
+                if stream is not None and stream.blocked and stream.writable is not None:
+                    await stream.writable.wait()
+                else:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("HTTP body stream failed for %s %s", method, path)
+        finally:
+            aclose = getattr(out, "aclose", None)
+            if aclose is not None:
+                await aclose()
         self._emit((sid, _edge.OUT_HTTP_END))
 
     # ------------------------------------------------------------------------------- shutdown
@@ -489,7 +542,11 @@ class EdgeServer:
                 call.task.cancel()
         for task in list(self.batches):
             task.cancel()
+        for stream in list(self.http.values()):
+            if stream.task is not None:
+                stream.task.cancel()
         self.calls.clear()
+        self.http.clear()
 
 
 async def start_edge_server(

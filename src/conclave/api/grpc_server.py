@@ -380,8 +380,10 @@ class WatchStream:
         self.wake.set()
 
     def create(self, req: Any) -> None:
+        """Register one watcher; raises AuthTokenAhead (nothing changed) for a login not applied here yet."""
         create = convert.watch_create_request_from_pb(req)
         revision = self.edge.backend.current_revision()
+        next_id = self.next_id
         watch_id = create.watch_id
         if watch_id == 0:
             while self.next_id in self.watches:
@@ -399,24 +401,35 @@ class WatchStream:
         if not reason:
             try:  # auth is checked at create time, as etcd does
                 subscription = self.edge.backend.watch_create(create, self._notify_for(watch_id), auth=self.auth())
+            except AuthTokenAhead:
+                self.next_id = next_id
+                raise
             except kverr.EtcdError as err:  # etcd: a refused watch is created and canceled at once
+                self.next_id = next_id
                 reason = f"rpc error: code = {_go_code(err.code)} desc = {err.message}"
         if reason:  # etcd answers a refused watch with the invalid id -1, created and canceled at once
-            self._send_control(
-                pb.WatchResponse(
-                    header=self.edge.header(revision),
-                    watch_id=INVALID_WATCH_ID,
-                    created=True,
-                    canceled=True,
-                    cancel_reason=reason,
-                )
-            )
+            self._refused(reason, revision)
             return
         watch = _Watch(watch_id, subscription, progress_notify=create.progress_notify)
         self.watches[watch_id] = watch
         if create.progress_notify and self.ticker is None:
             self.ticker = asyncio.get_running_loop().create_task(self.progress_ticker())
         self._send_control(pb.WatchResponse(header=self.edge.header(revision), watch_id=watch_id, created=True))
+
+    def _refused(self, reason: str, revision: int) -> None:
+        self._send_control(
+            pb.WatchResponse(
+                header=self.edge.header(revision),
+                watch_id=INVALID_WATCH_ID,
+                created=True,
+                canceled=True,
+                cancel_reason=reason,
+            )
+        )
+
+    def _refuse(self, err: kverr.EtcdError) -> None:
+        self._refused(f"rpc error: code = {_go_code(err.code)} desc = {err.message}",
+                      self.edge.backend.current_revision())
 
     def cancel(self, watch_id: int) -> None:
         watch = self.watches.pop(watch_id, None)
@@ -438,7 +451,14 @@ class WatchStream:
             async for req in request_iterator:
                 which = req.WhichOneof("request_union")
                 if which == "create_request":
-                    self.create(req.create_request)
+                    try:
+                        self.create(req.create_request)
+                    except AuthTokenAhead:  # the token's login is not applied here yet: catch up, once
+                        await self.edge.catch_up()
+                        try:
+                            self.create(req.create_request)
+                        except AuthTokenAhead:
+                            self._refuse(kverr.InvalidAuthToken())
                 elif which == "cancel_request":
                     self.cancel(req.cancel_request.watch_id)
                 elif which == "progress_request":

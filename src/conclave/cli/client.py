@@ -181,7 +181,12 @@ def register(sub: Any) -> None:
     p = add("member", "member list", cmd_member)
     p.add_argument("action", choices=("list",))
 
-    add("status", "status of every endpoint (like etcdctl endpoint status)", cmd_status)
+    p = add("status", "status of every endpoint (like etcdctl endpoint status); --watch: a live view", cmd_status)
+    p.add_argument("--watch", action="store_true",
+                   help="a live view refreshed every second: members, leader, term, indexes, ops/s and fsync p99 "
+                        "(from each member's /metrics) until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="--watch: seconds between refreshes (default 1)")
+    p.add_argument("--watch-count", type=int, default=0, help="--watch: stop after N refreshes (default 0: never)")
 
     p = add("compact", "compact the key-value history up to REVISION", cmd_compact)
     p.add_argument("revision", type=int)
@@ -694,6 +699,10 @@ def cmd_member(client: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_status(client: Any, args: argparse.Namespace) -> int:
+    if args.watch:
+        from conclave.cli.status_view import watch
+
+        return watch(client, args)
     statuses = []
     failed = 0
     for ep in client.endpoints:

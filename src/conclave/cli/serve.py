@@ -30,6 +30,10 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("initial-cluster-state", "new|existing", "new", "'new' to bootstrap a cluster, 'existing' to join one"),
     ("initial-cluster-token", "TOKEN", "conclave-cluster", "initial cluster token, part of member and cluster ids"),
     ("listen-native-urls", "URLS", "", "URLs to listen on for Conclave's native client protocol (default: none)"),
+    ("listen-client-http-urls", "URLS", "",
+     "URLs to listen on for HTTP only client traffic: the JSON gateway (/v3/...) and /version; once set, "
+     "--listen-client-urls serve gRPC only (default: none: HTTP/1.1 shares the client port on the rust "
+     "engine; the python engine serves HTTP only here)"),
     ("heartbeat-interval", "MS", "100", "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", "MS", "1000", "time (in milliseconds) for an election to timeout"),
     ("snapshot-count", "N", "10000", "number of committed entries that trigger a snapshot"),
@@ -74,6 +78,11 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
      "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256) for client and peer ports (default: OpenSSL's)"),
     ("tls-min-version", "TLS1.2|TLS1.3", "TLS1.2", "minimum TLS version on client and peer ports"),
     ("tls-max-version", "TLS1.2|TLS1.3", "", "maximum TLS version on client and peer ports (default: none)"),
+    ("listen-metrics-urls", "URLS", "",
+     "additional plain-HTTP URLs serving /metrics, /health, /livez and /readyz (default: none; the client "
+     "port serves them too)"),
+    ("metrics", "basic|extensive", "basic",
+     "metrics level: extensive adds the per-RPC grpc_server_handling_seconds histograms"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
@@ -138,6 +147,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         listen_native_urls=(
             parse_urls(args.listen_native_urls, "listen-native-urls") if args.listen_native_urls else []
         ),
+        listen_client_http_urls=(
+            parse_urls(args.listen_client_http_urls, "listen-client-http-urls") if args.listen_client_http_urls else []
+        ),
         heartbeat_interval_ms=_int(args, "heartbeat-interval"),
         election_timeout_ms=_int(args, "election-timeout"),
         snapshot_count=_int(args, "snapshot-count"),
@@ -169,6 +181,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cipher_suites=parse_list(args.cipher_suites),
         tls_min_version=str(args.tls_min_version or "TLS1.2").strip(),
         tls_max_version=str(args.tls_max_version or "").strip(),
+        listen_metrics_urls=(
+            parse_urls(args.listen_metrics_urls, "listen-metrics-urls") if args.listen_metrics_urls else []
+        ),
+        metrics=str(args.metrics).strip().lower(),
     )
     cfg.validate()
     from conclave.server.tls import validate_config  # cryptography parses the certificates

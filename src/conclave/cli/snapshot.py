@@ -106,10 +106,11 @@ def restore(args: argparse.Namespace) -> int:
         return 1
     data_dir.mkdir(parents=True, exist_ok=True)
     ids = cfg.initial_member_ids()
-    # The backup's store in a NEW cluster: new members and cluster id; the once-only table of the
-    # old cluster's members does not carry over (their ids and sequence numbers mean nothing here).
+    # The backup's store and auth store (users, roles, enabled) in a NEW cluster: new members and
+    # cluster id; the once-only table of the old cluster's members does not carry over (their ids
+    # and sequence numbers mean nothing here).
     members = [Member(ids[n], n, list(urls)) for n, urls in cfg.initial_cluster.items()]
-    fresh = StateMachine(cfg.cluster_id, members, store=old.store, applied_index=index)
+    fresh = StateMachine(cfg.cluster_id, members, store=old.store, applied_index=index, auth=old.auth)
     image = fresh.snapshot()
     conf = ConfState(voters=frozenset(ids.values()))
     storage = DiskStorage(data_dir)

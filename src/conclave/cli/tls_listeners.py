@@ -119,8 +119,8 @@ class ClientCertCheck:
         if now - self._checked_at >= tls.RELOAD_CHECK_S:
             self._checked_at = now
             self._load_crl()
-        if not pem:
-            return "no verified client certificate"
+        if not pem:  # only with --client-cert-auth off (config refuses these checks without it)
+            return "no verified client certificate" if self.settings.allowed_hostnames else None
         if pem in self._cache:
             return self._cache[pem]
         from cryptography import x509

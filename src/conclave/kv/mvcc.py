@@ -440,26 +440,31 @@ class Store:
         return writes
 
     def _execute_txn(self, req: TxnRequest, path: Iterator[bool], w: _Write, header: ResponseHeader) -> TxnResponse:
+        """The chosen ops in order. As in etcd, each op's header carries the revision as of that
+        op (the pre-txn revision until the txn's first change, then the txn's), and a nested
+        txn's own header is empty (only the outermost response is the request's answer)."""
         succeeded = next(path)
         responses: list[ResponseOp] = []
         for op in req.success if succeeded else req.failure:
             if op.request_put is not None:
                 p = op.request_put
                 prev = self._put(w, p)
-                responses.append(ResponseOp(response_put=PutResponse(header, prev if p.prev_kv else None)))
+                responses.append(ResponseOp(response_put=PutResponse(self._op_header(w), prev if p.prev_kv else None)))
             elif op.request_delete_range is not None:
                 d = op.request_delete_range
                 gone = self._delete_range(w, d.key, d.range_end)
-                responses.append(
-                    ResponseOp(
-                        response_delete_range=DeleteRangeResponse(header, len(gone), tuple(gone) if d.prev_kv else ())
-                    )
-                )
+                responses.append(ResponseOp(response_delete_range=DeleteRangeResponse(
+                    self._op_header(w), len(gone), tuple(gone) if d.prev_kv else ())))
             elif op.request_range is not None:
-                responses.append(ResponseOp(response_range=self._range(op.request_range, header.revision, w)))
+                rev = self._op_header(w).revision
+                responses.append(ResponseOp(response_range=self._range(op.request_range, rev, w)))
             elif op.request_txn is not None:
-                responses.append(ResponseOp(response_txn=self._execute_txn(op.request_txn, path, w, header)))
+                nested = self._execute_txn(op.request_txn, path, w, _NO_HEADER)
+                responses.append(ResponseOp(response_txn=nested))
         return TxnResponse(header=header, succeeded=succeeded, responses=tuple(responses))
+
+    def _op_header(self, w: _Write) -> ResponseHeader:
+        return ResponseHeader(revision=w.revision if w.sub else self._rev)
 
     def first_failed_compare(self, compares: Iterable[Compare]) -> int:
         """Index of the first compare that does not hold at the current revision, or -1."""
@@ -835,6 +840,8 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers (module-private)
+
+_NO_HEADER = ResponseHeader()
 
 
 @contextmanager

@@ -327,7 +327,8 @@ class AttemptLimiter:
             return False
         return entry[1] > now
 
-    def failed(self, user: str, source: str) -> None:
+    def failed(self, user: str, source: str) -> int:
+        """Count a failure; returns the lock it starts in ms (0: not locked yet)."""
         key = (user, source)
         now = self._now()
         entry = self._keys.pop(key, None)
@@ -336,11 +337,18 @@ class AttemptLimiter:
         entry[0] += 1
         entry[2] = now
         over = entry[0] - self.free
+        delay = 0
         if over >= 0:
-            entry[1] = now + min(self.cap_ms, self.base_ms << min(over, 30))
+            delay = min(self.cap_ms, self.base_ms << min(over, 30))
+            entry[1] = now + delay
         self._keys[key] = entry  # most recent last
         while len(self._keys) > self.max_keys:
             self._keys.popitem(last=False)
+        return delay
+
+    def failures(self, user: str, source: str) -> int:
+        entry = self._keys.get((user, source))
+        return entry[0] if entry is not None else 0
 
     def succeeded(self, user: str, source: str) -> None:
         self._keys.pop((user, source), None)

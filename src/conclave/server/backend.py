@@ -241,6 +241,7 @@ class NodeBackend:
         if self.node.auth_on:  # after the barrier, right before reading (as etcd's doSerialize)
             self.node.sm.auth.check(self._caller(auth)[0], req, self.node.store.lease_keys)
         resp: kv.RangeResponse = self.node.store.range(req)
+        self.node.metrics.mvcc_range_total += 1
         return resp
 
     async def put(self, req: kv.PutRequest, *, auth: AuthInfo = NO_AUTH) -> kv.PutResponse:
@@ -311,6 +312,7 @@ class NodeBackend:
         if lease_id not in node.lessor:
             raise kverr.LeaseNotFound()
         ttl: int = node.lessor.renew(lease_id, node.now_ms())
+        node.metrics.lease_renewed_total += 1
         return ttl
 
     async def _local_ttl(self, lease_id: int) -> int:
@@ -659,8 +661,13 @@ class NodeBackend:
             user = st.users.get(name)
             stored = user.password_hash if user is not None and not user.no_password else None
             if not await self._verify_password(password, stored):
-                self.attempts.failed(name, source)
-                log.warning("authentication failed for user %r from %s", name, source or "an unknown address")
+                locked_ms = self.attempts.failed(name, source)
+                where = source or "an unknown address"
+                if locked_ms:  # one line per lock, not per guess
+                    log.warning("%d failed logins as %r from %s: further attempts refused for %.0f s",
+                                self.attempts.failures(name, source), name, where, locked_ms / 1000)
+                else:
+                    log.info("authentication failed for user %r from %s", name, where)
                 raise kverr.AuthFailed()
             self.attempts.succeeded(name, source)
             prefix = "" if tokens.signed else new_simple_prefix()

@@ -136,6 +136,9 @@ class ServerConfig:
     initial_cluster_state: str = "new"
     initial_cluster_token: str = "conclave-cluster"
     listen_native_urls: list[str] = field(default_factory=list)
+    # etcd 3.5's --listen-client-http-urls: plain HTTP only (JSON gateway, /version, /health...);
+    # once set, the client URLs serve gRPC only, as in etcd.
+    listen_client_http_urls: list[str] = field(default_factory=list)
     heartbeat_interval_ms: int = 100
     election_timeout_ms: int = 1000
     snapshot_count: int = 10_000
@@ -178,6 +181,10 @@ class ServerConfig:
     # Whether the cert files came from the flags (False once auto-TLS filled them in).
     explicit_client_cert: bool = field(init=False, default=False)
     explicit_peer_cert: bool = field(init=False, default=False)
+    # Metrics (etcd's flags): the same /metrics and health routes on extra plain-HTTP listeners;
+    # "extensive" adds the per-RPC handling-time histograms.
+    listen_metrics_urls: list[str] = field(default_factory=list)
+    metrics: str = "basic"
 
     def __post_init__(self) -> None:
         self.explicit_client_cert = bool(self.cert_file)
@@ -213,6 +220,8 @@ class ServerConfig:
             )
         if self.grpc_engine not in ("auto", "rust", "python"):
             raise ConfigError(f"--grpc-engine must be auto, rust or python, got {self.grpc_engine!r}")
+        if self.metrics not in ("basic", "extensive"):
+            raise ConfigError(f"--metrics must be 'basic' or 'extensive', got {self.metrics!r}")
         self._validate_tls()
         self._validate_auth()
         if self.heartbeat_interval_ms <= 0:
@@ -237,6 +246,8 @@ class ServerConfig:
             ("listen-peer-urls", self.listen_peer_urls),
             ("initial-advertise-peer-urls", self.initial_advertise_peer_urls),
             ("listen-native-urls", self.listen_native_urls),
+            ("listen-metrics-urls", self.listen_metrics_urls),
+            ("listen-client-http-urls", self.listen_client_http_urls),
         ):
             for u in urls:
                 parse_url(u, flag)
@@ -277,6 +288,8 @@ class ServerConfig:
                             f"--{flag}: {u} needs TLS: give --{family}cert-file and --{family}key-file"
                             f" (or --{family}auto-tls)"
                         )
+        if self.client_crl_file and not self.client_cert_auth:
+            raise ConfigError("--client-crl-file needs --client-cert-auth (it checks client certificates)")
         if self.client_cert_allowed_hostname and not self.client_cert_auth:
             raise ConfigError("--client-cert-allowed-hostname needs --client-cert-auth (it checks client certificates)")
         if (self.peer_cert_allowed_cn or self.peer_cert_allowed_hostname) and not self.peer_client_cert_auth:

@@ -14,6 +14,7 @@ by a SHA-256 of it. What Conclave needs from its buckets, and what it writes bac
 * ``auth`` (``authEnabled`` one byte, ``authRevision`` u64 BE), ``authUsers`` (name ->
   ``authpb.User``: 1 name, 2 bcrypt password hash, 3 roles, 4 options{1 no_password}) and
   ``authRoles`` (name -> ``authpb.Role``: 1 name, 2 permissions{1 type, 2 key, 3 range_end});
+  (imported into the machine's ``AuthStore`` as they are: the hashes are bcrypt in both);
 * ``members``/``members_removed``/``cluster``/``alarm``: a restore builds a NEW cluster, so
   members are written for etcd's tools (``etcdctl snapshot restore`` replaces them) and not read.
 
@@ -34,6 +35,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from conclave.kv.auth import AuthStore, Permission, PermType, Role, User
 from conclave.kv.mvcc import Store
 from conclave.kv.types import KeyValue
 from conclave.machine import StateMachine
@@ -276,10 +278,35 @@ def _read_auth(buckets: dict[bytes, bbolt.Items]) -> EtcdAuth:
     return auth
 
 
+def auth_store_of(a: EtcdAuth) -> AuthStore:
+    """Conclave's auth store holding etcd's users (with their bcrypt hashes), roles and flag."""
+    store = AuthStore()
+    for r in a.roles:
+        perms = sorted((Permission(PermType(t), k, e) for t, k, e in r.permissions),
+                       key=lambda p: (p.key, p.range_end))
+        store.roles[r.name] = Role(r.name, tuple(perms))
+    for u in a.users:
+        store.users[u.name] = User(u.name, u.password_hash, tuple(sorted(u.roles)), u.no_password)
+    store.enabled = a.enabled
+    store.revision = max(a.revision, 1) if (a.users or a.roles or a.enabled) else a.revision
+    return store
+
+
+def etcd_auth_of(store: AuthStore) -> EtcdAuth:
+    return EtcdAuth(
+        store.enabled, store.revision,
+        [EtcdUser(u.name, u.password_hash, list(u.roles), u.no_password) for u in store.users.values()],
+        [EtcdRole(r.name, [(int(p.perm_type), p.key, p.range_end) for p in r.permissions])
+         for r in store.roles.values()],
+    )
+
+
 def etcd_backup_to_machine(data: bytes) -> tuple[StateMachine, int, int]:
-    """(state machine, raft index, raft term) of an etcd backup, for ``snapshot restore``."""
+    """(state machine, raft index, raft term) of an etcd backup, for ``snapshot restore``:
+    its keys, history, leases and its auth store (users, roles, permissions, enabled)."""
     backup = read_etcd_backup(data)
     sm = StateMachine(0, [], store=backup.store, applied_index=backup.consistent_index)
+    sm.auth = auth_store_of(backup.auth)
     return sm, backup.consistent_index, backup.term
 
 
@@ -288,7 +315,7 @@ def etcd_backup_to_machine(data: bytes) -> tuple[StateMachine, int, int]:
 
 def machine_to_etcd_backup(sm: StateMachine, auth: EtcdAuth | None = None) -> bytes:
     """An etcd v3 backup (bbolt + SHA-256) of this state machine, as ``etcdctl snapshot save``
-    would have written it from an etcd holding the same data."""
+    would have written it from an etcd holding the same data (its auth store included)."""
     store = sm.store
     keys: list[tuple[bytes, bytes]] = []
     for key, recs in store.history_rows():
@@ -307,7 +334,7 @@ def machine_to_etcd_backup(sm: StateMachine, auth: EtcdAuth | None = None) -> by
                                                   **({"clientURLs": list(m.client_urls)} if m.client_urls else {})},
                                                  separators=(",", ":")).encode())
                for m in sorted(sm.members.values(), key=lambda m: m.id) if not m.is_learner]
-    a = auth or EtcdAuth()
+    a = auth or etcd_auth_of(sm.auth)
     auth_meta = [(b"authRevision", U64.pack(a.revision))]
     if a.enabled:
         auth_meta.append((b"authEnabled", b"\1"))

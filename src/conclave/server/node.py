@@ -42,6 +42,10 @@ Auth tokens are member-local (``self.tokens``, ``server/auth_tokens.py``, on the
 every member registers the simple token of each applied Authenticate, and drops a user's tokens
 when its deletion or password change applies (all of them when auth is disabled, or a snapshot
 replaces the state), so a token obtained on one member works on every member.
+Metrics (``server/metrics.py``, etcd's names): the loop bumps plain counters once per batch
+(per Ready applied, per entry proposed, per ReadIndex round); the WAL, the snapshotter and the
+transport report through hooks the node injects; gauges (leader, indexes, keys) are read from
+this node when ``/metrics`` is scraped, so the hot path pays nothing for them.
 
 Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
 the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
@@ -91,6 +95,7 @@ from conclave.raft.types import (
 )
 from conclave.server.auth_tokens import TokenConfigError, TokenProvider, provider_from_flag
 from conclave.server.config import ConfigError, ServerConfig, is_tls_url, parse_url
+from conclave.server.metrics import MemberMetrics
 from conclave.server.peer_guard import PeerGuard, reachable_members
 from conclave.server.snapshotter import Job, SnapshotError, Snapshotter, read_file
 from conclave.server.transport import PeerTls, Transport
@@ -110,6 +115,7 @@ LOOP_ERROR_LOG_INTERVAL_MS = 60_000
 # Applied commands that change which tokens are valid (Node._token_effect).
 _TOKEN_EFFECTS = frozenset({kvauth.AuthenticateRequest, kvauth.UserDeleteRequest,
                             kvauth.UserChangePasswordRequest, kvauth.AuthDisableRequest})  # fmt: skip
+SLOW_APPLY_S = 0.1  # etcd's warnApplyDuration: an apply slower than this counts in etcd_server_slow_apply_total
 
 __all__ = [
     "Clock", "ConfChangePending", "InstallSnapshot", "LeaderTransferTimeout", "MonotonicClock", "Node",
@@ -389,14 +395,14 @@ class Node:
         self.snapshotter = Snapshotter(cfg.data_dir)
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
-        self._replayed_index = 0
-        # A copy of ``sm.auth.enabled`` refreshed after every applied entry and restore: what the
-        # backend and the api read on each request (one attribute, the no-auth hot path).
-        self.auth_on = False
         try:
             self.tokens: TokenProvider = provider_from_flag(cfg.auth_token, cfg.auth_token_ttl, self.clock.now_ms)
         except TokenConfigError as exc:
             raise ConfigError(str(exc)) from None
+        # Counters bumped once per batch; gauges read from this node at scrape time (server/metrics.py).
+        self.metrics = MemberMetrics(extensive=cfg.metrics == "extensive")
+        self.metrics.bind(self)
+        self.snapshotter.on_finished = self.metrics.snapshot_finished
 
     # ------------------------------------------------------------------ the state machine
 
@@ -468,7 +474,8 @@ class Node:
             return self._storage_factory(self.cfg.data_dir)
         from conclave.storage.wal import DiskStorage
 
-        return DiskStorage(self.cfg.data_dir, max_snapshots=self.cfg.max_snapshots, max_wals=self.cfg.max_wals)
+        return DiskStorage(self.cfg.data_dir, max_snapshots=self.cfg.max_snapshots, max_wals=self.cfg.max_wals,
+                           observer=self.metrics.storage_observer())
 
     async def start(self) -> None:
         Path(self.cfg.data_dir).mkdir(parents=True, exist_ok=True)
@@ -521,7 +528,7 @@ class Node:
         self._last_leader = NONE
         peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
         self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
-                                   self._on_unreachable, tls=PeerTls.from_config(self.cfg))
+                                   self._on_unreachable, tls=PeerTls.from_config(self.cfg), metrics=self.metrics)
         await self.transport.listen(peer.host, peer.port)
         self._sync_peers()
         self._running = True
@@ -790,7 +797,10 @@ class Node:
             self._snapshot_index = rd.snapshot.meta.index
             self._sync_peers()
         if rd.committed:
+            t0 = time.perf_counter()
             self._apply(rd.committed)
+            if time.perf_counter() - t0 > SLOW_APPLY_S:
+                self.metrics.slow_apply_total += 1
         for rs in rd.read_states:
             waiters = self._reads.in_flight.pop(rs.context, None)
             if waiters:
@@ -803,9 +813,12 @@ class Node:
     def _on_soft_state(self, leader: int, role: Role) -> None:
         if leader != self._last_leader:
             old, self._last_leader = self._last_leader, leader
+            if leader != NONE:
+                self.metrics.leader_changes_total += 1
             log.info("leader is now %x (was %x), term %d", leader, old, self.raft.term)
             # Reads waiting on the old leader's ReadIndex will never be answered.
             for futs in self._reads.in_flight.values():
+                self.metrics.read_indexes_failed_total += len(futs)
                 for f in futs:
                     _fail_future(f, kverr.LeaderChanged())
             self._reads.in_flight.clear()
@@ -819,8 +832,11 @@ class Node:
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         now = self.clock.now_ms()
+        count = self.metrics.count_applied
         for e in entries:
             out = self.sm.apply(e, now)
+            if out.results:
+                count(out.results)
             self.auth_on = self.sm.auth.enabled
             if out.events:
                 self.hub.publish(out.events)
@@ -950,6 +966,10 @@ class Node:
     def raft_term(self) -> int:
         return self.raft.term
 
+    def pending_proposals(self) -> int:
+        """Requests this member proposed that are not applied yet (etcd_server_proposals_pending)."""
+        return len(self._waiters._futures)
+
     def now_ms(self) -> int:
         """This member's clock (lease deadlines are kept on it)."""
         return self.clock.now_ms()
@@ -1011,6 +1031,7 @@ class Node:
         for start, end in entry.split_batches([it.command for it in items]):
             chunk = items[start:end]
             data = entry.frame_encoded(self.member_id, [it.command for it in chunk])
+            self.metrics.entry_commands.observe(end - start)
             # One entry at a time: a failure fails the requests of that entry only.
             self._run(Propose(data, tuple(it.seq for it in chunk)))
 
@@ -1018,9 +1039,11 @@ class Node:
         """Fail fast (and forget the waiter) when no proposal can succeed now."""
         if not self._running:
             self._waiters.drop(seq)
+            self.metrics.proposals_failed_total += 1
             raise kverr.Stopped()
         if self.raft.leader_id == NONE:
             self._waiters.drop(seq)
+            self.metrics.proposals_failed_total += 1
             raise kverr.NoLeader()
 
     def _propose_entry(self, data: bytes, seqs: Sequence[int]) -> None:
@@ -1028,9 +1051,11 @@ class Node:
         try:
             self.raft.propose(data)
         except RaftNotLeader:
+            self.metrics.proposals_failed_total += len(seqs)
             for seq in seqs:
                 self._waiters.resolve(seq, error=kverr.NoLeader())
         except ProposalDropped:
+            self.metrics.proposals_failed_total += len(seqs)
             for seq in seqs:
                 self._waiters.resolve(seq, error=kverr.TooManyRequests())
 
@@ -1092,6 +1117,7 @@ class Node:
             return await asyncio.wait_for(fut, self.cfg.request_timeout_s)
         except TimeoutError:
             self._waiters.drop(seq)
+            self.metrics.proposals_failed_total += 1
             raise kverr.Timeout() from None
 
     async def _propose(self, seq: int, fut: asyncio.Future[Any], data: bytes) -> Any:
@@ -1132,9 +1158,11 @@ class Node:
         try:
             self.raft.read_index(ctx)
         except RaftNotLeader:
+            self.metrics.read_indexes_failed_total += len(batch)
             for f in batch:
                 _fail_future(f, kverr.NoLeader())
             return
+        self.metrics.read_index_batch.observe(len(batch))
         self._reads.in_flight[ctx] = batch
 
     def _release_reads(self) -> None:

@@ -107,14 +107,13 @@ class TlsSettings:
         return bool(self.allowed_cn or self.allowed_hostnames)
 
     def flag(self, name: str) -> str:
-        """``cert-file`` -> ``--peer-cert-file`` for the peer family."""
-        if self.prefix and name == "crl-file":
-            return "--peer-crl-file"
-        if not self.prefix and name == "crl-file":
-            return "--client-crl-file"
-        if self.prefix and name == "client-cert-auth":
-            return "--peer-client-cert-auth"
-        return f"--{self.prefix}{name}"
+        """The etcd flag of this family for ``name``: ``cert-file`` -> ``--peer-cert-file``..."""
+        special = _PEER_FLAGS if self.prefix else _CLIENT_FLAGS
+        return special.get(name, f"--{self.prefix}{name}")
+
+
+_CLIENT_FLAGS = {"crl-file": "--client-crl-file", "cert-allowed-hostname": "--client-cert-allowed-hostname"}
+_PEER_FLAGS = {"crl-file": "--peer-crl-file", "client-cert-auth": "--peer-client-cert-auth"}
 
 
 def client_settings(cfg: ServerConfig) -> TlsSettings:
@@ -366,8 +365,7 @@ def refusal(s: TlsSettings, der: bytes | None) -> str | None:
         return f"certificate common name {cn!r} is not in {s.flag('cert-allowed-cn')} {','.join(s.allowed_cn)}"
     if any(hostname_matches(der, h) for h in s.allowed_hostnames):
         return None
-    flag = s.flag("cert-allowed-hostname") if s.prefix else "--client-cert-allowed-hostname"
-    return f"certificate (CN {cn!r}) matches none of {flag} {','.join(s.allowed_hostnames)}"
+    return f"certificate (CN {cn!r}) matches none of {s.flag('cert-allowed-hostname')} {','.join(s.allowed_hostnames)}"
 
 
 def describe_handshake_error(exc: BaseException) -> str:
@@ -620,6 +618,14 @@ def self_signed(directory: Path, hosts: Iterable[str], validity_years: int, peer
 
 def _hosts(urls: Iterable[str]) -> list[str]:
     return [h for h in (urlsplit(u if "://" in u else "http://" + u).hostname for u in urls) if h]
+
+
+def warn_unused(cfg: ServerConfig) -> None:
+    """Certificates given for a port family whose URLs are all http:// are not used: say so (as etcd)."""
+    if cfg.cert_file and not cfg.client_tls:
+        log.warning("--cert-file is given but no client or native URL is https://: clients connect in plain text")
+    if cfg.peer_cert_file and not cfg.peer_tls:
+        log.warning("--peer-cert-file is given but the peer URLs are http://: peer traffic is not encrypted")
 
 
 def prepare_auto_tls(cfg: ServerConfig) -> None:

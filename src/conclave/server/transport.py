@@ -14,11 +14,16 @@ Besides Raft traffic the same connections carry request/response RPCs (for examp
 lease keep-alive a follower forwards to the leader): the caller sends ``RPC_REQ`` on its
 outbound connection and the answer comes back on that connection.
 
-TLS (https:// peer URLs, ``PeerTls``): the listener accepts TCP, then runs the TLS handshake
-itself (``StreamWriter.start_tls``) so that a refused peer is logged with its reason, once
-per source address and reason: no certificate, one from another CA, a revoked one, a plain
-connection. The allowed CN / hostname lists are checked right after the handshake. In every
-case the connection is closed before its first frame is read: no Raft message of a refused
+Metrics (optional, ``server/metrics.MemberMetrics``): bytes are counted once per frame in
+each direction, per peer; a failed dial counts a send failure and the messages it drops; a
+prober sends a ``ping`` RPC (answered by the transport itself, never by the node) when a
+connection comes up and every ``PROBE_INTERVAL_S`` after, for the round-trip histogram.
+
+TLS (https:// peer URLs, ``PeerTls``): the listener accepts plain sockets and runs the TLS
+handshake through ``loop.connect_accepted_socket`` so that a refused peer is logged with its
+reason, once per source address and reason: no certificate, one from another CA, a revoked one,
+a plain connection. The allowed CN / hostname lists are checked right after the handshake. In
+every case the connection is closed before its first frame is read: no Raft message of a refused
 peer reaches the node. Dialers use TLS towards the members whose peer URL is https:// and
 check the server's certificate the same way. Contexts come from ``tls.ContextSource``, so
 renewed certificate files are used by the next connection, without a restart.
@@ -52,6 +57,9 @@ QUEUE_MESSAGES_MAX = 8192
 BATCH_MESSAGES_MAX = 4096
 
 HELLO, RAFT, RPC_REQ, RPC_RESP = 0, 1, 2, 3
+PING = "ping"  # answered by the transport itself: the round-trip probe
+PROBE_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 2.0
 
 HANDSHAKE_TIMEOUT_S = 5.0
 REFUSALS_TRACKED_MAX = 1024
@@ -71,6 +79,12 @@ def encode_frame(kind: int, body: Any) -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    kind, body, _ = await read_frame_sized(reader)
+    return kind, body
+
+
+async def read_frame_sized(reader: asyncio.StreamReader) -> tuple[int, Any, int]:
+    """``read_frame`` plus the frame's size on the wire (for the byte counters)."""
     head = await reader.readexactly(HEADER.size)
     length, crc = HEADER.unpack(head)
     if length > FRAME_BYTES_MAX:
@@ -84,7 +98,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, Any]:
         raise TransportError(f"malformed frame: {exc}") from None
     if type(kind) is not int:
         raise TransportError(f"malformed frame: kind {kind!r:.40}")
-    return kind, body
+    return kind, body, HEADER.size + length
 
 
 RpcHandler = Callable[[str, Any], Awaitable[Any]]
@@ -144,6 +158,8 @@ class _Peer:
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.connected = asyncio.Event()
         self.closed = False
+        metrics = transport.metrics
+        self.stats = metrics.peer(node_id) if metrics is not None else None
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def send(self, item: Message | tuple[int, Any]) -> bool:
@@ -176,6 +192,9 @@ class _Peer:
                                             tlsmod.describe_handshake_error(exc), outbound=True)  # fmt: skip
                 self._fail_pending()
                 self.transport.report_unreachable(self.node_id)
+                if self.stats is not None:
+                    self.stats.sent_failures += 1
+                    self.stats.dropped_messages += self.queue.qsize()
                 while not self.queue.empty():
                     self.queue.get_nowait()
                 await asyncio.sleep(backoff)
@@ -184,6 +203,9 @@ class _Peer:
             except (TimeoutError, OSError):
                 self._fail_pending()
                 self.transport.report_unreachable(self.node_id)
+                if self.stats is not None:
+                    self.stats.sent_failures += 1
+                    self.stats.dropped_messages += self.queue.qsize()
                 # Drop what piled up: Raft retransmits, and stale appends only waste bandwidth.
                 while not self.queue.empty():
                     self.queue.get_nowait()
@@ -205,6 +227,7 @@ class _Peer:
             log.log(logging.DEBUG if flapping else logging.INFO,
                     "connected to member %x at %s:%d", self.node_id, *self.address)  # fmt: skip
             reader_task = asyncio.get_running_loop().create_task(self._read_responses(reader))
+            prober = asyncio.get_running_loop().create_task(self._probe()) if self.stats is not None else None
             try:
                 writer.write(encode_frame(HELLO, [self.transport.node_id, self.transport.cluster_id]))
                 await self._pump(writer, reader_task)
@@ -223,6 +246,8 @@ class _Peer:
                 # and keep this loop re-dialling after close().
                 self.connected.clear()
                 reader_task.cancel()
+                if prober is not None:
+                    prober.cancel()
                 writer.close()
                 self._fail_pending()
                 self.transport.report_unreachable(self.node_id)
@@ -247,7 +272,10 @@ class _Peer:
             if writer.is_closing():
                 # uvloop raises RuntimeError (not OSError) on a write to a closed transport.
                 return
-            writer.write(b"".join(out))
+            data = b"".join(out)
+            writer.write(data)
+            if self.stats is not None:
+                self.stats.sent_bytes += len(data)
             await writer.drain()
 
     async def _read_responses(self, reader: asyncio.StreamReader) -> None:
@@ -273,6 +301,20 @@ class _Peer:
             return
         except TransportError as exc:
             log.warning("closing peer connection to member %x: %s", self.node_id, exc)
+
+    async def _probe(self) -> None:
+        """Time a ``ping`` round trip now and every PROBE_INTERVAL_S (etcd's peer RTT histogram)."""
+        assert self.stats is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            try:
+                await self.transport.call(self.node_id, PING, None, PROBE_TIMEOUT_S)
+            except (TimeoutError, TransportError, RemoteError):
+                pass
+            else:
+                self.stats.rtt.observe(loop.time() - t0)
+            await asyncio.sleep(PROBE_INTERVAL_S)
 
     def _fail_pending(self) -> None:
         for fut in self.pending.values():
@@ -308,12 +350,15 @@ class Transport:
         on_messages: Callable[[list[Message]], None],
         on_rpc: RpcHandler,
         on_unreachable: Callable[[int], None],
+        *,
         tls: PeerTls | None = None,
+        metrics: Any = None,
     ) -> None:
         self.tls = tls
         self._refusals: set[tuple[str, str]] = set()
         self.refused = 0
         self.node_id = node_id
+        self.metrics = metrics  # server/metrics.MemberMetrics, or None
         self.cluster_id = cluster_id
         self._on_messages = on_messages
         self._on_rpc = on_rpc
@@ -332,7 +377,8 @@ class Transport:
             # handshake's failure to us (asyncio.start_server(ssl=...) would swallow it unlogged).
             import socket
 
-            lsock = socket.create_server((host, port), reuse_port=False)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            lsock = socket.create_server((host.strip("[]"), port), family=family, backlog=512)
             lsock.setblocking(False)
             self._tls_listener = lsock
             self._accepting = asyncio.get_running_loop().create_task(self._accept_tls(lsock))
@@ -372,10 +418,16 @@ class Transport:
     def peers(self) -> dict[int, tuple[str, int]]:
         return {nid: p.address for nid, p in self._peers.items()}
 
+    def connected_peers(self) -> list[int]:
+        """The peers whose outbound connection is up."""
+        return sorted(nid for nid, p in self._peers.items() if p.connected.is_set())
+
     def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
         for m in messages:
             peer = self._peers.get(m.to)
             if peer is None or not peer.send(m):
+                if peer is not None and peer.stats is not None:
+                    peer.stats.dropped_messages += 1
                 self.report_unreachable(m.to)
 
     def report_unreachable(self, node_id: int) -> None:
@@ -415,15 +467,22 @@ class Transport:
                 raise TransportError(
                     f"peer {peer_desc} belongs to cluster {remote_cluster:x}, not {self.cluster_id:x}"
                 )
+            stats = self.metrics.peer(_remote_id) if self.metrics is not None else None
             while True:
-                kind, body = await read_frame(reader)
+                kind, body, size = await read_frame_sized(reader)
+                if stats is not None:
+                    stats.received_bytes += size
                 if kind == RAFT:
                     try:
                         self._on_messages(decode_messages(body))
                     except CodecError as exc:
                         raise TransportError(str(exc)) from None
                 elif kind == RPC_REQ:
-                    asyncio.get_running_loop().create_task(self._answer(writer, _rpc_request(body)))
+                    req = _rpc_request(body)
+                    if req[1] == PING:  # the peer's round-trip probe: answered here, at once
+                        writer.write(encode_frame(RPC_RESP, [req[0], True, None]))
+                    else:
+                        asyncio.get_running_loop().create_task(self._answer(writer, req))
                 else:
                     raise TransportError(f"unexpected frame kind {kind}")
         except (asyncio.IncompleteReadError, ConnectionError, OSError):

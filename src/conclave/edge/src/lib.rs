@@ -10,6 +10,11 @@
 //! tasks. The edge carries no business rule: it moves bytes, gRPC length prefixes and status
 //! trailers.
 //!
+//! On a TLS listener the first byte decides: a TLS handshake record goes to rustls with the
+//! current configuration of `tls::Tls` (rebuilt when its files change), anything else gets Go's
+//! answer to plain text on a TLS port and is closed. What Python should log (a reload, files that
+//! do not load) travels as a `LOG` event on the same queue, so no edge thread takes the GIL.
+//!
 //! Limits: a gRPC message over `max_msg` bytes ends its stream with RESOURCE_EXHAUSTED; a
 //! truncated message or a compressed one ends the stream; a protocol error closes that
 //! connection; nothing closes the member. Responses are written only as the client's HTTP/2 flow
@@ -916,10 +921,11 @@ impl Edge {
             key_file: key_file.clone().unwrap_or_default(),
             client_ca_file,
             crl_file,
-            allowed_hostnames: allowed_hostnames.unwrap_or_default(),
+            // Blank entries (what splitting an empty flag value gives) are no names.
+            allowed_hostnames: allowed_hostnames.unwrap_or_default().into_iter().filter(|h| !h.trim().is_empty()).collect(),
             min_version: tls_min_version.filter(|v| !v.is_empty()).unwrap_or_else(|| "TLS1.2".into()),
             max_version: tls_max_version.unwrap_or_default(),
-            cipher_suites: cipher_suites.unwrap_or_default(),
+            cipher_suites: cipher_suites.unwrap_or_default().into_iter().filter(|c| !c.trim().is_empty()).collect(),
         };
         let want_tls = match (&cert_file, &key_file) {
             (Some(_), Some(_)) => true,
