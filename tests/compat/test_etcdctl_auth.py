@@ -239,11 +239,6 @@ DIFFERENCES: dict[str, tuple[str, tuple[str, str, int], tuple[str, str, int]]] =
          + f"Failed to get the hash of endpoint 127.0.0.1:<PORT> ({_OLD_MAINT})\nError: {_OLD_MAINT}\n", 1),
         ("", _warn("PermissionDenied", _DENIED)
          + f"Failed to get the hash of endpoint 127.0.0.1:<PORT> ({_DENIED})\nError: {_DENIED}\n", 1)),
-    "no-user-lease-grant": (
-        "LeaseGrant needs an authenticated user (a Conclave rule: etcd, fixed or not, grants a lease to a caller "
-        "without credentials)",
-        ("lease <LEASE> granted with TTL(60s)\n", "", 0),
-        ("", _warn("InvalidArgument", _EMPTY) + f"Error: failed to grant lease ({_EMPTY})\n", 1)),
     "no-user-endpoint-status": (
         "Status needs an authenticated user (CVE-2026-33413)",
         ('[{"Endpoint":"<N>.<N>.<N>.<N>:<PORT>","Status":{"header":{"cluster_id":<N>,"member_id":<N>,'
