@@ -114,6 +114,30 @@ def tls_args(args: argparse.Namespace, i: int) -> list[str]:
     ]  # fmt: skip
 
 
+def has_leader(args: argparse.Namespace, port: int) -> bool:
+    """The member on ``port`` knows a leader (Maintenance.Status over its client port, 1 s at most)."""
+    import grpc
+
+    from conclave.api import pb
+    from conclave.api.stubs import EtcdStub
+
+    target = f"127.0.0.1:{port}"
+    if args.tls:
+        d = tls_dir(args)
+        creds = grpc.ssl_channel_credentials((d / "ca.pem").read_bytes(), (d / "client-key.pem").read_bytes(),
+                                             (d / "client.pem").read_bytes())
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
+    try:
+        st = EtcdStub(channel, "etcdserverpb.Maintenance").Status(pb.StatusRequest(), timeout=1.0)
+        return bool(st.leader)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+
+
 def etcdctl_flags(args: argparse.Namespace) -> str:
     d = tls_dir(args)
     return f"--cacert={d / 'ca.pem'} --cert={d / 'client.pem'} --key={d / 'client-key.pem'}"
@@ -174,6 +198,8 @@ def run(args: argparse.Namespace) -> int:
     # dies an hour in is reported for what happened to it, never as "not ready after 30s".
     deadlines = [0.0] * args.nodes
     ever_ready = False
+    announce = False
+    leader_deadline = float("inf")
 
     def start(i: int) -> None:
         with open(logs[i], "ab") as out:
@@ -205,19 +231,28 @@ def run(args: argparse.Namespace) -> int:
                       f"native {s + '://' if args.tls else ''}127.0.0.1:{NATIVE_PORTS[i] + off}, "
                       f"peers {s}://127.0.0.1:{PEER_PORTS[i] + off}", flush=True)  # fmt: skip
                 if all(ready):
-                    eps = ",".join(f"{s + '://' if args.tls else ''}127.0.0.1:{CLIENT_PORTS[j] + off}"
-                                   for j in range(args.nodes))  # fmt: skip
-                    flags = f" {etcdctl_flags(args)}" if args.tls else ""
-                    if ever_ready:
-                        print("all members ready again", flush=True)
-                    else:
-                        print(f"cluster ready; try: etcdctl --endpoints={eps}{flags} put foo bar   (Ctrl-C stops)",
-                              flush=True)
-                    ever_ready = True
+                    announce = True  # once a leader is known: what a client needs to write
+                    leader_deadline = time.monotonic() + args.ready_timeout
             elif not ready[i] and time.monotonic() > deadlines[i]:
                 print(f"conclave up: node{i + 1} is running but not accepting clients "
                       f"{args.ready_timeout:.0f}s after it started; see {logs[i]}", file=sys.stderr, flush=True)
                 deadlines[i] = float("inf")
+        if announce and all(ready) and not stopping:
+            if has_leader(args, CLIENT_PORTS[0] + off):
+                announce = False
+                eps = ",".join(f"{s + '://' if args.tls else ''}127.0.0.1:{CLIENT_PORTS[j] + off}"
+                               for j in range(args.nodes))  # fmt: skip
+                flags = f" {etcdctl_flags(args)}" if args.tls else ""
+                if ever_ready:
+                    print("all members ready again", flush=True)
+                else:
+                    print(f"cluster ready; try: etcdctl --endpoints={eps}{flags} put foo bar   (Ctrl-C stops)",
+                          flush=True)
+                ever_ready = True
+            elif time.monotonic() > leader_deadline:
+                print(f"conclave up: every member accepts clients but none knows a leader {args.ready_timeout:.0f}s "
+                      f"later; see the logs in {args.data_dir}", file=sys.stderr, flush=True)
+                leader_deadline = float("inf")
         time.sleep(0.1)
     print("stopping...", flush=True)
     for p in procs:
