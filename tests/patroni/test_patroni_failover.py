@@ -1,0 +1,185 @@
+"""Patroni (PostgreSQL high availability) on a 3-member DCS: etcd 3.4 and Conclave, same scenario.
+
+Patroni speaks only etcd's JSON gateway (``etcd3:`` section: /version, /v3/kv, /v3/lease, /v3/watch).
+The scenario, every step bounded in time:
+
+1. two Patroni nodes bootstrap a primary and a streaming replica; a row written on the primary
+   is read on the replica;
+2. kill -9 of the primary's Patroni and of its PostgreSQL (the postmaster's process group): the
+   replica is promoted within ttl + loop_wait (the time from the kill to the promotion, seen on
+   Patroni's REST API and by ``pg_is_in_recovery()``, is printed);
+3. the old primary's Patroni is restarted and the node rejoins as a streaming replica
+   (pg_rewind or a new clone, as Patroni decides) and reads a row written after the failover;
+4. kill -9 of the DCS's Raft leader during normal operation: for ttl + 2 * loop_wait seconds,
+   polled every 0.2 s, the primary stays primary, the replica stays a replica, the leader key
+   is the same key (same create_revision, same value), and a row written afterwards replicates.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conclave.server.launcher import ProcessCluster
+
+try:
+    import psycopg
+except ImportError:  # the patroni_base fixture says so: a skip, or a failure under CI=true
+    psycopg = None
+
+from .conftest import PatroniNode, Runner, dcs_get, dcs_leader, make_node, missing, wait_until
+
+TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5  # Patroni's minimum ttl is 20 (smaller is raised to 20)
+TIMING = {"ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT}
+NAMESPACE = "/service/"
+
+
+def sql(node: PatroniNode, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(host="127.0.0.1", port=node.pg_port, user="postgres", dbname="postgres",
+                         password=node.passwords["superuser"], connect_timeout=3, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+def try_sql(node: PatroniNode, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]] | None:
+    try:
+        return sql(node, query, params)
+    except psycopg.Error:
+        return None
+
+
+def role(node: PatroniNode) -> str | None:
+    status, body = node.rest("/patroni")
+    return body.get("role") if status == 200 and isinstance(body, dict) else None
+
+
+def in_recovery(node: PatroniNode) -> bool | None:
+    rows = try_sql(node, "select pg_is_in_recovery()")
+    return rows[0][0] if rows else None
+
+
+def is_primary(node: PatroniNode) -> bool:
+    return node.rest("/primary")[0] == 200 and in_recovery(node) is False
+
+
+def is_streaming_replica(node: PatroniNode, primary: PatroniNode) -> bool:
+    if node.rest("/replica")[0] != 200 or in_recovery(node) is not True:
+        return False
+    rows = try_sql(primary, "select count(*) from pg_stat_replication where state = 'streaming' and "
+                            "application_name = %s", (node.name,))
+    return bool(rows and rows[0][0] == 1)
+
+
+def has_row(node: PatroniNode, token: str) -> bool:
+    rows = try_sql(node, "select count(*) from conclave_patroni where token = %s", (token,))
+    return bool(rows and rows[0][0] == 1)
+
+
+def logs(*nodes: PatroniNode) -> str:
+    return "\n".join(f"--- {n.name} ({n.log_path}) ---\n{n.log_tail()}" for n in nodes)
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("dcs", ["etcd", "conclave"])
+def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path, Runner, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    if dcs == "etcd" and shutil.which("etcd") is None:
+        missing("etcd 3.4 (Debian's etcd-server) is not installed")
+    base, runner, bin_dir = patroni_base
+    started = time.monotonic()
+    cluster = ProcessCluster(tmp_path / "dcs", 3, kind=dcs)
+    nodes = [make_node(base, runner, bin_dir, "pg0"), make_node(base, runner, bin_dir, "pg1")]
+    pg0, pg1 = nodes
+    scope = f"conclave-{uuid.uuid4().hex[:8]}"
+    leader_key = f"{NAMESPACE}{scope}/leader"
+    try:
+        cluster.start()
+        dcs_leader(cluster)
+        for n in nodes:
+            n.write_config(scope, NAMESPACE, cluster.endpoints, TIMING)
+
+        # 1. bootstrap: pg0 initialises the cluster and takes the leader key, pg1 clones it
+        pg0.start()
+        wait_until(lambda: is_primary(pg0), 120, f"pg0 to bootstrap as primary\n{logs(pg0)}", every=0.5)
+        pg1.start()
+        wait_until(lambda: is_streaming_replica(pg1, pg0), 120, f"pg1 to stream from pg0\n{logs(pg0, pg1)}",
+                   every=0.5)
+        sql(pg0, "create table conclave_patroni (token text primary key)")
+        first = uuid.uuid4().hex
+        sql(pg0, "insert into conclave_patroni values (%s)", (first,))
+        wait_until(lambda: has_row(pg1, first), 30, "the row written on the primary to reach the replica")
+        kv = dcs_get(cluster, leader_key)
+        assert kv is not None and kv.value == b"pg0", f"leader key {leader_key}: {kv}"
+        bootstrap_s = time.monotonic() - started
+
+        # 2. kill -9 of the primary's Patroni and PostgreSQL: pg1 must be promoted within ttl + loop_wait
+        pg0.kill_patroni()
+        pg0.kill_postgres()
+        killed = time.monotonic()
+        rest_at = wait_until(lambda: pg1.rest("/primary")[0] == 200, TTL + LOOP_WAIT + 30,
+                             f"pg1 to be promoted\n{logs(pg1)}")
+        sql_at = wait_until(lambda: in_recovery(pg1) is False, 30, "pg1 to leave recovery")
+        failover_s, writable_s = rest_at - killed, sql_at - killed
+        with capsys.disabled():
+            print(f"\n[patroni/{dcs}] bootstrap {bootstrap_s:.1f}s; failover after kill -9 of the primary: "
+                  f"REST /primary 200 after {failover_s:.2f}s, pg_is_in_recovery() false after {writable_s:.2f}s "
+                  f"(ttl {TTL}, loop_wait {LOOP_WAIT}, retry_timeout {RETRY_TIMEOUT})")
+        assert failover_s <= TTL + LOOP_WAIT, f"promotion took {failover_s:.2f}s > ttl + loop_wait\n{logs(pg1)}"
+        kv = dcs_get(cluster, leader_key)
+        assert kv is not None and kv.value == b"pg1", f"leader key after the failover: {kv}"
+        second = uuid.uuid4().hex
+        sql(pg1, "insert into conclave_patroni values (%s)", (second,))
+
+        # 3. the old primary rejoins as a replica of the new one
+        rejoin_from = time.monotonic()
+        log_mark = pg0.log_path.stat().st_size
+        pg0.start()
+        wait_until(lambda: is_streaming_replica(pg0, pg1), 150, f"pg0 to rejoin as a replica\n{logs(pg0, pg1)}",
+                   every=0.5)
+        wait_until(lambda: has_row(pg0, second) and has_row(pg0, first), 30, "the rejoined replica to have both rows")
+        rejoin_s = time.monotonic() - rejoin_from
+        rejoin_log = pg0.log_path.read_bytes()[log_mark:].decode(errors="replace")
+        how = ("pg_rewind" if "running pg_rewind" in rejoin_log else
+               "a new clone" if "replica has been created" in rejoin_log else "a restart as replica (no rewind needed)")
+
+        # 4. kill -9 of the DCS leader: Patroni keeps its leader key, nobody is demoted or promoted
+        kv = dcs_get(cluster, leader_key)
+        assert kv is not None and kv.value == b"pg1"
+        held_since = kv.create_revision
+        pg1_pid = pg1.postmaster_pid()
+        victim = dcs_leader(cluster)
+        victim.kill()
+        lost_at = time.monotonic()
+        seen: dict[str, int] = {"pg1 primary": 0, "pg0 replica": 0, "key held": 0}
+        while time.monotonic() - lost_at < TTL + 2 * LOOP_WAIT:
+            r1, r0 = role(pg1), role(pg0)
+            assert r1 in (None, "primary"), f"pg1 became {r1} after the DCS leader died\n{logs(pg1)}"
+            assert r0 in (None, "replica"), f"pg0 became {r0} after the DCS leader died\n{logs(pg0)}"
+            assert in_recovery(pg1) is not True, f"pg1 was demoted\n{logs(pg1)}"
+            assert in_recovery(pg0) is not False, f"pg0 was promoted: two primaries\n{logs(pg0)}"
+            kv = dcs_get(cluster, leader_key)
+            if kv is not None:
+                assert kv.value == b"pg1" and kv.create_revision == held_since, f"the leader key changed: {kv}"
+                seen["key held"] += 1
+            seen["pg1 primary"] += r1 == "primary"
+            seen["pg0 replica"] += r0 == "replica"
+            time.sleep(0.2)
+        assert min(seen.values()) > 0, f"the nodes were never seen in their roles: {seen}"
+        assert pg1.postmaster_pid() == pg1_pid, "pg1's PostgreSQL was restarted"
+        third = uuid.uuid4().hex
+        sql(pg1, "insert into conclave_patroni values (%s)", (third,))
+        wait_until(lambda: has_row(pg0, third), 30, "a row written after the DCS leader loss to replicate")
+        with capsys.disabled():
+            print(f"[patroni/{dcs}] rejoin of the old primary by {how} in {rejoin_s:.1f}s; "
+                  f"DCS leader {victim.name} killed: "
+                  f"roles and leader key unchanged for {TTL + 2 * LOOP_WAIT}s ({seen}); "
+                  f"whole scenario {time.monotonic() - started:.0f}s")
+    finally:
+        for n in nodes:
+            n.stop()
+        cluster.stop()
