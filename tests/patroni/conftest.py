@@ -225,6 +225,18 @@ class PatroniNode:
     def rest(self, path: str) -> tuple[int, Any]:
         return http_json(f"http://127.0.0.1:{self.rest_port}{path}")
 
+    def dcs_connections(self, cluster: ProcessCluster) -> list[str]:
+        """The DCS members this Patroni process has a TCP connection to now (for the report)."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        try:
+            ports = {c.raddr.port for c in psutil.Process(self.proc.pid).net_connections(kind="tcp") if c.raddr}
+        except psutil.Error:
+            return []
+        return [m.name for m in cluster.members if m.client_port in ports]
+
     def postmaster_pid(self) -> int | None:
         """The postmaster of this node's data directory, if one runs (checked against /proc)."""
         try:

@@ -32,7 +32,7 @@ try:
 except ImportError:  # the patroni_base fixture says so: a skip, or a failure under CI=true
     psycopg = None
 
-from .conftest import PatroniNode, Runner, dcs_get, dcs_leader, make_node, missing, wait_until
+from .conftest import PatroniNode, Runner, dcs_get, dcs_leader, http_json, make_node, missing, wait_until
 
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5  # Patroni's minimum ttl is 20 (smaller is raised to 20)
 TIMING = {"ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT}
@@ -100,6 +100,10 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
     try:
         cluster.start()
         dcs_leader(cluster)
+        # Patroni's first call: GET /version on a client URL, each part of etcdserver/etcdcluster an integer
+        status, version = http_json(f"http://{cluster.endpoints[0]}/version")
+        assert status == 200 and isinstance(version, dict), f"{dcs} does not serve GET /version: {status} {version}"
+        assert all(p.isdigit() for k in ("etcdserver", "etcdcluster") for p in str(version.get(k)).split(".")), version
         for n in nodes:
             n.write_config(scope, NAMESPACE, cluster.endpoints, TIMING)
 
@@ -153,6 +157,7 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         held_since = kv.create_revision
         pg1_pid = pg1.postmaster_pid()
         victim = dcs_leader(cluster)
+        talking_to = pg1.dcs_connections(cluster)
         victim.kill()
         lost_at = time.monotonic()
         seen: dict[str, int] = {"pg1 primary": 0, "pg0 replica": 0, "key held": 0}
@@ -176,7 +181,7 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         wait_until(lambda: has_row(pg0, third), 30, "a row written after the DCS leader loss to replicate")
         with capsys.disabled():
             print(f"[patroni/{dcs}] rejoin of the old primary by {how} in {rejoin_s:.1f}s; "
-                  f"DCS leader {victim.name} killed: "
+                  f"DCS leader {victim.name} killed (the primary's Patroni was connected to {talking_to}): "
                   f"roles and leader key unchanged for {TTL + 2 * LOOP_WAIT}s ({seen}); "
                   f"whole scenario {time.monotonic() - started:.0f}s")
     finally:
