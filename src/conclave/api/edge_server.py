@@ -31,13 +31,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from conclave.api import pb
 from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, error_status, etcd_handlers
+from conclave.api.http import HttpBody, HttpHandler, version_document  # noqa: F401  (HttpBody: re-exported)
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
@@ -54,8 +55,6 @@ ENGINES = ("auto", "rust", "python")
 RANGE_PATH = "/etcdserverpb.KV/Range"
 PEER_CN = ":tls-client-cn"  # metadata key the edge adds for a mutual-TLS client's certificate CN
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
-HttpBody = bytes | AsyncIterable[bytes]  # an async iterable is sent as a chunked response
-HttpHandler = Callable[[str, str, list[tuple[str, str]], bytes], Awaitable[tuple[int, list[tuple[str, str]], HttpBody]]]
 
 
 def available() -> bool:
@@ -185,10 +184,7 @@ async def default_http_handler(
         ok = backend.has_leader()
         return (200 if ok else 503), ctype, json.dumps({"health": "true" if ok else "false"}).encode()
     if path == "/version":
-        from conclave.version import __version__
-
-        version = {"etcdserver": "3.4.23", "etcdcluster": "3.4.0", "conclave": __version__}
-        return 200, ctype, json.dumps(version).encode()
+        return 200, ctype, json.dumps(await version_document(backend)).encode()
     return 404, [], b"404 page not found\n"
 
 

@@ -31,6 +31,8 @@ class Member:
         self.node: Any = None
         self.grpc_server: Any = None
         self.native_server: Any = None
+        self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version (and /health...)
+        self.http_server: Any = None  # the --listen-client-http-urls listener
 
     async def start(self) -> None:
         from conclave.server.backend import NodeBackend
@@ -39,7 +41,15 @@ class Member:
         self.node = Node(self.cfg)
         await self.node.start()
         backend = NodeBackend(self.node)
-        from conclave.api.edge_server import IMPORT_ERROR, choose_engine
+        from functools import partial
+
+        from conclave.api.edge_server import IMPORT_ERROR, choose_engine, default_http_handler
+        from conclave.api.gateway import gateway_router
+        from conclave.api.http import not_found, start_http_server
+
+        self.http_router = gateway_router(backend)
+        self.http_router.add("/health", partial(default_http_handler, backend))
+        http_urls = self.cfg.listen_client_http_urls
 
         try:
             engine = choose_engine(self.cfg.grpc_engine)
@@ -56,7 +66,10 @@ class Member:
                 tls = {"cert_file": self.cfg.cert_file, "key_file": self.cfg.key_file, "secure": secure,
                        "client_ca_file": self.cfg.trusted_ca_file if self.cfg.client_cert_auth else None}  # fmt: skip
             try:
-                self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes, **tls)
+                # HTTP/1.1 beside gRPC on the client port, unless it has its own URLs (as etcd 3.5).
+                http_handler = not_found if http_urls else self.http_router
+                self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes,
+                                              http_handler=http_handler, **tls)  # fmt: skip
             except ValueError as exc:  # unreadable TLS files
                 raise ConfigError(str(exc)) from None
             log.info("gRPC engine: rust (compiled edge)")
@@ -89,6 +102,13 @@ class Member:
                 if bound == 0:
                     raise ConfigError(f"--listen-client-urls: cannot listen on {hp}")
             await self.grpc_server.start()
+            if not http_urls:
+                log.info("JSON gateway: not served (the python engine cannot share the gRPC port; "
+                         "give --listen-client-http-urls)")
+        if http_urls:
+            hps = [parse_url(u, "listen-client-http-urls") for u in http_urls]
+            self.http_server = await start_http_server(self.http_router, [(hp.host, hp.port) for hp in hps])
+            log.info("JSON gateway and /version on %s", ",".join(http_urls))
         if self.cfg.listen_native_urls:
             try:
                 from conclave.api.native import start_native_server
@@ -102,6 +122,8 @@ class Member:
     async def stop(self) -> None:
         if self.native_server is not None:
             self.native_server.close()
+        if self.http_server is not None:
+            await self.http_server.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
         if self.node is not None:

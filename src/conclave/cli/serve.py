@@ -23,6 +23,10 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("initial-cluster-state", "new|existing", "new", "'new' to bootstrap a cluster, 'existing' to join one"),
     ("initial-cluster-token", "TOKEN", "conclave-cluster", "initial cluster token, part of member and cluster ids"),
     ("listen-native-urls", "URLS", "", "URLs to listen on for Conclave's native client protocol (default: none)"),
+    ("listen-client-http-urls", "URLS", "",
+     "URLs to listen on for HTTP only client traffic: the JSON gateway (/v3/...) and /version; once set, "
+     "--listen-client-urls serve gRPC only (default: none: HTTP/1.1 shares the client port on the rust "
+     "engine; the python engine serves HTTP only here)"),
     ("heartbeat-interval", "MS", "100", "time (in milliseconds) of a heartbeat interval"),
     ("election-timeout", "MS", "1000", "time (in milliseconds) for an election to timeout"),
     ("snapshot-count", "N", "10000", "number of committed entries that trigger a snapshot"),
@@ -103,6 +107,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         initial_cluster_token=args.initial_cluster_token,
         listen_native_urls=(
             parse_urls(args.listen_native_urls, "listen-native-urls") if args.listen_native_urls else []
+        ),
+        listen_client_http_urls=(
+            parse_urls(args.listen_client_http_urls, "listen-client-http-urls") if args.listen_client_http_urls else []
         ),
         heartbeat_interval_ms=_int(args, "heartbeat-interval"),
         election_timeout_ms=_int(args, "election-timeout"),

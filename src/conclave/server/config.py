@@ -123,6 +123,9 @@ class ServerConfig:
     initial_cluster_state: str = "new"
     initial_cluster_token: str = "conclave-cluster"
     listen_native_urls: list[str] = field(default_factory=list)
+    # etcd 3.5's --listen-client-http-urls: plain HTTP only (JSON gateway, /version, /health...);
+    # once set, the client URLs serve gRPC only, as in etcd.
+    listen_client_http_urls: list[str] = field(default_factory=list)
     heartbeat_interval_ms: int = 100
     election_timeout_ms: int = 1000
     snapshot_count: int = 10_000
@@ -207,6 +210,7 @@ class ServerConfig:
             ("listen-peer-urls", self.listen_peer_urls),
             ("initial-advertise-peer-urls", self.initial_advertise_peer_urls),
             ("listen-native-urls", self.listen_native_urls),
+            ("listen-client-http-urls", self.listen_client_http_urls),
         ):
             for u in urls:
                 parse_url(u, flag)
