@@ -182,7 +182,7 @@ class PatroniNode:
                     "postgresql": {
                         "use_pg_rewind": True,
                         "parameters": {"wal_level": "replica", "hot_standby": "on", "wal_log_hints": "on",
-                                       "max_wal_senders": 5, "max_replication_slots": 5, "max_connections": 20},
+                                       "max_wal_senders": 5, "max_replication_slots": 5},
                     },
                 },
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "data-checksums"],
@@ -225,17 +225,14 @@ class PatroniNode:
     def rest(self, path: str) -> tuple[int, Any]:
         return http_json(f"http://127.0.0.1:{self.rest_port}{path}")
 
-    def dcs_connections(self, cluster: ProcessCluster) -> list[str]:
-        """The DCS members this Patroni process has a TCP connection to now (for the report)."""
-        import psutil
-
-        if self.proc is None or self.proc.poll() is not None:
-            return []
-        try:
-            ports = {c.raddr.port for c in psutil.Process(self.proc.pid).net_connections(kind="tcp") if c.raddr}
-        except psutil.Error:
-            return []
-        return [m.name for m in cluster.members if m.client_port in ports]
+    def dcs_member_in_use(self, cluster: ProcessCluster) -> ProcessMember | None:
+        """The DCS member this Patroni sends its requests to: Patroni keeps one base URI and logs
+        "Selected new etcd server <url>" each time it changes it (the last such line is current)."""
+        chosen = None
+        for line in self.log_tail(1 << 22).splitlines():
+            if "Selected new etcd server" in line:
+                chosen = line.rsplit(" ", 1)[-1].strip()
+        return next((m for m in cluster.members if chosen == f"http://{m.endpoint}"), None)
 
     def postmaster_pid(self) -> int | None:
         """The postmaster of this node's data directory, if one runs (checked against /proc)."""
@@ -283,7 +280,8 @@ class PatroniNode:
 
 @pytest.fixture
 def patroni_base() -> Iterator[tuple[Path, Runner, Path]]:
-    """(base directory owned by the Patroni user, runner, PostgreSQL bin dir); removed afterwards."""
+    """(base directory owned by the Patroni user, runner, PostgreSQL bin dir); removed afterwards
+    unless CONCLAVE_KEEP_PATRONI=1 (then its path is printed: each node's patroni.log and data)."""
     bin_dir = pg_bin_dir()
     if bin_dir is None:
         missing(f"PostgreSQL's server binaries are not installed under {PG_ROOT} (Debian's postgresql)")
@@ -294,7 +292,10 @@ def patroni_base() -> Iterator[tuple[Path, Runner, Path]]:
     try:
         yield base, runner, bin_dir
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("CONCLAVE_KEEP_PATRONI") == "1":
+            print(f"\nPatroni nodes' directories (logs, data) kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def make_node(base: Path, runner: Runner, bin_dir: Path, name: str) -> PatroniNode:
@@ -330,6 +331,23 @@ def dcs_leader(cluster: ProcessCluster, timeout: float = 20.0) -> ProcessMember:
 
     wait_until(ask, timeout, "a DCS leader", every=0.2)
     return found[0]
+
+
+def dcs_member_id(m: ProcessMember) -> int:
+    with grpc.insecure_channel(m.endpoint) as ch:
+        st = EtcdStub(ch, "etcdserverpb.Maintenance").Status(pb.StatusRequest(), timeout=5)
+    return int(st.header.member_id)
+
+
+def dcs_move_leader(cluster: ProcessCluster, target: ProcessMember) -> ProcessMember:
+    """Make target the Raft leader (Maintenance.MoveLeader, sent to the current leader); returns the leader."""
+    leader = dcs_leader(cluster)
+    if leader is target:
+        return leader
+    with grpc.insecure_channel(leader.endpoint) as ch:
+        EtcdStub(ch, "etcdserverpb.Maintenance").MoveLeader(
+            pb.MoveLeaderRequest(targetID=dcs_member_id(target)), timeout=10)
+    return dcs_leader(cluster)
 
 
 def dcs_get(cluster: ProcessCluster, key: str) -> Any | None:

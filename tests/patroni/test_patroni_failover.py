@@ -10,9 +10,11 @@ The scenario, every step bounded in time:
    Patroni's REST API and by ``pg_is_in_recovery()``, is printed);
 3. the old primary's Patroni is restarted and the node rejoins as a streaming replica
    (pg_rewind or a new clone, as Patroni decides) and reads a row written after the failover;
-4. kill -9 of the DCS's Raft leader during normal operation: for ttl + 2 * loop_wait seconds,
-   polled every 0.2 s, the primary stays primary, the replica stays a replica, the leader key
-   is the same key (same create_revision, same value), and a row written afterwards replicates.
+4. kill -9 of the DCS's Raft leader during normal operation, first made (MoveLeader) the member
+   the primary's Patroni is connected to, so Patroni loses its connection and the leader at once:
+   for ttl + 2 * loop_wait seconds, polled every 0.2 s, the primary stays primary, the replica
+   stays a replica, the leader key is the same key (same create_revision, same value), and a row
+   written afterwards replicates.
 """
 
 from __future__ import annotations
@@ -32,7 +34,17 @@ try:
 except ImportError:  # the patroni_base fixture says so: a skip, or a failure under CI=true
     psycopg = None
 
-from .conftest import PatroniNode, Runner, dcs_get, dcs_leader, http_json, make_node, missing, wait_until
+from .conftest import (
+    PatroniNode,
+    Runner,
+    dcs_get,
+    dcs_leader,
+    dcs_move_leader,
+    http_json,
+    make_node,
+    missing,
+    wait_until,
+)
 
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5  # Patroni's minimum ttl is 20 (smaller is raised to 20)
 TIMING = {"ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT}
@@ -92,7 +104,7 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         missing("etcd 3.4 (Debian's etcd-server) is not installed")
     base, runner, bin_dir = patroni_base
     started = time.monotonic()
-    cluster = ProcessCluster(tmp_path / "dcs", 3, kind=dcs)
+    cluster = ProcessCluster(base / "dcs", 3, kind=dcs)  # in base: CONCLAVE_KEEP_PATRONI keeps its logs
     nodes = [make_node(base, runner, bin_dir, "pg0"), make_node(base, runner, bin_dir, "pg1")]
     pg0, pg1 = nodes
     scope = f"conclave-{uuid.uuid4().hex[:8]}"
@@ -107,7 +119,9 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         for n in nodes:
             n.write_config(scope, NAMESPACE, cluster.endpoints, TIMING)
 
+        dcs_s = time.monotonic() - started
         # 1. bootstrap: pg0 initialises the cluster and takes the leader key, pg1 clones it
+        boot_from = time.monotonic()
         pg0.start()
         wait_until(lambda: is_primary(pg0), 120, f"pg0 to bootstrap as primary\n{logs(pg0)}", every=0.5)
         pg1.start()
@@ -119,7 +133,7 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         wait_until(lambda: has_row(pg1, first), 30, "the row written on the primary to reach the replica")
         kv = dcs_get(cluster, leader_key)
         assert kv is not None and kv.value == b"pg0", f"leader key {leader_key}: {kv}"
-        bootstrap_s = time.monotonic() - started
+        bootstrap_s = time.monotonic() - boot_from
 
         # 2. kill -9 of the primary's Patroni and PostgreSQL: pg1 must be promoted within ttl + loop_wait
         pg0.kill_patroni()
@@ -130,7 +144,8 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         sql_at = wait_until(lambda: in_recovery(pg1) is False, 30, "pg1 to leave recovery")
         failover_s, writable_s = rest_at - killed, sql_at - killed
         with capsys.disabled():
-            print(f"\n[patroni/{dcs}] bootstrap {bootstrap_s:.1f}s; failover after kill -9 of the primary: "
+            print(f"\n[patroni/{dcs}] DCS up in {dcs_s:.1f}s, primary + replica bootstrapped in {bootstrap_s:.1f}s; "
+                  f"failover after kill -9 of the primary: "
                   f"REST /primary 200 after {failover_s:.2f}s, pg_is_in_recovery() false after {writable_s:.2f}s "
                   f"(ttl {TTL}, loop_wait {LOOP_WAIT}, retry_timeout {RETRY_TIMEOUT})")
         assert failover_s <= TTL + LOOP_WAIT, f"promotion took {failover_s:.2f}s > ttl + loop_wait\n{logs(pg1)}"
@@ -156,8 +171,12 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         assert kv is not None and kv.value == b"pg1"
         held_since = kv.create_revision
         pg1_pid = pg1.postmaster_pid()
-        victim = dcs_leader(cluster)
-        talking_to = pg1.dcs_connections(cluster)
+        # the hard case: the member that leads is the one the primary's Patroni is talking to
+        target = pg1.dcs_member_in_use(cluster)
+        assert target is not None, f"no 'Selected new etcd server' in pg1's log\n{logs(pg1)}"
+        victim = dcs_move_leader(cluster, target)
+        assert victim is target, f"MoveLeader to {target.name} left {victim.name} leading"
+        log_mark = pg1.log_path.stat().st_size
         victim.kill()
         lost_at = time.monotonic()
         seen: dict[str, int] = {"pg1 primary": 0, "pg0 replica": 0, "key held": 0}
@@ -176,13 +195,16 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
             time.sleep(0.2)
         assert min(seen.values()) > 0, f"the nodes were never seen in their roles: {seen}"
         assert pg1.postmaster_pid() == pg1_pid, "pg1's PostgreSQL was restarted"
+        errors = [ln for ln in pg1.log_path.read_bytes()[log_mark:].decode(errors="replace").splitlines()
+                  if " ERROR: " in ln]
         third = uuid.uuid4().hex
         sql(pg1, "insert into conclave_patroni values (%s)", (third,))
         wait_until(lambda: has_row(pg0, third), 30, "a row written after the DCS leader loss to replicate")
         with capsys.disabled():
             print(f"[patroni/{dcs}] rejoin of the old primary by {how} in {rejoin_s:.1f}s; "
-                  f"DCS leader {victim.name} killed (the primary's Patroni was connected to {talking_to}): "
-                  f"roles and leader key unchanged for {TTL + 2 * LOOP_WAIT}s ({seen}); "
+                  f"DCS leader {victim.name} killed (the member the primary's Patroni was using): "
+                  f"roles and leader key unchanged for {TTL + 2 * LOOP_WAIT}s ({seen}), {len(errors)} ERROR lines "
+                  f"in the primary's Patroni log; "
                   f"whole scenario {time.monotonic() - started:.0f}s")
     finally:
         for n in nodes:
