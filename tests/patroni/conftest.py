@@ -151,6 +151,7 @@ class PatroniNode:
     pg_port: int
     proc: subprocess.Popen[bytes] | None = None
     passwords: dict[str, str] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)  # the DCS gateway addresses it is configured with
 
     @property
     def data_dir(self) -> Path:
@@ -164,17 +165,19 @@ class PatroniNode:
     def log_path(self) -> Path:
         return self.root / "patroni.log"
 
-    def write_config(self, scope: str, namespace: str, hosts: list[str], timing: dict[str, int]) -> None:
+    def write_config(self, scope: str, namespace: str, hosts: list[str], timing: dict[str, int],
+                     use_proxies: bool = False) -> None:
         import yaml
 
         pw = self.passwords
+        self.hosts = list(hosts)
         cfg = {
             "scope": scope,
             "namespace": namespace,
             "name": self.name,
             "log": {"level": "INFO"},
             "restapi": {"listen": f"127.0.0.1:{self.rest_port}", "connect_address": f"127.0.0.1:{self.rest_port}"},
-            "etcd3": {"hosts": hosts},
+            "etcd3": {"hosts": hosts, "use_proxies": use_proxies},
             "bootstrap": {
                 "dcs": {
                     **timing,
@@ -227,12 +230,14 @@ class PatroniNode:
 
     def dcs_member_in_use(self, cluster: ProcessCluster) -> ProcessMember | None:
         """The DCS member this Patroni sends its requests to: Patroni keeps one base URI and logs
-        "Selected new etcd server <url>" each time it changes it (the last such line is current)."""
-        chosen = None
+        "Selected new etcd server <url>" each time it changes it (the last such line is current);
+        before any change it uses the first configured host (python-etcd's client takes it)."""
+        chosen = f"http://{self.hosts[0]}" if self.hosts else None
         for line in self.log_tail(1 << 22).splitlines():
             if "Selected new etcd server" in line:
                 chosen = line.rsplit(" ", 1)[-1].strip()
-        return next((m for m in cluster.members if chosen == f"http://{m.endpoint}"), None)
+        urls = [f"http://{h}" for h in self.hosts]  # hosts[i] is members[i]'s gateway (client port or its own)
+        return cluster.members[urls.index(chosen)] if chosen in urls else None
 
     def postmaster_pid(self) -> int | None:
         """The postmaster of this node's data directory, if one runs (checked against /proc)."""

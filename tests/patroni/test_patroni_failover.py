@@ -19,6 +19,7 @@ The scenario, every step bounded in time:
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from conclave.server.launcher import ProcessCluster
+from conclave.server.launcher import ProcessCluster, free_ports
 
 try:
     import psycopg
@@ -49,6 +50,27 @@ from .conftest import (
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5  # Patroni's minimum ttl is 20 (smaller is raised to 20)
 TIMING = {"ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT}
 NAMESPACE = "/service/"
+
+
+def gateway_hosts(cluster: ProcessCluster) -> tuple[list[str], bool]:
+    """Where Patroni reaches each member's JSON gateway, and whether to pin Patroni to that list.
+
+    etcd and Conclave's compiled edge serve it on the client port (Patroni may then use the member
+    list's client URLs). Conclave's python engine cannot share the gRPC port: without the edge
+    (or with CONCLAVE_PATRONI_GATEWAY=http), every member also listens with
+    --listen-client-http-urls on a port of its own, and Patroni keeps to those (use_proxies).
+    """
+    if cluster.kind != "conclave":
+        return cluster.endpoints, False
+    from conclave.api.edge_server import IMPORT_ERROR
+
+    if not IMPORT_ERROR and os.environ.get("CONCLAVE_PATRONI_GATEWAY", "client-port") == "client-port":
+        return cluster.endpoints, False
+    hosts = []
+    for m, port in zip(cluster.members, free_ports(len(cluster.members)), strict=True):
+        m.argv += ["--listen-client-http-urls", f"http://127.0.0.1:{port}"]
+        hosts.append(f"127.0.0.1:{port}")
+    return hosts, True
 
 
 def sql(node: PatroniNode, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -105,6 +127,7 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
     base, runner, bin_dir = patroni_base
     started = time.monotonic()
     cluster = ProcessCluster(base / "dcs", 3, kind=dcs)  # in base: CONCLAVE_KEEP_PATRONI keeps its logs
+    hosts, use_proxies = gateway_hosts(cluster)
     nodes = [make_node(base, runner, bin_dir, "pg0"), make_node(base, runner, bin_dir, "pg1")]
     pg0, pg1 = nodes
     scope = f"conclave-{uuid.uuid4().hex[:8]}"
@@ -113,11 +136,11 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         cluster.start()
         dcs_leader(cluster)
         # Patroni's first call: GET /version on a client URL, each part of etcdserver/etcdcluster an integer
-        status, version = http_json(f"http://{cluster.endpoints[0]}/version")
+        status, version = http_json(f"http://{hosts[0]}/version")
         assert status == 200 and isinstance(version, dict), f"{dcs} does not serve GET /version: {status} {version}"
         assert all(p.isdigit() for k in ("etcdserver", "etcdcluster") for p in str(version.get(k)).split(".")), version
         for n in nodes:
-            n.write_config(scope, NAMESPACE, cluster.endpoints, TIMING)
+            n.write_config(scope, NAMESPACE, hosts, TIMING, use_proxies)
 
         dcs_s = time.monotonic() - started
         # 1. bootstrap: pg0 initialises the cluster and takes the leader key, pg1 clones it
@@ -144,7 +167,9 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         sql_at = wait_until(lambda: in_recovery(pg1) is False, 30, "pg1 to leave recovery")
         failover_s, writable_s = rest_at - killed, sql_at - killed
         with capsys.disabled():
-            print(f"\n[patroni/{dcs}] DCS up in {dcs_s:.1f}s, primary + replica bootstrapped in {bootstrap_s:.1f}s; "
+            where = "its own --listen-client-http-urls port" if use_proxies else "the client port"
+            print(f"\n[patroni/{dcs}] gateway on {where}, GET /version {version}; DCS up in {dcs_s:.1f}s, "
+                  f"primary + replica bootstrapped in {bootstrap_s:.1f}s; "
                   f"failover after kill -9 of the primary: "
                   f"REST /primary 200 after {failover_s:.2f}s, pg_is_in_recovery() false after {writable_s:.2f}s "
                   f"(ttl {TTL}, loop_wait {LOOP_WAIT}, retry_timeout {RETRY_TIMEOUT})")
