@@ -103,3 +103,18 @@ def test_standalone_server_streams_request_and_response_bodies() -> None:
             await server.stop()
 
     asyncio.run(go())
+
+
+def test_standalone_server_refuses_a_body_over_its_limit() -> None:
+    async def go() -> None:
+        server = await start_http_server(_router(), [("127.0.0.1", 0)], max_body_bytes=10)
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"http://{server.endpoint}/v3/kv/put", data=b"x" * 100) as resp:
+                    assert resp.status == 413
+                async with s.post(f"http://{server.endpoint}/v3/kv/put", data=b"x" * 10) as resp:
+                    assert resp.status == 200
+        finally:
+            await server.stop()
+
+    asyncio.run(go())

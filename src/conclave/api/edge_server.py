@@ -29,6 +29,7 @@ chunked response, and a chunked request body arrives whole. The default serves `
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -176,6 +177,17 @@ class _Call(EdgeContext):
         self.writable: asyncio.Event | None = None  # made when the stream first blocks
 
 
+class _HttpStream:
+    """One HTTP/1.1 request on the edge: its task, and flow control for a chunked answer."""
+
+    __slots__ = ("blocked", "task", "writable")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.blocked = False
+        self.writable: asyncio.Event | None = None
+
+
 async def default_http_handler(
     backend: EtcdBackend, method: str, path: str, headers: list[tuple[str, str]], body: bytes
 ) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -237,6 +249,8 @@ class EdgeServer:
         self.read_barrier: Callable[[], Awaitable[None]] | None = getattr(backend, "read_barrier", None)
         self.reads: list[tuple[_Call, Any]] = []
         self.batches: set[asyncio.Task[None]] = set()
+        # HTTP/1.1 requests being answered, by stream id: cancelled on EV_CANCEL, paused when blocked.
+        self.http: dict[int, _HttpStream] = {}
         self.loop.add_reader(self.edge.fileno(), self._on_events)
 
     @property
@@ -263,7 +277,7 @@ class EdgeServer:
             return
         out, self.out = self.out, []
         for sid in self.edge.send(out):
-            call = self.calls.get(sid)
+            call: _Call | _HttpStream | None = self.calls.get(sid) or self.http.get(sid)
             if call is not None:
                 call.blocked = True
                 if call.writable is None:
@@ -305,14 +319,20 @@ class EdgeServer:
                     call._cancelled = True
                     if call.task is not None:
                         call.task.cancel()
+                stream = self.http.pop(sid, None)
+                if stream is not None and stream.task is not None:
+                    stream.task.cancel()
             elif kind == _edge.EV_WRITABLE:
-                call = self.calls.get(sid)
-                if call is not None:
-                    call.blocked = False
-                    if call.writable is not None:
-                        call.writable.set()
+                target = self.calls.get(sid) or self.http.get(sid)
+                if target is not None:
+                    target.blocked = False
+                    if target.writable is not None:
+                        target.writable.set()
             elif kind == _edge.EV_HTTP:
-                self.loop.create_task(self._run_http(sid, a, b))
+                stream = _HttpStream()
+                self.http[sid] = stream
+                stream.task = self.loop.create_task(self._run_http(sid, a, b))
+                stream.task.add_done_callback(functools.partial(self._http_done, sid))
         if self.reads:
             reads, self.reads = self.reads, []
             task = self.loop.create_task(self._serve_reads(reads))
@@ -427,6 +447,9 @@ class EdgeServer:
             log.exception("unexpected error in %s", m)
             self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(err)}: {err}")
 
+    def _http_done(self, sid: int, _task: asyncio.Task[None]) -> None:
+        self.http.pop(sid, None)
+
     async def _run_http(self, sid: int, req: tuple[str, str, list[tuple[str, str]]], body: bytes) -> None:
         method, path, headers = req
         try:
@@ -440,14 +463,25 @@ class EdgeServer:
         if isinstance(out, bytes | bytearray):
             self._emit((sid, _edge.OUT_HTTP, status, hdrs, bytes(out)))
             return
-        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch).
+        # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch),
+        # paused while the client does not read, closed (its producer's finally runs) when cancelled.
         self._emit((sid, _edge.OUT_HTTP_HEAD, status, hdrs))
+        stream = self.http.get(sid)
         try:
             async for chunk in out:
                 self._emit((sid, _edge.OUT_HTTP_CHUNK, bytes(chunk)))
-                await asyncio.sleep(0)
+                if stream is not None and stream.blocked and stream.writable is not None:
+                    await stream.writable.wait()
+                else:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("HTTP body stream failed for %s %s", method, path)
+        finally:
+            aclose = getattr(out, "aclose", None)
+            if aclose is not None:
+                await aclose()
         self._emit((sid, _edge.OUT_HTTP_END))
 
     # ------------------------------------------------------------------------------- shutdown
@@ -465,7 +499,11 @@ class EdgeServer:
                 call.task.cancel()
         for task in list(self.batches):
             task.cancel()
+        for stream in list(self.http.values()):
+            if stream.task is not None:
+                stream.task.cancel()
         self.calls.clear()
+        self.http.clear()
 
 
 async def start_edge_server(

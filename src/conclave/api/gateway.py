@@ -38,6 +38,7 @@ the cluster version ``major.minor.0``, and Conclave's own version under ``"concl
 
 from __future__ import annotations
 
+import base64
 import codecs
 import http
 import json
@@ -189,11 +190,16 @@ def _innermost_open(text: str, pos: int) -> str:
     return stack[-1] if stack else ""
 
 
+def _cut_short(err: json.JSONDecodeError) -> bool:
+    """The text ended inside a value: more data could complete it."""
+    return err.pos >= len(err.doc.rstrip()) or err.msg.startswith("Unterminated string")
+
+
 def go_json_error(err: json.JSONDecodeError) -> str:
     """Python's decode error said as Go's decoder says it (clients show that text)."""
-    text, pos = err.doc, err.pos
-    if pos >= len(text.rstrip()):
+    if _cut_short(err):
         return "unexpected EOF"
+    text, pos = err.doc, err.pos
     c = _go_char(text[pos])
     msg = err.msg
     if msg.startswith("Expecting value"):
@@ -229,10 +235,76 @@ def _decode_one(text: str, pos: int) -> tuple[Any, int]:
         raise BadJson(go_json_error(err)) from None
 
 
+def _kind(value: Any) -> str:
+    return {list: "array", dict: "object", str: "string", bool: "bool", type(None): "null"}.get(type(value), "number")
+
+
+_B64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def go_base64_error(text: str) -> int | None:
+    """Where Go's base64.StdEncoding rejects ``text`` (the byte its error names), or None."""
+    t = text.replace("\r", "").replace("\n", "")  # Go's decoder skips line breaks
+    for i, c in enumerate(t):
+        if c not in _B64 and c != "=":
+            return i
+    for q in range(0, len(t), 4):
+        quantum = t[q:q + 4]
+        if "=" in quantum:
+            p = quantum.index("=")
+            if p < 2 or quantum[p:] != "=" * (4 - p):
+                return q + p
+            return q + 4 if q + 4 < len(t) else None
+        if len(quantum) < 4:
+            return q
+    return None
+
+
+def _go_enum_name(enum: Any) -> str:
+    package: str = enum.file.package
+    name: str = enum.full_name
+    return package + "." + name[len(package) + 1:].replace(".", "_")
+
+
+def _check_field(field: Any, value: Any) -> Any:
+    """One field's JSON value checked as Go's jsonpb checks it (json_format is laxer or differs)."""
+    if value is None:
+        return value
+    if field.type == field.TYPE_MESSAGE:
+        return _go_checks(value, field.message_type) if isinstance(value, dict) else value
+    if field.type == field.TYPE_ENUM and isinstance(value, str) and value not in field.enum_type.values_by_name:
+        raise BadJson(f'unknown value "{value}" for enum {_go_enum_name(field.enum_type)}')
+    if field.type == field.TYPE_BYTES:
+        if isinstance(value, list) and all(type(b) is int and 0 <= b < 256 for b in value):
+            return base64.b64encode(bytes(value)).decode()  # Go's json reads []byte from an array too
+        if not isinstance(value, str):
+            raise BadJson(f"json: cannot unmarshal {_kind(value)} into Go value of type []uint8")
+        at = go_base64_error(value)
+        if at is not None:
+            raise BadJson(f"illegal base64 data at input byte {at}")
+    if field.type == field.TYPE_BOOL and not isinstance(value, bool):
+        raise BadJson(f"json: cannot unmarshal {_kind(value)} into Go value of type bool")
+    return value
+
+
+def _go_checks(obj: dict[str, Any], desc: Any) -> dict[str, Any]:
+    """``obj`` with Go's jsonpb checks applied per field (unknown names are left to be ignored)."""
+    out = dict(obj)
+    for name, value in obj.items():
+        field = desc.fields_by_name.get(name) or desc.fields_by_camelcase_name.get(name)
+        if field is None:
+            continue
+        if field.is_repeated and isinstance(value, list):
+            out[name] = [_check_field(field, v) for v in value]
+        else:
+            out[name] = _check_field(field, value)
+    return out
+
+
 def _to_message(value: Any, cls: Any) -> Any:
     if not isinstance(value, dict):
-        kind = {list: "array", str: "string", bool: "bool", type(None): "null"}.get(type(value), "number")
-        raise BadJson(f"json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage")
+        raise BadJson(f"json: cannot unmarshal {_kind(value)} into Go value of type map[string]json.RawMessage")
+    value = _go_checks(value, cls.DESCRIPTOR)
     msg = cls()
     try:
         json_format.ParseDict(value, msg, ignore_unknown_fields=True)
@@ -264,7 +336,7 @@ async def parse_stream(body: bytes | AsyncIterable[bytes], cls: Any) -> AsyncIte
             try:
                 value, end = _DECODER.raw_decode(text, pos)
             except json.JSONDecodeError as err:
-                if eof or err.pos < len(text.rstrip()):  # not just cut short: more data will not help
+                if eof or not _cut_short(err):  # more data will not help
                     raise BadJson(go_json_error(err)) from None
             else:
                 text = text[end:]

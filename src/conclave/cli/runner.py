@@ -45,6 +45,7 @@ class Member:
 
         from conclave.api.edge_server import IMPORT_ERROR, choose_engine, default_http_handler
         from conclave.api.gateway import gateway_router
+        from conclave.api.grpc_server import GRPC_OVERHEAD_BYTES
         from conclave.api.http import not_found, start_http_server
 
         self.http_router = gateway_router(backend)
@@ -107,7 +108,9 @@ class Member:
                          "give --listen-client-http-urls)")
         if http_urls:
             hps = [parse_url(u, "listen-client-http-urls") for u in http_urls]
-            self.http_server = await start_http_server(self.http_router, [(hp.host, hp.port) for hp in hps])
+            limit = self.cfg.max_request_bytes + GRPC_OVERHEAD_BYTES  # as the edge's, for both ports
+            self.http_server = await start_http_server(self.http_router, [(hp.host, hp.port) for hp in hps],
+                                                       max_body_bytes=limit)  # fmt: skip
             log.info("JSON gateway and /version on %s", ",".join(http_urls))
         if self.cfg.listen_native_urls:
             try:
