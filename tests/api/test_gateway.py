@@ -397,3 +397,21 @@ def test_stream_errors_before_and_after_the_first_response() -> None:
     assert asyncio.run(call()) == (200, [{"result": {"header": {"revision": "1"}}}, {"error": error}])
     fail_at[:] = [0]
     assert asyncio.run(call()) == (503, [{"error": error}])
+
+
+def test_the_standalone_server_stops_promptly_with_a_watch_open() -> None:
+    from conclave.api.http import start_http_server
+
+    from .fake_backend import FakeBackend
+
+    async def go() -> None:
+        backend = FakeBackend()
+        server = await start_http_server(gw.gateway_router(backend), [("127.0.0.1", 0)])
+        _, writer = await _open_watch("127.0.0.1", server.port)
+        started = time.monotonic()
+        await asyncio.wait_for(server.stop(), 10)
+        assert time.monotonic() - started < 2.0  # aiohttp alone waits up to its 60 s shutdown timeout
+        assert not backend.notifies
+        writer.close()
+
+    asyncio.run(go())

@@ -117,6 +117,8 @@ SCRIPT: list[Step] = [
     Step("unknown path", "/v3/kv/nope", {}),
     Step("GET on an RPC", "/v3/kv/range", method="GET"),
     Step("v3beta prefix", "/v3beta/kv/range", {"key": b64("foo")}),
+    Step("CORS preflight", "/v3/kv/range", method="OPTIONS"),
+    Step("POST /version", "/version", {}),
     # ---- Lease
     Step("lease grant with id", "/v3/lease/grant", {"TTL": 60, "ID": LEASE}),
     Step("lease grant", "/v3/lease/grant", {"TTL": 30}),
@@ -155,6 +157,10 @@ SCRIPT: list[Step] = [
     Step("watch history prev_kv noput", "/v3/watch", lambda r: {"create_request": {
         "key": b64("/w/"), "range_end": b64("/w0"), "start_revision": str(_rev("put w/a")(r)),
         "prev_kv": True, "filters": ["NOPUT"]}}, stream=2),
+    Step("watch two creates and a cancel in one body", "/v3/watch",
+         b'{"create_request":{"key":"YQ=="}} {"create_request":{"key":"Yg=="}} {"cancel_request":{"watch_id":"0"}}',
+         stream=3),
+    Step("watch progress request", "/v3/watch", b'{"create_request":{"key":"YQ=="}} {"progress_request":{}}', stream=2),
     Step("watch bad filter", "/v3/watch", {"create_request": {"key": b64("/w/"), "filters": ["BAD"]}}),
     Step("watch bad JSON", "/v3/watch", b'{"create_request":'),
     Step("watch empty range", "/v3/watch", {"create_request": {"key": b64("b"), "range_end": b64("a")}}, stream=1),

@@ -81,6 +81,21 @@ class _Details:
         self.invocation_metadata: tuple[Any, ...] = ()
 
 
+def method_table(handlers: list[grpc.GenericRpcHandler]) -> dict[str, Any]:
+    """gRPC method path -> its RpcMethodHandler, through the public ``GenericRpcHandler.service`` API
+    (the edge and the JSON gateway dispatch to the handlers the grpc.aio engine registers)."""
+    table: dict[str, Any] = {}
+    for service, desc in pb.SERVICES.items():
+        for m in desc.methods:
+            path = f"/{service}/{m.name}"
+            for h in handlers:
+                mh = h.service(_Details(path))
+                if mh is not None:
+                    table[path] = mh
+                    break
+    return table
+
+
 class EdgeContext:
     """The part of ``grpc.aio.ServicerContext`` the service handlers use."""
 
@@ -223,16 +238,7 @@ class EdgeServer:
         if _edge is None:
             raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
         self.backend = backend
-        self.methods: dict[str, Any] = {}
-        handlers = etcd_handlers(backend)
-        for service, desc in pb.SERVICES.items():
-            for m in desc.methods:
-                path = f"/{service}/{m.name}"
-                for h in handlers:
-                    mh = h.service(_Details(path))
-                    if mh is not None:
-                        self.methods[path] = mh
-                        break
+        self.methods: dict[str, Any] = method_table(etcd_handlers(backend))
         self.http_handler = http_handler
         self.loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {}

@@ -51,7 +51,7 @@ import grpc
 from google.protobuf import json_format
 
 from conclave.api import pb
-from conclave.api.edge_server import EdgeContext
+from conclave.api.edge_server import EdgeContext, method_table
 from conclave.api.grpc_server import etcd_handlers
 from conclave.api.http import Headers, HttpResult, HttpRouter, read_body, version_document
 from conclave.wire.contract import EtcdBackend
@@ -414,28 +414,6 @@ class _Method:
     request_cls: Any
 
 
-class _Details:
-    __slots__ = ("invocation_metadata", "method")
-
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata: tuple[Any, ...] = ()
-
-
-def method_table(handlers: list[grpc.GenericRpcHandler]) -> dict[str, Any]:
-    """gRPC method path -> its RpcMethodHandler, through the public GenericRpcHandler API."""
-    table: dict[str, Any] = {}
-    for service, desc in pb.SERVICES.items():
-        for m in desc.methods:
-            path = f"/{service}/{m.name}"
-            for h in handlers:
-                mh = h.service(_Details(path))
-                if mh is not None:
-                    table[path] = mh
-                    break
-    return table
-
-
 def _request_classes() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for service, desc in pb.SERVICES.items():
@@ -464,7 +442,9 @@ class Gateway:
     # ------------------------------------------------------------------------------- /version
 
     async def version(self, method: str, path: str, headers: Headers, body: Any) -> HttpResult:
-        if method not in ("GET", "HEAD"):
+        if method == "OPTIONS":
+            return 200, list(COMMON_HEADERS), b""
+        if method != "GET":
             return 405, list(TEXT_HEADERS), b"Method Not Allowed\n"
         return 200, [("content-type", "application/json")], _dumps(await version_document(self.backend))
 
@@ -473,6 +453,8 @@ class Gateway:
     async def handle(self, method: str, path: str, headers: Headers, body: Any) -> HttpResult:
         base = path.partition("?")[0]
         route = self.routes.get(base)
+        if method == "OPTIONS":  # a CORS preflight: etcd answers every path with its headers
+            return 200, list(COMMON_HEADERS), b""
         if route is None:
             return 404, list(TEXT_HEADERS), b"Not Found\n"
         if method != "POST":

@@ -163,9 +163,13 @@ async def version_document(backend: EtcdBackend) -> dict[str, str]:
 class HttpServer:
     """A started HTTP/1.1 server for ``router`` on ``addrs`` (port 0 picks a free one)."""
 
-    def __init__(self, router: HttpRouter, runner: Any, sites: list[Any], ports: list[int], host: str) -> None:
+    def __init__(
+        self, router: HttpRouter, runner: Any, sites: list[Any], ports: list[int], host: str,
+        active: set[asyncio.Task[Any]],
+    ) -> None:
         self.router = router
         self._runner = runner
+        self._active = active  # the requests being answered (a watch may last forever)
         self._sites = sites
         self.ports = ports
         self.host = host
@@ -179,7 +183,13 @@ class HttpServer:
         return f"{self.host}:{self.port}"
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        await self._runner.shutdown()
+        """Close the listeners, end every request still being answered (streams too), bounded."""
+        for site in self._sites:
+            await site.stop()
+        for task in list(self._active):
+            task.cancel()
+        if self._active:
+            await asyncio.wait(list(self._active), timeout=grace or 1.0)
         await self._runner.cleanup()
 
 
@@ -188,10 +198,22 @@ async def _chunks(content: Any) -> AsyncIterator[bytes]:
         yield bytes(chunk)
 
 
-def _make_aiohttp_handler(router: HttpRouter, max_body_bytes: int) -> Callable[[Any], Awaitable[Any]]:
+def _make_aiohttp_handler(
+    router: HttpRouter, max_body_bytes: int, active: set[asyncio.Task[Any]]
+) -> Callable[[Any], Awaitable[Any]]:
     from aiohttp import web
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is None:
+            return await answer(request)
+        active.add(task)
+        try:
+            return await answer(request)
+        finally:
+            active.discard(task)
+
+    async def answer(request: web.BaseRequest) -> web.StreamResponse:
         headers = [(k.lower(), v) for k, v in request.headers.items()]
         path = request.raw_path
         route = router.match(router.rewrite(path))
@@ -241,8 +263,9 @@ async def start_http_server(
     """Serve ``router`` over plain HTTP/1.1 on every address; raises OSError when one cannot be bound."""
     from aiohttp import web
 
-    server = web.Server(_make_aiohttp_handler(router, max_body_bytes), handler_cancellation=True)
-    runner = web.ServerRunner(server, handle_signals=False, access_log=None)
+    active: set[asyncio.Task[Any]] = set()
+    server = web.Server(_make_aiohttp_handler(router, max_body_bytes, active), handler_cancellation=True)
+    runner = web.ServerRunner(server, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     sites: list[Any] = []
     ports: list[int] = []
@@ -256,4 +279,4 @@ async def start_http_server(
     except BaseException:
         await runner.cleanup()
         raise
-    return HttpServer(router, runner, sites, ports, addrs[0][0] if addrs else "127.0.0.1")
+    return HttpServer(router, runner, sites, ports, addrs[0][0] if addrs else "127.0.0.1", active)
