@@ -57,18 +57,23 @@ def gateway_hosts(cluster: ProcessCluster) -> tuple[list[str], bool]:
 
     etcd and Conclave's compiled edge serve it on the client port (Patroni may then use the member
     list's client URLs). Conclave's python engine cannot share the gRPC port: without the edge
-    (or with CONCLAVE_PATRONI_GATEWAY=http), every member also listens with
-    --listen-client-http-urls on a port of its own, and Patroni keeps to those (use_proxies).
+    (or with CONCLAVE_PATRONI_GATEWAY=http, or =python to force that engine too), every member
+    also listens with --listen-client-http-urls on a port of its own, and Patroni keeps to those
+    (use_proxies).
     """
     if cluster.kind != "conclave":
         return cluster.endpoints, False
     from conclave.api.edge_server import IMPORT_ERROR
 
-    if not IMPORT_ERROR and os.environ.get("CONCLAVE_PATRONI_GATEWAY", "client-port") == "client-port":
+    mode = os.environ.get("CONCLAVE_PATRONI_GATEWAY", "client-port")
+    assert mode in ("client-port", "http", "python"), f"CONCLAVE_PATRONI_GATEWAY={mode!r}"
+    if not IMPORT_ERROR and mode == "client-port":
         return cluster.endpoints, False
     hosts = []
     for m, port in zip(cluster.members, free_ports(len(cluster.members)), strict=True):
         m.argv += ["--listen-client-http-urls", f"http://127.0.0.1:{port}"]
+        if mode == "python":
+            m.argv += ["--grpc-engine", "python"]
         hosts.append(f"127.0.0.1:{port}")
     return hosts, True
 
