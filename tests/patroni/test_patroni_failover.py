@@ -275,6 +275,14 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         third = uuid.uuid4().hex
         sql(pg1, "insert into conclave_patroni values (%s)", (third,))
         wait_until(lambda: has_row(pg0, third), 30, "a row written after the DCS leader loss to replicate")
+        # a DCS answer Patroni cannot parse shows as a logged traceback: none, on either node
+        for n in nodes:
+            assert "Traceback" not in n.log_path.read_text(errors="replace"), f"{n.name} logged a traceback\n" \
+                f"{n.log_tail(12000)}"
+        if dcs == "conclave":
+            for m in cluster.members:
+                assert "Traceback" not in m.log_text(), f"Conclave member {m.name} logged a traceback\n" \
+                    f"{m.log_text()[-6000:]}"
         with capsys.disabled():
             print(f"[patroni/{dcs}] rejoin of the old primary by {how} in {rejoin_s:.1f}s; "
                   f"DCS leader {victim.name} killed (the member the primary's Patroni was using): "
