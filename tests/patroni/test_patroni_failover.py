@@ -15,6 +15,9 @@ The scenario, every step bounded in time:
    for ttl + 2 * loop_wait seconds, polled every 0.2 s, the primary stays primary, the replica
    stays a replica, the leader key is the same key (same create_revision, same value), and a row
    written afterwards replicates.
+
+Neither Patroni log (nor a Conclave member's) may hold a traceback: an answer Patroni cannot parse
+would show there.
 """
 
 from __future__ import annotations
