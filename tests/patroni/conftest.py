@@ -283,6 +283,14 @@ class PatroniNode:
             return ""
 
 
+def _shared_tmp(runner: Runner) -> str:
+    """The temp directory, if the Patroni user can reach into it (every ancestor searchable); else /tmp."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    if runner.user is None or all(p.stat().st_mode & 0o001 for p in [tmp, *tmp.parents]):
+        return str(tmp)
+    return "/tmp"
+
+
 @pytest.fixture
 def patroni_base() -> Iterator[tuple[Path, Runner, Path]]:
     """(base directory owned by the Patroni user, runner, PostgreSQL bin dir); removed afterwards
@@ -292,7 +300,7 @@ def patroni_base() -> Iterator[tuple[Path, Runner, Path]]:
         missing(f"PostgreSQL's server binaries are not installed under {PG_ROOT} (Debian's postgresql)")
     assert bin_dir is not None
     runner = patroni_runner()
-    base = Path(tempfile.mkdtemp(prefix="conclave-patroni-"))
+    base = Path(tempfile.mkdtemp(prefix="conclave-patroni-", dir=_shared_tmp(runner)))
     os.chown(base, *runner.owner())
     try:
         yield base, runner, bin_dir
