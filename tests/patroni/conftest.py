@@ -266,15 +266,21 @@ class PatroniNode:
                     break
                 time.sleep(0.05)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Graceful (SIGTERM: Patroni stops PostgreSQL), then SIGKILL of whatever is left."""
+    def stop(self, timeout: float = 20.0) -> bool:
+        """Graceful (SIGTERM: Patroni stops PostgreSQL), then SIGKILL of whatever is left after
+        timeout; true when nothing had to be killed."""
+        graceful = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                graceful = False
                 self.kill_patroni()
-        self.kill_postgres()
+        if self.postmaster_pid() is not None:
+            graceful = False
+            self.kill_postgres()
+        return graceful
 
     def log_tail(self, n: int = 4000) -> str:
         try:

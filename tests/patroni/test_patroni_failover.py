@@ -14,7 +14,10 @@ The scenario, every step bounded in time:
    the primary's Patroni is connected to, so Patroni loses its connection and the leader at once:
    for ttl + 2 * loop_wait seconds, polled every 0.2 s, the primary stays primary, the replica
    stays a replica, the leader key is the same key (same create_revision, same value), and a row
-   written afterwards replicates.
+   written afterwards replicates;
+5. on the two DCS members left, a graceful stop (SIGTERM) of the primary's Patroni: it stops
+   PostgreSQL and deletes its leader key, so the replica takes the key well before ttl and is
+   promoted with every row.
 
 Neither Patroni log (nor a Conclave member's) may hold a traceback: an answer Patroni cannot parse
 would show there.
@@ -278,6 +281,19 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         third = uuid.uuid4().hex
         sql(pg1, "insert into conclave_patroni values (%s)", (third,))
         wait_until(lambda: has_row(pg0, third), 30, "a row written after the DCS leader loss to replicate")
+
+        # 5. a graceful stop of the primary's Patroni (SIGTERM) on the 2 members left: it stops PostgreSQL
+        # and deletes its leader key, so the replica takes over without waiting for the lease to expire
+        stopped_from = time.monotonic()
+        assert pg1.stop(), f"pg1's Patroni did not stop on SIGTERM in time\n{logs(pg1)}"
+        rest_at, sql_at = watch_promotion(pg0, stopped_from + TTL + LOOP_WAIT + 30)
+        assert rest_at is not None and sql_at is not None, f"pg0 was not promoted after pg1 stopped\n{logs(pg0, pg1)}"
+        handover_s, handover_sql_s = rest_at - stopped_from, sql_at - stopped_from
+        assert handover_s < TTL, f"pg0 took the key after {handover_s:.2f}s: it waited for the lease\n{logs(pg0, pg1)}"
+        kv = dcs_get(cluster, leader_key)
+        assert kv is not None and kv.value == b"pg0", f"leader key after pg1's graceful stop: {kv}"
+        assert all(has_row(pg0, t) for t in (first, second, third)), "a row was lost in the handover"
+
         # a DCS answer Patroni cannot parse shows as a logged traceback: none, on either node
         for n in nodes:
             assert "Traceback" not in n.log_path.read_text(errors="replace"), f"{n.name} logged a traceback\n" \
@@ -290,7 +306,8 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
             print(f"[patroni/{dcs}] rejoin of the old primary by {how} in {rejoin_s:.1f}s; "
                   f"DCS leader {victim.name} killed (the member the primary's Patroni was using): "
                   f"roles and leader key unchanged for {TTL + 2 * LOOP_WAIT}s ({seen}), {len(errors)} ERROR lines "
-                  f"in the primary's Patroni log; "
+                  f"in the primary's Patroni log; graceful stop of the primary: the replica took the leader key "
+                  f"after {handover_s:.2f}s, promoted after {handover_sql_s:.2f}s; "
                   f"whole scenario {time.monotonic() - started:.0f}s")
     finally:
         for n in nodes:
