@@ -258,11 +258,13 @@ class PatroniNode:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
-            # bounded wait for the postmaster to go (it is not our child: poll /proc)
+            # bounded wait for the postmaster to be gone or a zombie (it is not our child: poll /proc)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                status = Path(f"/proc/{pid}/stat").read_text(errors="replace") if Path(f"/proc/{pid}").exists() else ""
-                if ") Z " in status:
+            while time.monotonic() < deadline:
+                try:
+                    if ") Z " in Path(f"/proc/{pid}/stat").read_text(errors="replace"):
+                        break
+                except OSError:
                     break
                 time.sleep(0.05)
 
