@@ -14,6 +14,10 @@ from conclave.version import __version__
 if TYPE_CHECKING:
     from conclave.client import (
         AsyncClient,
+        AuthError,
+        AuthFailed,
+        AuthNotEnabled,
+        AuthOldRevision,
         Claim,
         Client,
         ClientError,
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
         EventType,
         FutureRevision,
         InvalidArgument,
+        InvalidAuthToken,
         KeyNotFound,
         KeyValue,
         LamportClock,
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
         NotElected,
         NotLeader,
         OutcomeUnknown,
+        PermissionDenied,
         ProtocolError,
         QueueEmpty,
         ServerError,
@@ -47,8 +53,10 @@ if TYPE_CHECKING:
         SessionExpired,
         Status,
         Timestamp,
+        TLSError,
         Txn,
         Unavailable,
+        UserEmpty,
         Watch,
         create_revision,
         delete_op,
@@ -63,13 +71,14 @@ if TYPE_CHECKING:
 
 # The names `conclave.client` exports (its __all__; a test checks the two lists agree), and the version.
 __all__ = [
-    "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "CoreClient", "DeadlineExceeded",
-    "Election", "Event", "EventType", "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue",
-    "LamportClock", "Lease", "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader", "NoSpace",
-    "NotElected", "NotLeader",
-    "OutcomeUnknown", "ProtocolError", "QueueEmpty", "ServerError", "ServerTimeout", "Session",
-    "SessionExpired", "Status", "Timestamp", "Txn", "Unavailable", "Watch", "__version__", "create_revision",
-    "delete_op", "get_op", "lease", "mod_revision", "put_op", "txn_op", "value", "version",
+    "AsyncClient", "AuthError", "AuthFailed", "AuthNotEnabled", "AuthOldRevision", "Claim", "Client",
+    "ClientError", "Compacted", "CoreClient", "DeadlineExceeded", "Election", "Event", "EventType",
+    "FutureRevision", "InvalidArgument", "InvalidAuthToken", "KeyNotFound", "KeyValue", "LamportClock", "Lease",
+    "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader", "NoSpace", "NotElected",
+    "NotLeader", "OutcomeUnknown", "PermissionDenied", "ProtocolError", "QueueEmpty", "ServerError",
+    "ServerTimeout", "Session", "SessionExpired", "Status", "TLSError", "Timestamp", "Txn", "Unavailable",
+    "UserEmpty", "Watch", "__version__", "create_revision", "delete_op", "get_op", "lease", "mod_revision",
+    "put_op", "txn_op", "value", "version",
 ]  # fmt: skip
 CLIENT_NAMES = frozenset(__all__) - {"__version__"}
 

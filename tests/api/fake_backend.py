@@ -16,7 +16,7 @@ from conclave.kv import types as kv
 from conclave.kv.mvcc import Store
 from conclave.kv.validation import validate_request
 from conclave.kv.watch import Watcher, WatchHub
-from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
+from conclave.wire.contract import NO_AUTH, AuthInfo, MemberInfo, StatusInfo, WatchDelivery
 
 CLUSTER_ID = 0x1234_5678_9ABC_DEF0
 MEMBER_ID = 0x0FED_CBA9_8765_4321
@@ -113,50 +113,52 @@ class FakeBackend:
         """The edge's batched ReadIndex barrier: one state, so nothing to wait for; counted."""
         self.calls.append("read_barrier")
 
-    async def range(self, req: kv.RangeRequest) -> kv.RangeResponse:
+    async def range(self, req: kv.RangeRequest, *, auth: AuthInfo = NO_AUTH) -> kv.RangeResponse:
         self.calls.append("range")
         validate_request(req)
         return self.store.range(req)
 
-    async def put(self, req: kv.PutRequest) -> kv.PutResponse:
+    async def put(self, req: kv.PutRequest, *, auth: AuthInfo = NO_AUTH) -> kv.PutResponse:
         self.calls.append("put")
         resp: kv.PutResponse = self._apply(req)
         return resp
 
-    async def delete_range(self, req: kv.DeleteRangeRequest) -> kv.DeleteRangeResponse:
+    async def delete_range(self, req: kv.DeleteRangeRequest, *, auth: AuthInfo = NO_AUTH) -> kv.DeleteRangeResponse:
         self.calls.append("delete_range")
         resp: kv.DeleteRangeResponse = self._apply(req)
         return resp
 
-    async def txn(self, req: kv.TxnRequest) -> kv.TxnResponse:
+    async def txn(self, req: kv.TxnRequest, *, auth: AuthInfo = NO_AUTH) -> kv.TxnResponse:
         self.calls.append("txn")
         resp: kv.TxnResponse = self._apply(req)
         return resp
 
-    async def compact(self, req: kv.CompactionRequest) -> kv.CompactionResponse:
+    async def compact(self, req: kv.CompactionRequest, *, auth: AuthInfo = NO_AUTH) -> kv.CompactionResponse:
         resp: kv.CompactionResponse = self._apply(req)
         return resp
 
     # ------------------------------------------------------------------ Lease
-    async def lease_grant(self, req: kv.LeaseGrantRequest) -> kv.LeaseGrantResponse:
+    async def lease_grant(self, req: kv.LeaseGrantRequest, *, auth: AuthInfo = NO_AUTH) -> kv.LeaseGrantResponse:
         resp: kv.LeaseGrantResponse = self._apply(req)
         return resp
 
-    async def lease_revoke(self, req: kv.LeaseRevokeRequest) -> kv.LeaseRevokeResponse:
+    async def lease_revoke(self, req: kv.LeaseRevokeRequest, *, auth: AuthInfo = NO_AUTH) -> kv.LeaseRevokeResponse:
         resp: kv.LeaseRevokeResponse = self._apply(req)
         return resp
 
-    async def lease_keep_alive(self, lease_id: int) -> int:
+    async def lease_keep_alive(self, lease_id: int, *, auth: AuthInfo = NO_AUTH) -> int:
         return self.store.lease_ttl(lease_id)
 
-    async def lease_time_to_live(self, req: kv.LeaseTimeToLiveRequest) -> kv.LeaseTimeToLiveResponse:
+    async def lease_time_to_live(self, req: kv.LeaseTimeToLiveRequest, *,
+                                 auth: AuthInfo = NO_AUTH) -> kv.LeaseTimeToLiveResponse:
         return self.store.lease_time_to_live(req)
 
-    async def lease_leases(self) -> kv.LeaseLeasesResponse:
+    async def lease_leases(self, *, auth: AuthInfo = NO_AUTH) -> kv.LeaseLeasesResponse:
         return self.store.lease_leases()
 
     # ------------------------------------------------------------------ Watch
-    def watch_create(self, req: kv.WatchCreateRequest, notify: Callable[[], None]) -> FakeSubscription:
+    def watch_create(self, req: kv.WatchCreateRequest, notify: Callable[[], None], *,
+                     auth: AuthInfo = NO_AUTH) -> FakeSubscription:
         w = self.hub.watch(req.key, req.range_end, req.start_revision, filters=req.filters, prev_kv=req.prev_kv)
         sub = FakeSubscription(self, w, notify)
         self._catch_up()
@@ -165,24 +167,26 @@ class FakeBackend:
         return sub
 
     # ------------------------------------------------------------------ Cluster
-    async def member_list(self) -> list[MemberInfo]:
+    async def member_list(self, *, auth: AuthInfo = NO_AUTH) -> list[MemberInfo]:
         return [MemberInfo(self.member_id, "fake", ("http://127.0.0.1:2380",), self.client_urls)]
 
-    async def member_add(self, peer_urls: list[str], is_learner: bool) -> tuple[MemberInfo, list[MemberInfo]]:
+    async def member_add(self, peer_urls: list[str], is_learner: bool, *,
+                         auth: AuthInfo = NO_AUTH) -> tuple[MemberInfo, list[MemberInfo]]:
         added = MemberInfo(77, "", tuple(peer_urls), (), is_learner)
         return added, [*await self.member_list(), added]
 
-    async def member_remove(self, member_id: int) -> list[MemberInfo]:
+    async def member_remove(self, member_id: int, *, auth: AuthInfo = NO_AUTH) -> list[MemberInfo]:
         raise kverr.MemberNotFound()
 
-    async def member_update(self, member_id: int, peer_urls: list[str]) -> list[MemberInfo]:
+    async def member_update(self, member_id: int, peer_urls: list[str], *,
+                            auth: AuthInfo = NO_AUTH) -> list[MemberInfo]:
         raise kverr.MemberNotFound()
 
-    async def member_promote(self, member_id: int) -> list[MemberInfo]:
+    async def member_promote(self, member_id: int, *, auth: AuthInfo = NO_AUTH) -> list[MemberInfo]:
         raise kverr.MemberNotLearner()
 
     # ------------------------------------------------------------------ Maintenance
-    async def status(self) -> StatusInfo:
+    async def status(self, *, auth: AuthInfo = NO_AUTH) -> StatusInfo:
         return StatusInfo(
             version="3.6.0",
             db_size=self.store.db_size,
@@ -194,21 +198,22 @@ class FakeBackend:
             revision=self.store.revision,
         )
 
-    async def alarm(self, action: kv.AlarmAction, member_id: int, alarm: kv.AlarmType) -> list[kv.AlarmMember]:
+    async def alarm(self, action: kv.AlarmAction, member_id: int, alarm: kv.AlarmType, *,
+                    auth: AuthInfo = NO_AUTH) -> list[kv.AlarmMember]:
         self._apply(kv.AlarmRequest(action, member_id, alarm))
         return list(self.store.alarms())
 
-    async def hash_kv(self, revision: int) -> kv.HashKVResponse:
+    async def hash_kv(self, revision: int, *, auth: AuthInfo = NO_AUTH) -> kv.HashKVResponse:
         h, compact_rev, hash_rev = self.store.hash_kv(revision)
         return kv.HashKVResponse(kv.ResponseHeader(revision=self.store.revision), h, compact_rev, hash_rev)
 
-    async def snapshot(self) -> AsyncIterator[bytes]:
+    async def snapshot(self, *, auth: AuthInfo = NO_AUTH) -> AsyncIterator[bytes]:
         blob = self.store.snapshot()
         for start in range(0, len(blob), SNAPSHOT_CHUNK_BYTES):
             yield blob[start : start + SNAPSHOT_CHUNK_BYTES]
 
-    async def move_leader(self, target_id: int) -> None:
+    async def move_leader(self, target_id: int, *, auth: AuthInfo = NO_AUTH) -> None:
         raise kverr.BadLeaderTransferee()
 
-    async def defragment(self) -> None:
+    async def defragment(self, *, auth: AuthInfo = NO_AUTH) -> None:
         self.store.defragment()

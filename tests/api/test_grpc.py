@@ -107,7 +107,7 @@ def test_bad_enum_is_invalid_argument_and_crash_is_internal(served: ServedBacken
     err = rpc_error(stub.Range, bad)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "etcdserver" in (err.details() or "")
 
-    async def explode(req: kv.RangeRequest) -> kv.RangeResponse:
+    async def explode(req: kv.RangeRequest, **kw: object) -> kv.RangeResponse:
         raise ZeroDivisionError("boom")
 
     served.backend.range = explode  # type: ignore[method-assign]

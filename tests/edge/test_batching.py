@@ -29,7 +29,8 @@ PUT = "/etcdserverpb.KV/Put"
 class FakeEdge:
     """What EdgeServer uses of ``conclave._edge.Edge``: queued events in, batches of outputs out."""
 
-    def __init__(self, addrs: Any, max_msg: int, max_streams: int, workers: int) -> None:
+    def __init__(self, addrs: Any, max_msg: int, max_streams: int, workers: int, **tls: Any) -> None:
+        assert tls.get("cert_file") is None  # plain listeners: the TLS options are passed, all unset
         self.ports = [0]
         self.r, self.w = socket.socketpair()
         self.events: list[tuple[Any, ...]] = []
@@ -98,9 +99,9 @@ def test_a_drain_of_linearizable_ranges_is_one_task_one_barrier_one_send(fake_ed
     seen: list[bool] = []
     plain_range = backend.range
 
-    async def range_seen(req: Any) -> Any:
+    async def range_seen(req: Any, **kw: Any) -> Any:
         seen.append(req.serializable)
-        return await plain_range(req)
+        return await plain_range(req, **kw)
 
     backend.range = range_seen  # type: ignore[method-assign]
     n = 40

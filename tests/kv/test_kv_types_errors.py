@@ -73,7 +73,10 @@ def test_error_code_and_exact_message(cls: type[errors.EtcdError], code: str, me
 
 
 def test_every_error_has_a_real_grpc_code_and_a_unique_message() -> None:
-    classes = errors._all_subclasses(errors.EtcdError)
+    every = errors._all_subclasses(errors.EtcdError)
+    # A refinement that travels as its parent (same code and text, e.g. wire.contract.AuthTokenAhead,
+    # a server-side hint) is not a separate error on the wire: it keeps its parent's message.
+    classes = [c for c in every if c.__mro__[1] is errors.EtcdError or c.message != c.__mro__[1].message]
     assert len(classes) > 40
     assert len({c.message for c in classes}) == len(classes)
     for cls in classes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from conclave.api import pb
+from conclave.kv import auth as kvauth
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery
@@ -441,3 +442,18 @@ def hash_kv_response_to_pb(r: kv.HashKVResponse, hdr: Any) -> Any:
     return pb.message_class("HashKVResponse")(
         header=hdr, hash=r.hash, compact_revision=r.compact_revision, hash_revision=r.hash_revision
     )
+
+
+# ------------------------------------------------------------------------------------ auth
+
+_PERM_TYPES = {int(v): v for v in kvauth.PermType}
+_PbPermission = pb.message_class("Permission")
+
+
+def permission_from_pb(m: Any) -> kvauth.Permission:
+    return kvauth.Permission(_enum(_PERM_TYPES, m.permType, "permission type"), bytes(m.key), bytes(m.range_end))
+
+
+def permission_to_pb(p: kvauth.Permission) -> Any:
+    return _PbPermission(permType=int(p.perm_type), key=p.key, range_end=p.range_end)
+

@@ -32,7 +32,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -171,7 +171,7 @@ class _Call(EdgeContext):
     """One gRPC stream, and the context its handler sees (one object per request, not two).
     ``started``: its handler runs (in its own task or in a batch's)."""
 
-    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "task", "writable")
+    __slots__ = ("blocked", "id", "method", "path", "requests", "started", "t0", "task", "writable")
 
     def __init__(self, sid: int, method: Any, meta: list[tuple[str, str]], path: str) -> None:
         self._peer_cn = ""
@@ -190,6 +190,7 @@ class _Call(EdgeContext):
         self.started = False
         self.blocked = False
         self.writable: asyncio.Event | None = None  # made when the stream first blocks
+        self.t0 = 0.0  # the metrics' start time (extensive mode)
 
 
 class _HttpStream:
@@ -231,19 +232,39 @@ class EdgeServer:
         key_file: str | None = None,
         client_ca_file: str | None = None,
         secure: list[bool] | None = None,
+        crl_file: str | None = None,
+        allowed_hostnames: Sequence[str] = (),
+        tls_min_version: str = "TLS1.2",
+        tls_max_version: str = "",
+        cipher_suites: Sequence[str] = (),
+        rpc_metrics: Any = None,
     ) -> None:
         """``cert_file``/``key_file`` (PEM) turn on TLS for the addresses whose ``secure`` entry is
         true (all of them when ``secure`` is None); ``client_ca_file`` also requires client
-        certificates signed by that CA (mutual TLS). ALPN offers h2 and http/1.1."""
+        certificates signed by that CA (mutual TLS), not revoked by ``crl_file`` and, when
+        ``allowed_hostnames`` is given, carrying one of them in their SAN. ``tls_min_version`` /
+        ``tls_max_version`` (``TLS1.2``, ``TLS1.3``; max empty = the newest) and ``cipher_suites``
+        (Go/IANA names) restrict the handshake. ALPN offers h2 and http/1.1. Changed files are
+        reloaded for new handshakes; files that do not load keep the old ones (a warning here).
+        Bad options or files raise ValueError saying which and why."""
         if _edge is None:
             raise RuntimeError(f"the compiled edge is not built: {IMPORT_ERROR}")
         self.backend = backend
         self.methods: dict[str, Any] = method_table(etcd_handlers(backend))
         self.http_handler = http_handler
+        self.rpc_metrics = rpc_metrics  # api/rpcmetrics.RpcMetrics: each call counted at its trailers
         self.loop = asyncio.get_running_loop()
-        tls: dict[str, Any] = {}
-        if cert_file is not None or key_file is not None or client_ca_file is not None:
-            tls = {"cert_file": cert_file, "key_file": key_file, "client_ca_file": client_ca_file, "secure": secure}
+        tls: dict[str, Any] = {
+            "cert_file": cert_file,
+            "key_file": key_file,
+            "client_ca_file": client_ca_file,
+            "secure": secure,
+            "crl_file": crl_file,
+            "allowed_hostnames": list(allowed_hostnames),
+            "tls_min_version": tls_min_version,
+            "tls_max_version": tls_max_version,
+            "cipher_suites": list(cipher_suites),
+        }
         self.edge = _edge.Edge(addrs, max_request_bytes + GRPC_OVERHEAD_BYTES, max_streams, workers, **tls)
         self.ports: list[int] = list(self.edge.ports)
         self.host = addrs[0][0] if addrs else "127.0.0.1"
@@ -293,12 +314,17 @@ class EdgeServer:
     def _finish(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         if self.calls.pop(call.id, None) is not None:
             self._emit((call.id, _edge.OUT_TRAILERS, code.value[0], details))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.handled(call.path, code.value[0], call.t0)
 
     def _answer(self, call: _Call, message: bytes) -> None:
         """A unary call's response and its OK trailers, queued together."""
         if self.calls.pop(call.id, None) is not None:
             self.out.append((call.id, _edge.OUT_MSG, message))
             self._emit((call.id, _edge.OUT_TRAILERS, 0, ""))
+            if self.rpc_metrics is not None:
+                self.rpc_metrics.sent(call.path, len(message))
+                self.rpc_metrics.handled(call.path, 0, call.t0)
 
     # --------------------------------------------------------------------------------- events
 
@@ -323,6 +349,8 @@ class EdgeServer:
                 call = self.calls.pop(sid, None)
                 if call is not None:
                     call._cancelled = True
+                    if self.rpc_metrics is not None:  # a stream the client closed ends as Canceled
+                        self.rpc_metrics.handled(call.path, grpc.StatusCode.CANCELLED.value[0], call.t0)
                     if call.task is not None:
                         call.task.cancel()
                 stream = self.http.pop(sid, None)
@@ -339,6 +367,8 @@ class EdgeServer:
                 self.http[sid] = stream
                 stream.task = self.loop.create_task(self._run_http(sid, a, b))
                 stream.task.add_done_callback(functools.partial(self._http_done, sid))
+            elif kind == _edge.EV_LOG:  # the edge's own news (TLS files reloaded, or not loadable)
+                log.log(a, "%s", b)
         if self.reads:
             reads, self.reads = self.reads, []
             task = self.loop.create_task(self._serve_reads(reads))
@@ -351,6 +381,8 @@ class EdgeServer:
             self._emit((sid, _edge.OUT_TRAILERS, grpc.StatusCode.UNIMPLEMENTED.value[0], "Method not found!"))
             return
         call = _Call(sid, method, meta, path)
+        if self.rpc_metrics is not None:
+            call.t0 = self.rpc_metrics.start(path)
         self.calls[sid] = call
         if method.request_streaming:
             call.requests = _Requests()
@@ -361,6 +393,8 @@ class EdgeServer:
         call = self.calls.get(sid)
         if call is None:
             return
+        if self.rpc_metrics is not None:
+            self.rpc_metrics.received(call.path, len(data))
         try:
             request = call.method.request_deserializer(data)
         except Exception:
@@ -441,7 +475,10 @@ class EdgeServer:
             async for item in fn(call.requests if m.request_streaming else request, call):
                 if call.id not in self.calls:
                     return
-                self._emit((call.id, _edge.OUT_MSG, ser(item)))
+                data = ser(item)
+                if self.rpc_metrics is not None:
+                    self.rpc_metrics.sent(call.path, len(data))
+                self._emit((call.id, _edge.OUT_MSG, data))
                 if call.blocked and call.writable is not None:
                     await call.writable.wait()
             self._finish(call, grpc.StatusCode.OK, "")
@@ -524,7 +561,8 @@ async def start_edge_server(
 ) -> EdgeServer:
     """Start the compiled edge for ``backend``; raises OSError when an address cannot be bound.
 
-    ``tls`` is passed to :class:`EdgeServer` (cert_file, key_file, client_ca_file, secure)."""
+    ``tls`` is passed to :class:`EdgeServer` (cert_file, key_file, client_ca_file, secure, crl_file,
+    allowed_hostnames, tls_min_version, tls_max_version, cipher_suites)."""
     return EdgeServer(
         backend, addrs or [(host, port)], max_request_bytes=max_request_bytes, http_handler=http_handler, **tls
     )

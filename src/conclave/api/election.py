@@ -10,7 +10,8 @@ lease) fences later Proclaim and Resign calls, which are transactions guarded by
 every proclamation of successive leaders in order.
 
 Layering: the gRPC edge (``grpc_server``) imports this module and registers its methods; this
-module never imports the edge (``header`` is handed in). The Election errors live here.
+module never imports the edge (``header`` and ``auth``, which reads a call's credentials, are handed
+in). Every backend call carries the caller's credentials. The Election errors live here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from conclave.api import convert, pb, recipes
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
-from conclave.wire.contract import EtcdBackend
+from conclave.wire.contract import NO_AUTH, AuthInfo, EtcdBackend
 
 
 class ElectionError(kverr.EtcdError):
@@ -56,15 +57,18 @@ class ElectionService:
 
     NAME = "v3electionpb.Election"
 
-    def __init__(self, backend: EtcdBackend, header: Callable[[int], Any]) -> None:
+    def __init__(self, backend: EtcdBackend, header: Callable[[int], Any],
+                 auth: Callable[[Any], AuthInfo] | None = None) -> None:
         self.backend = backend
         self.header = header
+        self.auth: Callable[[Any], AuthInfo] = auth if auth is not None else (lambda _context: NO_AUTH)
 
     async def campaign(self, request: Any, context: Any) -> Any:
         if not request.name:
             raise kverr.KeyNotProvided()
         backend = self.backend
-        lease = await recipes.session_lease(backend, request.lease)
+        auth = self.auth(context)
+        lease = await recipes.session_lease(backend, request.lease, auth)
         name = bytes(request.name)
         value = bytes(request.value)
         prefix = name + b"/"
@@ -74,7 +78,8 @@ class ElectionService:
                 compare=(kv.Compare(result=kv.CompareResult.EQUAL, target=kv.CompareTarget.CREATE, key=key),),
                 success=(kv.RequestOp(request_put=kv.PutRequest(key=key, value=value, lease=lease)),),
                 failure=(kv.RequestOp(request_range=kv.RangeRequest(key=key)),),
-            )
+            ),
+            auth=auth,
         )
         rev = resp.header.revision
         if not resp.succeeded:
@@ -85,14 +90,15 @@ class ElectionService:
             rev = mine.kvs[0].create_revision
             if mine.kvs[0].value != value:
                 proclaimed = await backend.txn(
-                    _guarded(key, rev, kv.RequestOp(request_put=kv.PutRequest(key=key, value=value, lease=lease)))
+                    _guarded(key, rev, kv.RequestOp(request_put=kv.PutRequest(key=key, value=value, lease=lease))),
+                    auth=auth,
                 )
                 if not proclaimed.succeeded:
                     raise ElectionNotLeader()
         try:
-            await recipes.wait_deletes(backend, prefix, rev - 1)
+            await recipes.wait_deletes(backend, prefix, rev - 1, auth)
         except BaseException:
-            await recipes.delete_quietly(backend, key)
+            await recipes.delete_quietly(backend, key, auth)
             raise
         return pb.CampaignResponse(
             header=self.header(resp.header.revision),
@@ -108,7 +114,8 @@ class ElectionService:
                 leader.key,
                 leader.rev,
                 kv.RequestOp(request_put=kv.PutRequest(key=leader.key, value=request.value, lease=leader.lease)),
-            )
+            ),
+            auth=self.auth(context),
         )
         if not r.succeeded:
             raise ElectionNotLeader()
@@ -119,12 +126,13 @@ class ElectionService:
             raise MissingLeaderKey()
         leader = request.leader
         r = await self.backend.txn(
-            _guarded(leader.key, leader.rev, kv.RequestOp(request_delete_range=kv.DeleteRangeRequest(key=leader.key)))
+            _guarded(leader.key, leader.rev, kv.RequestOp(request_delete_range=kv.DeleteRangeRequest(key=leader.key))),
+            auth=self.auth(context),
         )
         return pb.ResignResponse(header=self.header(r.header.revision))
 
     async def leader(self, request: Any, context: Any) -> Any:
-        r = await recipes.first_created(self.backend, bytes(request.name) + b"/")
+        r = await recipes.first_created(self.backend, bytes(request.name) + b"/", self.auth(context))
         if not r.kvs:
             raise ElectionNoLeader()
         return pb.LeaderResponse(header=self.header(r.header.revision), kv=convert.key_value_to_pb(r.kvs[0]))
@@ -132,8 +140,9 @@ class ElectionService:
     async def observe(self, request: Any, context: Any) -> AsyncIterator[Any]:
         backend = self.backend
         prefix = bytes(request.name) + b"/"
+        auth = self.auth(context)
         while True:
-            r = await recipes.first_created(backend, prefix)
+            r = await recipes.first_created(backend, prefix, auth)
             revision = r.header.revision
             if r.kvs:
                 leader_kv = r.kvs[0]
@@ -143,6 +152,7 @@ class ElectionService:
                     kv.WatchCreateRequest(
                         key=prefix, range_end=recipes.prefix_end(prefix), start_revision=revision + 1
                     ),
+                    auth,
                 )
                 try:
                     found: kv.KeyValue | None = None
@@ -159,7 +169,7 @@ class ElectionService:
                 leader_kv = found
             yield pb.LeaderResponse(header=self.header(revision), kv=convert.key_value_to_pb(leader_kv))
             feed = recipes.EventFeed(
-                backend, kv.WatchCreateRequest(key=leader_kv.key, start_revision=leader_kv.mod_revision + 1)
+                backend, kv.WatchCreateRequest(key=leader_kv.key, start_revision=leader_kv.mod_revision + 1), auth
             )
             try:
                 deleted = False

@@ -10,7 +10,15 @@ Errors: a ``conclave.kv.errors.EtcdError`` becomes ``context.abort(grpc.StatusCo
 err.message)`` with etcd's exact text (clients match on it); anything else is logged and becomes
 INTERNAL with a short message. Requests carrying the ``hasleader: true`` metadata (clientv3's
 ``WithRequireLeader``, used by watches) fail with Unavailable "etcdserver: no leader" when the
-backend has no leader. RPCs without a handler (most of Auth, Downgrade) answer UNIMPLEMENTED.
+backend has no leader. RPCs without a handler (Downgrade) answer UNIMPLEMENTED.
+
+Auth: :func:`auth_info` turns a call's metadata (``token``, else ``authorization``; ``grpcgateway-accept``
+marks the HTTP gateway, whose peer CN is ignored as etcd ignores it) and its verified client
+certificate's CN (``context.auth_context()``: grpc.aio's, or the compiled edge's EdgeContext built from
+its ``:tls-client-cn`` metadata) into the :class:`~conclave.wire.contract.AuthInfo` every backend
+call takes. Both engines, and the Lock and Election services, use this one function. While the backend
+says auth is off (``auth_enabled()``), nothing is read and ``NO_AUTH`` is passed: the hot path does
+no auth work on a cluster that never enabled auth.
 
 This module owns watch IDs and watch streams (see :class:`WatchStream`); the backend owns watchers.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,7 +40,7 @@ from conclave.api.election import ElectionService
 from conclave.api.lock import LockService
 from conclave.kv import errors as kverr
 from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
-from conclave.wire.contract import EtcdBackend, WatchSubscription
+from conclave.wire.contract import NO_AUTH, AuthInfo, AuthTokenAhead, EtcdBackend, WatchSubscription
 
 log = logging.getLogger("conclave.api")
 
@@ -122,6 +131,55 @@ def _requires_leader(context: Any) -> bool:
     return False
 
 
+def _peer_host(context: Any) -> str:
+    """The client's address without its port (``ipv4:1.2.3.4:5`` -> ``ipv4:1.2.3.4``), "" when unknown."""
+    try:
+        peer = str(context.peer() or "")
+    except Exception:  # a context without a peer (tests' fakes)
+        return ""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer
+
+
+def auth_info(context: Any, with_source: bool = False) -> AuthInfo:
+    """Who a call says it is: metadata ``token`` (else ``authorization``), else the client cert's CN.
+
+    The CN counts only when no token is sent and the call did not come through the gateway
+    (metadata ``grpcgateway-accept``), as etcd's AuthInfoFromCtx / AuthInfoFromTLS decide.
+    ``with_source`` adds the client's address (Authenticate's rate limit; costly, so only there).
+    """
+    token = ""
+    authorization = ""
+    gateway = False
+    for key, value in context.invocation_metadata() or ():
+        if key == "token":
+            token = token or str(value)
+        elif key == "authorization":
+            authorization = authorization or str(value)
+        elif key == "grpcgateway-accept":
+            gateway = True
+    token = token or authorization
+    cn = ""
+    if not token and not gateway:
+        try:
+            names = (context.auth_context() or {}).get("x509_common_name") or ()
+        except Exception:  # a context without TLS information
+            names = ()
+        if names:
+            first = names[0]
+            cn = first.decode() if isinstance(first, bytes | bytearray) else str(first)
+    return AuthInfo(token=token, cert_cn=cn, gateway=gateway, source=_peer_host(context) if with_source else "")
+
+
+def _go_code(code: str) -> str:
+    """A gRPC code name as grpc-go prints it in an error text (PERMISSION_DENIED -> PermissionDenied)."""
+    return "".join(part.capitalize() for part in code.split("_"))
+
+
+def _never() -> bool:
+    return False
+
+
 def error_status(err: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
     """The gRPC status a handler's error becomes: etcd's code and text, or a logged INTERNAL."""
     if isinstance(err, kverr.EtcdError):
@@ -140,6 +198,12 @@ class Edge:
 
     def __init__(self, backend: EtcdBackend) -> None:
         self.backend = backend
+        # A backend without auth (the tests' fake) never needs an AuthInfo.
+        self._auth_on: Callable[[], bool] = getattr(backend, "auth_enabled", None) or _never
+
+    def auth(self, context: Any) -> AuthInfo:
+        """The caller's AuthInfo, or NO_AUTH without reading anything while auth is off."""
+        return auth_info(context) if self._auth_on() else NO_AUTH
 
     def header(self, revision: int) -> Any:
         b = self.backend
@@ -155,6 +219,13 @@ class Edge:
         """For calls that touch no key: etcd still reports the store's current revision."""
         return self.header(self.backend.current_revision())
 
+    async def catch_up(self) -> None:
+        """One read barrier: everything committed before now is applied here afterwards."""
+        barrier = getattr(self.backend, "read_barrier", None)
+        if barrier is None:
+            raise kverr.InvalidAuthToken()
+        await barrier()
+
     def check_leader(self, context: Any) -> None:
         if not self.backend.has_leader() and _requires_leader(context):
             raise kverr.NoLeader()
@@ -167,7 +238,11 @@ class Edge:
                 await context.abort(grpc.StatusCode.INTERNAL, Undecodable(request.reason).message)
             try:
                 self.check_leader(context)
-                return await fn(request, context)
+                try:
+                    return await fn(request, context)
+                except AuthTokenAhead:  # the token's login is not applied here yet: catch up, once
+                    await self.catch_up()
+                    return await fn(request, context)
             except grpc.aio.AbortError:
                 raise
             except Exception as err:
@@ -227,23 +302,24 @@ class KVService:
     async def range(self, request: Any, context: Any) -> Any:
         # The compiled edge may already have taken the ReadIndex barrier of this request's batch
         # after the request arrived (edge_server._serve_reads): then the local store answers.
-        r = await self.backend.range(convert.range_request_from_pb(request, getattr(context, "linearized", False)))
+        r = await self.backend.range(convert.range_request_from_pb(request, getattr(context, "linearized", False)),
+                                     auth=self.edge.auth(context))
         return convert.range_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def put(self, request: Any, context: Any) -> Any:
-        r = await self.backend.put(convert.put_request_from_pb(request))
+        r = await self.backend.put(convert.put_request_from_pb(request), auth=self.edge.auth(context))
         return convert.put_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def delete_range(self, request: Any, context: Any) -> Any:
-        r = await self.backend.delete_range(convert.delete_range_request_from_pb(request))
+        r = await self.backend.delete_range(convert.delete_range_request_from_pb(request), auth=self.edge.auth(context))
         return convert.delete_range_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def txn(self, request: Any, context: Any) -> Any:
-        r = await self.backend.txn(convert.txn_request_from_pb(request))
+        r = await self.backend.txn(convert.txn_request_from_pb(request), auth=self.edge.auth(context))
         return convert.txn_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def compact(self, request: Any, context: Any) -> Any:
-        r = await self.backend.compact(convert.compaction_request_from_pb(request))
+        r = await self.backend.compact(convert.compaction_request_from_pb(request), auth=self.edge.auth(context))
         return pb.CompactionResponse(header=self.edge.header(r.header.revision))
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -279,8 +355,9 @@ class WatchStream:
     always sends control responses before events, so "created" precedes a watcher's first event.
     """
 
-    def __init__(self, edge: Edge) -> None:
+    def __init__(self, edge: Edge, auth: Callable[[], AuthInfo] | None = None) -> None:
         self.edge = edge
+        self.auth = auth if auth is not None else (lambda: NO_AUTH)  # read at each create (token expiry)
         self.watches: dict[int, _Watch] = {}
         self.next_id = 0
         self.control: collections.deque[Any] = collections.deque()
@@ -304,8 +381,10 @@ class WatchStream:
         self.wake.set()
 
     def create(self, req: Any) -> None:
+        """Register one watcher; raises AuthTokenAhead (nothing changed) for a login not applied here yet."""
         create = convert.watch_create_request_from_pb(req)
         revision = self.edge.backend.current_revision()
+        next_id = self.next_id
         watch_id = create.watch_id
         if watch_id == 0:
             while self.next_id in self.watches:
@@ -319,23 +398,39 @@ class WatchStream:
             reason = f"conclave: more than {WATCHERS_PER_STREAM_MAX} watchers on one stream"
         elif create.range_end and create.range_end != b"\0" and create.range_end <= create.key:
             reason = "mvcc: watcher range is empty"
+        subscription: WatchSubscription | None = None
+        if not reason:
+            try:  # auth is checked at create time, as etcd does
+                subscription = self.edge.backend.watch_create(create, self._notify_for(watch_id), auth=self.auth())
+            except AuthTokenAhead:
+                self.next_id = next_id
+                raise
+            except kverr.EtcdError as err:  # etcd: a refused watch is created and canceled at once
+                self.next_id = next_id
+                reason = f"rpc error: code = {_go_code(err.code)} desc = {err.message}"
         if reason:  # etcd answers a refused watch with the invalid id -1, created and canceled at once
-            self._send_control(
-                pb.WatchResponse(
-                    header=self.edge.header(revision),
-                    watch_id=INVALID_WATCH_ID,
-                    created=True,
-                    canceled=True,
-                    cancel_reason=reason,
-                )
-            )
+            self._refused(reason, revision)
             return
-        watch = _Watch(watch_id, None, progress_notify=create.progress_notify)
+        watch = _Watch(watch_id, subscription, progress_notify=create.progress_notify)
         self.watches[watch_id] = watch
         if create.progress_notify and self.ticker is None:
             self.ticker = asyncio.get_running_loop().create_task(self.progress_ticker())
         self._send_control(pb.WatchResponse(header=self.edge.header(revision), watch_id=watch_id, created=True))
-        watch.subscription = self.edge.backend.watch_create(create, self._notify_for(watch_id))
+
+    def _refused(self, reason: str, revision: int) -> None:
+        self._send_control(
+            pb.WatchResponse(
+                header=self.edge.header(revision),
+                watch_id=INVALID_WATCH_ID,
+                created=True,
+                canceled=True,
+                cancel_reason=reason,
+            )
+        )
+
+    def _refuse(self, err: kverr.EtcdError) -> None:
+        self._refused(f"rpc error: code = {_go_code(err.code)} desc = {err.message}",
+                      self.edge.backend.current_revision())
 
     def cancel(self, watch_id: int) -> None:
         watch = self.watches.pop(watch_id, None)
@@ -357,7 +452,14 @@ class WatchStream:
             async for req in request_iterator:
                 which = req.WhichOneof("request_union")
                 if which == "create_request":
-                    self.create(req.create_request)
+                    try:
+                        self.create(req.create_request)
+                    except AuthTokenAhead:  # the token's login is not applied here yet: catch up, once
+                        await self.edge.catch_up()
+                        try:
+                            self.create(req.create_request)
+                        except AuthTokenAhead:
+                            self._refuse(kverr.InvalidAuthToken())
                 elif which == "cancel_request":
                     self.cancel(req.cancel_request.watch_id)
                 elif which == "progress_request":
@@ -392,6 +494,11 @@ class WatchStream:
                 self.watches.pop(watch_id, None)
                 watch.subscription.cancel()
             watch.sent_since_tick = True
+            if delivery.canceled and delivery.compact_revision:
+                # etcd's compaction cancel: compact_revision set, header revision 0, no reason text
+                # (clients key on compact_revision; the native protocol keeps the reason)
+                return convert.watch_delivery_to_pb(dataclasses.replace(delivery, cancel_reason=""), watch_id,
+                                                    self.edge.header(0))
             revision = delivery.revision or self.edge.backend.current_revision()
             return convert.watch_delivery_to_pb(delivery, watch_id, self.edge.header(revision))
         return None
@@ -455,7 +562,7 @@ class WatchService:
         self.edge = edge
 
     async def watch(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        stream = WatchStream(self.edge)
+        stream = WatchStream(self.edge, lambda: self.edge.auth(context))
         reader = asyncio.create_task(stream.read(request_iterator))
         monitor = asyncio.create_task(stream.monitor_leader()) if _requires_leader(context) else None
         try:
@@ -480,25 +587,30 @@ class LeaseService:
         self.backend = edge.backend
 
     async def grant(self, request: Any, context: Any) -> Any:
-        r = await self.backend.lease_grant(convert.lease_grant_request_from_pb(request))
+        r = await self.backend.lease_grant(convert.lease_grant_request_from_pb(request), auth=self.edge.auth(context))
         return convert.lease_grant_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def revoke(self, request: Any, context: Any) -> Any:
-        r = await self.backend.lease_revoke(convert.lease_revoke_request_from_pb(request))
+        r = await self.backend.lease_revoke(convert.lease_revoke_request_from_pb(request), auth=self.edge.auth(context))
         return convert.lease_revoke_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def time_to_live(self, request: Any, context: Any) -> Any:
-        r = await self.backend.lease_time_to_live(convert.lease_time_to_live_request_from_pb(request))
+        r = await self.backend.lease_time_to_live(convert.lease_time_to_live_request_from_pb(request),
+                                                  auth=self.edge.auth(context))
         return convert.lease_time_to_live_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def leases(self, request: Any, context: Any) -> Any:
-        r = await self.backend.lease_leases()
+        r = await self.backend.lease_leases(auth=self.edge.auth(context))
         return convert.lease_leases_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def keep_alive(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
         async for req in request_iterator:
             try:
-                ttl = await self.backend.lease_keep_alive(req.ID)
+                try:
+                    ttl = await self.backend.lease_keep_alive(req.ID, auth=self.edge.auth(context))
+                except AuthTokenAhead:  # the token's login is not applied here yet: catch up, once
+                    await self.edge.catch_up()
+                    ttl = await self.backend.lease_keep_alive(req.ID, auth=self.edge.auth(context))
             except kverr.LeaseNotFound:
                 ttl = 0  # etcd answers an unknown lease with TTL 0, not an error
             yield pb.LeaseKeepAliveResponse(
@@ -531,25 +643,26 @@ class ClusterService:
         return [convert.member_to_pb(m) for m in members]
 
     async def member_list(self, request: Any, context: Any) -> Any:
-        members = await self.backend.member_list()
+        members = await self.backend.member_list(auth=self.edge.auth(context))
         return pb.MemberListResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     async def member_add(self, request: Any, context: Any) -> Any:
-        added, members = await self.backend.member_add(list(request.peerURLs), request.isLearner)
+        added, members = await self.backend.member_add(list(request.peerURLs), request.isLearner,
+                                                       auth=self.edge.auth(context))
         return pb.MemberAddResponse(
             header=self.edge.cluster_header(), member=convert.member_to_pb(added), members=self._members(members)
         )
 
     async def member_remove(self, request: Any, context: Any) -> Any:
-        members = await self.backend.member_remove(request.ID)
+        members = await self.backend.member_remove(request.ID, auth=self.edge.auth(context))
         return pb.MemberRemoveResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     async def member_update(self, request: Any, context: Any) -> Any:
-        members = await self.backend.member_update(request.ID, list(request.peerURLs))
+        members = await self.backend.member_update(request.ID, list(request.peerURLs), auth=self.edge.auth(context))
         return pb.MemberUpdateResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     async def member_promote(self, request: Any, context: Any) -> Any:
-        members = await self.backend.member_promote(request.ID)
+        members = await self.backend.member_promote(request.ID, auth=self.edge.auth(context))
         return pb.MemberPromoteResponse(header=self.edge.cluster_header(), members=self._members(members))
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -595,12 +708,13 @@ class MaintenanceService:
         self.backend = edge.backend
 
     async def status(self, request: Any, context: Any) -> Any:
-        s = await self.backend.status()
+        s = await self.backend.status(auth=self.edge.auth(context))
         return convert.status_to_pb(s, self.edge.header(s.revision))
 
     async def alarm(self, request: Any, context: Any) -> Any:
         alarms = await self.backend.alarm(
-            convert.alarm_action_from_pb(request.action), request.memberID, convert.alarm_type_from_pb(request.alarm)
+            convert.alarm_action_from_pb(request.action), request.memberID, convert.alarm_type_from_pb(request.alarm),
+            auth=self.edge.auth(context),
         )
         return pb.AlarmResponse(
             header=self.edge.header(self.backend.current_revision()),
@@ -608,25 +722,25 @@ class MaintenanceService:
         )
 
     async def hash_kv(self, request: Any, context: Any) -> Any:
-        r = await self.backend.hash_kv(request.revision)
+        r = await self.backend.hash_kv(request.revision, auth=self.edge.auth(context))
         return convert.hash_kv_response_to_pb(r, self.edge.header(r.header.revision))
 
     async def hash(self, request: Any, context: Any) -> Any:
-        r = await self.backend.hash_kv(0)
+        r = await self.backend.hash_kv(0, auth=self.edge.auth(context))
         return pb.HashResponse(header=self.edge.header(r.header.revision), hash=r.hash)
 
     async def defragment(self, request: Any, context: Any) -> Any:
-        await self.backend.defragment()
+        await self.backend.defragment(auth=self.edge.auth(context))
         return pb.DefragmentResponse(header=self.edge.current_header())
 
     async def move_leader(self, request: Any, context: Any) -> Any:
-        await self.backend.move_leader(request.targetID)
+        await self.backend.move_leader(request.targetID, auth=self.edge.auth(context))
         return pb.MoveLeaderResponse(header=self.edge.current_header())
 
     async def snapshot(self, request: Any, context: Any) -> AsyncIterator[Any]:
         # remaining_bytes needs the total: a backend stream that knows its size (``size``, set once
         # its first chunk is produced) is relayed as it comes, any other is gathered first.
-        stream = self.backend.snapshot()
+        stream = self.backend.snapshot(auth=self.edge.auth(context))
         first = await anext(stream, b"")
         size = getattr(stream, "size", None)
         if not isinstance(size, int):
@@ -669,30 +783,116 @@ class MaintenanceService:
 
 
 class AuthService:
-    """Authentication is not supported: answer like an etcd whose auth is disabled."""
+    """etcd's Auth service: enable/disable/status, Authenticate, users and roles (rules in the backend)."""
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
+        self.backend = edge.backend
 
-    async def auth_status(self, request: Any, context: Any) -> Any:
-        return pb.AuthStatusResponse(header=self.edge.current_header(), enabled=False, authRevision=0)
+    def _auth(self, context: Any) -> AuthInfo:
+        # Authenticate and AuthEnable are answered while auth is off too: always read the caller.
+        return auth_info(context)
+
+    async def auth_enable(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.auth_enable(auth=self._auth(context))
+        return pb.AuthEnableResponse(header=self.edge.header(rev))
 
     async def auth_disable(self, request: Any, context: Any) -> Any:
-        return pb.AuthDisableResponse(header=self.edge.current_header())
+        rev = await self.backend.auth_disable(auth=self._auth(context))
+        return pb.AuthDisableResponse(header=self.edge.header(rev))
+
+    async def auth_status(self, request: Any, context: Any) -> Any:
+        enabled, auth_revision, rev = await self.backend.auth_status(auth=self._auth(context))
+        return pb.AuthStatusResponse(header=self.edge.header(rev), enabled=enabled, authRevision=auth_revision)
 
     async def authenticate(self, request: Any, context: Any) -> Any:
-        raise kverr.AuthNotEnabled()
+        token, rev = await self.backend.authenticate(request.name, request.password,
+                                                     auth=auth_info(context, with_source=True))
+        return pb.AuthenticateResponse(header=self.edge.header(rev), token=token)
+
+    async def user_add(self, request: Any, context: Any) -> Any:
+        no_password = request.HasField("options") and request.options.no_password
+        rev = await self.backend.user_add(request.name, request.password, bool(no_password), request.hashedPassword,
+                                          auth=self._auth(context))  # fmt: skip
+        return pb.AuthUserAddResponse(header=self.edge.header(rev))
+
+    async def user_get(self, request: Any, context: Any) -> Any:
+        roles, rev = await self.backend.user_get(request.name, auth=self._auth(context))
+        return pb.AuthUserGetResponse(header=self.edge.header(rev), roles=list(roles))
+
+    async def user_list(self, request: Any, context: Any) -> Any:
+        users, rev = await self.backend.user_list(auth=self._auth(context))
+        return pb.AuthUserListResponse(header=self.edge.header(rev), users=list(users))
+
+    async def user_delete(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.user_delete(request.name, auth=self._auth(context))
+        return pb.AuthUserDeleteResponse(header=self.edge.header(rev))
+
+    async def user_change_password(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.user_change_password(request.name, request.password, request.hashedPassword,
+                                                      auth=self._auth(context))  # fmt: skip
+        return pb.AuthUserChangePasswordResponse(header=self.edge.header(rev))
+
+    async def user_grant_role(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.user_grant_role(request.user, request.role, auth=self._auth(context))
+        return pb.AuthUserGrantRoleResponse(header=self.edge.header(rev))
+
+    async def user_revoke_role(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.user_revoke_role(request.name, request.role, auth=self._auth(context))
+        return pb.AuthUserRevokeRoleResponse(header=self.edge.header(rev))
+
+    async def role_add(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.role_add(request.name, auth=self._auth(context))
+        return pb.AuthRoleAddResponse(header=self.edge.header(rev))
+
+    async def role_get(self, request: Any, context: Any) -> Any:
+        perms, rev = await self.backend.role_get(request.role, auth=self._auth(context))
+        return pb.AuthRoleGetResponse(header=self.edge.header(rev), perm=[convert.permission_to_pb(p) for p in perms])
+
+    async def role_list(self, request: Any, context: Any) -> Any:
+        roles, rev = await self.backend.role_list(auth=self._auth(context))
+        return pb.AuthRoleListResponse(header=self.edge.header(rev), roles=list(roles))
+
+    async def role_delete(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.role_delete(request.role, auth=self._auth(context))
+        return pb.AuthRoleDeleteResponse(header=self.edge.header(rev))
+
+    async def role_grant_permission(self, request: Any, context: Any) -> Any:
+        perm = convert.permission_from_pb(request.perm) if request.HasField("perm") else None
+        if perm is None:
+            raise kverr.PermissionNotGiven()
+        rev = await self.backend.role_grant_permission(request.name, perm, auth=self._auth(context))
+        return pb.AuthRoleGrantPermissionResponse(header=self.edge.header(rev))
+
+    async def role_revoke_permission(self, request: Any, context: Any) -> Any:
+        rev = await self.backend.role_revoke_permission(request.role, bytes(request.key), bytes(request.range_end),
+                                                        auth=self._auth(context))  # fmt: skip
+        return pb.AuthRoleRevokePermissionResponse(header=self.edge.header(rev))
 
     def handler(self) -> grpc.GenericRpcHandler:
         e = self.edge
-        return service_handler(
-            "etcdserverpb.Auth",
-            {
-                "AuthStatus": e.unary(self.auth_status, "Auth.AuthStatus"),
-                "AuthDisable": e.unary(self.auth_disable, "Auth.AuthDisable"),
-                "Authenticate": e.unary(self.authenticate, "Auth.Authenticate"),
-            },
-        )
+        calls = {
+            "AuthEnable": self.auth_enable, "AuthDisable": self.auth_disable, "AuthStatus": self.auth_status,
+            "Authenticate": self.authenticate, "UserAdd": self.user_add, "UserGet": self.user_get,
+            "UserList": self.user_list, "UserDelete": self.user_delete,
+            "UserChangePassword": self.user_change_password, "UserGrantRole": self.user_grant_role,
+            "UserRevokeRole": self.user_revoke_role, "RoleAdd": self.role_add, "RoleGet": self.role_get,
+            "RoleList": self.role_list, "RoleDelete": self.role_delete,
+            "RoleGrantPermission": self.role_grant_permission, "RoleRevokePermission": self.role_revoke_permission,
+        }
+        if not hasattr(self.backend, "authenticate"):  # a backend without auth answers as etcd with auth off
+            calls = {"AuthStatus": self._off_status, "AuthDisable": self._off_disable,
+                     "Authenticate": self._off_authenticate}  # fmt: skip
+        return service_handler("etcdserverpb.Auth", {name: e.unary(fn, f"Auth.{name}") for name, fn in calls.items()})
+
+    async def _off_status(self, request: Any, context: Any) -> Any:
+        return pb.AuthStatusResponse(header=self.edge.current_header(), enabled=False, authRevision=0)
+
+    async def _off_disable(self, request: Any, context: Any) -> Any:
+        return pb.AuthDisableResponse(header=self.edge.current_header())
+
+    async def _off_authenticate(self, request: Any, context: Any) -> Any:
+        raise kverr.AuthNotEnabled()
 
 
 # ----------------------------------------------------------------------------------------- server
@@ -701,8 +901,8 @@ class AuthService:
 def etcd_handlers(backend: EtcdBackend) -> list[grpc.GenericRpcHandler]:
     """Every etcd v3 service (plus Lock and Election) as generic handlers over ``backend``."""
     edge = Edge(backend)
-    lock = LockService(backend, edge.header)
-    election = ElectionService(backend, edge.header)
+    lock = LockService(backend, edge.header, edge.auth)
+    election = ElectionService(backend, edge.header, edge.auth)
     return [
         KVService(edge).handler(),
         WatchService(edge).handler(),

@@ -9,7 +9,9 @@ Unlock deletes the key, and the lease expiring deletes it too. A Lock call aband
 deletes its key so it does not block later callers.
 
 Layering: the gRPC edge (``grpc_server``) imports this module and registers its methods; this
-module never imports the edge (``header`` is handed in).
+module never imports the edge (``header`` and ``auth``, which reads a call's credentials, are handed in).
+Every backend call carries the caller's credentials: locking needs what the recipe's KV, Lease and
+Watch calls need (WRITE and READ on the lock's prefix).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from conclave.api import pb, recipes
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
-from conclave.wire.contract import EtcdBackend
+from conclave.wire.contract import NO_AUTH, AuthInfo, EtcdBackend
 
 
 class SessionExpired(kverr.EtcdError):
@@ -35,15 +37,18 @@ class LockService:
 
     NAME = "v3lockpb.Lock"
 
-    def __init__(self, backend: EtcdBackend, header: Callable[[int], Any]) -> None:
+    def __init__(self, backend: EtcdBackend, header: Callable[[int], Any],
+                 auth: Callable[[Any], AuthInfo] | None = None) -> None:
         self.backend = backend
         self.header = header
+        self.auth: Callable[[Any], AuthInfo] = auth if auth is not None else (lambda _context: NO_AUTH)
 
     async def lock(self, request: Any, context: Any) -> Any:
         if not request.name:
             raise kverr.KeyNotProvided()
         backend = self.backend
-        lease = await recipes.session_lease(backend, request.lease)
+        auth = self.auth(context)
+        lease = await recipes.session_lease(backend, request.lease, auth)
         prefix = bytes(request.name) + b"/"
         my_key = recipes.owner_key(prefix, lease)
         end = recipes.prefix_end(prefix)
@@ -57,7 +62,8 @@ class LockService:
                 compare=(kv.Compare(result=kv.CompareResult.EQUAL, target=kv.CompareTarget.CREATE, key=my_key),),
                 success=(kv.RequestOp(request_put=kv.PutRequest(key=my_key, value=b"", lease=lease)), get_owner),
                 failure=(kv.RequestOp(request_range=kv.RangeRequest(key=my_key)), get_owner),
-            )
+            ),
+            auth=auth,
         )
         header = resp.header
         my_rev = header.revision
@@ -71,11 +77,11 @@ class LockService:
         assert owner is not None
         if owner.kvs and owner.kvs[0].create_revision != my_rev:
             try:
-                header = await recipes.wait_deletes(backend, prefix, my_rev - 1)
+                header = await recipes.wait_deletes(backend, prefix, my_rev - 1, auth)
             except BaseException:
-                await recipes.delete_quietly(backend, my_key)
+                await recipes.delete_quietly(backend, my_key, auth)
                 raise
-            check = await backend.range(kv.RangeRequest(key=my_key))
+            check = await backend.range(kv.RangeRequest(key=my_key), auth=auth)
             if not check.kvs:
                 raise SessionExpired()
         return pb.LockResponse(header=self.header(header.revision), key=my_key)
@@ -83,7 +89,7 @@ class LockService:
     async def unlock(self, request: Any, context: Any) -> Any:
         if not request.key:
             raise kverr.KeyNotProvided()
-        r = await self.backend.delete_range(kv.DeleteRangeRequest(key=request.key))
+        r = await self.backend.delete_range(kv.DeleteRangeRequest(key=request.key), auth=self.auth(context))
         return pb.UnlockResponse(header=self.header(r.header.revision))
 
     def methods(self, unary: Callable[[Any, str], Any]) -> dict[str, Any]:

@@ -11,6 +11,22 @@ pushes ``[request_id, None, item]`` frames for that request id until the stream 
 ``[request_id, False, error]``, or a pushed watch delivery that says ``canceled``) or the client
 sends ``stream_cancel``.
 
+Authentication: each connection holds at most one identity. ``authenticate`` (``[name,
+password]``) asks the backend for a token and keeps it for the connection; every later request
+on it (unary calls, watch creation, each renewal of a keep-alive stream) is passed to the backend
+with ``auth=AuthInfo(token=...)``, and the backend checks it exactly as it checks a gRPC request
+(errors such as ``etcdserver: invalid auth token`` come back to the client, which
+re-authenticates). On a TLS port whose context verifies client certificates, the certificate's
+common name is passed too (``cert_cn``): the backend uses it when no token is held, as etcd does
+with ``--client-cert-auth``. A connection without either passes no ``auth`` at all (the backend's
+``NO_AUTH`` default). The Auth service's calls (users, roles, enable/disable/status) are reachable
+by name (``conclave.wire.native.AUTH_CALLS``).
+
+TLS: ``start_native_server(..., ssl=context)`` serves the ``https://`` native listeners over TLS
+with that context (built by the runner from the client TLS flags; ``peer_check`` refuses a
+certificate the handshake accepted but etcd's allowed-hostname rule does not); a plain-text peer
+on a TLS port fails the handshake and is dropped by the TLS layer before any frame is read.
+
 Values travel as positional lists: a ``conclave.kv.types`` dataclass is the list of its fields in
 declaration order (nested dataclasses likewise, tuples as lists, enums as ints), so the wire shape
 is fixed by ``kv/types.py`` and both ends share this module's :func:`pack_value` /
@@ -37,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl as ssl_module
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,14 +64,17 @@ import msgpack
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
-from conclave.wire.contract import MemberInfo, StatusInfo, WatchDelivery, WatchSubscription
+from conclave.wire.contract import AuthInfo, MemberInfo, StatusInfo, WatchDelivery, WatchSubscription
 from conclave.wire.native import (
+    AUTH_CALLS,
+    AUTHENTICATE,
     FRAME_HEADER,
     FRAME_OVERHEAD_BYTES,
     MalformedRequest,
     ProtocolViolation,
     UnknownMethod,
     as_list,
+    decode_auth_args,
     decode_int,
     error_payload,
     pack_frame,
@@ -86,7 +106,8 @@ class _Stream:
     task: asyncio.Task[None] | None = None
 
 
-Handler = Callable[[list[Any]], Awaitable[Any]]
+AuthKw = dict[str, AuthInfo]  # {} (no identity: the backend's default) or {"auth": AuthInfo(...)}
+Handler = Callable[[list[Any], AuthKw], Awaitable[Any]]
 
 
 class _Dispatch:
@@ -95,11 +116,20 @@ class _Dispatch:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
 
-        def unary(cls: type, call: Callable[[Any], Awaitable[Any]]) -> Handler:
-            def handler(args: list[Any]) -> Awaitable[Any]:
+        def unary(cls: type, call: Callable[..., Awaitable[Any]]) -> Handler:
+            def handler(args: list[Any], auth: AuthKw) -> Awaitable[Any]:
                 if len(args) != 1:
                     raise MalformedRequest(f"expected 1 argument, got {len(args)}")
-                return call(unpack_as(cls, args[0]))
+                return call(unpack_as(cls, args[0]), **auth)
+
+            return handler
+
+        def auth_call(method: str) -> Handler:
+            def handler(args: list[Any], auth: AuthKw) -> Awaitable[Any]:
+                call = getattr(b, method, None)
+                if call is None:
+                    raise UnknownMethod(f"{UnknownMethod.message}: {method} (this member has no auth support)")
+                return typing.cast(Awaitable[Any], call(*decode_auth_args(method, args), **auth))
 
             return handler
 
@@ -121,6 +151,9 @@ class _Dispatch:
             "move_leader": self._move_leader,
             "ping": self._ping,
         }
+        for method in AUTH_CALLS:
+            if method != AUTHENTICATE:  # the connection handles it: it keeps the token
+                self.unary[method] = auth_call(method)
 
     @staticmethod
     def _ints(args: list[Any], n: int) -> list[int]:
@@ -128,42 +161,42 @@ class _Dispatch:
             raise MalformedRequest(f"expected {n} arguments, got {len(args)}")
         return [decode_int(a) for a in args]
 
-    async def _keep_alive(self, args: list[Any]) -> int:
+    async def _keep_alive(self, args: list[Any], auth: AuthKw) -> int:
         (lease_id,) = self._ints(args, 1)
-        ttl: int = await self.backend.lease_keep_alive(lease_id)
+        ttl: int = await self.backend.lease_keep_alive(lease_id, **auth)
         return ttl
 
-    async def _leases(self, args: list[Any]) -> Any:
+    async def _leases(self, args: list[Any], auth: AuthKw) -> Any:
         self._ints(args, 0)
-        return await self.backend.lease_leases()
+        return await self.backend.lease_leases(**auth)
 
-    async def _member_list(self, args: list[Any]) -> list[list[Any]]:
+    async def _member_list(self, args: list[Any], auth: AuthKw) -> list[list[Any]]:
         self._ints(args, 0)
-        members: list[MemberInfo] = await self.backend.member_list()
+        members: list[MemberInfo] = await self.backend.member_list(**auth)
         native: dict[int, list[str]] = getattr(self.backend, "member_native_urls", dict)()
         return [
             [m.id, m.name, list(m.peer_urls), list(m.client_urls), m.is_learner, list(native.get(m.id, ()))]
             for m in members
         ]
 
-    async def _status(self, args: list[Any]) -> list[Any]:
+    async def _status(self, args: list[Any], auth: AuthKw) -> list[Any]:
         self._ints(args, 0)
-        s: StatusInfo = await self.backend.status()
+        s: StatusInfo = await self.backend.status(**auth)
         b = self.backend
         return [b.cluster_id, b.member_id, b.raft_term(), s]
 
-    async def _hash_kv(self, args: list[Any]) -> Any:
+    async def _hash_kv(self, args: list[Any], auth: AuthKw) -> Any:
         (revision,) = self._ints(args, 1)
-        return await self.backend.hash_kv(revision)
+        return await self.backend.hash_kv(revision, **auth)
 
-    async def _ping(self, args: list[Any]) -> list[Any]:
+    async def _ping(self, args: list[Any], auth: AuthKw) -> list[Any]:
         """Liveness and leader knowledge of this member, for clients holding idle streams."""
         self._ints(args, 0)
         return [bool(self.backend.has_leader()), int(self.backend.current_revision())]
 
-    async def _move_leader(self, args: list[Any]) -> None:
+    async def _move_leader(self, args: list[Any], auth: AuthKw) -> None:
         (target,) = self._ints(args, 1)
-        await self.backend.move_leader(target)
+        await self.backend.move_leader(target, **auth)
 
 
 class NativeConnection(asyncio.BufferedProtocol):
@@ -194,6 +227,9 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.ready: dict[int, None] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
+        self.token = ""  # from this connection's last successful authenticate
+        self.cert_cn = ""  # the verified client certificate's common name (TLS ports only)
+        self.auth: AuthKw = {}  # what every backend call of this connection gets
         backend = server.backend
 
         def default(obj: Any) -> Any:
@@ -210,7 +246,22 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        check = self.server.peer_check
+        refused = check(transport) if check is not None and transport.get_extra_info("ssl_object") else None
+        if refused is not None:
+            log.warning("native: refused TLS client %s: %s", self.peer, refused)
+            self.closed = True
+            self.transport.abort()
+            return
+        self.cert_cn = certificate_cn(transport.get_extra_info("ssl_object"))
+        self._set_auth()
         self.server.connections.add(self)
+
+    def _set_auth(self) -> None:
+        if self.token or self.cert_cn:
+            self.auth = {"auth": AuthInfo(token=self.token, cert_cn=self.cert_cn, source=self.peer)}
+        else:
+            self.auth = {}
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -367,6 +418,8 @@ class NativeConnection(asyncio.BufferedProtocol):
         handler = self.dispatch.unary.get(method)
         if handler is not None:
             self._start(rid, self._run_unary(rid, handler, args))
+        elif method == AUTHENTICATE:
+            self._start(rid, self._authenticate(rid, args))
         elif method == "watch_create":
             self._watch_create(rid, args)
         elif method == "lease_keep_alive_stream":
@@ -391,7 +444,7 @@ class NativeConnection(asyncio.BufferedProtocol):
 
     async def _run_unary(self, rid: int, handler: Handler, args: list[Any]) -> None:
         try:
-            result = await handler(args)
+            result = await handler(args, self.auth)
         except asyncio.CancelledError:
             raise
         except kverr.EtcdError as err:
@@ -401,6 +454,27 @@ class NativeConnection(asyncio.BufferedProtocol):
             self._send([rid, False, error_payload(err)])
         else:
             self._send([rid, True, result])
+
+    async def _authenticate(self, rid: int, args: list[Any]) -> None:
+        """Check the password with the backend; on success the token holds for this connection."""
+        try:
+            name, password = decode_auth_args(AUTHENTICATE, args)
+            call = getattr(self.server.backend, "authenticate", None)
+            if call is None:
+                raise UnknownMethod(f"{UnknownMethod.message}: {AUTHENTICATE} (this member has no auth support)")
+            token, revision = await call(name, password, auth=AuthInfo(cert_cn=self.cert_cn, source=self.peer))
+        except asyncio.CancelledError:
+            raise
+        except kverr.EtcdError as err:
+            self._send([rid, False, error_payload(err)])
+            return
+        except Exception as err:
+            log.exception("native: internal error in authenticate %d", rid)
+            self._send([rid, False, error_payload(err)])
+            return
+        self.token = str(token)
+        self._set_auth()
+        self._send([rid, True, [self.token, revision]])
 
     # ---------------------------------------------------------------- output
 
@@ -453,13 +527,16 @@ class NativeConnection(asyncio.BufferedProtocol):
         stream = self._open_stream(rid)
         if stream is None:
             return
-        # The answer goes out before any delivery: notify() only schedules the pump.
-        self._send([rid, True, backend.current_revision()])
+        revision = backend.current_revision()
         try:
-            stream.subscription = backend.watch_create(req, lambda: self._mark_ready(rid))
+            # Refused (permission denied, bad token) before it exists: the opening call fails.
+            stream.subscription = backend.watch_create(req, lambda: self._mark_ready(rid), **self.auth)
         except kverr.EtcdError as err:
             self.streams.pop(rid, None)
             self._send([rid, False, error_payload(err)])
+            return
+        # The answer still goes out before any delivery: notify() only schedules the pump.
+        self._send([rid, True, revision])
 
     def _mark_ready(self, rid: int) -> None:
         if self.closed:
@@ -504,7 +581,7 @@ class NativeConnection(asyncio.BufferedProtocol):
         try:
             while not self.closed:
                 try:
-                    ttl = await backend.lease_keep_alive(lease_id)
+                    ttl = await backend.lease_keep_alive(lease_id, **self.auth)  # the token may be renewed
                 except kverr.EtcdError as err:
                     self.streams.pop(rid, None)
                     self._send([rid, False, error_payload(err)])
@@ -540,6 +617,7 @@ class NativeServer:
     def __init__(self, backend: Any, max_request_bytes: int, *, frame_read_timeout_s: float = FRAME_READ_TIMEOUT_S,
                  buffered_bytes_max: int = 0) -> None:
         self.backend = backend
+        self.peer_check: Callable[[Any], str | None] | None = None  # TLS: refuse a client after the handshake
         self.dispatch = _Dispatch(backend)
         self.frame_bytes_max = max_request_bytes + FRAME_OVERHEAD_BYTES
         self.frame_read_timeout_s = frame_read_timeout_s
@@ -587,9 +665,9 @@ class NativeServer:
             ports.extend(int(sock.getsockname()[1]) for sock in sockets[:1])
         return ports
 
-    async def listen(self, host: str, port: int) -> None:
+    async def listen(self, host: str, port: int, ssl: ssl_module.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: NativeConnection(self), host, port, reuse_address=True)
+        server = await loop.create_server(lambda: NativeConnection(self), host, port, reuse_address=True, ssl=ssl)
         self.servers.append(server)
 
     def close(self) -> None:
@@ -613,15 +691,39 @@ def parse_listen_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-async def start_native_server(backend: Any, cfg: Any) -> NativeServer:
-    """Listen on every ``cfg.listen_native_urls`` address (the runner's entry point)."""
+def certificate_cn(ssl_object: Any) -> str:
+    """The common name of a TLS peer's verified certificate ('' without one or without TLS)."""
+    getpeercert = getattr(ssl_object, "getpeercert", None)
+    if getpeercert is None:
+        return ""
+    try:
+        cert = getpeercert()  # {} unless the context verified a client certificate
+    except (ValueError, ssl_module.SSLError):
+        return ""
+    for rdn in (cert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return ""
+
+
+async def start_native_server(
+    backend: Any, cfg: Any, ssl: ssl_module.SSLContext | None = None,
+    peer_check: Callable[[Any], str | None] | None = None,
+) -> NativeServer:
+    """Listen on every ``cfg.listen_native_urls`` address (the runner's entry point).
+
+    ``ssl`` (an ``ssl.SSLContext``) serves the https:// ones (see the module docstring);
+    ``peer_check(transport)`` runs after each TLS handshake and a reason it returns closes the
+    connection before a frame is read."""
     server = NativeServer(backend, int(getattr(cfg, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)))
+    server.peer_check = peer_check
     try:
         for url in cfg.listen_native_urls:
             host, port = parse_listen_url(url)
-            await server.listen(host, port)
+            await server.listen(host, port, ssl=ssl if url.strip().lower().startswith("https://") else None)
     except BaseException:
         server.close()
         raise
-    log.info("native protocol listening on %s", ",".join(cfg.listen_native_urls))
+    log.info("native protocol listening on %s%s", ",".join(cfg.listen_native_urls), " (TLS)" if ssl else "")
     return server

@@ -518,17 +518,87 @@ class WatchWorkload(Workload):
     close and resume from the revision after the last one they saw. At the end a reference watch
     reads the committed history from the earliest start; each watcher's events must be exactly
     the reference's over its range (ordered, unique, no gap, same keys and values, every event of
-    a revision together), and every acknowledged put must be in the reference at its revision."""
+    a revision together), and every acknowledged put must be in the reference at its revision.
+
+    Bookmarks: one more watcher speaks raw etcd gRPC and sends a WatchProgressRequest every 0.5-1.5
+    s; a progress notification at revision R promises that every event up to R was delivered. It
+    is checked: no event at or below R arrives after it, and every committed event of the watched
+    range from the segment's start up to R arrived before it."""
 
     name: ClassVar[str] = "watch"
     model: ClassVar[str | None] = None
     watched: dict[int, list[tuple[int, list[tuple[int, str, str]]]]] = field(default_factory=dict)
+    # bookmark watcher segments: (start, items) with items ("e", rev, key, value) or ("p", rev, "", "")
+    bookmarked: dict[int, list[tuple[int, list[tuple[str, int, str, str]]]]] = field(default_factory=dict)
     compacted: list[str] = field(default_factory=list)
 
     async def run(self) -> None:
         writers = max(1, self.clients // 2)
+        watchers = range(writers, max(writers + 2, self.clients))
         await asyncio.gather(*(self.guarded(self._writer, w) for w in range(writers)),
-                             *(self.guarded(self._watcher, w) for w in range(writers, max(writers + 2, self.clients))))
+                             *(self.guarded(self._watcher, w) for w in watchers),
+                             self.guarded(self._bookmark_watcher, max(writers + 2, self.clients)))
+
+    async def _bookmark_watcher(self, w: int) -> None:
+        import grpc
+
+        from conclave.api import pb
+        from conclave.api.stubs import EtcdStub
+
+        rng = random.Random(f"watch-b/{self.seed}/{w}")
+        segments = self.bookmarked.setdefault(w, [])
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(rng.uniform(0.5, 3.0))
+        start = 0
+        while not self.stop.is_set():
+            eps = self.current_endpoints() if self.current_endpoints else self.endpoints
+            channel = grpc.aio.insecure_channel(eps[(w + len(segments)) % len(eps)])
+            call: Any = None
+            try:
+                if start == 0:
+                    st = await EtcdStub(channel, "etcdserverpb.Maintenance").Status(pb.StatusRequest(), timeout=3)
+                    start = st.header.revision + 1
+                items: list[tuple[str, int, str, str]] = []
+                segments.append((start, items))
+                call = EtcdStub(channel, "etcdserverpb.Watch").Watch(metadata=(("hasleader", "true"),))
+                await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                    key=b"watch/", range_end=b"watch0", start_revision=start)))
+                resume_at = loop.time() + rng.uniform(5, 15)
+                ask_at = loop.time() + rng.uniform(0.5, 1.5)
+                created = False
+                while not self.stop.is_set() and loop.time() < resume_at:
+                    if created and loop.time() >= ask_at:
+                        await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+                        ask_at = loop.time() + rng.uniform(0.5, 1.5)
+                    try:
+                        r = await asyncio.wait_for(call.read(), 0.5)
+                    except TimeoutError:
+                        continue
+                    if r is grpc.aio.EOF:
+                        break
+                    if r.created:
+                        created = True
+                    elif r.canceled:
+                        if r.compact_revision:
+                            self.compacted.append(f"bookmark watcher {w} from {start}")
+                            start = 0
+                        break
+                    elif r.events:
+                        for ev in r.events:
+                            items.append(("e", ev.kv.mod_revision, ev.kv.key.decode(), ev.kv.value.decode()))
+                            self.stats.ok += 1
+                    else:
+                        items.append(("p", r.header.revision, "", ""))
+            except Exception:
+                self.stats.info += 1
+                await asyncio.sleep(0.3)
+            finally:
+                if call is not None:
+                    call.cancel()
+                await channel.close()
+            seen = [it for _start, segment in segments[-1:] for it in segment if it[0] == "e"]
+            if seen:
+                start = seen[-1][1] + 1
 
     async def _writer(self, w: int) -> None:
         rng = random.Random(f"watch-w/{self.seed}/{w}")
@@ -591,7 +661,7 @@ class WatchWorkload(Workload):
 
     async def finish(self) -> None:
         self.reference: list[tuple[int, str, str]] = []
-        starts = [s for segs in self.watched.values() for s, _ in segs]
+        starts = [s for segs in [*self.watched.values(), *self.bookmarked.values()] for s, _ in segs]
         if not starts:
             return
         from conclave.client import Compacted
@@ -653,6 +723,34 @@ class WatchWorkload(Workload):
                     extra = sorted(set(events) - set(expect))[:3]
                     f.violations.append(f"watcher {w} from revision {start}: {len(events)} events, the committed "
                                         f"history has {len(expect)} (missing {missing}, unexpected {extra})")
+        bookmarks = 0
+        for w, bsegs in self.bookmarked.items():
+            for start, items in bsegs:
+                events = [(r, k, v) for kind, r, k, v in items if kind == "e"]
+                events_seen += len(events)
+                if start < ref_start:
+                    start = ref_start
+                for i, (kind, rev, _k, _v) in enumerate(items):
+                    if kind != "p":
+                        continue
+                    bookmarks += 1
+                    before = [(r, k, v) for kd, r, k, v in items[:i] if kd == "e" and r >= start]
+                    late = [r for kd, r, _, _ in items[i + 1:] if kd == "e" and r <= rev]
+                    if late:
+                        f.violations.append(f"bookmark watcher {w}: event at revision {late[0]} after a progress "
+                                            f"notification at {rev}")
+                    if ref and rev <= ref_last:
+                        expect = [e for e in ref if start <= e[0] <= rev]
+                        if [e for e in before if e[0] <= rev] != expect:
+                            f.violations.append(f"bookmark watcher {w}: progress notification at {rev} after "
+                                                f"{len(before)} events, the committed history has {len(expect)} "
+                                                f"from revision {start}")
+                events = [e for e in events if e[0] >= start]
+                if events and ref and events[-1][0] <= ref_last:
+                    compared += 1
+                    if events != [e for e in ref if start <= e[0] <= events[-1][0]]:
+                        f.violations.append(f"bookmark watcher {w} from revision {start}: events differ from the "
+                                            f"committed history")
         ref_at = {(r, k): v for r, k, v in ref}
         for o in ops:
             if o.f == "put" and o.status == "ok" and isinstance(o.out, list):
@@ -661,6 +759,7 @@ class WatchWorkload(Workload):
                     f.lost.append({"key": o.key, "lost": v, "revision": rev})
         f.facts |= {"watchers": len(self.watched), "segments": sum(len(s) for s in self.watched.values()),
                    "events_seen": events_seen, "reference_events": len(ref), "segments_compared": compared,
+                   "progress_notifications_checked": bookmarks,
                    "compacted": len(self.compacted), "reference_start": ref_start}
         f.violations = f.violations[:50]
         return f

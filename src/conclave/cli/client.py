@@ -1,10 +1,18 @@
-"""`conclave get/put/del/txn/watch/lease/lock/elect/member/status/compact`: the command-line client.
+"""`conclave get/put/del/txn/watch/lease/lock/elect/member/status/compact/user/role/auth`: the client CLI.
 
 Modelled on etcdctl (v3): the same command names, arguments and ``simple`` output lines, so
 etcd users feel at home; ``-w json`` prints etcd-style JSON (keys and values base64), ``-w table``
 an aligned table. Every command takes ``--endpoints`` (comma-separated host:port; the native
 protocol by default, ``--protocol grpc`` for any etcd v3 endpoint) and ``--timeout``.
 An error prints one line ``Error: ...`` on stderr and exits 1.
+
+Security flags are etcdctl's, accepted before the command (``conclave --user alice:pw get k``) or
+after it: ``--user name[:password]`` (no password: the ``Password: `` prompt), ``--password``,
+``--cacert``, ``--cert``, ``--key``, ``--insecure-skip-tls-verify``, ``--insecure-transport``; each
+also as ``CONCLAVE_<FLAG>`` (``CONCLAVE_USER=alice:pw``), like etcdctl's ``ETCDCTL_<FLAG>``.
+``user``, ``role`` and ``auth`` are etcdctl's auth commands with its output lines, including
+``auth enable``'s loop (role ``root`` is created and granted to user ``root`` when missing). As
+etcdctl does, bad arguments of those commands exit 128, and credentials the cluster refuses exit 2.
 """
 
 from __future__ import annotations
@@ -21,21 +29,87 @@ from typing import Any
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2381,127.0.0.1:22381,127.0.0.1:32381"
 DEFAULT_GRPC_ENDPOINTS = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
+EXIT_BAD_CONNECTION = 2  # etcdctl's ExitBadConnection: the cluster refused the credentials
+EXIT_BAD_ARGS = 128  # etcdctl's ExitBadArgs, for the auth commands
 
 
 class UsageError(ValueError):
     """A command line that cannot be carried out (bad txn syntax, bad lease id...)."""
 
 
+class BadArgs(UsageError):
+    """A bad argument of an auth command (exit 128, as etcdctl)."""
+
+
+def parse_bool(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "t", "true", "yes", "on"):
+        return True
+    if v in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+
+
+# etcdctl's boolean flags: ``--flag`` alone or ``--flag=true|false``; never the next word.
+BOOL_FLAGS = frozenset({"--insecure-skip-tls-verify", "--insecure-transport", "--interactive", "--detail",
+                        "--prefix", "--from-key"})
+
+
+BOOL: dict[str, Any] = {"type": parse_bool, "nargs": "?", "const": True, "default": False, "metavar": "BOOL"}
+
+
+def normalize_bool_flags(argv: Sequence[str]) -> list[str]:
+    """``--prefix`` -> ``--prefix=true`` (so a bare boolean flag never takes the next argument)."""
+    out: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            return out + list(argv[i:])
+        out.append(f"{word}=true" if word in BOOL_FLAGS else word)
+    return out
+
+
+def add_security_flags(p: argparse.ArgumentParser | Any) -> None:
+    """etcdctl's global security flags; SUPPRESS defaults, so before or after the command both work."""
+    s = argparse.SUPPRESS
+    p.add_argument("--user", dest="auth_user", default=s, metavar="NAME[:PASSWORD]",
+                   help="user name[:password] for authentication (prompts for the password when it is "
+                        "missing; env CONCLAVE_USER)")
+    p.add_argument("--password", dest="auth_password", default=s,
+                   help="password for authentication (then --user is the name only; env CONCLAVE_PASSWORD)")
+    p.add_argument("--cacert", dest="tls_cacert", default=s, metavar="FILE",
+                   help="verify the members' certificates with this CA bundle (turns TLS on; env CONCLAVE_CACERT)")
+    p.add_argument("--cert", dest="tls_cert", default=s, metavar="FILE",
+                   help="client TLS certificate (with --key; env CONCLAVE_CERT)")
+    p.add_argument("--key", dest="tls_key", default=s, metavar="FILE", help="client TLS key (env CONCLAVE_KEY)")
+    p.add_argument("--insecure-skip-tls-verify", type=parse_bool, nargs="?", const=True, default=s,
+                   metavar="BOOL", help="TLS without verifying the members' certificates (testing only; "
+                                        "env CONCLAVE_INSECURE_SKIP_TLS_VERIFY)")
+    p.add_argument("--insecure-transport", type=parse_bool, nargs="?", const=True, default=s, metavar="BOOL",
+                   help="plain-text unless a TLS flag or an https:// endpoint says otherwise (default true; false: "
+                        "TLS with the system's CAs; env CONCLAVE_INSECURE_TRANSPORT)")
+
+
+def add_global_flags(parser: argparse.ArgumentParser) -> None:
+    """The client flags ``conclave`` accepts before a client command, as etcdctl's global flags."""
+    g = parser.add_argument_group("client flags (before or after a client command, as etcdctl's)")
+    g.add_argument("--endpoints", default=argparse.SUPPRESS,
+                   help="comma-separated host:port list of the client commands (env CONCLAVE_ENDPOINTS)")
+    g.add_argument("--protocol", choices=("native", "grpc"), default=argparse.SUPPRESS,
+                   help="wire protocol of the client commands (default native; env CONCLAVE_PROTOCOL)")
+    add_security_flags(g)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoints", default=None,
+    p.add_argument("--endpoints", default=argparse.SUPPRESS,
                    help=f"comma-separated host:port list (default native {DEFAULT_ENDPOINTS}; "
                         f"with --protocol grpc {DEFAULT_GRPC_ENDPOINTS}; env CONCLAVE_ENDPOINTS)")
-    p.add_argument("--protocol", choices=("native", "grpc"), default=os.environ.get("CONCLAVE_PROTOCOL", "native"),
-                   help="wire protocol: Conclave's native one or the etcd v3 gRPC API (default %(default)s)")
+    p.add_argument("--protocol", choices=("native", "grpc"), default=argparse.SUPPRESS,
+                   help="wire protocol: Conclave's native one or the etcd v3 gRPC API (default native; "
+                        "env CONCLAVE_PROTOCOL)")
     p.add_argument("-w", "--write-out", choices=("simple", "json", "table"), default="simple",
                    help="output format (default %(default)s)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds (default %(default)s)")
+    add_security_flags(p)
 
 
 def register(sub: Any) -> None:
@@ -48,8 +122,8 @@ def register(sub: Any) -> None:
     p = add("get", "get a key or a range of keys", cmd_get)
     p.add_argument("key")
     p.add_argument("range_end", nargs="?", default="", help="end of the range [key, range_end)")
-    p.add_argument("--prefix", action="store_true", help="get every key with the prefix KEY")
-    p.add_argument("--from-key", action="store_true", help="get every key >= KEY")
+    p.add_argument("--prefix", **BOOL, help="get every key with the prefix KEY")
+    p.add_argument("--from-key", **BOOL, help="get every key >= KEY")
     p.add_argument("--limit", type=int, default=0, help="maximum number of results")
     p.add_argument("--rev", type=int, default=0, help="read at this revision")
     p.add_argument("--keys-only", action="store_true", help="print keys only")
@@ -69,8 +143,8 @@ def register(sub: Any) -> None:
     p = add("del", "delete a key or a range of keys", cmd_del)
     p.add_argument("key")
     p.add_argument("range_end", nargs="?", default="")
-    p.add_argument("--prefix", action="store_true", help="delete every key with the prefix KEY")
-    p.add_argument("--from-key", action="store_true", help="delete every key >= KEY")
+    p.add_argument("--prefix", **BOOL, help="delete every key with the prefix KEY")
+    p.add_argument("--from-key", **BOOL, help="delete every key >= KEY")
     p.add_argument("--prev-kv", action="store_true", help="print the deleted key-values")
 
     add("txn", "run a transaction read from stdin (compares, blank line, success ops, blank line, "
@@ -80,7 +154,7 @@ def register(sub: Any) -> None:
     p = add("watch", "print events on a key or range until interrupted", cmd_watch)
     p.add_argument("key")
     p.add_argument("range_end", nargs="?", default="")
-    p.add_argument("--prefix", action="store_true")
+    p.add_argument("--prefix", **BOOL)
     p.add_argument("--rev", type=int, default=0, help="start at this revision (0: from now)")
     p.add_argument("--prev-kv", action="store_true")
     p.add_argument("--max-events", type=int, default=0, help="exit after this many events (0: never)")
@@ -107,28 +181,173 @@ def register(sub: Any) -> None:
     p = add("member", "member list", cmd_member)
     p.add_argument("action", choices=("list",))
 
-    add("status", "status of every endpoint (like etcdctl endpoint status)", cmd_status)
+    p = add("status", "status of every endpoint (like etcdctl endpoint status); --watch: a live view", cmd_status)
+    p.add_argument("--watch", action="store_true",
+                   help="a live view refreshed every second: members, leader, term, indexes, ops/s and fsync p99 "
+                        "(from each member's /metrics) until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="--watch: seconds between refreshes (default 1)")
+    p.add_argument("--watch-count", type=int, default=0, help="--watch: stop after N refreshes (default 0: never)")
 
     p = add("compact", "compact the key-value history up to REVISION", cmd_compact)
     p.add_argument("revision", type=int)
     p.add_argument("--physical", action="store_true", help="wait until the compaction is physically applied")
 
+    _register_auth(sub)
+
+
+def _register_auth(sub: Any) -> None:
+    """``user``, ``role`` and ``auth``: etcdctl's two-word auth commands."""
+
+    def group(name: str, help_text: str) -> Any:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=lambda args: (p.print_help(), EXIT_BAD_ARGS)[1])
+        return p.add_subparsers(dest="action", metavar="ACTION")
+
+    def action(actions: Any, name: str, help_text: str,
+               handler: Callable[[Any, argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        p.set_defaults(func=lambda args: _run(handler, args))
+        return p
+
+    def interactive(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--interactive", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                       help="prompt for the password twice (default true; false: read it from stdin)")
+
+    users = group("user", "user add|get|list|delete|passwd|grant-role|revoke-role (etcdctl user)")
+    p = action(users, "add", "add a user: NAME, or NAME:PASSWORD", cmd_user_add)
+    p.add_argument("name")
+    p.add_argument("--new-user-password", default="", help="the new user's password (else prompted)")
+    p.add_argument("--no-password", action="store_true",
+                   help="a user without password, for client-certificate (CN) authentication only")
+    interactive(p)
+    p = action(users, "get", "print a user's roles", cmd_user_get)
+    p.add_argument("name")
+    p.add_argument("--detail", **BOOL, help="print the permissions of each role too")
+    action(users, "list", "list the users", cmd_user_list)
+    action(users, "delete", "delete a user", cmd_user_delete).add_argument("name")
+    p = action(users, "passwd", "change a user's password", cmd_user_passwd)
+    p.add_argument("name")
+    interactive(p)
+    for verb, handler in (("grant-role", cmd_user_grant_role), ("revoke-role", cmd_user_revoke_role)):
+        p = action(users, verb, f"{verb.split('-')[0]} a role to/from a user", handler)
+        p.add_argument("name")
+        p.add_argument("role")
+
+    roles = group("role", "role add|get|list|delete|grant-permission|revoke-permission (etcdctl role)")
+    action(roles, "add", "add a role", cmd_role_add).add_argument("name")
+    action(roles, "get", "print a role's key permissions", cmd_role_get).add_argument("name")
+    action(roles, "list", "list the roles", cmd_role_list)
+    action(roles, "delete", "delete a role", cmd_role_delete).add_argument("name")
+    p = action(roles, "grant-permission", "grant read|write|readwrite on KEY [END] (or --prefix / --from-key)",
+               cmd_role_grant)
+    p.add_argument("name", metavar="ROLE")
+    p.add_argument("perm", metavar="PERM", help="read, write or readwrite")
+    p.add_argument("key")
+    p.add_argument("range_end", nargs="?", default=None, metavar="END", help="end of the range [KEY, END)")
+    for flag, what in (("--prefix", "KEY is a prefix"), ("--from-key", "every key from KEY on")):
+        p.add_argument(flag, **BOOL, help=what)
+    p = action(roles, "revoke-permission", "revoke the permission on KEY [END] (or --prefix / --from-key)",
+               cmd_role_revoke)
+    p.add_argument("name", metavar="ROLE")
+    p.add_argument("key")
+    p.add_argument("range_end", nargs="?", default=None, metavar="END", help="end of the range [KEY, END)")
+    for flag, what in (("--prefix", "KEY is a prefix"), ("--from-key", "every key from KEY on")):
+        p.add_argument(flag, **BOOL, help=what)
+
+    auth = group("auth", "auth enable|disable|status (etcdctl auth)")
+    action(auth, "enable", "enable authentication (adds role root to user root when missing)", cmd_auth_enable)
+    action(auth, "disable", "disable authentication", cmd_auth_disable)
+    action(auth, "status", "print whether authentication is enabled and the auth revision", cmd_auth_status)
+
 
 # --------------------------------------------------------------------------- plumbing
 
 
-def _run(handler: Callable[[Any, argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from conclave.client import Client, ClientError
+# flag dest -> the environment variable that stands in for it
+_ENV = {"auth_user": "CONCLAVE_USER", "auth_password": "CONCLAVE_PASSWORD", "tls_cacert": "CONCLAVE_CACERT",
+        "tls_cert": "CONCLAVE_CERT", "tls_key": "CONCLAVE_KEY",
+        "insecure_skip_tls_verify": "CONCLAVE_INSECURE_SKIP_TLS_VERIFY",
+        "insecure_transport": "CONCLAVE_INSECURE_TRANSPORT"}
 
-    endpoints = args.endpoints or os.environ.get("CONCLAVE_ENDPOINTS") or (
+
+def _flag(args: argparse.Namespace, name: str) -> Any:
+    """A flag given on the command line (before or after the command), else its ``CONCLAVE_<FLAG>``."""
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    raw = os.environ.get(_ENV[name])
+    return raw if raw not in (None, "") else None
+
+
+def _env_bool(args: argparse.Namespace, name: str) -> bool | None:
+    value = _flag(args, name)
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        return parse_bool(str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{_ENV[name]}: {exc}") from None
+
+
+def credentials(args: argparse.Namespace, ask: Callable[[str], str] | None = None) -> tuple[str, str] | None:
+    """(user, password) from --user/--password (or the env), as etcdctl reads them; None without a user.
+
+    ``--user name:password`` splits at the first colon; with ``--password`` the whole ``--user`` is
+    the name; ``--user name`` alone prompts ``Password: ``.
+    """
+    user = _flag(args, "auth_user")
+    if not user:
+        return None
+    password = _flag(args, "auth_password")
+    if password is not None:
+        return str(user), str(password)
+    name, sep, pw = str(user).partition(":")
+    if sep:
+        return name, pw
+    if ask is None:
+        import getpass
+
+        ask = getpass.getpass
+    return name, ask("Password: ")
+
+
+def client_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Client keyword arguments of the security flags."""
+    opts: dict[str, Any] = {}
+    creds = credentials(args)
+    if creds is not None:
+        opts["user"], opts["password"] = creds
+    for flag, kw in (("tls_cacert", "ca_file"), ("tls_cert", "cert_file"), ("tls_key", "key_file")):
+        value = _flag(args, flag)
+        if value:
+            opts[kw] = str(value)
+    if _env_bool(args, "insecure_skip_tls_verify"):
+        opts["insecure_skip_tls_verify"] = True
+    if _env_bool(args, "insecure_transport") is False:
+        opts["tls"] = True
+    return opts
+
+
+def _run(handler: Callable[[Any, argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from conclave.client import AuthFailed, Client, ClientError
+
+    args.protocol = getattr(args, "protocol", None) or os.environ.get("CONCLAVE_PROTOCOL") or "native"
+    if args.protocol not in ("native", "grpc"):
+        print(f"Error: CONCLAVE_PROTOCOL must be native or grpc, not {args.protocol!r}", file=sys.stderr)
+        return 1
+    endpoints = getattr(args, "endpoints", None) or os.environ.get("CONCLAVE_ENDPOINTS") or (
         DEFAULT_ENDPOINTS if args.protocol == "native" else DEFAULT_GRPC_ENDPOINTS)
     try:
-        with Client(endpoints.split(","), protocol=args.protocol, timeout=args.timeout) as client:
+        options = client_options(args)
+        with Client(endpoints.split(","), protocol=args.protocol, timeout=args.timeout, **options) as client:
             return handler(client, args)
     except (ClientError, UsageError, ValueError, TypeError, OSError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"Error: {text}", file=sys.stderr)
-        return 1
+        if isinstance(exc, BadArgs):
+            return EXIT_BAD_ARGS
+        return EXIT_BAD_CONNECTION if isinstance(exc, AuthFailed) else 1
 
 
 def _b64(b: bytes) -> str:
@@ -476,6 +695,10 @@ def cmd_member(client: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_status(client: Any, args: argparse.Namespace) -> int:
+    if args.watch:
+        from conclave.cli.status_view import watch
+
+        return watch(client, args)
     statuses = []
     failed = 0
     for ep in client.endpoints:
@@ -516,4 +739,210 @@ def _size(n: int) -> str:
 def cmd_compact(client: Any, args: argparse.Namespace) -> int:
     client.compact(args.revision, physical=args.physical)
     print(f"compacted revision {args.revision}")
+    return 0
+
+
+# --------------------------------------------------------------------------- user / role / auth
+
+
+def _new_password(name: str, args: argparse.Namespace) -> str:
+    """etcdctl's password input: two prompts (``--interactive``), else one word from stdin."""
+    if not args.interactive:
+        words = sys.stdin.readline().split()
+        return words[0] if words else ""
+    import getpass
+
+    first = getpass.getpass(f"Password of {name}: ")
+    again = getpass.getpass(f"Type password of {name} again for confirmation: ")
+    if first != again:
+        raise BadArgs("given passwords are different")
+    return first
+
+
+def cmd_user_add(client: Any, args: argparse.Namespace) -> int:
+    name, password = args.name, ""
+    if args.no_password:
+        pass
+    elif args.new_user_password:
+        password = args.new_user_password
+    elif ":" in args.name:
+        name, _, password = args.name.partition(":")
+        if not name:
+            raise BadArgs("empty user name is not allowed")
+    else:
+        password = _new_password(name, args)
+    client.user_add(name, password, no_password=args.no_password)
+    print(f"User {name} created")
+    return 0
+
+
+def _print_role(name: str, perms: Sequence[Any]) -> None:
+    """etcdctl's ``role get`` lines: single keys, ``[key, end)`` ranges (with their prefix), open ends."""
+    from conclave.client.types import prefix_end
+    from conclave.kv.auth import PermType
+
+    print(f"Role {name}")
+    for title, kinds in (("KV Read:", (PermType.READ, PermType.READWRITE)),
+                         ("KV Write:", (PermType.WRITE, PermType.READWRITE))):
+        print(title)
+        for p in perms:
+            if p.perm_type not in kinds:
+                continue
+            key = _text(p.key)
+            if not p.range_end:
+                print(f"\t{key}")
+            elif p.range_end == b"\0":
+                print(f"\t[{key}, <open ended>")
+            else:
+                line = f"\t[{key}, {_text(p.range_end)})"
+                if p.key and p.range_end == prefix_end(p.key):
+                    line += f" (prefix {key})"
+                print(line)
+
+
+def cmd_user_get(client: Any, args: argparse.Namespace) -> int:
+    roles = client.user_get(args.name)
+    print(f"User: {args.name}")
+    if not args.detail:
+        print("Roles:" + "".join(f" {r}" for r in roles))
+        return 0
+    for role in roles:
+        print()
+        _print_role(role, client.role_get(role))
+    return 0
+
+
+def cmd_user_list(client: Any, args: argparse.Namespace) -> int:
+    for name in client.user_list():
+        print(name)
+    return 0
+
+
+def cmd_user_delete(client: Any, args: argparse.Namespace) -> int:
+    client.user_delete(args.name)
+    print(f"User {args.name} deleted")
+    return 0
+
+
+def cmd_user_passwd(client: Any, args: argparse.Namespace) -> int:
+    client.user_change_password(args.name, _new_password(args.name, args))
+    print("Password updated")
+    return 0
+
+
+def cmd_user_grant_role(client: Any, args: argparse.Namespace) -> int:
+    client.user_grant_role(args.name, args.role)
+    print(f"Role {args.role} is granted to user {args.name}")
+    return 0
+
+
+def cmd_user_revoke_role(client: Any, args: argparse.Namespace) -> int:
+    client.user_revoke_role(args.name, args.role)
+    print(f"Role {args.role} is revoked from user {args.name}")
+    return 0
+
+
+def cmd_role_add(client: Any, args: argparse.Namespace) -> int:
+    client.role_add(args.name)
+    print(f"Role {args.name} created")
+    return 0
+
+
+def cmd_role_get(client: Any, args: argparse.Namespace) -> int:
+    _print_role(args.name, client.role_get(args.name))
+    return 0
+
+
+def cmd_role_list(client: Any, args: argparse.Namespace) -> int:
+    for name in client.role_list():
+        print(name)
+    return 0
+
+
+def cmd_role_delete(client: Any, args: argparse.Namespace) -> int:
+    client.role_delete(args.name)
+    print(f"Role {args.name} deleted")
+    return 0
+
+
+def _perm_range(args: argparse.Namespace) -> tuple[bytes, bytes]:
+    """(key, range_end) of KEY [END] with --prefix / --from-key, with etcdctl's argument errors."""
+    from conclave.client.types import prefix_end
+
+    key = args.key.encode()
+    if args.range_end is None:
+        if args.prefix:
+            if args.from_key:
+                raise BadArgs("--from-key and --prefix flags are mutually exclusive")
+            return key, prefix_end(key) if key else b"\0"
+        return key, b"\0" if args.from_key else b""
+    if args.prefix:
+        raise BadArgs("unexpected endkey argument with --prefix flag")
+    if args.from_key:
+        raise BadArgs("unexpected endkey argument with --from-key flag")
+    return key, args.range_end.encode()
+
+
+def cmd_role_grant(client: Any, args: argparse.Namespace) -> int:
+    from conclave.kv.auth import PermType
+
+    name, perm = args.name, args.perm
+    try:
+        kind = PermType[perm.upper()]
+    except KeyError:
+        raise BadArgs(f"invalid permission type: {perm}") from None
+    key, end = _perm_range(args)
+    client.role_grant_permission(name, kind, key, end)
+    print(f"Role {name} updated")
+    return 0
+
+
+def cmd_role_revoke(client: Any, args: argparse.Namespace) -> int:
+    name = args.name
+    key, end = _perm_range(args)
+    client.role_revoke_permission(name, key, end)
+    if not end:
+        print(f"Permission of key {_text(key)} is revoked from role {name}")
+    elif end == b"\0":
+        print(f"Permission of range [{_text(key)}, <open ended> is revoked from role {name}")
+    else:
+        print(f"Permission of range [{_text(key)}, {_text(end)}) is revoked from role {name}")
+    return 0
+
+
+AUTH_ENABLE_ATTEMPTS_MAX = 3  # enable, add role root + grant it, enable again: never more
+
+
+def cmd_auth_enable(client: Any, args: argparse.Namespace) -> int:
+    """etcdctl's loop: when user root lacks role root, create the role, grant it, try again."""
+    from conclave.client import ServerError
+
+    for _ in range(AUTH_ENABLE_ATTEMPTS_MAX):
+        try:
+            client.auth_enable()
+            break
+        except ServerError as exc:
+            if exc.kind != "RootRoleNotExist":
+                raise
+            client.role_add("root")  # any error here ends the command, as in etcdctl
+            client.user_grant_role("root", "root")
+    else:
+        raise UsageError("authentication could not be enabled (user root still lacks role root)")
+    print("Authentication Enabled")
+    return 0
+
+
+def cmd_auth_disable(client: Any, args: argparse.Namespace) -> int:
+    client.auth_disable()
+    print("Authentication Disabled")
+    return 0
+
+
+def cmd_auth_status(client: Any, args: argparse.Namespace) -> int:
+    st = client.auth_status()
+    if args.write_out == "json":
+        print(json.dumps({"enabled": st.enabled, "authRevision": st.auth_revision}))
+    else:
+        print(f"Authentication Status: {str(st.enabled).lower()}")
+        print(f"AuthRevision: {st.auth_revision}")
     return 0

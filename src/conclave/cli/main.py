@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"conclave {__version__}",
                         help="print the version and exit")
+    from conclave.cli.client import add_global_flags
+
+    add_global_flags(parser)  # etcdctl's global flags (--endpoints, --user, --cacert ...) before a command
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -43,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from conclave.cli.client import normalize_bool_flags
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalize_bool_flags(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from conclave.server.config import ConfigError, ServerConfig, parse_url
@@ -31,46 +30,60 @@ class Member:
         self.node: Any = None
         self.grpc_server: Any = None
         self.native_server: Any = None
-        self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version (and /health...)
+        self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version, /metrics, /health...
         self.http_server: Any = None  # the --listen-client-http-urls listener
+        self.metrics_servers: list[Any] = []  # the --listen-metrics-urls listeners
 
     async def start(self) -> None:
-        from conclave.server.backend import NodeBackend
-        from conclave.server.node import Node
-
-        self.node = Node(self.cfg)
-        await self.node.start()
-        backend = NodeBackend(self.node)
-        from functools import partial
-
-        from conclave.api.edge_server import IMPORT_ERROR, choose_engine, default_http_handler
+        from conclave.api.edge_server import IMPORT_ERROR, choose_engine
         from conclave.api.gateway import gateway_router
         from conclave.api.grpc_server import GRPC_OVERHEAD_BYTES
-        from conclave.api.http import not_found, start_http_server
-
-        self.http_router = gateway_router(backend)
-        self.http_router.add("/health", partial(default_http_handler, backend))
-        http_urls = self.cfg.listen_client_http_urls
+        from conclave.api.health import Health, register_routes
+        from conclave.api.http import HttpRouter, not_found, start_http_server
+        from conclave.api.rpcmetrics import RpcMetrics
+        from conclave.cli import tls_listeners
+        from conclave.server import tls
+        from conclave.server.backend import NodeBackend
+        from conclave.server.node import Node
 
         try:
             engine = choose_engine(self.cfg.grpc_engine)
         except (ValueError, RuntimeError) as exc:
             raise ConfigError(str(exc)) from None
+        tls.validate_config(self.cfg)  # `conclave serve` did already; a ServerConfig built in code may not have
+        tls.prepare_auto_tls(self.cfg)  # before the node: the peer transport needs its files too
+        tls.warn_unused(self.cfg)
+        client_tls = tls.client_settings(self.cfg)
+        # What the chosen engine cannot enforce is refused before anything listens.
+        secure = [self.cfg.client_url_is_tls(u) for u in self.cfg.listen_client_urls]
+        tls_kw: dict[str, Any] = {}
+        if engine == "rust" and any(secure):
+            from conclave.api.edge_server import EdgeServer
+
+            tls_kw = tls_listeners.edge_kwargs(client_tls, secure, EdgeServer.__init__)
+        elif any(secure):
+            tls_listeners.python_engine_refusals(client_tls)
+        self.node = Node(self.cfg)
+        await self.node.start()
+        backend = NodeBackend(self.node)
+        registry = self.node.metrics.registry
+        rpc_metrics = RpcMetrics(registry, extensive=self.cfg.metrics == "extensive")
+        health = Health(backend, timeout_s=self.cfg.request_timeout_s, registry=registry)
+        self.http_router = gateway_router(backend)
+        register_routes(self.http_router, health)
+        self.metrics_router = HttpRouter()  # --listen-metrics-urls: metrics and health only, as etcd's
+        register_routes(self.metrics_router, health)
+        http_urls = self.cfg.listen_client_http_urls
         if engine == "rust":
             from conclave.api.edge_server import EdgeServer
 
             hps = [parse_url(u, "listen-client-urls") for u in self.cfg.listen_client_urls]
             addrs = [(hp.host, hp.port) for hp in hps]
-            secure = [self.cfg.client_url_is_tls(u) for u in self.cfg.listen_client_urls]
-            tls: dict[str, Any] = {}
-            if any(secure):
-                tls = {"cert_file": self.cfg.cert_file, "key_file": self.cfg.key_file, "secure": secure,
-                       "client_ca_file": self.cfg.trusted_ca_file if self.cfg.client_cert_auth else None}  # fmt: skip
             try:
                 # HTTP/1.1 beside gRPC on the client port, unless it has its own URLs (as etcd 3.5).
                 http_handler = not_found if http_urls else self.http_router
                 self.grpc_server = EdgeServer(backend, addrs, max_request_bytes=self.cfg.max_request_bytes,
-                                              http_handler=http_handler, **tls)  # fmt: skip
+                                              http_handler=http_handler, rpc_metrics=rpc_metrics, **tls_kw)  # fmt: skip
             except ValueError as exc:  # unreadable TLS files
                 raise ConfigError(str(exc)) from None
             log.info("gRPC engine: rust (compiled edge)")
@@ -85,18 +98,16 @@ class Member:
                     "`make edge` builds it where a Rust toolchain is installed", IMPORT_ERROR)
             else:
                 log.info("gRPC engine: python (grpc.aio)")
-            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes))
+            interceptors: list[Any] = [rpc_metrics.interceptor()]
+            if any(secure) and (client_tls.crl_file or client_tls.allowed_hostnames):
+                interceptors.append(tls_listeners.ClientCertCheck(client_tls).interceptor())
+            self.grpc_server = grpc.aio.server(options=server_options(self.cfg.max_request_bytes),
+                                               interceptors=interceptors)  # fmt: skip
             self.grpc_server.add_generic_rpc_handlers(etcd_handlers(backend))
             for url in self.cfg.listen_client_urls:
                 hp = parse_url(url, "listen-client-urls")
                 if self.cfg.client_url_is_tls(url):
-                    creds = grpc.ssl_server_credentials(
-                        [(Path(self.cfg.key_file).read_bytes(), Path(self.cfg.cert_file).read_bytes())],
-                        root_certificates=(
-                            Path(self.cfg.trusted_ca_file).read_bytes() if self.cfg.client_cert_auth else None
-                        ),
-                        require_client_auth=self.cfg.client_cert_auth,
-                    )
+                    creds = tls_listeners.grpc_credentials(client_tls)
                     bound = self.grpc_server.add_secure_port(f"{hp.host}:{hp.port}", creds)
                 else:
                     bound = self.grpc_server.add_insecure_port(f"{hp.host}:{hp.port}")
@@ -118,11 +129,25 @@ class Member:
             except ImportError:
                 log.warning("native protocol listener is not available in this build")
             else:
-                self.native_server = await start_native_server(backend, self.cfg)
+                native_ssl = None
+                if any(self.cfg.client_url_is_tls(u) for u in self.cfg.listen_native_urls):
+                    native_ssl = tls.ContextSource(client_tls, server=True).listening_context()
+                self.native_server = await start_native_server(
+                    backend, self.cfg, ssl=native_ssl, peer_check=tls_listeners.native_peer_check(client_tls))
+        if self.cfg.listen_metrics_urls:
+            hps = [parse_url(u, "listen-metrics-urls") for u in self.cfg.listen_metrics_urls]
+            try:
+                self.metrics_servers.append(
+                    await start_http_server(self.metrics_router, [(hp.host, hp.port) for hp in hps]))
+            except OSError as exc:
+                raise ConfigError(f"--listen-metrics-urls: cannot listen: {exc}") from None
+            log.info("metrics and health on %s", ",".join(self.cfg.listen_metrics_urls))
         log.info("member %s (%x) serving clients on %s", self.cfg.name, self.node.member_id,
                  ",".join(self.cfg.listen_client_urls))
 
     async def stop(self) -> None:
+        for srv in self.metrics_servers:
+            await srv.stop()
         if self.native_server is not None:
             self.native_server.close()
         if self.http_server is not None:

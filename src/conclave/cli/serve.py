@@ -8,7 +8,14 @@ from typing import Any
 
 from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
 from conclave.machine import rules
-from conclave.server.config import ConfigError, ServerConfig, env_default, parse_initial_cluster, parse_urls
+from conclave.server.config import (
+    ConfigError,
+    ServerConfig,
+    env_default,
+    parse_initial_cluster,
+    parse_list,
+    parse_urls,
+)
 
 # (flag, metavar, default as text, help). Every flag can also be set as CONCLAVE_<FLAG>.
 FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
@@ -44,6 +51,38 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
     ("key-file", "FILE", "", "path to the client server TLS key file (default: none)"),
     ("client-cert-auth", "BOOL", "false", "enable client cert authentication (needs --trusted-ca-file)"),
     ("trusted-ca-file", "FILE", "", "path to the client server TLS trusted CA cert file (default: none)"),
+    # Auth (users, roles and permissions: docs/security.md)
+    ("auth-token", "simple|jwt,...", "simple",
+     "token type: 'simple' (random, member-local, TTL --auth-token-ttl) or "
+     "'jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256,ttl=5m' (signed; a member with only pub-key verifies)"),
+    ("auth-token-ttl", "SECONDS", "300", "lifetime of a simple token after its last use"),
+    ("bcrypt-cost", "N", "10", "bcrypt cost for hashing passwords (4..31)"),
+    ("client-crl-file", "FILE", "", "path to the client certificate revocation list file (default: none)"),
+    ("client-cert-allowed-hostname", "NAMES", "",
+     "comma list of SAN hostnames a client certificate must match one of (default: none)"),
+    ("auto-tls", "BOOL", "false", "client TLS using a self-signed certificate in <data-dir>/fixtures/client"),
+    ("peer-cert-file", "FILE", "", "path to the peer server TLS cert file, also presented when dialling peers "
+     "(serves the https:// peer URLs) (default: none)"),
+    ("peer-key-file", "FILE", "", "path to the peer server TLS key file (default: none)"),
+    ("peer-client-cert-auth", "BOOL", "false", "require peers to present a certificate signed by "
+     "--peer-trusted-ca-file (refused at the handshake, before any Raft message)"),
+    ("peer-trusted-ca-file", "FILE", "", "path to the peer server TLS trusted CA file (default: none)"),
+    ("peer-cert-allowed-cn", "CNS", "", "comma list of common names a peer certificate must have one of "
+     "(default: none)"),
+    ("peer-cert-allowed-hostname", "NAMES", "", "comma list of SAN hostnames a peer certificate must match one of "
+     "(default: none)"),
+    ("peer-auto-tls", "BOOL", "false", "peer TLS using a self-signed certificate in <data-dir>/fixtures/peer"),
+    ("peer-crl-file", "FILE", "", "path to the peer certificate revocation list file (default: none)"),
+    ("self-signed-cert-validity", "YEARS", "1", "validity of the --auto-tls and --peer-auto-tls certificates"),
+    ("cipher-suites", "SUITES", "", "comma list of TLS1.2 cipher suites (Go names, e.g. "
+     "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256) for client and peer ports (default: OpenSSL's)"),
+    ("tls-min-version", "TLS1.2|TLS1.3", "TLS1.2", "minimum TLS version on client and peer ports"),
+    ("tls-max-version", "TLS1.2|TLS1.3", "", "maximum TLS version on client and peer ports (default: none)"),
+    ("listen-metrics-urls", "URLS", "",
+     "additional plain-HTTP URLs serving /metrics, /health, /livez and /readyz (default: none; the client "
+     "port serves them too)"),
+    ("metrics", "basic|extensive", "basic",
+     "metrics level: extensive adds the per-RPC grpc_server_handling_seconds histograms"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
@@ -124,8 +163,33 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         key_file=args.key_file or "",
         client_cert_auth=_bool(args, "client-cert-auth"),
         trusted_ca_file=args.trusted_ca_file or "",
+        auth_token=str(args.auth_token).strip(),
+        auth_token_ttl=_int(args, "auth-token-ttl"),
+        bcrypt_cost=_int(args, "bcrypt-cost"),
+        client_crl_file=args.client_crl_file or "",
+        client_cert_allowed_hostname=parse_list(args.client_cert_allowed_hostname),
+        auto_tls=_bool(args, "auto-tls"),
+        peer_cert_file=args.peer_cert_file or "",
+        peer_key_file=args.peer_key_file or "",
+        peer_trusted_ca_file=args.peer_trusted_ca_file or "",
+        peer_client_cert_auth=_bool(args, "peer-client-cert-auth"),
+        peer_cert_allowed_cn=parse_list(args.peer_cert_allowed_cn),
+        peer_cert_allowed_hostname=parse_list(args.peer_cert_allowed_hostname),
+        peer_auto_tls=_bool(args, "peer-auto-tls"),
+        peer_crl_file=args.peer_crl_file or "",
+        self_signed_cert_validity=_int(args, "self-signed-cert-validity"),
+        cipher_suites=parse_list(args.cipher_suites),
+        tls_min_version=str(args.tls_min_version or "TLS1.2").strip(),
+        tls_max_version=str(args.tls_max_version or "").strip(),
+        listen_metrics_urls=(
+            parse_urls(args.listen_metrics_urls, "listen-metrics-urls") if args.listen_metrics_urls else []
+        ),
+        metrics=str(args.metrics).strip().lower(),
     )
     cfg.validate()
+    from conclave.server.tls import validate_config  # cryptography parses the certificates
+
+    validate_config(cfg)
     return cfg
 
 
@@ -146,6 +210,12 @@ def run(args: argparse.Namespace) -> int:
     # Snapshots are serialised in a forked child that never touches gRPC: gRPC's fork handlers
     # are not needed (and only log that they were skipped).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    if cfg.cipher_suites:
+        from conclave.server.tls import openssl_cipher_list
+
+        # grpc python reads its TLS1.2 cipher list once, from the environment, when it loads: this is
+        # how --cipher-suites reaches the python gRPC engine (server/tls.py maps the names).
+        os.environ["GRPC_SSL_CIPHER_SUITES"] = openssl_cipher_list(cfg.cipher_suites)
     from conclave.cli.runner import serve_forever
 
     return serve_forever(cfg)

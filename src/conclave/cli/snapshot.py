@@ -1,6 +1,9 @@
-"""`conclave snapshot restore|status`: rebuild a data directory from a backup (etcdutl's role).
+"""`conclave snapshot restore|status|convert`: rebuild a data directory from a backup (etcdutl's role).
 
-A backup comes from `etcdctl snapshot save` (Maintenance.Snapshot) against any member.
+A backup comes from `etcdctl snapshot save` (Maintenance.Snapshot) against any member, of
+Conclave (Conclave's format, ``server/backup.py``) or of etcd (a bbolt file,
+``server/etcd_backup.py``): both are accepted. `convert` turns one format into the other, so
+a Conclave backup can go to etcd's own tools (`etcdctl snapshot status|restore`).
 `restore` writes a brand-new data directory for ONE member of a NEW cluster (new member
 and cluster ids from --initial-cluster and the token) whose state machine starts from the
 backup; run it once per member with the same --initial-cluster, then start the members
@@ -30,13 +33,49 @@ def register(sub: Any) -> None:
     s.add_argument("file")
     s.add_argument("-w", "--write-out", default="simple", choices=["simple", "json", "table"])
     s.set_defaults(func=status)
+    c = ss.add_parser("convert", help="rewrite a backup in etcd's format (bbolt) or in Conclave's",
+                      description="Rewrite a backup file: --to etcd gives a bbolt file that etcd's own tools read "
+                      "(etcdctl snapshot status / restore); --to conclave gives Conclave's format. The input may "
+                      "be either format.")
+    c.add_argument("file", help="backup to read (Conclave or etcd format)")
+    c.add_argument("output", help="file to write (must not exist)")
+    c.add_argument("--to", required=True, choices=["etcd", "conclave"], help="format of the output")
+    c.set_defaults(func=convert)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _read(path: str) -> tuple[bytes, int, int]:
+    """(state image, raft index, raft term) of a backup of either format."""
     from conclave.server.backup import decode_backup
+    from conclave.server.etcd_backup import etcd_backup_to_machine, looks_like_etcd_backup
 
-    return decode_backup(Path(path).read_bytes())
+    data = Path(path).read_bytes()
+    if looks_like_etcd_backup(data):
+        sm, index, term = etcd_backup_to_machine(data)
+        return sm.snapshot(), index, term
+    return decode_backup(data)
+
+
+def convert(args: argparse.Namespace) -> int:
+    from conclave.machine import ImageError, StateMachine
+    from conclave.server.backup import BackupError, encode_backup
+    from conclave.server.etcd_backup import machine_to_etcd_backup
+
+    out = Path(args.output)
+    try:
+        if out.exists():
+            raise BackupError(f"{out} exists; not overwriting it")
+        state, index, term = _read(args.file)
+        sm = StateMachine.restore(state, index=index)
+        data = machine_to_etcd_backup(sm) if args.to == "etcd" else encode_backup(state, index, term)
+        tmp = out.with_name(out.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except (OSError, BackupError, ImageError, ValueError) as exc:
+        print(f"conclave snapshot convert: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({args.to} format, revision {sm.store.revision}, {len(sm.store)} keys, raft index {index})")
+    return 0
 
 
 def restore(args: argparse.Namespace) -> int:
@@ -67,10 +106,11 @@ def restore(args: argparse.Namespace) -> int:
         return 1
     data_dir.mkdir(parents=True, exist_ok=True)
     ids = cfg.initial_member_ids()
-    # The backup's store in a NEW cluster: new members and cluster id; the once-only table of the
-    # old cluster's members does not carry over (their ids and sequence numbers mean nothing here).
+    # The backup's store and auth store (users, roles, enabled) in a NEW cluster: new members and
+    # cluster id; the once-only table of the old cluster's members does not carry over (their ids
+    # and sequence numbers mean nothing here).
     members = [Member(ids[n], n, list(urls)) for n, urls in cfg.initial_cluster.items()]
-    fresh = StateMachine(cfg.cluster_id, members, store=old.store, applied_index=index)
+    fresh = StateMachine(cfg.cluster_id, members, store=old.store, applied_index=index, auth=old.auth)
     image = fresh.snapshot()
     conf = ConfState(voters=frozenset(ids.values()))
     storage = DiskStorage(data_dir)
@@ -94,23 +134,41 @@ def status(args: argparse.Namespace) -> int:
 
     from conclave.machine import StateMachine
     from conclave.server.backup import BackupError
+    from conclave.server.etcd_backup import etcd_status, looks_like_etcd_backup
 
     try:
-        state, index, _term = _read(args.file)
-        store = StateMachine.restore(state, index=index).store
+        data = Path(args.file).read_bytes()
+        if looks_like_etcd_backup(data):  # etcd's figures, as `etcdctl snapshot status` computes them
+            st = etcd_status(data)
+            h, revision, total, size = st.hash, st.revision, st.total_key, st.total_size
+            row: dict[str, int] = {"hash": h, "revision": revision, "totalKey": total, "totalSize": size}
+        else:
+            state, index, _term = _read(args.file)
+            store = StateMachine.restore(state, index=index).store
+            h, revision, total, size = store.hash_kv(0)[0], store.revision, len(store), len(data)
+            row = {"hash": h, "revision": revision, "totalKey": total, "totalSize": size, "raftIndex": index}
     except (OSError, BackupError, ValueError) as exc:
         print(f"conclave snapshot status: {exc}", file=sys.stderr)
         return 1
-    h = store.hash_kv(0)[0]
-    size = Path(args.file).stat().st_size
-    row = {"hash": h, "revision": store.revision, "totalKey": len(store), "totalSize": size, "raftIndex": index}
     if args.write_out == "json":
-        print(json.dumps(row))
+        print(json.dumps(row, separators=(",", ":")))
     elif args.write_out == "table":
         print("+----------+----------+------------+------------+\n|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |")
         print("+----------+----------+------------+------------+")
-        print(f"| {h:8x} | {store.revision:8d} | {len(store):10d} | {size:10d} |")
+        print(f"| {h:8x} | {revision:8d} | {total:10d} | {_size(size):>10} |")
         print("+----------+----------+------------+------------+")
     else:
-        print(f"{h:x}, {store.revision}, {len(store)}, {size}")
+        print(f"{h:x}, {revision}, {total}, {_size(size)}")
     return 0
+
+
+def _size(n: int) -> str:
+    """etcdctl's humanize.Bytes: SI units, one decimal below 10 (24576 -> "25 kB")."""
+    if n < 10:
+        return f"{n} B"
+    units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    import math
+
+    e = min(math.floor(math.log(n, 1000)), len(units) - 1)
+    value = math.floor(n / 1000**e * 10 + 0.5) / 10
+    return f"{value:.1f} {units[e]}" if value < 10 else f"{value:.0f} {units[e]}"

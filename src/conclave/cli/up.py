@@ -4,6 +4,11 @@ Each member is a child process running ``conclave serve``; this process supervis
 (restarts one that dies, with backoff, after saying how it died: the signal that killed it,
 or its exit status and last log line), prints a line per member once it accepts
 clients, and on Ctrl-C or SIGTERM stops them all gracefully.
+
+With ``--tls`` it first makes a throw-away certificate authority and certificates in
+``<data-dir>/tls`` (kept for the next ``up`` on the same directory): one per member, used on its
+client, native and peer ports (mutual TLS everywhere), and one client certificate; it prints
+the etcdctl flags that use them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ def register(sub: Any) -> None:
     p.add_argument("--heartbeat-interval", default="100", help="passed to each member (ms)")
     p.add_argument("--election-timeout", default="1000", help="passed to each member (ms)")
     p.add_argument("--snapshot-count", default="10000", help="passed to each member")
+    p.add_argument("--tls", action="store_true",
+                   help="TLS on every port with a throw-away CA in <data-dir>/tls (mutual TLS on client and peer "
+                   "ports); prints the etcdctl flags to use")
     p.add_argument("--ready-timeout", type=float, default=30.0,
                    help="seconds a member may take to accept clients after it (re)starts before it is reported")
     p.set_defaults(func=run)
@@ -74,22 +82,61 @@ def last_words(log: Path, returncode: int) -> str:
     return f" ({lines[-1][:200]})" if lines else ""
 
 
+def tls_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir) / "tls"
+
+
+def make_certificates(args: argparse.Namespace) -> None:
+    """The throw-away CA, a certificate per member (server and client use, for 127.0.0.1 and
+    localhost) and a client certificate, unless a previous ``up --tls`` left them there."""
+    from conclave.server.tls import Authority
+
+    d = tls_dir(args)
+    wanted = [d / "ca.pem", d / "client.pem", d / "client-key.pem"] + [
+        d / f"node{i + 1}{suffix}.pem" for i in range(args.nodes) for suffix in ("", "-key")
+    ]
+    if all(p.is_file() for p in wanted):
+        return
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = Authority("conclave up CA")
+    ca.write_ca(d / "ca.pem")
+    for i in range(args.nodes):
+        ca.issue(d / f"node{i + 1}.pem", d / f"node{i + 1}-key.pem", f"node{i + 1}", ["127.0.0.1", "localhost"])
+    ca.issue(d / "client.pem", d / "client-key.pem", "client", server=False)
+
+
+def tls_args(args: argparse.Namespace, i: int) -> list[str]:
+    d = tls_dir(args)
+    cert, key, ca = str(d / f"node{i + 1}.pem"), str(d / f"node{i + 1}-key.pem"), str(d / "ca.pem")
+    return [
+        "--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+        "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca, "--peer-client-cert-auth",
+    ]  # fmt: skip
+
+
+def etcdctl_flags(args: argparse.Namespace) -> str:
+    d = tls_dir(args)
+    return f"--cacert={d / 'ca.pem'} --cert={d / 'client.pem'} --key={d / 'client-key.pem'}"
+
+
 def member_args(args: argparse.Namespace, i: int) -> list[str]:
     off = args.port_offset
+    s = "https" if getattr(args, "tls", False) else "http"
     names = [f"node{j + 1}" for j in range(args.nodes)]
-    cluster = ",".join(f"{names[j]}=http://127.0.0.1:{PEER_PORTS[j] + off}" for j in range(args.nodes))
+    cluster = ",".join(f"{names[j]}={s}://127.0.0.1:{PEER_PORTS[j] + off}" for j in range(args.nodes))
     return [
         sys.executable, "-m", "conclave", "serve",
         "--name", names[i],
         "--data-dir", str(Path(args.data_dir) / names[i]),
-        "--listen-client-urls", f"http://127.0.0.1:{CLIENT_PORTS[i] + off}",
-        "--listen-peer-urls", f"http://127.0.0.1:{PEER_PORTS[i] + off}",
-        "--listen-native-urls", f"http://127.0.0.1:{NATIVE_PORTS[i] + off}",
+        "--listen-client-urls", f"{s}://127.0.0.1:{CLIENT_PORTS[i] + off}",
+        "--listen-peer-urls", f"{s}://127.0.0.1:{PEER_PORTS[i] + off}",
+        "--listen-native-urls", f"{s}://127.0.0.1:{NATIVE_PORTS[i] + off}",
         "--initial-cluster", cluster,
         "--initial-cluster-state", "new",
         "--heartbeat-interval", str(args.heartbeat_interval),
         "--election-timeout", str(args.election_timeout),
         "--snapshot-count", str(args.snapshot_count),
+        *(tls_args(args, i) if getattr(args, "tls", False) else []),
     ]  # fmt: skip
 
 
@@ -107,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    if args.tls:
+        make_certificates(args)
+    s = "https" if args.tls else "http"
     stopping = False
 
     def stop(_sig: int, _frm: Any) -> None:
@@ -151,15 +201,17 @@ def run(args: argparse.Namespace) -> int:
                 start(i)
             elif not ready[i] and _port_open(CLIENT_PORTS[i] + off):
                 ready[i] = True
-                print(f"node{i + 1} ready: clients http://127.0.0.1:{CLIENT_PORTS[i] + off}, "
-                      f"native 127.0.0.1:{NATIVE_PORTS[i] + off}, peers http://127.0.0.1:{PEER_PORTS[i] + off}",
-                      flush=True)
+                print(f"node{i + 1} ready: clients {s}://127.0.0.1:{CLIENT_PORTS[i] + off}, "
+                      f"native {s + '://' if args.tls else ''}127.0.0.1:{NATIVE_PORTS[i] + off}, "
+                      f"peers {s}://127.0.0.1:{PEER_PORTS[i] + off}", flush=True)  # fmt: skip
                 if all(ready):
-                    eps = ",".join(f"127.0.0.1:{CLIENT_PORTS[j] + off}" for j in range(args.nodes))
+                    eps = ",".join(f"{s + '://' if args.tls else ''}127.0.0.1:{CLIENT_PORTS[j] + off}"
+                                   for j in range(args.nodes))  # fmt: skip
+                    flags = f" {etcdctl_flags(args)}" if args.tls else ""
                     if ever_ready:
                         print("all members ready again", flush=True)
                     else:
-                        print(f"cluster ready; try: etcdctl --endpoints={eps} put foo bar   (Ctrl-C stops)",
+                        print(f"cluster ready; try: etcdctl --endpoints={eps}{flags} put foo bar   (Ctrl-C stops)",
                               flush=True)
                     ever_ready = True
             elif not ready[i] and time.monotonic() > deadlines[i]:

@@ -9,11 +9,16 @@ claim_unique) are reached from the client; ``LamportClock`` is standalone. ``Asy
 from conclave.client.aio import CoreClient, Lease, Session, Txn, Watch
 from conclave.client.clock import LamportClock, Timestamp
 from conclave.client.errors import (
+    AuthError,
+    AuthFailed,
+    AuthNotEnabled,
+    AuthOldRevision,
     ClientError,
     Compacted,
     DeadlineExceeded,
     FutureRevision,
     InvalidArgument,
+    InvalidAuthToken,
     KeyNotFound,
     LeaseNotFound,
     LockTimeout,
@@ -22,12 +27,15 @@ from conclave.client.errors import (
     NotElected,
     NotLeader,
     OutcomeUnknown,
+    PermissionDenied,
     ProtocolError,
     QueueEmpty,
     ServerError,
     ServerTimeout,
     SessionExpired,
+    TLSError,
     Unavailable,
+    UserEmpty,
 )
 from conclave.client.recipes import AsyncClient, Election, Lock
 from conclave.client.sync import Client
@@ -51,10 +59,12 @@ from conclave.client.types import (
 )
 
 __all__ = [
-    "AsyncClient", "Claim", "Client", "ClientError", "Compacted", "CoreClient", "DeadlineExceeded",
-    "Election", "Event", "EventType", "FutureRevision", "InvalidArgument", "KeyNotFound", "KeyValue",
-    "LamportClock", "Lease", "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader",
-    "NoSpace", "NotElected", "NotLeader", "OutcomeUnknown", "ProtocolError", "QueueEmpty", "ServerError",
-    "ServerTimeout", "Session", "SessionExpired", "Status", "Timestamp", "Txn", "Unavailable", "Watch",
-    "create_revision", "delete_op", "get_op", "lease", "mod_revision", "put_op", "txn_op", "value", "version",
+    "AsyncClient", "AuthError", "AuthFailed", "AuthNotEnabled", "AuthOldRevision", "Claim", "Client",
+    "ClientError", "Compacted", "CoreClient", "DeadlineExceeded", "Election", "Event", "EventType",
+    "FutureRevision", "InvalidArgument", "InvalidAuthToken", "KeyNotFound", "KeyValue", "LamportClock",
+    "Lease", "LeaseInfo", "LeaseNotFound", "Lock", "LockTimeout", "Member", "NoLeader", "NoSpace",
+    "NotElected", "NotLeader", "OutcomeUnknown", "PermissionDenied", "ProtocolError", "QueueEmpty",
+    "ServerError", "ServerTimeout", "Session", "SessionExpired", "Status", "TLSError", "Timestamp", "Txn",
+    "Unavailable", "UserEmpty", "Watch", "create_revision", "delete_op", "get_op", "lease", "mod_revision",
+    "put_op", "txn_op", "value", "version",
 ]

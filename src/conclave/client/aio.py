@@ -12,6 +12,15 @@ leader"/"not leader", the client moves to the next endpoint and tries again unti
   member refused it before proposing); if it left and the answer was lost (connection dropped,
   deadline passed, server-side timeout) the call raises ``OutcomeUnknown`` instead of guessing.
 
+Security: with ``user``/``password`` every new connection authenticates before it is used
+(a member with auth disabled answers "authentication is not enabled", and the connection then
+goes on without a token, as etcd's clientv3 does). When a member answers ``invalid auth token``
+(the token expired), ``revision of auth store is old`` (users or roles changed since) or ``user
+name is empty`` (auth was enabled after the connection was made), the request was refused before
+anything was applied: the client authenticates that connection again and retries the request
+once. TLS (``ca_file``, ``cert_file``/``key_file``, ``insecure_skip_tls_verify``, or ``https://``
+endpoints) applies to both protocols; see :mod:`conclave.client.tls`.
+
 Watches resume after a reconnect from the revision after the last one delivered, so a consumer
 sees every event once, in order (see :class:`Watch`). A :class:`Session` keeps a lease alive from
 this process: when the process dies or stalls, the lease expires and its keys disappear.
@@ -28,6 +37,8 @@ from typing import Any, Self
 
 from conclave.client import errors as cerr
 from conclave.client.errors import (
+    REAUTH_KINDS,
+    AuthError,
     ClientError,
     Compacted,
     DeadlineExceeded,
@@ -35,6 +46,7 @@ from conclave.client.errors import (
     OutcomeUnknown,
     Unavailable,
 )
+from conclave.client.tls import TLSConfig
 from conclave.client.transport import ConnectionLost, NativeTransport, Transport
 from conclave.client.types import (
     KeyLike,
@@ -44,6 +56,7 @@ from conclave.client.types import (
     prefix_end,
     to_bytes,
 )
+from conclave.kv import auth as kvauth
 from conclave.kv import types as kv
 from conclave.wire.contract import WatchDelivery
 
@@ -60,6 +73,7 @@ WATCH_LEADERLESS_PROBES_MAX = 2
 WATCH_CREATE_ATTEMPT_S = 3.0  # ... or has known no leader this many probes in a row
 _IDEMPOTENT = frozenset({
     "ping", "range", "lease_keep_alive", "lease_time_to_live", "lease_leases", "member_list", "status", "hash_kv",
+    "auth_status", "user_get", "user_list", "role_get", "role_list",
 })
 
 
@@ -77,15 +91,33 @@ class CoreClient:
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
         discover: bool = True,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        insecure_skip_tls_verify: bool = False,
+        tls: bool | None = None,
     ) -> None:
         if protocol not in ("native", "grpc"):
             raise ValueError(f"protocol must be 'native' or 'grpc', not {protocol!r}")
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         default = DEFAULT_NATIVE_ENDPOINTS if protocol == "native" else DEFAULT_GRPC_ENDPOINTS
-        self.endpoints: list[str] = [e.strip().split("://", 1)[-1] for e in (endpoints or default)]
+        raw = [e.strip() for e in (endpoints or default)]
+        self.endpoints: list[str] = [e.split("://", 1)[-1] for e in raw]
         if not self.endpoints:
             raise ValueError("at least one endpoint is required")
+        if password is not None and not user:
+            raise ValueError("a password needs a user name")
+        self.user = user or None
+        self.credentials: tuple[str, str] | None = (user, password or "") if user else None
+        # etcdctl's rule: TLS when an endpoint says https or any TLS option is given.
+        if tls is None:
+            tls = (any(e.lower().startswith("https://") for e in raw) or bool(ca_file or cert_file or key_file)
+                   or insecure_skip_tls_verify)
+        self.tls: TLSConfig | None = TLSConfig(ca_file, cert_file, key_file, insecure_skip_tls_verify) if tls else None
         self.protocol = protocol
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -121,11 +153,27 @@ class CoreClient:
         return self._transport.endpoint if self._transport is not None else None
 
     async def _open(self, endpoint: str) -> Transport:
+        """A new connection to ``endpoint``, over TLS and authenticated as configured."""
         if self.protocol == "native":
-            return await NativeTransport.connect(endpoint, self.connect_timeout)
+            ctx = self.tls.ssl_context() if self.tls is not None else None
+            return await NativeTransport.connect(endpoint, self.connect_timeout, ctx, self.credentials)
         from conclave.client.grpc_transport import GrpcTransport
 
-        return await GrpcTransport.connect(endpoint, self.connect_timeout)
+        return await GrpcTransport.connect(endpoint, self.connect_timeout, self.tls, self.credentials)
+
+    async def _reauthenticate(self, transport: Transport, exc: BaseException) -> bool:
+        """After a refusal that a new token cures, log ``transport`` in again; False if it does not apply."""
+        if self.credentials is None or not isinstance(exc, AuthError) or exc.kind not in REAUTH_KINDS:
+            return False
+        log.debug("%s: %s; authenticating again", transport.endpoint, exc)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await transport.authenticate(*self.credentials)
+        except cerr.AuthNotEnabled:
+            return exc.kind != "UserEmpty"  # auth was switched off meanwhile: plain retry
+        except TimeoutError:
+            raise DeadlineExceeded(f"{transport.endpoint}: authenticate did not answer") from None
+        return True
 
     async def _connect(self, deadline: float) -> Transport:
         """A live transport; tries each endpoint once per round until the deadline."""
@@ -220,6 +268,7 @@ class CoreClient:
         deadline = loop.time() + budget
         safe = method in _IDEMPOTENT if idempotent is None else idempotent
         attempt = 0
+        reauthenticated = False
         last: BaseException | None = None
         while True:
             remaining = deadline - loop.time()
@@ -248,6 +297,10 @@ class CoreClient:
                     raise DeadlineExceeded(f"{method}: no answer within {budget:g}s") from None
                 continue
             except cerr.ServerError as exc:
+                # The member refused before applying (stale/expired token): one new token, one retry.
+                if not reauthenticated and await self._reauthenticate(transport, exc):
+                    reauthenticated = True
+                    continue
                 raise exc from None
             except cerr.ServerTimeout as exc:
                 if not safe:
@@ -421,6 +474,102 @@ class CoreClient:
         r: kv.HashKVResponse = await self.request("hash_kv", revision, timeout=timeout)
         return r
 
+    # ---------------------------------------------------------------- auth (etcd's Auth service)
+
+    async def authenticate(self, user: str, password: str, *, timeout: float | None = None) -> str:
+        """Log the current connection in as ``user`` (later calls on it run as that user); the token.
+
+        ``Client(user=..., password=...)`` does this for every connection by itself; this is for
+        switching identity, or for checking a password.
+        """
+        loop = asyncio.get_running_loop()
+        transport = await self._connect(loop.time() + (timeout or self.timeout))
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                token = await transport.authenticate(user, password)
+        except TimeoutError:
+            raise DeadlineExceeded("authenticate: no answer") from None
+        self.credentials = (user, password)
+        self.user = user
+        return token
+
+    async def auth_enable(self, *, timeout: float | None = None) -> None:
+        """Turn auth on (needs user ``root`` with role ``root``; see ``conclave auth enable``)."""
+        await self.request("auth_enable", (), timeout=timeout)
+
+    async def auth_disable(self, *, timeout: float | None = None) -> None:
+        await self.request("auth_disable", (), timeout=timeout)
+
+    async def auth_status(self, *, timeout: float | None = None) -> kvauth.AuthStatusResponse:
+        r: kvauth.AuthStatusResponse = await self.request("auth_status", (), timeout=timeout)
+        return r
+
+    async def user_add(self, name: str, password: str = "", *, no_password: bool = False,
+                       timeout: float | None = None) -> None:
+        """Add a user; ``no_password`` makes one that only a client certificate (CN) can log in as."""
+        await self.request("user_add", (name, password, no_password), timeout=timeout)
+
+    async def user_get(self, name: str, *, timeout: float | None = None) -> tuple[str, ...]:
+        """The user's roles."""
+        r: kvauth.UserGetResponse = await self.request("user_get", (name,), timeout=timeout)
+        return r.roles
+
+    async def user_list(self, *, timeout: float | None = None) -> list[str]:
+        r: kvauth.UserListResponse = await self.request("user_list", (), timeout=timeout)
+        return list(r.users)
+
+    async def user_delete(self, name: str, *, timeout: float | None = None) -> None:
+        await self.request("user_delete", (name,), timeout=timeout)
+
+    async def user_change_password(self, name: str, password: str, *, timeout: float | None = None) -> None:
+        await self.request("user_change_password", (name, password), timeout=timeout)
+
+    async def user_grant_role(self, user: str, role: str, *, timeout: float | None = None) -> None:
+        await self.request("user_grant_role", (user, role), timeout=timeout)
+
+    async def user_revoke_role(self, user: str, role: str, *, timeout: float | None = None) -> None:
+        await self.request("user_revoke_role", (user, role), timeout=timeout)
+
+    async def role_add(self, name: str, *, timeout: float | None = None) -> None:
+        await self.request("role_add", (name,), timeout=timeout)
+
+    async def role_get(self, name: str, *, timeout: float | None = None) -> list[kvauth.Permission]:
+        """The role's key permissions (``range_end`` b"" one key, b"\\0" from the key on)."""
+        r: kvauth.RoleGetResponse = await self.request("role_get", (name,), timeout=timeout)
+        return list(r.perm)
+
+    async def role_list(self, *, timeout: float | None = None) -> list[str]:
+        r: kvauth.RoleListResponse = await self.request("role_list", (), timeout=timeout)
+        return list(r.roles)
+
+    async def role_delete(self, name: str, *, timeout: float | None = None) -> None:
+        await self.request("role_delete", (name,), timeout=timeout)
+
+    async def role_grant_permission(self, name: str, perm_type: kvauth.PermType | str, key: KeyLike,
+                                    range_end: KeyLike = b"", *, prefix: bool = False, from_key: bool = False,
+                                    timeout: float | None = None) -> None:
+        """Grant READ, WRITE or READWRITE on a key, ``[key, range_end)``, a prefix or from the key on."""
+        k, end = _perm_range(key, range_end, prefix, from_key)
+        kind = kvauth.PermType[perm_type.upper()] if isinstance(perm_type, str) else kvauth.PermType(perm_type)
+        await self.request("role_grant_permission", (name, kvauth.Permission(kind, k, end)), timeout=timeout)
+
+    async def role_revoke_permission(self, name: str, key: KeyLike, range_end: KeyLike = b"", *,
+                                     prefix: bool = False, from_key: bool = False,
+                                     timeout: float | None = None) -> None:
+        k, end = _perm_range(key, range_end, prefix, from_key)
+        await self.request("role_revoke_permission", (name, k, end), timeout=timeout)
+
+
+def _perm_range(key: KeyLike, range_end: KeyLike, prefix: bool, from_key: bool) -> tuple[bytes, bytes]:
+    if prefix and from_key:
+        raise ValueError("--from-key and --prefix flags are mutually exclusive")
+    k = to_bytes(key)
+    if prefix:
+        return k, prefix_end(k) if k else b"\0"
+    if from_key:
+        return k, b"\0"
+    return k, to_bytes(range_end)
+
 
 class Txn:
     """Fluent transaction: ``.if_(compares...).then(ops...).else_(ops...)``, then ``await .commit()``."""
@@ -497,6 +646,7 @@ class Watch:
     async def _open(self, deadline: float) -> None:
         assert self.queue is not None
         queue = self.queue
+        reauthenticated = False
         while True:
             if self.closed:
                 return
@@ -521,6 +671,11 @@ class Watch:
                     raise Unavailable(f"watch: cannot re-create the watcher: {exc}") from None
                 await asyncio.sleep(0.05)
                 continue
+            except AuthError as exc:
+                if not reauthenticated and await self.client._reauthenticate(transport, exc):
+                    reauthenticated = True
+                    continue
+                raise
             self.transport, self.handle = transport, handle
             if self.next_revision == 0:
                 self.next_revision = revision + 1

@@ -54,6 +54,38 @@ class ServerError(ClientError):
         self.kind = kind
 
 
+class TLSError(ClientError):
+    """TLS to a member failed in a way retrying cannot cure (certificate, plain-text vs TLS port)."""
+
+
+class AuthError(ServerError):
+    """An authentication or authorization failure (etcd's auth errors; ``message`` is etcd's text)."""
+
+
+class PermissionDenied(AuthError):
+    """The user's roles do not grant what the request needs."""
+
+
+class AuthFailed(AuthError):
+    """Wrong user name or password."""
+
+
+class InvalidAuthToken(AuthError):
+    """The token is unknown or expired (the client re-authenticates once by itself)."""
+
+
+class AuthOldRevision(AuthError):
+    """The token predates a change of users or roles (the client re-authenticates once by itself)."""
+
+
+class UserEmpty(AuthError):
+    """Auth is enabled and the request carried no credentials."""
+
+
+class AuthNotEnabled(AuthError):
+    """Authenticate while auth is disabled."""
+
+
 class InvalidArgument(ServerError):
     """The request itself is wrong (empty key, too large, duplicate keys in a txn...)."""
 
@@ -112,7 +144,16 @@ _BY_KIND: dict[str, type[ServerError]] = {
     "WatchRangeEmpty": WatchRangeEmpty,
     "MalformedRequest": InvalidArgument,
     "InvalidRequest": InvalidArgument,
+    "PermissionDenied": PermissionDenied,
+    "AuthFailed": AuthFailed,
+    "InvalidAuthToken": InvalidAuthToken,
+    "AuthOldRevision": AuthOldRevision,
+    "UserEmpty": UserEmpty,
+    "AuthNotEnabled": AuthNotEnabled,
 }
+# Auth errors after which the client authenticates again and retries once (as etcd's clientv3):
+# the member refused the request before applying it.
+REAUTH_KINDS = frozenset({"InvalidAuthToken", "AuthOldRevision", "UserEmpty"})
 _UNAVAILABLE: dict[str, type[Unavailable]] = {"NoLeader": NoLeader, "NotLeader": NotLeader}
 
 # Errors after which the request was certainly not applied: safe to send to another member.

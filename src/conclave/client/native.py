@@ -7,18 +7,24 @@ register a callback that receives every pushed item, then the end of the stream.
 connection drops, every waiting call fails with :class:`ConnectionLost` (``sent=True``: the
 request may have been applied) and every stream ends with it; the client above decides whether
 to retry elsewhere.
+
+TLS: ``connect(..., ssl=context)`` wraps the connection in TLS (the context says which CA to
+trust, which client certificate to present, whether to verify). Failures that retrying cannot
+cure are :class:`TLSError` with the reason: a certificate that does not verify, a handshake the
+member broke off (a plain-text port), or a member that answers a plain-text client in TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, cast
 
 import msgpack
 
-from conclave.client.errors import ClientError, ProtocolError, server_error
+from conclave.client.errors import ClientError, ProtocolError, TLSError, server_error
 from conclave.wire.native import FRAME_HEADER, pack_frame
 
 FRAME_BYTES_MAX = 256 * 1024 * 1024  # answers (large ranges) may be big; this only stops garbage
@@ -55,17 +61,34 @@ class NativeChannel(asyncio.Protocol):
         self.ids = itertools.count(1)
         self.closed = False
         self.lost: BaseException | None = None
+        self.received = False  # any frame yet (a silent close before that hints at a TLS port)
+        self.tls = False
 
     @classmethod
-    async def connect(cls, endpoint: str, timeout: float) -> NativeChannel:
+    async def connect(cls, endpoint: str, timeout: float,
+                      ssl: ssl_module.SSLContext | None = None) -> NativeChannel:
         host, port = host_port(endpoint)
         loop = asyncio.get_running_loop()
         try:
             _, channel = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(endpoint), host, port), timeout
+                loop.create_connection(lambda: cls(endpoint), host, port, ssl=ssl,
+                                       server_hostname=host if ssl is not None else None,
+                                       ssl_handshake_timeout=timeout if ssl is not None else None),
+                timeout,
             )
+        except ssl_module.SSLCertVerificationError as exc:
+            raise TLSError(f"TLS to {endpoint}: the member's certificate does not verify: "
+                           f"{exc.verify_message or exc.reason}") from None
+        except ssl_module.SSLError as exc:
+            raise TLSError(f"TLS handshake with {endpoint} failed: {exc.reason or exc}") from None
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            if ssl is None:
+                raise ConnectionLost(f"cannot connect to {endpoint}: {exc}", sent=False) from None
+            raise TLSError(f"TLS handshake with {endpoint} failed: the member closed the connection "
+                           f"(is its native port plain-text? then connect without TLS)") from None
         except (OSError, TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {endpoint}: {exc or type(exc).__name__}", sent=False) from None
+        channel.tls = ssl is not None
         return channel
 
     # ---------------------------------------------------------------- protocol events
@@ -74,6 +97,12 @@ class NativeChannel(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl_module.SSLError) and not self.received:
+            # The member's TLS layer refused us after the handshake (TLS 1.3 checks the client
+            # certificate then): a certificate required, unknown or revoked.
+            self._fail(TLSError(f"TLS with {self.endpoint}: the member refused the connection: {exc.reason or exc}"
+                                f" (a client certificate it accepts is needed: cert_file=, key_file=)"))
+            return
         self._fail(ConnectionLost(f"connection to {self.endpoint} lost" + (f": {exc}" if exc else ""), sent=True))
 
     def _fail(self, err: BaseException) -> None:
@@ -94,6 +123,11 @@ class NativeChannel(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
         buf += data
+        if not self.received and not self.tls and len(buf) >= 2 and buf[0] in (0x15, 0x16) and buf[1] == 3:
+            # A TLS record (alert or handshake) where a frame should be: this port speaks TLS.
+            self._fail(TLSError(f"{self.endpoint} answered in TLS: its native port serves TLS; connect with "
+                                f"TLS (ca_file=..., or an https:// endpoint)"))
+            return
         pos = 0
         while len(buf) - pos >= 4:
             (length,) = FRAME_HEADER.unpack_from(buf, pos)
@@ -110,6 +144,7 @@ class NativeChannel(asyncio.Protocol):
                 self._fail(ProtocolError(f"{self.endpoint} sent a malformed frame"))
                 return
             pos = end
+            self.received = True
             self._on_message(rid, ok, payload)
         if pos:
             del buf[:pos]

@@ -170,7 +170,10 @@ class Client(SyncProxy):
     ``get_prefix``, ``range``, ``transaction``/``txn``, ``watch``, ``lease``, ``session``,
     ``members``, ``status``, ``compact``, ``lock``, ``election``, ``counter``, ``queue``,
     ``broadcast``, ``barrier``, ``double_barrier``, ``claim_unique`` ...), without ``await``.
-    ``protocol="grpc"`` speaks the etcd v3 API instead of the native protocol.
+    ``protocol="grpc"`` speaks the etcd v3 API instead of the native protocol. ``user``/``password``
+    log every connection in (re-authenticating by itself when a token expires); ``ca_file``,
+    ``cert_file``/``key_file`` and ``insecure_skip_tls_verify`` (or ``https://`` endpoints) turn
+    TLS on, for both protocols.
     """
 
     def __init__(
@@ -180,9 +183,18 @@ class Client(SyncProxy):
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
         discover: bool = True,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        insecure_skip_tls_verify: bool = False,
+        tls: bool | None = None,
     ) -> None:
         aio = AsyncClient(endpoints, protocol=protocol, timeout=timeout, connect_timeout=connect_timeout,
-                          discover=discover)
+                          discover=discover, user=user, password=password, ca_file=ca_file, cert_file=cert_file,
+                          key_file=key_file, insecure_skip_tls_verify=insecure_skip_tls_verify, tls=tls)
         super().__init__(_Loop(), aio)
 
     @property

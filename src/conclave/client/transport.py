@@ -6,19 +6,28 @@ go to ``callback``. ``NativeTransport`` speaks the native protocol (one pipeline
 ``GrpcTransport`` (in :mod:`conclave.client.grpc_transport`) speaks the etcd v3 API. Both raise
 ``ConnectionLost(sent=...)`` when the member cannot be reached and the client's typed errors for
 answers; neither retries (that is the client's job).
+
+Credentials: ``authenticate(name, password)`` logs the connection in; on the native protocol the
+member then holds the token for the connection, on gRPC the transport sends it as metadata
+``token`` with every call. The Auth service's calls take their arguments as a tuple
+(``request("user_add", (name, password, no_password))``) and answer ``conclave.kv.auth`` values
+(``AuthStatusResponse``, ``UserGetResponse``, ... or None for the changes), the same on both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from conclave.client.errors import ProtocolError
+from conclave.client.errors import AuthNotEnabled, ProtocolError
 from conclave.client.native import ConnectionLost, NativeChannel
 from conclave.client.types import Member, Status
+from conclave.kv import auth as kvauth
 from conclave.kv import types as kv
 from conclave.wire.contract import StatusInfo, WatchDelivery
-from conclave.wire.native import MalformedRequest, unpack_as
+from conclave.wire.native import AUTH_CALLS, AUTHENTICATE, MalformedRequest, unpack_as
 
 __all__ = ["ConnectionLost", "NativeTransport", "Transport", "WatchCallback"]
 
@@ -32,6 +41,8 @@ class Transport(Protocol):
     def closed(self) -> bool: ...
 
     async def request(self, method: str, arg: Any) -> Any: ...
+
+    async def authenticate(self, name: str, password: str) -> str: ...
 
     async def watch(self, req: kv.WatchCreateRequest, callback: WatchCallback) -> tuple[Any, int]: ...
 
@@ -54,20 +65,73 @@ _RESULT: dict[str, type] = {
 }
 
 
+def auth_result(method: str, raw: Any, endpoint: str) -> Any:
+    """The client's value for a native Auth call's answer (see the module docstring)."""
+    try:
+        if method == "auth_status":
+            return kvauth.AuthStatusResponse(bool(raw[0]), int(raw[1]))
+        if method == "user_get":
+            return kvauth.UserGetResponse(tuple(str(r) for r in raw[0]))
+        if method == "user_list":
+            return kvauth.UserListResponse(tuple(str(u) for u in raw[0]))
+        if method == "role_list":
+            return kvauth.RoleListResponse(tuple(str(r) for r in raw[0]))
+        if method == "role_get":
+            return kvauth.RoleGetResponse(tuple(unpack_as(kvauth.Permission, p) for p in raw[0]))
+        if method == AUTHENTICATE:
+            return str(raw[0])
+        return None
+    except (MalformedRequest, TypeError, ValueError, IndexError) as exc:
+        raise ProtocolError(f"{endpoint} answered {method} with an unexpected shape: {exc}") from None
+
+
 class NativeTransport:
     def __init__(self, channel: NativeChannel) -> None:
         self.channel = channel
         self.endpoint = channel.endpoint
 
     @classmethod
-    async def connect(cls, endpoint: str, timeout: float) -> NativeTransport:
-        return cls(await NativeChannel.connect(endpoint, timeout))
+    async def connect(cls, endpoint: str, timeout: float, ssl: ssl_module.SSLContext | None = None,
+                      credentials: tuple[str, str] | None = None) -> NativeTransport:
+        """A connection that answered once: authenticated with ``credentials``, else pinged.
+
+        The first answer proves the member speaks this protocol in this mode: a plain-text client
+        on a TLS port (or the reverse) fails here, before any request of the caller was sent.
+        """
+        t = cls(await NativeChannel.connect(endpoint, timeout, ssl))
+        try:
+            async with asyncio.timeout(timeout):
+                if credentials is not None:
+                    try:
+                        await t.authenticate(*credentials)
+                    except AuthNotEnabled:  # as clientv3: go on without a token
+                        await t.channel.call("ping", [])
+                else:
+                    await t.channel.call("ping", [])
+        except BaseException as exc:
+            t.close()
+            if isinstance(exc, ConnectionLost) and not t.channel.received:
+                hint = (" (a member that requires a client certificate closes TLS connections without one: "
+                        "cert_file=, key_file=)" if ssl is not None else
+                        " (if its native port serves TLS, connect with TLS: ca_file=...)")
+                raise ConnectionLost(f"{endpoint} closed the connection before answering{hint}", sent=False) from None
+            if isinstance(exc, TimeoutError):
+                raise ConnectionLost(f"{endpoint} did not answer within {timeout:g}s of connecting",
+                                     sent=False) from None
+            raise
+        return t
+
+    async def authenticate(self, name: str, password: str) -> str:
+        token, _revision = await self.channel.call(AUTHENTICATE, [name, password])
+        return str(token)
 
     @property
     def closed(self) -> bool:
         return self.channel.closed
 
     async def request(self, method: str, arg: Any) -> Any:
+        if method in AUTH_CALLS:
+            return auth_result(method, await self.channel.call(method, list(arg or ())), self.endpoint)
         args: list[Any] = [] if arg is None else [arg]
         raw = await self.channel.call(method, args)
         try:

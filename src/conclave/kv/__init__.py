@@ -5,6 +5,7 @@ Modules (each opens with its own theory of operation):
 * ``types``      - frozen values mirroring etcd's rpc.proto / kv.proto messages and enums;
 * ``errors``     - every client-visible error, with its gRPC code name and etcd's exact text;
 * ``command``    - the replicated command set and its msgpack codec (log entry bytes);
+* ``auth``       - ``AuthStore``: users, roles, key permissions, etcd's auth rules and checks;
 * ``validation`` - static request checks the server runs before proposing, request size and
   quota cost;
 * ``index``      - the key index (per key, every kept revision) behind ranges;

@@ -2,10 +2,14 @@
 
 Theory of operation
 -------------------
-A command is what the server proposes to Raft and every replica hands to ``Store.apply``:
+A command is what the server proposes to Raft and every replica's state machine applies:
 one of the request values of ``conclave.kv.types`` (Put, DeleteRange, Txn, Range, Compaction,
-LeaseGrant, LeaseRevoke, Alarm) or ``Noop`` (an opaque payload the store ignores, e.g. a
-leader's barrier). ``encode_command(cmd, request_id)`` turns it into the bytes of a log entry;
+LeaseGrant, LeaseRevoke, Alarm, handed to ``Store.apply``), ``Noop`` (an opaque payload the
+store ignores, e.g. a leader's barrier), one of the auth commands of ``conclave.kv.auth``
+(handed to ``AuthStore.apply``), or ``Checked(revision, command, user)``: a client command the server
+authorised at auth revision ``revision`` (the machine refuses it with AuthOldRevision if the
+auth store has moved on since; see ``conclave.kv.auth``). A Checked never wraps a Checked.
+``encode_command(cmd, request_id)`` turns it into the bytes of a log entry;
 ``decode_command(data)`` gives back ``(request_id, cmd)``. The request id lets the proposing
 server match an applied entry to its waiting client.
 
@@ -25,6 +29,22 @@ from typing import Any
 
 import msgpack
 
+from conclave.kv.auth import (
+    AuthDisableRequest,
+    AuthEnableRequest,
+    AuthenticateRequest,
+    Permission,
+    PermType,
+    RoleAddRequest,
+    RoleDeleteRequest,
+    RoleGrantPermissionRequest,
+    RoleRevokePermissionRequest,
+    UserAddRequest,
+    UserChangePasswordRequest,
+    UserDeleteRequest,
+    UserGrantRoleRequest,
+    UserRevokeRoleRequest,
+)
 from conclave.kv.errors import MalformedCommand
 from conclave.kv.types import (
     AlarmAction,
@@ -57,6 +77,19 @@ class Noop:
     data: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """``command`` as the server authorised it at auth revision ``revision`` (see kv.auth).
+
+    ``user`` (optional) is who it was authorised for: with it, the machine repeats at apply
+    time the one part of the check that reads kv state (the keys attached to a lease).
+    """
+
+    revision: int
+    command: Command
+    user: str = ""
+
+
 Command = (
     PutRequest
     | DeleteRangeRequest
@@ -67,9 +100,37 @@ Command = (
     | LeaseRevokeRequest
     | AlarmRequest
     | Noop
+    | AuthEnableRequest
+    | AuthDisableRequest
+    | AuthenticateRequest
+    | UserAddRequest
+    | UserDeleteRequest
+    | UserChangePasswordRequest
+    | UserGrantRoleRequest
+    | UserRevokeRoleRequest
+    | RoleAddRequest
+    | RoleDeleteRequest
+    | RoleGrantPermissionRequest
+    | RoleRevokePermissionRequest
+    | Checked
 )
 
 _PUT, _DELETE, _TXN, _RANGE, _COMPACT, _GRANT, _REVOKE, _ALARM, _NOOP = range(1, 10)
+(
+    _AUTH_ENABLE,
+    _AUTH_DISABLE,
+    _AUTHENTICATE,
+    _USER_ADD,
+    _USER_DELETE,
+    _USER_PASSWORD,
+    _USER_GRANT,
+    _USER_REVOKE,
+    _ROLE_ADD,
+    _ROLE_DELETE,
+    _ROLE_GRANT,
+    _ROLE_REVOKE,
+) = range(20, 32)
+_CHECKED = 40
 
 
 # ---------------------------------------------------------------------- encode
@@ -121,6 +182,35 @@ def _encode(cmd: Command) -> list[Any]:
         return [_ALARM, int(cmd.action), cmd.member_id, int(cmd.alarm)]
     if isinstance(cmd, Noop):
         return [_NOOP, cmd.data]
+    if isinstance(cmd, Checked):
+        if isinstance(cmd.command, Checked):
+            raise TypeError("a Checked command cannot wrap another")
+        return [_CHECKED, cmd.revision, _encode(cmd.command), cmd.user]
+    if isinstance(cmd, AuthEnableRequest):
+        return [_AUTH_ENABLE]
+    if isinstance(cmd, AuthDisableRequest):
+        return [_AUTH_DISABLE]
+    if isinstance(cmd, AuthenticateRequest):
+        return [_AUTHENTICATE, cmd.name, cmd.token]
+    if isinstance(cmd, UserAddRequest):
+        return [_USER_ADD, cmd.name, cmd.password_hash, cmd.no_password]
+    if isinstance(cmd, UserDeleteRequest):
+        return [_USER_DELETE, cmd.name]
+    if isinstance(cmd, UserChangePasswordRequest):
+        return [_USER_PASSWORD, cmd.name, cmd.password_hash]
+    if isinstance(cmd, UserGrantRoleRequest):
+        return [_USER_GRANT, cmd.user, cmd.role]
+    if isinstance(cmd, UserRevokeRoleRequest):
+        return [_USER_REVOKE, cmd.name, cmd.role]
+    if isinstance(cmd, RoleAddRequest):
+        return [_ROLE_ADD, cmd.name]
+    if isinstance(cmd, RoleDeleteRequest):
+        return [_ROLE_DELETE, cmd.role]
+    if isinstance(cmd, RoleGrantPermissionRequest):
+        p = cmd.perm
+        return [_ROLE_GRANT, cmd.name, None if p is None else [int(p.perm_type), p.key, p.range_end]]
+    if isinstance(cmd, RoleRevokePermissionRequest):
+        return [_ROLE_REVOKE, cmd.role, cmd.key, cmd.range_end]
     raise TypeError(f"not a command: {type(cmd).__name__}")
 
 
@@ -227,6 +317,59 @@ def _decode(item: Any, depth: int) -> Command:
     if tag == _NOOP:
         _arity(fields, 1, "Noop")
         return Noop(_b(fields[0]))
+    if tag == _CHECKED:
+        _arity(fields, 3, "Checked")
+        if depth > 0:
+            raise ValueError("a Checked command may only be the outermost command")
+        inner = _list(fields[1])
+        if inner and inner[0] == _CHECKED:
+            raise ValueError("a Checked command cannot wrap another")
+        return Checked(_i(fields[0]), _decode(inner, 0), _s(fields[2]))
+    return _decode_auth(tag, fields)
+
+
+def _decode_auth(tag: Any, fields: list[Any]) -> Command:
+    if tag == _AUTH_ENABLE:
+        _arity(fields, 0, "AuthEnable")
+        return AuthEnableRequest()
+    if tag == _AUTH_DISABLE:
+        _arity(fields, 0, "AuthDisable")
+        return AuthDisableRequest()
+    if tag == _AUTHENTICATE:
+        _arity(fields, 2, "Authenticate")
+        return AuthenticateRequest(_s(fields[0]), _s(fields[1]))
+    if tag == _USER_ADD:
+        _arity(fields, 3, "UserAdd")
+        return UserAddRequest(_s(fields[0]), _b(fields[1]), _bool(fields[2]))
+    if tag == _USER_DELETE:
+        _arity(fields, 1, "UserDelete")
+        return UserDeleteRequest(_s(fields[0]))
+    if tag == _USER_PASSWORD:
+        _arity(fields, 2, "UserChangePassword")
+        return UserChangePasswordRequest(_s(fields[0]), _b(fields[1]))
+    if tag == _USER_GRANT:
+        _arity(fields, 2, "UserGrantRole")
+        return UserGrantRoleRequest(_s(fields[0]), _s(fields[1]))
+    if tag == _USER_REVOKE:
+        _arity(fields, 2, "UserRevokeRole")
+        return UserRevokeRoleRequest(_s(fields[0]), _s(fields[1]))
+    if tag == _ROLE_ADD:
+        _arity(fields, 1, "RoleAdd")
+        return RoleAddRequest(_s(fields[0]))
+    if tag == _ROLE_DELETE:
+        _arity(fields, 1, "RoleDelete")
+        return RoleDeleteRequest(_s(fields[0]))
+    if tag == _ROLE_GRANT:
+        _arity(fields, 2, "RoleGrantPermission")
+        perm: Permission | None = None
+        if fields[1] is not None:
+            p = _list(fields[1])
+            _arity(p, 3, "Permission")
+            perm = Permission(PermType(_i(p[0])), _b(p[1]), _b(p[2]))
+        return RoleGrantPermissionRequest(_s(fields[0]), perm)
+    if tag == _ROLE_REVOKE:
+        _arity(fields, 3, "RoleRevokePermission")
+        return RoleRevokePermissionRequest(_s(fields[0]), _b(fields[1]), _b(fields[2]))
     raise ValueError(f"unknown command tag {tag!r}")
 
 
@@ -273,6 +416,12 @@ def _list(v: Any) -> list[Any]:
 def _b(v: Any) -> bytes:
     if not isinstance(v, bytes):
         raise ValueError(f"expected bytes, got {type(v).__name__}")
+    return v
+
+
+def _s(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
     return v
 
 

@@ -112,6 +112,13 @@ class AuthOldRevision(EtcdError):
     message = "etcdserver: revision of auth store is old"
 
 
+class PermissionNotGiven(EtcdError):
+    """RoleGrantPermission without a permission."""
+
+    code = "INVALID_ARGUMENT"
+    message = "etcdserver: permission not given"
+
+
 class InvalidAuthMgmt(EtcdError):
     code = "INVALID_ARGUMENT"
     message = "etcdserver: invalid auth management"
@@ -345,6 +352,11 @@ class MalformedCommand(EtcdError):
 
     code = "INTERNAL"
     message = "conclave: malformed replicated command"
+
+
+# The names the auth contract (AUTH-CONTRACT.md) also uses for two of them.
+ErrPermissionDenied = PermissionDenied
+ErrAuthOldRevision = AuthOldRevision
 
 
 def _all_subclasses(root: type[EtcdError]) -> list[type[EtcdError]]:

@@ -440,26 +440,38 @@ class Store:
         return writes
 
     def _execute_txn(self, req: TxnRequest, path: Iterator[bool], w: _Write, header: ResponseHeader) -> TxnResponse:
+        """The chosen ops in order. As in etcd, each op's header carries the revision as of that
+        op (the pre-txn revision until the txn's first change, then the txn's), and a nested
+        txn's own header is empty (only the outermost response is the request's answer)."""
         succeeded = next(path)
         responses: list[ResponseOp] = []
         for op in req.success if succeeded else req.failure:
             if op.request_put is not None:
                 p = op.request_put
                 prev = self._put(w, p)
-                responses.append(ResponseOp(response_put=PutResponse(header, prev if p.prev_kv else None)))
+                responses.append(ResponseOp(response_put=PutResponse(self._op_header(w), prev if p.prev_kv else None)))
             elif op.request_delete_range is not None:
                 d = op.request_delete_range
                 gone = self._delete_range(w, d.key, d.range_end)
-                responses.append(
-                    ResponseOp(
-                        response_delete_range=DeleteRangeResponse(header, len(gone), tuple(gone) if d.prev_kv else ())
-                    )
-                )
+                responses.append(ResponseOp(response_delete_range=DeleteRangeResponse(
+                    self._op_header(w), len(gone), tuple(gone) if d.prev_kv else ())))
             elif op.request_range is not None:
-                responses.append(ResponseOp(response_range=self._range(op.request_range, header.revision, w)))
+                rev = self._op_header(w).revision
+                responses.append(ResponseOp(response_range=self._range(op.request_range, rev, w)))
             elif op.request_txn is not None:
-                responses.append(ResponseOp(response_txn=self._execute_txn(op.request_txn, path, w, header)))
+                nested = self._execute_txn(op.request_txn, path, w, _NO_HEADER)
+                responses.append(ResponseOp(response_txn=nested))
         return TxnResponse(header=header, succeeded=succeeded, responses=tuple(responses))
+
+    def _op_header(self, w: _Write) -> ResponseHeader:
+        return ResponseHeader(revision=w.revision if w.sub else self._rev)
+
+    def first_failed_compare(self, compares: Iterable[Compare]) -> int:
+        """Index of the first compare that does not hold at the current revision, or -1."""
+        for i, c in enumerate(compares):
+            if not self._compare(c):
+                return i
+        return -1
 
     def _compare(self, c: Compare) -> bool:
         if not c.range_end:
@@ -715,6 +727,59 @@ class Store:
         except Exception as exc:  # any decode or shape failure is one clear error
             raise errors.MalformedCommand(f"bad store snapshot: {exc!r}") from exc
 
+    def history_rows(self) -> Iterator[tuple[bytes, list[tuple[int, int, KeyValue | None]]]]:
+        """Every kept record, key by key in key order: ``(key, [(main, sub, kv or None)])``.
+
+        A ``None`` kv is a tombstone (the key was deleted at ``main``). What a foreign backup
+        format needs (``server/etcd_backup.py`` writes etcd's ``key`` bucket from it).
+        """
+        for key, history in self._index.records():
+            yield key, list(rows(key, history))
+
+    def lease_table(self) -> dict[int, int]:
+        """Lease id -> granted TTL in seconds, for every lease that exists."""
+        return {i: e.ttl for i, e in self._leases.items()}
+
+    @classmethod
+    def load(cls, revision: int, compact_revision: int,
+             records: Iterable[tuple[bytes, list[tuple[int, int, KeyValue | None]]]],
+             leases: dict[int, int]) -> Store:
+        """A store holding exactly these records (keys strictly increasing, each key's records
+        oldest first) and leases (id -> TTL), at ``revision``, compacted at ``compact_revision``.
+
+        The inverse of ``history_rows``/``lease_table`` for an importer of another format. The
+        compact revision's own put events are kept for watchers that start there; its deletes
+        are not recoverable from records alone (a format that compacted them away lost them).
+        Raises ``MalformedCommand`` for records that are not consistent.
+        """
+        packed: list[Any] = []
+        boundary: list[Any] = []
+        size = LEASE_RECORD_BYTES * len(leases)
+        for key, recs in records:
+            rows_: list[Any] = []
+            for main, sub, kv in recs:
+                size += record_bytes(key, kv)
+                if kv is None:
+                    rows_.append([main, sub])
+                else:
+                    if kv.mod_revision != main:
+                        raise errors.MalformedCommand(
+                            f"record of {key!r} at {main} says mod revision {kv.mod_revision}")
+                    rows_.append([main, sub, kv.create_revision, kv.version, kv.value, kv.lease])
+                    if main == compact_revision:
+                        boundary.append(_pack_event(Event(EventType.PUT, replace(kv, key=key))))
+            packed.append([key, rows_])
+        body = [SNAPSHOT_FORMAT, revision, compact_revision, 0, size, size, packed, boundary,
+                [[i, ttl] for i, ttl in sorted(leases.items())], []]
+        try:
+            with _gc_paused():
+                store = cls._from_body(body)
+        except errors.EtcdError:
+            raise
+        except Exception as exc:
+            raise errors.MalformedCommand(f"inconsistent records: {exc}") from exc
+        return store
+
     @classmethod
     def _from_body(cls, body: Any) -> Store:
         if not isinstance(body, list) or len(body) != 10 or body[0] != SNAPSHOT_FORMAT:
@@ -775,6 +840,8 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers (module-private)
+
+_NO_HEADER = ResponseHeader()
 
 
 @contextmanager

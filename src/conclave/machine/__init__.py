@@ -26,6 +26,8 @@ API::
     out.members_changed; out.removed             # conf change / member attrs effects
 
     sm.applied_index; sm.store; sm.members; sm.cluster_id; sm.hash()
+    sm.auth              # conclave.kv.auth.AuthStore: users, roles, check(); replicated, in the image
+    # auth: propose kv.command.Checked(sm.auth.revision, cmd, user) once sm.auth.revision > 0 (kv.auth)
     sm.leases            # conclave.kv.lease.Lessor: promote(now, extend)/demote()/renew/expired(now)
 
     # the rules, defined once (every API path calls them before proposing):

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 A ``StateMachine`` holds everything every member must agree on at an applied index: the MVCC
-store (``conclave.kv.mvcc.Store``), the member table and cluster id, and the once-only table
-of applied ``(origin, seq)``. It also holds the member-local lease deadlines (``Lessor``),
+store (``conclave.kv.mvcc.Store``), the auth store (``conclave.kv.auth.AuthStore``: users,
+roles, permissions), the member table and cluster id, and the once-only table of applied
+``(origin, seq)``. It also holds the member-local lease deadlines (``Lessor``),
 which are not replicated: a grant applied here starts a deadline at the ``now_ms`` the driver
 passes in; only the leader (``leases.promote``) ever finds a lease expired. No clock, no I/O.
 
@@ -13,6 +14,16 @@ passes in; only the leader (``leases.promote``) ever finds a lease expired. No c
 index ``raft_index * BATCH_SLOTS + position``, so lease ids and apply order are the same on
 every replica. It returns ``Applied``: one ``Result`` per request (``origin``, ``seq``,
 response or ``EtcdError``); the driver resolves the ones it proposed (``origin == me``).
+
+Auth: an auth command goes to ``auth.apply`` (an Authenticate's ``AuthenticateResponse`` is in
+the results of EVERY member, so each can register the token). ``Checked(rev, cmd)`` is a client
+command the server authorised at auth revision ``rev``: while auth is on it applies only if the
+auth revision is still ``rev`` (else AuthOldRevision, nothing changes) and, when it names its
+user, that user may still write every key attached to the leases it uses; an unwrapped client
+command counts as ``rev`` 0; internal commands (seq 0 lease expiry, Noop) are never checked;
+``Result.command`` is the unwrapped command. Why this is as safe as etcd's apply-time check:
+``conclave.kv.auth``. Clusters that never enable auth take the old path (a flag test and a
+set lookup per command).
 
 Once-only apply: a batch can reach the log twice (a forwarded proposal duplicated on the wire, a
 driver that re-proposes after a leader change), so a kv command whose ``(origin, seq)`` was
@@ -23,8 +34,8 @@ must be unique and growing per origin across restarts: drivers start each run at
 expiry) is never deduplicated (a second revoke fails harmlessly with "lease not found").
 
 ``snapshot()`` writes the ONE image format (msgpack map: format, kv, members, cluster_id,
-applied_index, once); ``restore(image)`` reads it, and also the images of older servers
-(``{"kv", "members", "cluster_id"}``, no once-only table).
+applied_index, once, auth); ``restore(image)`` reads it, and also the images of older servers
+(``{"kv", "members", "cluster_id"}``, no once-only table; no ``auth``: auth off, no users).
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ from typing import Any
 import msgpack
 
 from conclave.kv import errors as kverr
-from conclave.kv.command import Command
+from conclave.kv.auth import AUTH_REQUEST_TYPES, AuthResponse, AuthStore
+from conclave.kv.command import Checked, Command, Noop
 from conclave.kv.lease import Lessor
 from conclave.kv.mvcc import Response, Store
 from conclave.kv.types import Event, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest
@@ -46,7 +58,10 @@ from conclave.machine.entry import Member
 from conclave.raft.codec import decode_conf_change
 from conclave.raft.types import ConfChangeType, Entry, EntryType
 
-IMAGE_FORMAT = 2
+IMAGE_FORMAT = 3
+# Command classes that take the slow path even while auth is off (kv commands do not).
+_AUTH_COMMANDS: frozenset[type] = frozenset(AUTH_REQUEST_TYPES)
+_AUTH_PATH: frozenset[type] = _AUTH_COMMANDS | {Checked}
 ONCE_WINDOW = 4 * ent.BATCH_SLOTS
 _WINDOW_MASK = (1 << ONCE_WINDOW) - 1
 
@@ -56,7 +71,7 @@ class Result:
     origin: int
     seq: int
     command: Command | None  # None for member and conf change entries
-    response: Response
+    response: Response | AuthResponse
     error: kverr.EtcdError | None
     events: tuple[Event, ...] = ()
 
@@ -70,10 +85,10 @@ class Applied:
 
 
 class StateMachine:
-    __slots__ = ("_once", "applied_index", "cluster_id", "leases", "members", "once_only", "store")
+    __slots__ = ("_once", "applied_index", "auth", "cluster_id", "leases", "members", "once_only", "store")
 
     def __init__(self, cluster_id: int = 0, members: Iterable[Member] = (), *, store: Store | None = None,
-                 applied_index: int = 0, once_only: bool = True) -> None:
+                 applied_index: int = 0, once_only: bool = True, auth: AuthStore | None = None) -> None:
         self.store = store if store is not None else Store()
         self.cluster_id = cluster_id
         self.members: dict[int, Member] = {m.id: m for m in members}
@@ -81,6 +96,7 @@ class StateMachine:
         # False switches off once-only apply: a broken rule for the simulator's teeth tests.
         self.once_only = once_only
         self._once: dict[int, tuple[int, int]] = {}  # origin -> (highest seq, bitmap below it)
+        self.auth = auth if auth is not None else AuthStore()
         self.leases = Lessor()
         for lid in self.store.lease_ids():
             self.leases.grant(lid, self.store.lease_ttl(lid), 0)
@@ -108,14 +124,21 @@ class StateMachine:
             self._apply_member(decoded, out)
             return out
         origin = decoded.origin
+        auth = self.auth
         for i, (seq, cmd) in enumerate(decoded.commands):
             if seq and origin and not self._first_time(origin, seq):
                 continue
-            response: Response = None
+            response: Response | AuthResponse = None
             error: kverr.EtcdError | None = None
             events: tuple[Event, ...] = ()
             try:
-                response = self.store.apply(cmd, e.index * ent.BATCH_SLOTS + i)
+                if auth.enabled or cmd.__class__ in _AUTH_PATH:
+                    # Auth on, or an auth command / Checked wrapper: the hot path never gets here.
+                    checked = cmd
+                    cmd = cmd.command if isinstance(cmd, Checked) else cmd
+                    response = self._apply_authorised(checked, seq, e.index, e.index * ent.BATCH_SLOTS + i)
+                else:
+                    response = self.store.apply(cmd, e.index * ent.BATCH_SLOTS + i)
             except kverr.EtcdError as exc:
                 error = exc
             else:
@@ -127,6 +150,35 @@ class StateMachine:
                     self.leases.revoke(cmd.id)
             out.results.append(Result(origin, seq, cmd, response, error, events))
         return out
+
+    def _apply_authorised(self, cmd: Command, seq: int, raft_index: int, store_index: int) -> Response | AuthResponse:
+        """Apply a command that may need the auth revision check (see conclave.kv.auth).
+
+        ``Checked(rev, c, user)``: refused with AuthOldRevision if auth is on and the store's
+        auth revision is not ``rev``; with a user, the lease part of the check is repeated. An
+        unwrapped client command counts as checked at revision 0. Internal commands (seq 0: the
+        leader's lease expiry; Noop) are never checked.
+        """
+        auth = self.auth
+        user = ""
+        if isinstance(cmd, Checked):
+            revision, user, cmd = cmd.revision, cmd.user, cmd.command
+        elif seq == 0 or isinstance(cmd, Noop):
+            revision = auth.revision
+        else:
+            revision = 0
+        if auth.enabled:
+            if revision != auth.revision:
+                raise kverr.AuthOldRevision()
+            if user:
+                # The lease keys are kv state: they may have changed since the server's check.
+                auth.check_lease_keys(user, cmd, self.store.lease_keys)
+        if cmd.__class__ in _AUTH_COMMANDS:
+            self.store.last_events = ()  # the caller publishes these: an auth command has none
+            return auth.apply(cmd, raft_index)  # type: ignore[arg-type]  # one of AUTH_REQUEST_TYPES
+        if isinstance(cmd, Checked):
+            raise kverr.MalformedCommand("a Checked command wraps another")
+        return self.store.apply(cmd, store_index)
 
     def _first_time(self, origin: int, seq: int) -> bool:
         """Record ``(origin, seq)`` as applied; False if it already was."""
@@ -201,6 +253,7 @@ class StateMachine:
             "cluster_id": self.cluster_id,
             "applied_index": self.applied_index,
             "once": once,
+            "auth": self.auth.snapshot(),
         }, use_bin_type=True))
 
     @classmethod
@@ -216,10 +269,12 @@ class StateMachine:
             cluster_id = int(body["cluster_id"])
             applied = int(body.get("applied_index", 0))  # images of older servers lack it
             once = {int(o): (int(h), int.from_bytes(bytes(m), "big")) for o, h, m in body.get("once", [])}
+            # Images of servers before auth have no auth store: auth off, no users, no roles.
+            auth = AuthStore.restore(bytes(body["auth"])) if "auth" in body else AuthStore()
         except Exception as exc:
             raise ImageError(f"not a state machine image: {exc}") from None
         sm = cls(cluster_id, members, store=store, applied_index=applied if index is None else index,
-                 once_only=once_only)
+                 once_only=once_only, auth=auth)
         sm._once = once
         return sm
 

@@ -47,8 +47,21 @@ class HostPort:
         return f"{self.host}:{self.port}"
 
 
-# Flags whose URLs may be https:// (the client port's TLS: --cert-file, --key-file).
-TLS_URL_FLAGS = ("listen-client-urls", "advertise-client-urls")
+# Flags whose URLs may be https://: the client and native ports' TLS (--cert-file, --key-file)
+# and the peer port's (--peer-cert-file, --peer-key-file). server/tls.py builds the contexts.
+TLS_URL_FLAGS = (
+    "listen-client-urls", "advertise-client-urls", "listen-native-urls",
+    "listen-peer-urls", "initial-advertise-peer-urls", "initial-cluster", "peer-urls",
+)  # fmt: skip
+
+
+def is_tls_url(url: str) -> bool:
+    return url.strip().lower().startswith("https://")
+
+
+def parse_list(value: str | None) -> list[str]:
+    """A comma list flag (etcd's --cipher-suites, --peer-cert-allowed-cn...): blanks dropped."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def parse_url(url: str, flag: str) -> HostPort:
@@ -144,8 +157,38 @@ class ServerConfig:
     key_file: str = ""
     client_cert_auth: bool = False
     trusted_ca_file: str = ""
+    # Auth (etcd's flags): token scheme (server/auth_tokens.py), simple tokens' TTL, bcrypt's cost.
+    auth_token: str = "simple"
+    auth_token_ttl: int = 300
+    bcrypt_cost: int = 10
+    client_crl_file: str = ""
+    client_cert_allowed_hostname: list[str] = field(default_factory=list)
+    auto_tls: bool = False
+    # TLS on the peer port: https:// peer URLs are served and dialled with this cert and key (both
+    # ways, as etcd); with peer_client_cert_auth, a peer must present a cert signed by the CA.
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    peer_client_cert_auth: bool = False
+    peer_cert_allowed_cn: list[str] = field(default_factory=list)
+    peer_cert_allowed_hostname: list[str] = field(default_factory=list)
+    peer_auto_tls: bool = False
+    peer_crl_file: str = ""
+    self_signed_cert_validity: int = 1  # years, for --auto-tls / --peer-auto-tls
+    cipher_suites: list[str] = field(default_factory=list)  # Go names; empty = OpenSSL's defaults
+    tls_min_version: str = "TLS1.2"
+    tls_max_version: str = ""  # "" = no maximum
+    # Whether the cert files came from the flags (False once auto-TLS filled them in).
+    explicit_client_cert: bool = field(init=False, default=False)
+    explicit_peer_cert: bool = field(init=False, default=False)
+    # Metrics (etcd's flags): the same /metrics and health routes on extra plain-HTTP listeners;
+    # "extensive" adds the per-RPC handling-time histograms.
+    listen_metrics_urls: list[str] = field(default_factory=list)
+    metrics: str = "basic"
 
     def __post_init__(self) -> None:
+        self.explicit_client_cert = bool(self.cert_file)
+        self.explicit_peer_cert = bool(self.peer_cert_file)
         if not self.data_dir:
             self.data_dir = f"{self.name}.conclave"
         if not self.advertise_client_urls:
@@ -177,17 +220,10 @@ class ServerConfig:
             )
         if self.grpc_engine not in ("auto", "rust", "python"):
             raise ConfigError(f"--grpc-engine must be auto, rust or python, got {self.grpc_engine!r}")
-        if bool(self.cert_file) != bool(self.key_file):
-            raise ConfigError("--cert-file and --key-file must be given together")
-        if self.client_cert_auth and not self.trusted_ca_file:
-            raise ConfigError("--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)")
-        for u in self.listen_client_urls:
-            if u.strip().lower().startswith("https://") and not self.cert_file:
-                raise ConfigError(f"--listen-client-urls: {u} needs TLS: give --cert-file and --key-file")
-        for flag, path in (("cert-file", self.cert_file), ("key-file", self.key_file),
-                           ("trusted-ca-file", self.trusted_ca_file)):  # fmt: skip
-            if path and not Path(path).is_file():
-                raise ConfigError(f"--{flag}: no such file: {path}")
+        if self.metrics not in ("basic", "extensive"):
+            raise ConfigError(f"--metrics must be 'basic' or 'extensive', got {self.metrics!r}")
+        self._validate_tls()
+        self._validate_auth()
         if self.heartbeat_interval_ms <= 0:
             raise ConfigError("--heartbeat-interval must be > 0 (milliseconds)")
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
@@ -210,13 +246,70 @@ class ServerConfig:
             ("listen-peer-urls", self.listen_peer_urls),
             ("initial-advertise-peer-urls", self.initial_advertise_peer_urls),
             ("listen-native-urls", self.listen_native_urls),
+            ("listen-metrics-urls", self.listen_metrics_urls),
             ("listen-client-http-urls", self.listen_client_http_urls),
         ):
             for u in urls:
                 parse_url(u, flag)
 
+    def _validate_auth(self) -> None:
+        from conclave.server.auth_tokens import TokenConfigError, provider_from_flag
+
+        if not 4 <= self.bcrypt_cost <= 31:  # bcrypt's MinCost and MaxCost, as etcd checks
+            raise ConfigError(f"--bcrypt-cost must be between 4 and 31, got {self.bcrypt_cost}")
+        if self.auth_token_ttl <= 0:
+            raise ConfigError(f"--auth-token-ttl must be > 0 seconds, got {self.auth_token_ttl}")
+        try:
+            provider_from_flag(self.auth_token, self.auth_token_ttl)
+        except TokenConfigError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _validate_tls(self) -> None:
+        for family, cert, key, ca, auth, auto in (
+            ("", self.cert_file, self.key_file, self.trusted_ca_file, self.client_cert_auth, self.auto_tls),
+            ("peer-", self.peer_cert_file, self.peer_key_file, self.peer_trusted_ca_file,
+             self.peer_client_cert_auth, self.peer_auto_tls),
+        ):  # fmt: skip
+            if bool(cert) != bool(key):
+                raise ConfigError(f"--{family}cert-file and --{family}key-file must be given together")
+            if auth and not ca:
+                raise ConfigError(f"--{family}client-cert-auth needs --{family}trusted-ca-file "
+                                  f"(the CA that signs {'peer' if family else 'client'} certificates)")  # fmt: skip
+            if not cert and not auto:
+                urls = (
+                    [("listen-client-urls", u) for u in self.listen_client_urls]
+                    + [("listen-native-urls", u) for u in self.listen_native_urls]
+                    if not family
+                    else [("listen-peer-urls", u) for u in self.listen_peer_urls]
+                )
+                for flag, u in urls:
+                    if is_tls_url(u):
+                        raise ConfigError(
+                            f"--{flag}: {u} needs TLS: give --{family}cert-file and --{family}key-file"
+                            f" (or --{family}auto-tls)"
+                        )
+        if self.client_crl_file and not self.client_cert_auth:
+            raise ConfigError("--client-crl-file needs --client-cert-auth (it checks client certificates)")
+        if self.client_cert_allowed_hostname and not self.client_cert_auth:
+            raise ConfigError("--client-cert-allowed-hostname needs --client-cert-auth (it checks client certificates)")
+        if (self.peer_cert_allowed_cn or self.peer_cert_allowed_hostname) and not self.peer_client_cert_auth:
+            raise ConfigError("--peer-cert-allowed-cn and --peer-cert-allowed-hostname need --peer-client-cert-auth")
+        if self.self_signed_cert_validity <= 0:
+            raise ConfigError(f"--self-signed-cert-validity must be > 0 (years), got {self.self_signed_cert_validity}")
+        # The files, versions and suites are checked by server/tls.py's validate_config (it parses
+        # certificates with cryptography; `conclave serve` runs it right after this).
+
     def client_url_is_tls(self, url: str) -> bool:
-        return url.strip().lower().startswith("https://")
+        return is_tls_url(url)
+
+    @property
+    def client_tls(self) -> bool:
+        """Whether any client-facing listener (gRPC or native) is https://."""
+        return any(is_tls_url(u) for u in self.listen_client_urls + self.listen_native_urls)
+
+    @property
+    def peer_tls(self) -> bool:
+        return any(is_tls_url(u) for u in self.listen_peer_urls + self.initial_advertise_peer_urls)
 
     @property
     def bootstrapped(self) -> bool:

@@ -47,6 +47,8 @@ class ProcessMember:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    peer_scheme: str = "http"
+    client_scheme: str = "http"
 
     @property
     def endpoint(self) -> str:
@@ -58,7 +60,11 @@ class ProcessMember:
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.peer_scheme}://127.0.0.1:{self.peer_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"{self.client_scheme}://127.0.0.1:{self.client_port}"
 
     def start(self, env: dict[str, str] | None = None) -> None:
         assert self.proc is None or self.proc.poll() is not None
@@ -117,24 +123,39 @@ class ProcessCluster:
     extra_args: list[str] = field(default_factory=list)
     token: str = "test-cluster"
     members: list[ProcessMember] = field(default_factory=list)
+    # TLS (the flags, e.g. --peer-cert-file, go in extra_args or member_args): https:// URLs for the
+    # peer port (peer_tls) and for the client and native ports (client_tls).
+    peer_tls: bool = False
+    client_tls: bool = False
+    member_args: dict[str, list[str]] = field(default_factory=dict)
+    """Flags for one member only, by name (e.g. its own certificate)."""
+
+    @property
+    def peer_scheme(self) -> str:
+        return "https" if self.peer_tls else "http"
+
+    @property
+    def client_scheme(self) -> str:
+        return "https" if self.client_tls else "http"
 
     def __post_init__(self) -> None:
         ports = free_ports(3 * self.size)
         names = [f"m{i + 1}" for i in range(self.size)]
-        cluster = ",".join(f"{names[i]}=http://127.0.0.1:{ports[3 * i + 1]}" for i in range(self.size))
+        cluster = ",".join(f"{names[i]}={self.peer_scheme}://127.0.0.1:{ports[3 * i + 1]}" for i in range(self.size))
         for i in range(self.size):
             c, p, n = ports[3 * i : 3 * i + 3]
             data = self.root / names[i]
             self.members.append(ProcessMember(
                 names[i], c, p, n, data, self._argv(names[i], c, p, n, data, cluster, "new"),
-                self.root / f"{names[i]}.log",
+                self.root / f"{names[i]}.log", peer_scheme=self.peer_scheme, client_scheme=self.client_scheme,
             ))
 
     def _argv(self, name: str, c: int, p: int, n: int, data: Path, cluster: str, state: str) -> list[str]:
+        cs, ps = self.client_scheme, self.peer_scheme
         common = [
             "--name", name, "--data-dir", str(data),
-            "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
-            "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
+            "--listen-client-urls", f"{cs}://127.0.0.1:{c}", "--advertise-client-urls", f"{cs}://127.0.0.1:{c}",
+            "--listen-peer-urls", f"{ps}://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"{ps}://127.0.0.1:{p}",
             "--initial-cluster", cluster, "--initial-cluster-state", state,
             "--initial-cluster-token", self.token,
             "--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(self.election_ms),
@@ -142,9 +163,10 @@ class ProcessCluster:
         ]  # fmt: skip
         if self.kind == "etcd":
             etcd = shutil.which("etcd") or "/usr/bin/etcd"
-            return [etcd, *common, "--logger", "zap", "--log-level", "error", *self.extra_args]
+            return [etcd, *common, "--logger", "zap", "--log-level", "error", *self.extra_args,
+                    *self.member_args.get(name, [])]  # fmt: skip
         return [sys.executable, "-m", "conclave", "serve", *common,
-                "--listen-native-urls", f"http://127.0.0.1:{n}", *self.extra_args]
+                "--listen-native-urls", f"{cs}://127.0.0.1:{n}", *self.extra_args, *self.member_args.get(name, [])]
 
     @property
     def endpoints(self) -> list[str]:
@@ -173,11 +195,11 @@ class ProcessCluster:
         """Prepare (not start) a new member joining this cluster as 'existing'."""
         c, p, n = free_ports(3)
         names = [m.name for m in self.members] + [name]
-        urls = [m.peer_url for m in self.members] + [f"http://127.0.0.1:{p}"]
+        urls = [m.peer_url for m in self.members] + [f"{self.peer_scheme}://127.0.0.1:{p}"]
         cluster = ",".join(f"{a}={u}" for a, u in zip(names, urls, strict=True))
         data = self.root / name
         m = ProcessMember(name, c, p, n, data, self._argv(name, c, p, n, data, cluster, "existing"),
-                          self.root / f"{name}.log")
+                          self.root / f"{name}.log", peer_scheme=self.peer_scheme, client_scheme=self.client_scheme)
         self.members.append(m)
         return m
 

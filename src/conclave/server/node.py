@@ -38,6 +38,15 @@ deadlines (grant at apply, keep-alive, expiry on the leader, the slack at promot
 peer guard's log rate all read it, so tests drive them on virtual time. Request timeouts
 use the event loop's clock.
 
+Auth tokens are member-local (``self.tokens``, ``server/auth_tokens.py``, on the injected clock):
+every member registers the simple token of each applied Authenticate, and drops a user's tokens
+when its deletion or password change applies (all of them when auth is disabled, or a snapshot
+replaces the state), so a token obtained on one member works on every member.
+Metrics (``server/metrics.py``, etcd's names): the loop bumps plain counters once per batch
+(per Ready applied, per entry proposed, per ReadIndex round); the WAL, the snapshotter and the
+transport report through hooks the node injects; gauges (leader, indexes, keys) are read from
+this node when ``/metrics`` is scraped, so the hot path pays nothing for them.
+
 Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
 the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
 ``serve_peer_rpcs``; an unknown or not-yet-served method is answered with an error.
@@ -61,7 +70,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from conclave.kv import auth as kvauth
 from conclave.kv import errors as kverr
+from conclave.kv.command import Checked
 from conclave.kv.lease import Lessor
 from conclave.kv.watch import WatchHub
 from conclave.machine import Member, StateMachine, entry, rules
@@ -82,10 +93,12 @@ from conclave.raft.types import (
     Ready,
     Role,
 )
-from conclave.server.config import ConfigError, ServerConfig, parse_url
+from conclave.server.auth_tokens import TokenConfigError, TokenProvider, provider_from_flag
+from conclave.server.config import ConfigError, ServerConfig, is_tls_url, parse_url
+from conclave.server.metrics import MemberMetrics
 from conclave.server.peer_guard import PeerGuard, reachable_members
 from conclave.server.snapshotter import Job, SnapshotError, Snapshotter, read_file
-from conclave.server.transport import Transport
+from conclave.server.transport import PeerTls, Transport
 from conclave.storage.base import CorruptionError
 
 log = logging.getLogger("conclave.node")
@@ -99,6 +112,10 @@ SEQ_EPOCH_FILE = "seq-epoch"
 # Errors that stop the member when raised while the loop handles a message.
 FATAL_ERRORS: tuple[type[BaseException], ...] = (AssertionError, OSError, CorruptionError)
 LOOP_ERROR_LOG_INTERVAL_MS = 60_000
+# Applied commands that change which tokens are valid (Node._token_effect).
+_TOKEN_EFFECTS = frozenset({kvauth.AuthenticateRequest, kvauth.UserDeleteRequest,
+                            kvauth.UserChangePasswordRequest, kvauth.AuthDisableRequest})  # fmt: skip
+SLOW_APPLY_S = 0.1  # etcd's warnApplyDuration: an apply slower than this counts in etcd_server_slow_apply_total
 
 __all__ = [
     "Clock", "ConfChangePending", "InstallSnapshot", "LeaderTransferTimeout", "MonotonicClock", "Node",
@@ -378,6 +395,14 @@ class Node:
         self.snapshotter = Snapshotter(cfg.data_dir)
         self._background: set[asyncio.Task[Any]] = set()
         self._publishing = False
+        try:
+            self.tokens: TokenProvider = provider_from_flag(cfg.auth_token, cfg.auth_token_ttl, self.clock.now_ms)
+        except TokenConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        # Counters bumped once per batch; gauges read from this node at scrape time (server/metrics.py).
+        self.metrics = MemberMetrics(extensive=cfg.metrics == "extensive")
+        self.metrics.bind(self)
+        self.snapshotter.on_finished = self.metrics.snapshot_finished
 
     # ------------------------------------------------------------------ the state machine
 
@@ -449,7 +474,8 @@ class Node:
             return self._storage_factory(self.cfg.data_dir)
         from conclave.storage.wal import DiskStorage
 
-        return DiskStorage(self.cfg.data_dir, max_snapshots=self.cfg.max_snapshots, max_wals=self.cfg.max_wals)
+        return DiskStorage(self.cfg.data_dir, max_snapshots=self.cfg.max_snapshots, max_wals=self.cfg.max_wals,
+                           observer=self.metrics.storage_observer())
 
     async def start(self) -> None:
         Path(self.cfg.data_dir).mkdir(parents=True, exist_ok=True)
@@ -471,6 +497,9 @@ class Node:
             self._write_meta()
         persisted: PersistedState = self.storage.load()
         self._bootstrap_conf = persisted.conf_state
+        # Authenticate entries this member's own log replays at start are old logins: their tokens
+        # expired or died with the previous process and must not come back (Node._token_effect).
+        self._replayed_index = persisted.entries[-1].index if persisted.entries else 0
         if persisted.snapshot is not None:
             self._sm = StateMachine.restore(persisted.snapshot.data, index=persisted.snapshot.meta.index)
             self._snapshot_index = persisted.snapshot.meta.index
@@ -487,6 +516,7 @@ class Node:
         self._waiters.start_at(entry.seq_base(self._next_seq_epoch()))
         # A renamed member (same data dir, new --name) keeps its id; _on_tick publishes the new name.
         self.hub = WatchHub(self.store, notify=self._notify_watcher)
+        self.auth_on = self.sm.auth.enabled
         raft_cfg = Config(
             id=self.member_id,
             election_tick=self.cfg.election_ticks,
@@ -498,7 +528,7 @@ class Node:
         self._last_leader = NONE
         peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
         self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
-                                   self._on_unreachable)
+                                   self._on_unreachable, tls=PeerTls.from_config(self.cfg), metrics=self.metrics)
         await self.transport.listen(peer.host, peer.port)
         self._sync_peers()
         self._running = True
@@ -518,7 +548,8 @@ class Node:
             for url in urls:
                 hp = parse_url(url, "initial-cluster")
                 try:
-                    cid, wires = await fetch_cluster_info((hp.host, hp.port), 3.0)
+                    tls = PeerTls.from_config(self.cfg) if is_tls_url(url) else None
+                    cid, wires = await fetch_cluster_info((hp.host, hp.port), 3.0, tls=tls)
                 except (TimeoutError, OSError, Exception) as exc:
                     errors.append(f"{url}: {exc}")
                     continue
@@ -562,7 +593,7 @@ class Node:
         for mid, m in self.members.items():
             if mid != self.member_id and m.peer_urls:
                 hp = parse_url(m.peer_urls[0], "peer-urls")
-                self.transport.set_peer(mid, (hp.host, hp.port))
+                self.transport.set_peer(mid, (hp.host, hp.port), secure=is_tls_url(m.peer_urls[0]))
         for mid in list(self.transport.peers()):
             if mid not in self.members:
                 self.transport.remove_peer(mid)
@@ -766,7 +797,10 @@ class Node:
             self._snapshot_index = rd.snapshot.meta.index
             self._sync_peers()
         if rd.committed:
+            t0 = time.perf_counter()
             self._apply(rd.committed)
+            if time.perf_counter() - t0 > SLOW_APPLY_S:
+                self.metrics.slow_apply_total += 1
         for rs in rd.read_states:
             waiters = self._reads.in_flight.pop(rs.context, None)
             if waiters:
@@ -779,9 +813,12 @@ class Node:
     def _on_soft_state(self, leader: int, role: Role) -> None:
         if leader != self._last_leader:
             old, self._last_leader = self._last_leader, leader
+            if leader != NONE:
+                self.metrics.leader_changes_total += 1
             log.info("leader is now %x (was %x), term %d", leader, old, self.raft.term)
             # Reads waiting on the old leader's ReadIndex will never be answered.
             for futs in self._reads.in_flight.values():
+                self.metrics.read_indexes_failed_total += len(futs)
                 for f in futs:
                     _fail_future(f, kverr.LeaderChanged())
             self._reads.in_flight.clear()
@@ -795,19 +832,37 @@ class Node:
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         now = self.clock.now_ms()
+        count = self.metrics.count_applied
         for e in entries:
             out = self.sm.apply(e, now)
+            if out.results:
+                count(out.results)
+            self.auth_on = self.sm.auth.enabled
             if out.events:
                 self.hub.publish(out.events)
             for r in out.results:
                 if r.origin == self.member_id:
                     self._waiters.resolve(r.seq, r.response, r.error)
+                if r.command.__class__ in _TOKEN_EFFECTS and r.error is None:
+                    self._token_effect(r.command, r.response, e.index)
             if out.members_changed:
                 self._sync_peers()
             if self.member_id in out.removed:
                 self.stop_reason = "this member was removed from the cluster"
                 log.warning("%s; stopping", self.stop_reason)
                 asyncio.get_running_loop().call_later(0.5, self.stopped.set)
+
+    def _token_effect(self, cmd: Any, response: Any, index: int) -> None:
+        """Keep this member's tokens in step with an applied auth command (entry ``index``)."""
+        if isinstance(cmd, Checked):
+            cmd = cmd.command
+        if isinstance(cmd, kvauth.AuthenticateRequest):
+            if isinstance(response, kvauth.AuthenticateResponse) and response.token and index > self._replayed_index:
+                self.tokens.register(response.token, response.name or cmd.name)
+        elif isinstance(cmd, kvauth.UserDeleteRequest | kvauth.UserChangePasswordRequest):
+            self.tokens.invalidate_user(cmd.name)
+        elif isinstance(cmd, kvauth.AuthDisableRequest):
+            self.tokens.invalidate_all()
 
     def _notify_watcher(self, watcher: Any) -> None:
         cb = self.watch_callbacks.get(watcher.id)
@@ -818,7 +873,11 @@ class Node:
 
     def _restore_snapshot(self, data: bytes, index: int) -> None:
         self._sm = StateMachine.restore(data, index=index)
+        self.auth_on = self._sm.auth.enabled
         self.hub.replace_store(self.sm.store)
+        # The entries the image replaces may have deleted users or changed passwords.
+        self.tokens.invalidate_all()
+        log.info("state restored from a snapshot at index %d (this member's auth tokens were dropped)", index)
         if self.raft.role == Role.LEADER:
             # Deadlines are member-local: a leader restarts every one with slack.
             self.sm.leases.promote(self.clock.now_ms(), self.cfg.election_timeout_ms)
@@ -907,6 +966,10 @@ class Node:
     def raft_term(self) -> int:
         return self.raft.term
 
+    def pending_proposals(self) -> int:
+        """Requests this member proposed that are not applied yet (etcd_server_proposals_pending)."""
+        return len(self._waiters._futures)
+
     def now_ms(self) -> int:
         """This member's clock (lease deadlines are kept on it)."""
         return self.clock.now_ms()
@@ -968,6 +1031,7 @@ class Node:
         for start, end in entry.split_batches([it.command for it in items]):
             chunk = items[start:end]
             data = entry.frame_encoded(self.member_id, [it.command for it in chunk])
+            self.metrics.entry_commands.observe(end - start)
             # One entry at a time: a failure fails the requests of that entry only.
             self._run(Propose(data, tuple(it.seq for it in chunk)))
 
@@ -975,9 +1039,11 @@ class Node:
         """Fail fast (and forget the waiter) when no proposal can succeed now."""
         if not self._running:
             self._waiters.drop(seq)
+            self.metrics.proposals_failed_total += 1
             raise kverr.Stopped()
         if self.raft.leader_id == NONE:
             self._waiters.drop(seq)
+            self.metrics.proposals_failed_total += 1
             raise kverr.NoLeader()
 
     def _propose_entry(self, data: bytes, seqs: Sequence[int]) -> None:
@@ -985,9 +1051,11 @@ class Node:
         try:
             self.raft.propose(data)
         except RaftNotLeader:
+            self.metrics.proposals_failed_total += len(seqs)
             for seq in seqs:
                 self._waiters.resolve(seq, error=kverr.NoLeader())
         except ProposalDropped:
+            self.metrics.proposals_failed_total += len(seqs)
             for seq in seqs:
                 self._waiters.resolve(seq, error=kverr.TooManyRequests())
 
@@ -1049,6 +1117,7 @@ class Node:
             return await asyncio.wait_for(fut, self.cfg.request_timeout_s)
         except TimeoutError:
             self._waiters.drop(seq)
+            self.metrics.proposals_failed_total += 1
             raise kverr.Timeout() from None
 
     async def _propose(self, seq: int, fut: asyncio.Future[Any], data: bytes) -> Any:
@@ -1089,9 +1158,11 @@ class Node:
         try:
             self.raft.read_index(ctx)
         except RaftNotLeader:
+            self.metrics.read_indexes_failed_total += len(batch)
             for f in batch:
                 _fail_future(f, kverr.NoLeader())
             return
+        self.metrics.read_index_batch.observe(len(batch))
         self._reads.in_flight[ctx] = batch
 
     def _release_reads(self) -> None:

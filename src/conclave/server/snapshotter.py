@@ -238,6 +238,8 @@ class Snapshotter:
         self._names = itertools.count(1)
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._swept = False
+        # Told (what, seconds from fork to exit, ok) when a child ends: the member's metrics.
+        self.on_finished: Callable[[str, float, bool], None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -309,6 +311,8 @@ class Snapshotter:
         job.done.set()
         if self.job is job:
             self.job = None
+        if self.on_finished is not None:
+            self.on_finished(job.what, time.monotonic() - job.started, ok)
         if ok:
             self.failures, self.not_before = 0, 0.0
         else:

@@ -13,6 +13,20 @@ unreachable (Raft tolerates loss: it retransmits).
 Besides Raft traffic the same connections carry request/response RPCs (for example a
 lease keep-alive a follower forwards to the leader): the caller sends ``RPC_REQ`` on its
 outbound connection and the answer comes back on that connection.
+
+Metrics (optional, ``server/metrics.MemberMetrics``): bytes are counted once per frame in
+each direction, per peer; a failed dial counts a send failure and the messages it drops; a
+prober sends a ``ping`` RPC (answered by the transport itself, never by the node) when a
+connection comes up and every ``PROBE_INTERVAL_S`` after, for the round-trip histogram.
+
+TLS (https:// peer URLs, ``PeerTls``): the listener accepts plain sockets and runs the TLS
+handshake through ``loop.connect_accepted_socket`` so that a refused peer is logged with its
+reason, once per source address and reason: no certificate, one from another CA, a revoked one,
+a plain connection. The allowed CN / hostname lists are checked right after the handshake. In
+every case the connection is closed before its first frame is read: no Raft message of a refused
+peer reaches the node. Dialers use TLS towards the members whose peer URL is https:// and
+check the server's certificate the same way. Contexts come from ``tls.ContextSource``, so
+renewed certificate files are used by the next connection, without a restart.
 """
 
 from __future__ import annotations
@@ -21,15 +35,19 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from conclave.raft.codec import CodecError, decode_messages, encode_messages
 from conclave.raft.types import Message
+from conclave.server import tls as tlsmod
+from conclave.server.config import ServerConfig, is_tls_url
 
 log = logging.getLogger("conclave.transport")
 
@@ -39,6 +57,12 @@ QUEUE_MESSAGES_MAX = 8192
 BATCH_MESSAGES_MAX = 4096
 
 HELLO, RAFT, RPC_REQ, RPC_RESP = 0, 1, 2, 3
+PING = "ping"  # answered by the transport itself: the round-trip probe
+PROBE_INTERVAL_S = 5.0
+PROBE_TIMEOUT_S = 2.0
+
+HANDSHAKE_TIMEOUT_S = 5.0
+REFUSALS_TRACKED_MAX = 1024
 
 
 class TransportError(Exception):
@@ -55,6 +79,12 @@ def encode_frame(kind: int, body: Any) -> bytes:
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    kind, body, _ = await read_frame_sized(reader)
+    return kind, body
+
+
+async def read_frame_sized(reader: asyncio.StreamReader) -> tuple[int, Any, int]:
+    """``read_frame`` plus the frame's size on the wire (for the byte counters)."""
     head = await reader.readexactly(HEADER.size)
     length, crc = HEADER.unpack(head)
     if length > FRAME_BYTES_MAX:
@@ -68,7 +98,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, Any]:
         raise TransportError(f"malformed frame: {exc}") from None
     if type(kind) is not int:
         raise TransportError(f"malformed frame: kind {kind!r:.40}")
-    return kind, body
+    return kind, body, HEADER.size + length
 
 
 RpcHandler = Callable[[str, Any], Awaitable[Any]]
@@ -88,15 +118,48 @@ def _rpc_request(body: Any) -> list[Any]:
     return body
 
 
+@dataclass
+class PeerTls:
+    """The peer port's TLS: the listener's context (when our peer URL is https://), the dialler's,
+    and the checks etcd makes after the handshake (allowed CN / hostname)."""
+
+    settings: tlsmod.TlsSettings
+    server: tlsmod.ContextSource | None
+    client: tlsmod.ContextSource
+
+    @classmethod
+    def from_config(cls, cfg: ServerConfig) -> PeerTls | None:
+        settings = tlsmod.peer_settings(cfg)
+        if not settings.enabled and not cfg.peer_tls:
+            return None
+        listen = bool(cfg.listen_peer_urls) and is_tls_url(cfg.listen_peer_urls[0])
+        server = tlsmod.ContextSource(settings, server=True) if listen and settings.enabled else None
+        return cls(settings, server, tlsmod.ContextSource(settings, server=False))
+
+    def dial_args(self, host: str) -> dict[str, Any]:
+        ctx = self.client.current()
+        return {"ssl": ctx, "server_hostname": host if ctx.check_hostname else "",
+                "ssl_handshake_timeout": HANDSHAKE_TIMEOUT_S}  # fmt: skip
+
+    def refusal(self, writer: asyncio.StreamWriter) -> str | None:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        return tlsmod.refusal(self.settings, der)
+
+
 class _Peer:
-    def __init__(self, transport: Transport, node_id: int, address: tuple[str, int]) -> None:
+    def __init__(self, transport: Transport, node_id: int, address: tuple[str, int], secure: bool = False) -> None:
         self.transport = transport
         self.node_id = node_id
         self.address = address
+        self.secure = secure
+        self.quick_loss = False  # the last TLS connection died within a second of its handshake
         self.queue: asyncio.Queue[Message | tuple[int, Any]] = asyncio.Queue(QUEUE_MESSAGES_MAX)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.connected = asyncio.Event()
         self.closed = False
+        metrics = transport.metrics
+        self.stats = metrics.peer(node_id) if metrics is not None else None
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def send(self, item: Message | tuple[int, Any]) -> bool:
@@ -112,20 +175,48 @@ class _Peer:
         # cancellation that arrives as the dial fails (it raises the OSError instead), and this
         # loop would then re-dial forever and keep the process from exiting.
         while not self.closed:
+            tls = self.transport.tls if self.secure else None
             try:
+                if self.secure and tls is None:
+                    raise TransportError("its peer URL is https:// but this member has no peer TLS configured")
+                dial = tls.dial_args(self.address[0]) if tls is not None else {}
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(*self.address), timeout=2.0
+                    asyncio.open_connection(*self.address, **dial), timeout=2.0 + (HANDSHAKE_TIMEOUT_S if tls else 0)
                 )
+                reason = tls.refusal(writer) if tls is not None else None
+                if reason is not None:
+                    writer.close()
+                    raise TransportError(reason)
+            except (ssl.SSLError, TransportError) as exc:
+                self.transport.note_refusal(f"member {self.node_id:x} at {self.address[0]}:{self.address[1]}",
+                                            tlsmod.describe_handshake_error(exc), outbound=True)  # fmt: skip
+                self._fail_pending()
+                self.transport.report_unreachable(self.node_id)
+                if self.stats is not None:
+                    self.stats.sent_failures += 1
+                    self.stats.dropped_messages += self.queue.qsize()
+                while not self.queue.empty():
+                    self.queue.get_nowait()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
             except (TimeoutError, OSError):
                 self._fail_pending()
                 self.transport.report_unreachable(self.node_id)
+                if self.stats is not None:
+                    self.stats.sent_failures += 1
+                    self.stats.dropped_messages += self.queue.qsize()
                 # Drop what piled up: Raft retransmits, and stale appends only waste bandwidth.
                 while not self.queue.empty():
                     self.queue.get_nowait()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
                 continue
-            backoff = 0.05
+            # A connection that dies at once (with TLS1.3 a refused client certificate shows only on
+            # the first read) keeps the backoff growing and is logged quietly, so a refused member
+            # retries at most once a second and does not fill the log.
+            flapping = self.quick_loss
+            connected_at = asyncio.get_running_loop().time()
             with contextlib.suppress(OSError):
                 sock = writer.get_extra_info("socket")
                 if sock is not None:
@@ -133,8 +224,10 @@ class _Peer:
 
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.connected.set()
-            log.info("connected to member %x at %s:%d", self.node_id, *self.address)
+            log.log(logging.DEBUG if flapping else logging.INFO,
+                    "connected to member %x at %s:%d", self.node_id, *self.address)  # fmt: skip
             reader_task = asyncio.get_running_loop().create_task(self._read_responses(reader))
+            prober = asyncio.get_running_loop().create_task(self._probe()) if self.stats is not None else None
             try:
                 writer.write(encode_frame(HELLO, [self.transport.node_id, self.transport.cluster_id]))
                 await self._pump(writer, reader_task)
@@ -145,14 +238,21 @@ class _Peer:
                 # silently cut this member off from that peer for good.
                 log.exception("peer connection to member %x failed", self.node_id)
             finally:
-                log.info("connection to member %x lost", self.node_id)
+                quick = tls is not None and asyncio.get_running_loop().time() - connected_at < 1.0
+                backoff = min(max(backoff, 0.1) * 2, 1.0) if quick else 0.05
+                self.quick_loss = quick
+                log.log(logging.DEBUG if flapping else logging.INFO, "connection to member %x lost", self.node_id)
                 # Never await here: a suppressed CancelledError would swallow our own cancellation
                 # and keep this loop re-dialling after close().
                 self.connected.clear()
                 reader_task.cancel()
+                if prober is not None:
+                    prober.cancel()
                 writer.close()
                 self._fail_pending()
                 self.transport.report_unreachable(self.node_id)
+            if backoff > 0.05 and not self.closed:
+                await asyncio.sleep(backoff)
 
     async def _pump(self, writer: asyncio.StreamWriter, reader_task: asyncio.Task[None]) -> None:
         while not reader_task.done():
@@ -172,7 +272,10 @@ class _Peer:
             if writer.is_closing():
                 # uvloop raises RuntimeError (not OSError) on a write to a closed transport.
                 return
-            writer.write(b"".join(out))
+            data = b"".join(out)
+            writer.write(data)
+            if self.stats is not None:
+                self.stats.sent_bytes += len(data)
             await writer.drain()
 
     async def _read_responses(self, reader: asyncio.StreamReader) -> None:
@@ -191,10 +294,27 @@ class _Peer:
                             fut.set_exception(RemoteError(str(value[0]), str(value[1])))
                         else:
                             fut.set_exception(RemoteError("RemoteError", f"malformed error {value!r:.80}"))
+        except ssl.SSLError as exc:  # e.g. the other side refused our certificate after a TLS1.3 handshake
+            self.transport.note_refusal(f"member {self.node_id:x} at {self.address[0]}:{self.address[1]}",
+                                        tlsmod.describe_handshake_error(exc), outbound=True)  # fmt: skip
         except (OSError, ConnectionError, asyncio.IncompleteReadError):
             return
         except TransportError as exc:
             log.warning("closing peer connection to member %x: %s", self.node_id, exc)
+
+    async def _probe(self) -> None:
+        """Time a ``ping`` round trip now and every PROBE_INTERVAL_S (etcd's peer RTT histogram)."""
+        assert self.stats is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            try:
+                await self.transport.call(self.node_id, PING, None, PROBE_TIMEOUT_S)
+            except (TimeoutError, TransportError, RemoteError):
+                pass
+            else:
+                self.stats.rtt.observe(loop.time() - t0)
+            await asyncio.sleep(PROBE_INTERVAL_S)
 
     def _fail_pending(self) -> None:
         for fut in self.pending.values():
@@ -230,8 +350,15 @@ class Transport:
         on_messages: Callable[[list[Message]], None],
         on_rpc: RpcHandler,
         on_unreachable: Callable[[int], None],
+        *,
+        tls: PeerTls | None = None,
+        metrics: Any = None,
     ) -> None:
+        self.tls = tls
+        self._refusals: set[tuple[str, str]] = set()
+        self.refused = 0
         self.node_id = node_id
+        self.metrics = metrics  # server/metrics.MemberMetrics, or None
         self.cluster_id = cluster_id
         self._on_messages = on_messages
         self._on_rpc = on_rpc
@@ -240,19 +367,48 @@ class Transport:
         self._server: asyncio.Server | None = None
         self._rpc_ids = itertools.count(1)
         self._conns: set[asyncio.StreamWriter] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._tls_listener: Any = None
+        self._accepting: asyncio.Task[None] | None = None
 
     async def listen(self, host: str, port: int) -> None:
+        if self.tls is not None and self.tls.server is not None:
+            # Accept plain sockets and hand each to connect_accepted_socket with TLS: it raises the
+            # handshake's failure to us (asyncio.start_server(ssl=...) would swallow it unlogged).
+            import socket
+
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            lsock = socket.create_server((host.strip("[]"), port), family=family, backlog=512)
+            lsock.setblocking(False)
+            self._tls_listener = lsock
+            self._accepting = asyncio.get_running_loop().create_task(self._accept_tls(lsock))
+            return
         self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
 
-    def set_peer(self, node_id: int, address: tuple[str, int]) -> None:
+    def set_peer(self, node_id: int, address: tuple[str, int], secure: bool = False) -> None:
+        """Dial ``address`` for ``node_id`` (with TLS when ``secure``: its peer URL is https://)."""
         if node_id == self.node_id:
             return
         peer = self._peers.get(node_id)
-        if peer is not None and peer.address == address:
+        if peer is not None and peer.address == address and peer.secure == secure:
             return
         if peer is not None:
             asyncio.get_running_loop().create_task(peer.close())
-        self._peers[node_id] = _Peer(self, node_id, address)
+        self._peers[node_id] = _Peer(self, node_id, address, secure)
+
+    def note_refusal(self, source: str, reason: str, outbound: bool = False) -> None:
+        """Count a refused TLS peer; log it once per source and reason (a retrying peer is one line)."""
+        self.refused += 1
+        key = (source, reason)
+        if key in self._refusals:
+            return
+        if len(self._refusals) >= REFUSALS_TRACKED_MAX:
+            self._refusals.clear()  # bounded: a flood of sources costs a few repeated lines, not memory
+        self._refusals.add(key)
+        if outbound:
+            log.warning("peer TLS: not connecting to %s: %s", source, reason)
+        else:
+            log.warning("peer TLS: refused a connection from %s: %s", source, reason)
 
     def remove_peer(self, node_id: int) -> None:
         peer = self._peers.pop(node_id, None)
@@ -262,10 +418,16 @@ class Transport:
     def peers(self) -> dict[int, tuple[str, int]]:
         return {nid: p.address for nid, p in self._peers.items()}
 
+    def connected_peers(self) -> list[int]:
+        """The peers whose outbound connection is up."""
+        return sorted(nid for nid, p in self._peers.items() if p.connected.is_set())
+
     def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
         for m in messages:
             peer = self._peers.get(m.to)
             if peer is None or not peer.send(m):
+                if peer is not None and peer.stats is not None:
+                    peer.stats.dropped_messages += 1
                 self.report_unreachable(m.to)
 
     def report_unreachable(self, node_id: int) -> None:
@@ -305,15 +467,22 @@ class Transport:
                 raise TransportError(
                     f"peer {peer_desc} belongs to cluster {remote_cluster:x}, not {self.cluster_id:x}"
                 )
+            stats = self.metrics.peer(_remote_id) if self.metrics is not None else None
             while True:
-                kind, body = await read_frame(reader)
+                kind, body, size = await read_frame_sized(reader)
+                if stats is not None:
+                    stats.received_bytes += size
                 if kind == RAFT:
                     try:
                         self._on_messages(decode_messages(body))
                     except CodecError as exc:
                         raise TransportError(str(exc)) from None
                 elif kind == RPC_REQ:
-                    asyncio.get_running_loop().create_task(self._answer(writer, _rpc_request(body)))
+                    req = _rpc_request(body)
+                    if req[1] == PING:  # the peer's round-trip probe: answered here, at once
+                        writer.write(encode_frame(RPC_RESP, [req[0], True, None]))
+                    else:
+                        asyncio.get_running_loop().create_task(self._answer(writer, req))
                 else:
                     raise TransportError(f"unexpected frame kind {kind}")
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -325,6 +494,42 @@ class Transport:
         finally:
             self._conns.discard(writer)
             writer.close()
+
+    async def _accept_tls(self, lsock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(lsock)
+            except OSError as exc:  # e.g. out of file descriptors: keep the listener alive
+                log.warning("peer port: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake(conn, addr))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: Any, addr: Any) -> None:
+        """TLS on an accepted socket, then ``_serve``; a refused peer is logged and closed."""
+        assert self.tls is not None and self.tls.server is not None
+        loop = asyncio.get_running_loop()
+        source = addr[0] if isinstance(addr, tuple) else str(addr)
+        reader = asyncio.StreamReader(loop=loop)
+        try:
+            transport, protocol = await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader, loop=loop), conn,
+                ssl=self.tls.server.listening_context(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            )  # fmt: skip
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
+            conn.close()
+            self.note_refusal(source, tlsmod.describe_handshake_error(exc))
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        reason = self.tls.refusal(writer)
+        if reason is not None:
+            self.note_refusal(source, reason)
+            writer.close()
+            return
+        await self._serve(reader, writer)
 
     async def _answer(self, writer: asyncio.StreamWriter, body: Any) -> None:
         rid, method, args = body
@@ -343,6 +548,11 @@ class Transport:
             self._server.close()
         for w in list(self._conns):
             w.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._tls_listener.close()
+        for t in list(self._handshakes):
+            t.cancel()
         for peer in list(self._peers.values()):
             await peer.close()
         self._peers.clear()
@@ -351,13 +561,31 @@ class Transport:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
 
-async def fetch_cluster_info(address: tuple[str, int], timeout: float) -> Any:
-    """Ask a running member for the cluster id and members (used by a joining member)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+async def fetch_cluster_info(address: tuple[str, int], timeout: float, tls: PeerTls | None = None) -> Any:
+    """Ask a running member for the cluster id and members (used by a joining member; ``tls``
+    when that member's peer URL is https://)."""
+    dial = tls.dial_args(address[0]) if tls is not None else {}
     try:
-        writer.write(encode_frame(HELLO, [0, 0]) + encode_frame(RPC_REQ, [1, "cluster_info", None]))
-        await writer.drain()
-        kind, body = await asyncio.wait_for(read_frame(reader), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address, **dial), timeout)
+    except ssl.SSLError as exc:
+        raise TransportError(f"TLS with the member failed: {tlsmod.describe_handshake_error(exc)}") from None
+    try:
+        reason = tls.refusal(writer) if tls is not None else None
+        if reason is not None:
+            raise TransportError(f"member at {address[0]}:{address[1]} refused: {reason}")
+        try:
+            writer.write(encode_frame(HELLO, [0, 0]) + encode_frame(RPC_REQ, [1, "cluster_info", None]))
+            await writer.drain()
+            kind, body = await asyncio.wait_for(read_frame(reader), timeout)
+        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            if tls is None:
+                raise
+            # TLS1.3: a member that refuses our certificate says so only by closing after the handshake.
+            raise TransportError(
+                "the member closed the TLS connection without answering: it refused this member's peer "
+                "certificate (is --peer-cert-file signed by the CA its --peer-trusted-ca-file names, with a "
+                f"name it allows?) ({tlsmod.describe_handshake_error(exc)})"
+            ) from None
         if kind != RPC_RESP or not body[1]:
             raise TransportError(f"member at {address} refused cluster_info: {body}")
         return body[2]

@@ -37,6 +37,9 @@ violation raises ``StorageError`` instead of interleaving bytes. What was saved 
 not synced is lost at ``close`` or a crash, exactly like ``MemoryStorage``. The storage
 keeps no copy of the log in memory: the first ``load`` hands out what opening
 recovered, a later one recovers the directory again (read-only).
+An optional ``SyncObserver`` is told, after each sync, the bytes and entries it made durable
+and how long the fdatasync and the snapshot files took, timed on the observer's own clock
+(this module reads none): that is how the member's metrics see the disk.
 
 Conflicting suffix truncation needs no record of its own: an ENTRY whose index is
 not past the end of the log replaces the suffix from that index, in the log and in
@@ -66,7 +69,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 from zlib import crc32
 
 import msgpack
@@ -103,6 +106,26 @@ _SNAP_MARK = struct.Struct("<QQ")  # index, term
 _SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 _ENTRY_TYPES = {int(t): t for t in EntryType}
 BOOTSTRAP_MAGIC = b"CNBOOT01"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStats:
+    """What one ``sync`` made durable, and how long its parts took (on the observer's clock)."""
+
+    wal_bytes: int
+    entries: int
+    fsync_s: float
+    snapshots: int = 0
+    snapshot_s: float = 0.0
+
+
+class SyncObserver(Protocol):
+    """Told about every sync that wrote something (metrics). This module reads no clock: the
+    observer lends its own. Called on the thread that runs ``sync``; it must not raise."""
+
+    def now(self) -> float: ...
+
+    def synced(self, stats: SyncStats) -> None: ...
 
 
 class RecordType(IntEnum):
@@ -563,6 +586,7 @@ class DiskStorage:
         segment_bytes: int = SEGMENT_BYTES_DEFAULT,
         max_snapshots: int = 5,
         max_wals: int = 5,
+        observer: SyncObserver | None = None,
     ) -> None:
         if segment_bytes < SEGMENT_BYTES_MIN:
             raise ValueError(f"segment_bytes must be at least {SEGMENT_BYTES_MIN}, got {segment_bytes}")
@@ -581,6 +605,8 @@ class DiskStorage:
         self._lock_fd = -1
         self._failed: str | None = None
         self._closed = False
+        self._observer = observer
+        self._unsynced_entries = 0
 
         try:
             make_directory(self._wal_dir)
@@ -698,6 +724,7 @@ class DiskStorage:
                 for e in kept:
                     encode_entry(buf, e)
                 self._dirty = True
+                self._unsynced_entries += len(kept)
             self._last_index = last
             if hard_state is not None:
                 encode_hard_state(buf, hard_state)
@@ -713,11 +740,21 @@ class DiskStorage:
             self._check_usable()
             if not self._dirty:
                 return
+            obs = self._observer
+            t0 = ts = t1 = t2 = 0.0
             try:
+                if obs is not None and self._pending_snapshots:
+                    t0 = obs.now()
                 for snap in self._pending_snapshots:
                     snapfile.write_snapshot(self._snap_dir, snap)
+                if obs is not None and self._pending_snapshots:
+                    ts = obs.now()
                 write_all(self._fd, self._buffer)
+                if obs is not None:
+                    t1 = obs.now()
                 sync_data(self._fd)
+                if obs is not None:
+                    t2 = obs.now()
             except OSError as exc:
                 # After a failed fsync the kernel may have dropped the dirty pages: what is
                 # on disk is unknown, so this storage must not be used again (fsyncgate).
@@ -725,6 +762,11 @@ class DiskStorage:
                 raise StorageError(f"WAL {self._segments[-1].path}: {self._failed}") from exc
             self._segment_size += len(self._buffer)
             snapshotted = bool(self._pending_snapshots)
+            if obs is not None:
+                # fsync_s is the fdatasync alone (etcd's wal_fsync); the snapshot files' writes apart.
+                obs.synced(SyncStats(len(self._buffer), self._unsynced_entries, t2 - t1, len(self._pending_snapshots),
+                                     ts - t0))
+            self._unsynced_entries = 0
             self._durable_hard_state = self._hard_state
             self._durable_snapshot_meta = self._snapshot_meta
             self._durable_last_index = self._last_index

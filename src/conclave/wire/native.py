@@ -7,6 +7,13 @@ dataclasses likewise, tuples as lists, enums as ints), so the wire shape is fixe
 ``kv/types.py``; :func:`pack_value` / :func:`unpack_as` are the two directions, and
 :func:`unpack_as` checks every field's type, so a malformed request is refused, never applied.
 
+Authentication: the ``authenticate`` call (``[name, password]``, answered ``[token, revision]``)
+makes the server keep the token for the rest of the connection: every later request on it runs as
+that user, until the next ``authenticate``. The Auth service's calls (``AUTH_CALLS``: user, role
+and auth management) take positional arguments whose types the table fixes, checked by
+:func:`decode_auth_args` like any other request. A password travels in clear inside the frame, as
+in etcd's gRPC ``Authenticate``: use TLS on the native port wherever the network is not trusted.
+
 This module holds no I/O and no business rule.
 """
 
@@ -23,6 +30,7 @@ from typing import Any
 import msgpack
 
 from conclave.kv import errors as kverr
+from conclave.kv.auth import Permission
 
 FRAME_HEADER = struct.Struct(">I")
 FRAME_OVERHEAD_BYTES = 64 * 1024  # envelope and msgpack framing on top of --max-request-bytes
@@ -172,3 +180,41 @@ def error_payload(err: BaseException) -> list[str]:
     if isinstance(err, kverr.EtcdError):
         return [type(err).__name__, err.message]
     return ["Internal", f"conclave: internal error: {type(err).__name__}"]
+
+
+# --------------------------------------------------------------------------- auth calls
+
+AUTHENTICATE = "authenticate"
+"""``[name, password]`` -> ``[token, header revision]``; the token then holds for the connection."""
+
+# The Auth service on the native protocol: method -> the types of its positional arguments. The
+# answers are the backend's: a header revision (int) for changes; ``[enabled, auth revision,
+# revision]`` for auth_status; ``[names, revision]`` for the lists and user_get (the roles);
+# ``[permissions, revision]`` for role_get.
+AUTH_CALLS: dict[str, tuple[type, ...]] = {
+    AUTHENTICATE: (str, str),
+    "auth_enable": (),
+    "auth_disable": (),
+    "auth_status": (),
+    "user_add": (str, str, bool),
+    "user_get": (str,),
+    "user_list": (),
+    "user_delete": (str,),
+    "user_change_password": (str, str),
+    "user_grant_role": (str, str),
+    "user_revoke_role": (str, str),
+    "role_add": (str,),
+    "role_get": (str,),
+    "role_list": (),
+    "role_delete": (str,),
+    "role_grant_permission": (str, Permission),
+    "role_revoke_permission": (str, bytes, bytes),
+}
+
+
+def decode_auth_args(method: str, args: list[Any]) -> list[Any]:
+    """The checked arguments of an Auth call (``MalformedRequest`` for a wrong count or type)."""
+    types_ = AUTH_CALLS[method]
+    if len(args) != len(types_):
+        raise MalformedRequest(f"{method} expects {len(types_)} arguments, got {len(args)}")
+    return [_decoder_for(tp)(v) for tp, v in zip(types_, args, strict=True)]

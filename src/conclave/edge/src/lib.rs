@@ -10,6 +10,11 @@
 //! tasks. The edge carries no business rule: it moves bytes, gRPC length prefixes and status
 //! trailers.
 //!
+//! On a TLS listener the first byte decides: a TLS handshake record goes to rustls with the
+//! current configuration of `tls::Tls` (rebuilt when its files change), anything else gets Go's
+//! answer to plain text on a TLS port and is closed. What Python should log (a reload, files that
+//! do not load) travels as a `LOG` event on the same queue, so no edge thread takes the GIL.
+//!
 //! Limits: a gRPC message over `max_msg` bytes ends its stream with RESOURCE_EXHAUSTED; a
 //! truncated message or a compressed one ends the stream; a protocol error closes that
 //! connection; nothing closes the member. Responses are written only as the client's HTTP/2 flow
@@ -41,7 +46,6 @@ use tokio::sync::{mpsc, watch};
 mod authority;
 mod tls;
 use authority::AuthorityFix;
-use tokio_rustls::TlsAcceptor;
 
 const EV_OPEN: u8 = 0;
 const EV_MSG: u8 = 1;
@@ -49,6 +53,7 @@ const EV_HALF_CLOSE: u8 = 2;
 const EV_CANCEL: u8 = 3;
 const EV_WRITABLE: u8 = 4;
 const EV_HTTP: u8 = 5;
+const EV_LOG: u8 = 6;
 
 const OUT_MSG: u8 = 0;
 const OUT_TRAILERS: u8 = 1;
@@ -87,6 +92,8 @@ enum Event {
     Cancel { id: u64 },
     Writable { id: u64 },
     Http { id: u64, method: String, path: String, headers: Vec<(String, String)>, body: Bytes },
+    /// Something for the member's log (a TLS reload, files that do not load): (level, text).
+    Log { level: u8, msg: String },
 }
 
 enum Out {
@@ -746,9 +753,61 @@ impl Drop for ConnCount {
     }
 }
 
-async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32, tls: Option<TlsAcceptor>) {
+/// Read at least `want` bytes' worth of peek into `buf` (fewer when the peer closes).
+async fn peek_at_least(sock: &TcpStream, buf: &mut [u8], want: usize) -> usize {
+    loop {
+        let n = sock.peek(buf).await.unwrap_or(0);
+        if n == 0 || n >= want {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Go's test for a plain HTTP request where a TLS record header should be.
+fn looks_like_http(head: &[u8]) -> bool {
+    matches!(head, b"GET /" | b"HEAD " | b"POST " | b"PUT /" | b"OPTIO")
+}
+
+/// Go's answer to plain HTTP on a TLS port.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// A connection to a TLS port that does not start with a TLS handshake: a plain HTTP/1.x request
+/// gets Go's 400 answer, anything else (an HTTP/2 preface, noise) just the close. What the client
+/// already sent is read and dropped (bounded) so the close is a FIN, not a reset that could
+/// destroy the answer.
+async fn refuse_plaintext(mut sock: TcpStream, http: bool) {
+    if http {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(PLAIN_HTTP_ANSWER)).await;
+    }
+    let _ = sock.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut total = 0usize;
+        while total < 64 << 10 {
+            match sock.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32, tls: Option<Arc<tls::Tls>>) {
     let _ = sock.set_nodelay(true);
-    if let Some(acceptor) = tls {
+    if let Some(tls) = tls {
+        let mut head = [0u8; 5];
+        let n = tokio::time::timeout(SNIFF_TIMEOUT, peek_at_least(&sock, &mut head, 1)).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        if head[0] != 0x16 {
+            let n = tokio::time::timeout(Duration::from_secs(1), peek_at_least(&sock, &mut head, 5)).await.unwrap_or(n);
+            refuse_plaintext(sock, looks_like_http(&head[..n])).await;
+            return;
+        }
+        let acceptor = tls.acceptor();
         let Ok(Ok(stream)) = tokio::time::timeout(SNIFF_TIMEOUT, acceptor.accept(sock)).await else { return };
         let _count = ConnCount::new(&sh);
         let alpn = stream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
@@ -806,7 +865,7 @@ async fn accept_loop(
     sh: Arc<Shared>,
     mut shut: watch::Receiver<bool>,
     max_streams: u32,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<tls::Tls>>,
 ) {
     loop {
         tokio::select! {
@@ -834,9 +893,12 @@ impl Edge {
     /// Bind every (host, port) (port 0 picks a free one) and start serving. With `cert_file` and
     /// `key_file` (PEM) the listeners whose `secure` entry is true (all of them when `secure` is
     /// not given) serve TLS; with `client_ca_file` too, clients must present a certificate it
-    /// signed (mutual TLS).
+    /// signed (mutual TLS), not revoked by `crl_file`, with one of `allowed_hostnames` (if any)
+    /// in its SAN. `tls_min_version`/`tls_max_version` (`TLS1.2`, `TLS1.3`; max empty = newest)
+    /// and `cipher_suites` (Go/IANA names) restrict the handshake. Changed files are reloaded
+    /// for new handshakes (looked at once a second at most).
     #[new]
-    #[pyo3(signature = (addrs, max_msg, max_streams=1000, workers=1, hwm=4 << 20, *, cert_file=None, key_file=None, client_ca_file=None, secure=None))]
+    #[pyo3(signature = (addrs, max_msg, max_streams=1000, workers=1, hwm=4 << 20, *, cert_file=None, key_file=None, client_ca_file=None, secure=None, crl_file=None, allowed_hostnames=None, tls_min_version=None, tls_max_version=None, cipher_suites=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         addrs: Vec<(String, u16)>,
@@ -848,19 +910,41 @@ impl Edge {
         key_file: Option<String>,
         client_ca_file: Option<String>,
         secure: Option<Vec<bool>>,
+        crl_file: Option<String>,
+        allowed_hostnames: Option<Vec<String>>,
+        tls_min_version: Option<String>,
+        tls_max_version: Option<String>,
+        cipher_suites: Option<Vec<String>>,
     ) -> PyResult<Self> {
-        let acceptor = match (&cert_file, &key_file) {
-            (Some(c), Some(k)) => Some(TlsAcceptor::from(
-                tls::server_config(c, k, client_ca_file.as_deref()).map_err(PyValueError::new_err)?,
-            )),
-            (None, None) if client_ca_file.is_none() => None,
-            _ => return Err(PyValueError::new_err("TLS needs both cert_file and key_file (client_ca_file only with them)")),
+        let opts = tls::Options {
+            cert_file: cert_file.clone().unwrap_or_default(),
+            key_file: key_file.clone().unwrap_or_default(),
+            client_ca_file,
+            crl_file,
+            // Blank entries (what splitting an empty flag value gives) are no names.
+            allowed_hostnames: allowed_hostnames.unwrap_or_default().into_iter().filter(|h| !h.trim().is_empty()).collect(),
+            min_version: tls_min_version.filter(|v| !v.is_empty()).unwrap_or_else(|| "TLS1.2".into()),
+            max_version: tls_max_version.unwrap_or_default(),
+            cipher_suites: cipher_suites.unwrap_or_default().into_iter().filter(|c| !c.trim().is_empty()).collect(),
         };
-        let secure = secure.unwrap_or_else(|| vec![acceptor.is_some(); addrs.len()]);
+        let want_tls = match (&cert_file, &key_file) {
+            (Some(_), Some(_)) => true,
+            (None, None) if opts.client_ca_file.is_none() && opts.crl_file.is_none() && opts.allowed_hostnames.is_empty() => {
+                // No TLS: the version and suite names are still checked, as etcd checks its flags.
+                tls::protocol(&opts.min_version, &opts.max_version, &opts.cipher_suites).map_err(PyValueError::new_err)?;
+                false
+            }
+            _ => {
+                return Err(PyValueError::new_err(
+                    "TLS needs both cert_file and key_file (client_ca_file, crl_file and allowed_hostnames only with them)",
+                ))
+            }
+        };
+        let secure = secure.unwrap_or_else(|| vec![want_tls; addrs.len()]);
         if secure.len() != addrs.len() {
             return Err(PyValueError::new_err("secure must have one entry per address"));
         }
-        if acceptor.is_none() && secure.iter().any(|&s| s) {
+        if !want_tls && secure.iter().any(|&s| s) {
             return Err(PyValueError::new_err("a secure listener needs cert_file and key_file"));
         }
         let (wake_r, wake_w) = StdUnixStream::pair().map_err(|e| PyOSError::new_err(e.to_string()))?;
@@ -882,6 +966,13 @@ impl Edge {
             open_connections: AtomicUsize::new(0),
             inbound: AtomicUsize::new(0),
         });
+        let acceptor = if want_tls {
+            let sh = shared.clone();
+            let notice: tls::Notice = Box::new(move |level, msg| sh.push(Event::Log { level, msg }));
+            Some(Arc::new(tls::Tls::new(opts, notice).map_err(PyValueError::new_err)?))
+        } else {
+            None
+        };
         let (shut, shut_rx) = watch::channel(false);
         let mut ports = Vec::new();
         let mut listeners = Vec::new();
@@ -966,6 +1057,7 @@ impl Edge {
                 Event::HalfClose { id } => PyTuple::new(py, [EV_HALF_CLOSE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Cancel { id } => PyTuple::new(py, [EV_CANCEL.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Writable { id } => PyTuple::new(py, [EV_WRITABLE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
+                Event::Log { level, msg } => PyTuple::new(py, [EV_LOG.into_pyobject(py)?.into_any(), 0u64.into_pyobject(py)?.into_any(), level.into_pyobject(py)?.into_any(), PyString::new(py, &msg).into_any()])?,
                 Event::Http { id, method, path, headers, body } => {
                     let h = PyList::empty(py);
                     for (k, v) in headers {
@@ -1059,6 +1151,7 @@ fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EV_CANCEL", EV_CANCEL)?;
     m.add("EV_WRITABLE", EV_WRITABLE)?;
     m.add("EV_HTTP", EV_HTTP)?;
+    m.add("EV_LOG", EV_LOG)?;
     m.add("PEER_CN", PEER_CN)?;
     m.add("OUT_MSG", OUT_MSG)?;
     m.add("OUT_TRAILERS", OUT_TRAILERS)?;
@@ -1067,4 +1160,19 @@ fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OUT_HTTP_CHUNK", OUT_HTTP_CHUNK)?;
     m.add("OUT_HTTP_END", OUT_HTTP_END)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_told_apart_as_go_does() {
+        for head in [&b"GET /"[..], b"HEAD ", b"POST ", b"PUT /", b"OPTIO"] {
+            assert!(looks_like_http(head));
+        }
+        for head in [&b"PRI *"[..], b"DELET", b"GET", b"\x16\x03\x01\x02\x00"] {
+            assert!(!looks_like_http(head));
+        }
+    }
 }
