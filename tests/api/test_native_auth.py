@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from api.fake_backend import FakeBackend  # tests/ is on sys.path (rootdir-based import of test packages)
 
+from api.fake_backend import FakeBackend  # tests/ is on sys.path (rootdir-based import of test packages)
 from conclave import AsyncClient
 from conclave.api import native
 from conclave.client import AuthFailed, InvalidAuthToken, PermissionDenied, UserEmpty
@@ -41,9 +41,16 @@ class AuthBackend(FakeBackend):
         self.seen: list[AuthInfo] = []
         self.calls: list[tuple[Any, ...]] = []
         self.stale_after_issue = False  # every token is refused as soon as it is issued
+        self.leaderless_logins = 0  # this many Authenticate calls answer "no leader" first
+
+    def auth_enabled(self) -> bool:
+        return self.enabled
 
     async def authenticate(self, name: str, password: str, *, auth: AuthInfo = NO_AUTH) -> tuple[str, int]:
-        self.calls.append(("authenticate", name, auth.source != ""))
+        self.calls.append(("authenticate", name, auth.source))
+        if self.leaderless_logins > 0:
+            self.leaderless_logins -= 1
+            raise kverr.NoLeader()
         if not self.enabled:
             raise kverr.AuthNotEnabled()
         if self.passwords.get(name) != password:
@@ -137,20 +144,24 @@ def test_the_token_of_authenticate_holds_for_the_connection() -> None:
         ch = await NativeChannel.connect(ep, 2)
         try:
             req = kv.RangeRequest(key=b"/ok/a")
-            with pytest.raises(UserEmpty, match="^etcdserver: user name is empty$"):
+            with pytest.raises(UserEmpty, match=r"^etcdserver: user name is empty$"):
                 await ch.call("range", [req])
-            with pytest.raises(AuthFailed, match="^etcdserver: authentication failed, invalid user ID or password$"):
+            with pytest.raises(AuthFailed, match=r"^etcdserver: authentication failed, invalid user ID or password$"):
                 await ch.call("authenticate", ["alice", "wrong"])
             token, _ = await ch.call("authenticate", ["alice", "pw"])
             assert token == "tok1.1"
             await ch.call("range", [req])
-            assert b.seen[-1].token == "tok1.1" and b.seen[-1].source.startswith("127.0.0.1:")
-            with pytest.raises(PermissionDenied, match="^etcdserver: permission denied$"):
+            # The source is the host alone (a new connection, a new port, must not reset the rate limit).
+            assert b.seen[-1].token == "tok1.1" and b.seen[-1].source == "127.0.0.1"
+            await ch.call("put", [kv.PutRequest(b"/ok/a", b"1")])
+            assert (await ch.call("ping", []))[1] == b.current_revision() > 0
+            with pytest.raises(PermissionDenied, match=r"^etcdserver: permission denied$"):
                 await ch.call("range", [kv.RangeRequest(key=b"/secret")])
             # Another connection is not logged in.
             other = await NativeChannel.connect(ep, 2)
             with pytest.raises(UserEmpty):
                 await other.call("range", [req])
+            assert await other.call("ping", []) == [True, 0]  # no revision without credentials
             other.close()
             with pytest.raises(InvalidArgument):  # a malformed authenticate is refused, not a crash
                 await ch.call("authenticate", ["alice"])
@@ -174,7 +185,7 @@ def test_the_client_authenticates_every_connection_and_once_more_when_the_token_
         # A member that refuses even the fresh token: one retry, then the error (no loop).
         b.stale_after_issue = True
         async with AsyncClient([ep], discover=False, user="alice", password="pw") as c:
-            with pytest.raises(InvalidAuthToken, match="^etcdserver: invalid auth token$"):
+            with pytest.raises(InvalidAuthToken, match=r"^etcdserver: invalid auth token$"):
                 await c.put("/ok/k", "v3")
         assert [x[0] for x in b.calls].count("authenticate") == 4
 
@@ -196,7 +207,7 @@ def test_credentials_errors_and_auth_turned_on_later() -> None:
             await c.put("/x", "1")
             b.enabled = True
             await c.put("/ok/y", "2")
-            assert ("authenticate", "alice", True) in b.calls
+            assert ("authenticate", "alice", "127.0.0.1") in b.calls
 
     run(body)
 
@@ -235,7 +246,7 @@ def test_a_member_without_auth_support_answers_unknown_method() -> None:
     async def body(ep: str, b: AuthBackend) -> None:
         ch = await NativeChannel.connect(ep, 2)
         try:
-            with pytest.raises(ServerError, match="unknown native method"):
+            with pytest.raises(ServerError, match=r"unknown native method"):
                 await ch.call("authenticate", ["alice", "pw"])
         finally:
             ch.close()
@@ -248,3 +259,28 @@ def test_a_member_without_auth_support_answers_unknown_method() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_authenticate_switches_the_identity_of_the_client() -> None:
+    async def body(ep: str, b: AuthBackend) -> None:
+        async with AsyncClient([ep], discover=False, user="alice", password="pw") as c:
+            with pytest.raises(PermissionDenied):
+                await c.put("/secret", "x")
+            token = await c.authenticate("root", "rootpw")
+            assert b.tokens[token] == "root"
+            await c.put("/secret", "x")  # now as root
+            with pytest.raises(AuthFailed):
+                await c.authenticate("root", "nope")
+            await c.put("/secret", "y")  # a failed switch keeps the identity it had
+
+    run(body)
+
+
+def test_a_login_without_a_leader_is_tried_again_until_the_deadline() -> None:
+    async def body(ep: str, b: AuthBackend) -> None:
+        b.leaderless_logins = 2  # an election: the token cannot be committed yet
+        async with AsyncClient([ep], discover=False, user="alice", password="pw", timeout=5) as c:
+            await c.put("/ok/k", "v")
+        assert [x[0] for x in b.calls].count("authenticate") == 3
+
+    run(body)

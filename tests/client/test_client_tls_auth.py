@@ -66,20 +66,28 @@ def test_the_client_over_tls_as_a_limited_user(member: ProcessCluster, pki: Pki,
                 **tls_kw(pki)) as c:
         c.put(f"/app/{protocol}", "v")
         assert c.get(f"/app/{protocol}") == b"v"
-        with pytest.raises(PermissionDenied, match="^etcdserver: permission denied$"):
+        with pytest.raises(PermissionDenied, match=r"^etcdserver: permission denied$"):
             c.put("/outside", "x")
         with pytest.raises(PermissionDenied):
             c.user_list()  # auth management needs root
         assert c.user_get("alice") == ("app",)  # one's own user is readable
+        with pytest.raises(PermissionDenied):  # a watch is checked when it is created
+            c.watch("/outside").start()
+        w = c.watch("/app/", prefix=True)
+        w.start()
+        c.put(f"/app/{protocol}-w", "seen")
+        ev = w.next(timeout=10)
+        assert ev is not None and ev.kv.value == b"seen"
+        w.close()
         # The member forgets the token TOKEN_TTL_S after its last use: the next call is refused
         # with "invalid auth token", and the client logs in again and retries by itself.
         time.sleep(TOKEN_TTL_S + 1.5)
         c.put(f"/app/{protocol}", "after-expiry")
         assert c.get(f"/app/{protocol}") == b"after-expiry"
     with Client([ep], protocol=protocol, user="alice", password="wrong", timeout=10, discover=False,
-                **tls_kw(pki)) as c:
-        with pytest.raises(AuthFailed, match="^etcdserver: authentication failed, invalid user ID or password$"):
-            c.get("/app/x")
+                **tls_kw(pki)) as c, \
+            pytest.raises(AuthFailed, match=r"^etcdserver: authentication failed, invalid user ID or password$"):
+        c.get("/app/x")
 
 
 @pytest.mark.parametrize("protocol", ["native", "grpc"])
@@ -94,16 +102,15 @@ def test_the_certificate_alone_is_the_user_named_by_its_cn(member: ProcessCluste
 def test_tls_refusals_are_clear(member: ProcessCluster, pki: Pki) -> None:
     m = member.members[0]
     with Client([m.native_endpoint], user="alice", password="pw", timeout=4, connect_timeout=2,
-                discover=False) as c:  # plain text on the TLS port
-        with pytest.raises(Unavailable, match="TLS"):
-            c.get("/app/x")
+                discover=False) as c, pytest.raises(Unavailable, match=r"TLS"):  # plain text on the TLS port
+        c.get("/app/x")
     with Client([m.native_endpoint], ca_file=str(pki.ca), user="alice", password="pw", timeout=4,
-                connect_timeout=2, discover=False) as c:  # no client certificate under --client-cert-auth
-        with pytest.raises((TLSError, Unavailable), match="client certificate"):
-            c.get("/app/x")
-    with Client([m.endpoint], protocol="grpc", timeout=4, connect_timeout=2, discover=False) as c:
-        with pytest.raises(ClientError, match="TLS"):
-            c.get("/app/x")
+                connect_timeout=2, discover=False) as c, \
+            pytest.raises((TLSError, Unavailable), match=r"client certificate"):  # none, under --client-cert-auth
+        c.get("/app/x")
+    with Client([m.endpoint], protocol="grpc", timeout=4, connect_timeout=2, discover=False) as c, \
+            pytest.raises(ClientError, match=r"TLS"):
+        c.get("/app/x")
 
 
 @pytest.mark.parametrize("lib", ["aetcd", "etcd3"])
@@ -158,3 +165,57 @@ def test_insecure_skip_tls_verify_needs_no_ca(member: ProcessCluster, pki: Pki, 
                 insecure_skip_tls_verify=True, cert_file=str(pki.client_cert), key_file=str(pki.client_key)) as c:
         c.put(f"/app/skip-{protocol}", "v")
         assert c.get(f"/app/skip-{protocol}") == b"v"
+
+
+def test_failed_logins_over_new_native_connections_are_rate_limited(member: ProcessCluster, pki: Pki) -> None:
+    """The limiter counts per (user, client host): opening a new connection (a new port) for every
+    guess does not reset it (docs/security.md, Brute force: locked after the 5th failure)."""
+    m = member.members[0]
+    with Client([m.native_endpoint], timeout=10, discover=False, **tls_kw(pki)) as root:  # CN root
+        root.user_add("eve", "right")
+    for _ in range(5):
+        with Client([m.native_endpoint], user="eve", password="guess", timeout=10, discover=False,
+                    **tls_kw(pki)) as c, pytest.raises(AuthFailed):
+            c.get("/app/x")
+    with Client([m.native_endpoint], user="eve", password="right", timeout=10, discover=False,
+                **tls_kw(pki)) as c, pytest.raises(AuthFailed):
+        c.get("/app/x")  # locked: even the right password is refused, unchecked
+    time.sleep(4.5)  # the lock (1 s, doubled by the refused attempt above) runs out
+    with Client([m.native_endpoint], user="eve", password="right", timeout=10, discover=False,
+                **tls_kw(pki)) as c, pytest.raises(PermissionDenied):  # logged in: eve has no role
+        c.get("/app/x")
+
+
+def test_a_three_member_tls_cluster_failover_logs_in_on_the_next_member(tmp_path: Path, pki: Pki) -> None:
+    """Discovery learns the other members' https:// native addresses; when the member in use is
+    killed, the client connects to another one over TLS, logs in there and goes on."""
+    c = ProcessCluster(tmp_path / "c3", 3, client_tls=True, extra_args=[
+        "--cert-file", str(pki.server_cert), "--key-file", str(pki.server_key),
+        "--trusted-ca-file", str(pki.ca), "--client-cert-auth"])
+    c.start()
+    try:
+        first = c.members[0]
+        with Client([first.native_endpoint], timeout=30, **tls_kw(pki)) as root:  # CN root, auth still off
+            root.user_add("root", "rootpw")
+            root.role_add("root")
+            root.user_grant_role("root", "root")
+            root.role_add("app")
+            root.role_grant_permission("app", "readwrite", "/app/", prefix=True)
+            root.user_add("alice", "pw")
+            root.user_grant_role("alice", "app")
+            root.auth_enable()
+        with Client([first.native_endpoint], user="alice", password="pw", timeout=30, **tls_kw(pki)) as alice:
+            alice.put("/app/k", "1")
+            assert sorted(alice.aio.endpoints) == sorted(m.native_endpoint for m in c.members)
+            used = next(m for m in c.members if m.native_endpoint == alice.aio.endpoint)
+            used.kill()
+            # A read is retried freely: it moves to another member over a new TLS connection,
+            # logged in there (a write could meet the dead connection first: OutcomeUnknown).
+            assert alice.get("/app/k") == b"1"
+            alice.put("/app/k", "2")
+            assert alice.aio.endpoint != used.native_endpoint
+            assert alice.get("/app/k") == b"2"
+            with pytest.raises(PermissionDenied):
+                alice.put("/outside", "x")
+    finally:
+        c.stop()

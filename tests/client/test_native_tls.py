@@ -96,14 +96,14 @@ def test_a_plain_client_on_a_tls_port_gets_a_clear_error(pki: Pki) -> None:
 def test_a_tls_client_on_a_plain_port_or_with_the_wrong_ca_gets_a_tls_error(pki: Pki, other_pki: Pki) -> None:
     async def plain(ep: str) -> None:
         async with AsyncClient([ep], discover=False, ca_file=str(pki.ca), connect_timeout=2, timeout=3) as c:
-            with pytest.raises(TLSError, match="TLS handshake with .* failed"):
+            with pytest.raises(TLSError, match=r"TLS handshake with .* failed"):
                 await c.get("k")
 
     serve(plain, FakeBackend(), None)
 
     async def wrong_ca(ep: str) -> None:
         async with AsyncClient([ep], discover=False, ca_file=str(other_pki.ca), connect_timeout=2, timeout=3) as c:
-            with pytest.raises(TLSError, match="certificate does not verify"):
+            with pytest.raises(TLSError, match=r"certificate does not verify"):
                 await c.get("k")
 
     serve(wrong_ca, FakeBackend(), server_context(pki))
@@ -112,13 +112,13 @@ def test_a_tls_client_on_a_plain_port_or_with_the_wrong_ca_gets_a_tls_error(pki:
 def test_unreadable_or_mismatched_client_files_are_named(pki: Pki, other_pki: Pki, tmp_path: Path) -> None:
     async def body(ep: str) -> None:
         async with AsyncClient([ep], discover=False, ca_file=str(tmp_path / "missing.pem")) as c:
-            with pytest.raises(TLSError, match="cannot read the CA file .*missing.pem"):
+            with pytest.raises(TLSError, match=r"cannot read the CA file .*missing.pem"):
                 await c.get("k")
         async with AsyncClient([ep], discover=False, ca_file=str(pki.ca), cert_file=str(pki.client_cert),
                                key_file=str(other_pki.client_key)) as c:
-            with pytest.raises(TLSError, match="cannot use the client certificate"):
+            with pytest.raises(TLSError, match=r"cannot use the client certificate"):
                 await c.get("k")
-        with pytest.raises(ValueError, match="both cert_file and key_file"):
+        with pytest.raises(ValueError, match=r"both cert_file and key_file"):
             AsyncClient([ep], cert_file=str(pki.client_cert))
 
     serve(body, FakeBackend(), server_context(pki))

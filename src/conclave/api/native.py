@@ -190,9 +190,14 @@ class _Dispatch:
         return await self.backend.hash_kv(revision, **auth)
 
     async def _ping(self, args: list[Any], auth: AuthKw) -> list[Any]:
-        """Liveness and leader knowledge of this member, for clients holding idle streams."""
+        """Liveness and leader knowledge of this member, for clients holding idle streams.
+
+        Open to connections without credentials (clients probe with it before they log in), so
+        while auth is on such a connection is told revision 0, not the store's."""
         self._ints(args, 0)
-        return [bool(self.backend.has_leader()), int(self.backend.current_revision())]
+        auth_on = getattr(self.backend, "auth_enabled", None)
+        hidden = not auth and auth_on is not None and bool(auth_on())
+        return [bool(self.backend.has_leader()), 0 if hidden else int(self.backend.current_revision())]
 
     async def _move_leader(self, args: list[Any], auth: AuthKw) -> None:
         (target,) = self._ints(args, 1)
@@ -212,6 +217,7 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.frame_bytes_max = server.frame_bytes_max
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_host = ""  # the client's address without its port: Authenticate's rate limit counts per host
         self.buffer = bytearray()
         self.in_flight = 0
         self.reading_paused = False  # back-pressure: too many requests in flight, or peer not reading
@@ -246,6 +252,7 @@ class NativeConnection(asyncio.BufferedProtocol):
         self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         check = self.server.peer_check
         refused = check(transport) if check is not None and transport.get_extra_info("ssl_object") else None
         if refused is not None:
@@ -259,7 +266,7 @@ class NativeConnection(asyncio.BufferedProtocol):
 
     def _set_auth(self) -> None:
         if self.token or self.cert_cn:
-            self.auth = {"auth": AuthInfo(token=self.token, cert_cn=self.cert_cn, source=self.peer)}
+            self.auth = {"auth": AuthInfo(token=self.token, cert_cn=self.cert_cn, source=self.peer_host)}
         else:
             self.auth = {}
 
@@ -462,7 +469,7 @@ class NativeConnection(asyncio.BufferedProtocol):
             call = getattr(self.server.backend, "authenticate", None)
             if call is None:
                 raise UnknownMethod(f"{UnknownMethod.message}: {AUTHENTICATE} (this member has no auth support)")
-            token, revision = await call(name, password, auth=AuthInfo(cert_cn=self.cert_cn, source=self.peer))
+            token, revision = await call(name, password, auth=AuthInfo(cert_cn=self.cert_cn, source=self.peer_host))
         except asyncio.CancelledError:
             raise
         except kverr.EtcdError as err:

@@ -149,7 +149,7 @@ def register(sub: Any) -> None:
 
     add("txn", "run a transaction read from stdin (compares, blank line, success ops, blank line, "
                "failure ops), like etcdctl txn", cmd_txn).add_argument(
-        "-i", "--interactive", action="store_true", help="prompt for each part")
+        "-i", "--interactive", **BOOL, help="prompt for each part")
 
     p = add("watch", "print events on a key or range until interrupted", cmd_watch)
     p.add_argument("key")
@@ -200,7 +200,11 @@ def _register_auth(sub: Any) -> None:
 
     def group(name: str, help_text: str) -> Any:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=lambda args: (p.print_help(), EXIT_BAD_ARGS)[1])
+        def usage(args: argparse.Namespace) -> int:
+            p.print_help(sys.stderr)  # `conclave user` alone: which actions there are
+            return EXIT_BAD_ARGS
+
+        p.set_defaults(func=usage)
         return p.add_subparsers(dest="action", metavar="ACTION")
 
     def action(actions: Any, name: str, help_text: str,

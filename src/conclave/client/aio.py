@@ -477,10 +477,12 @@ class CoreClient:
     # ---------------------------------------------------------------- auth (etcd's Auth service)
 
     async def authenticate(self, user: str, password: str, *, timeout: float | None = None) -> str:
-        """Log the current connection in as ``user`` (later calls on it run as that user); the token.
+        """Log in as ``user`` from now on (every later call runs as that user); returns the token.
 
         ``Client(user=..., password=...)`` does this for every connection by itself; this is for
-        switching identity, or for checking a password.
+        switching identity: the current connection logs in again, connections to other members
+        are closed (their next one logs in as ``user``). Watches already open keep the identity
+        they were created with.
         """
         loop = asyncio.get_running_loop()
         transport = await self._connect(loop.time() + (timeout or self.timeout))
@@ -491,6 +493,12 @@ class CoreClient:
             raise DeadlineExceeded("authenticate: no answer") from None
         self.credentials = (user, password)
         self.user = user
+        # Connections to other members still speak for the previous identity: close them (the
+        # next one to each member logs in with the new credentials).
+        for endpoint, other in list(self._pool.items()):
+            if other is not transport:
+                del self._pool[endpoint]
+                other.close()
         return token
 
     async def auth_enable(self, *, timeout: float | None = None) -> None:
@@ -839,6 +847,8 @@ class Session:
                 log.warning("session lease %x expired", self.lease_id)
                 self.expired.set()
                 return
+            except AuthError as exc:  # e.g. the user lost WRITE on the lease's keys: say so, loudly
+                log.warning("session lease %x: keep-alive refused: %s", self.lease_id, exc)
             except ClientError as exc:  # unreachable for now: keep trying until the TTL runs out
                 log.debug("session keep-alive failed: %s", exc)
 

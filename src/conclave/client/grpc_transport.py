@@ -22,7 +22,16 @@ import grpc
 
 from conclave.api import convert, pb
 from conclave.api.stubs import EtcdStub
-from conclave.client.errors import AuthNotEnabled, ClientError, ServerError, TLSError, kind_for_message, server_error
+from conclave.client.errors import (
+    AuthNotEnabled,
+    ClientError,
+    DeadlineExceeded,
+    ServerError,
+    TLSError,
+    Unavailable,
+    kind_for_message,
+    server_error,
+)
 from conclave.client.tls import TLSConfig
 from conclave.client.transport import ConnectionLost, WatchCallback
 from conclave.client.types import Member, Status
@@ -80,8 +89,13 @@ class GrpcTransport:
                 await asyncio.wait_for(t.authenticate(*credentials), timeout)
             except AuthNotEnabled:
                 pass  # as clientv3: no token, the member serves everyone
-            except BaseException:
+            except BaseException as exc:
                 t.close()
+                if isinstance(exc, TimeoutError):
+                    raise ConnectionLost(f"{endpoint}: authenticate did not answer in {timeout:g}s",
+                                         sent=False) from None
+                if isinstance(exc, Unavailable) and not isinstance(exc, DeadlineExceeded):
+                    raise ConnectionLost(f"{endpoint} cannot log in now: {exc}", sent=False) from None
                 raise
         return t
 
@@ -265,7 +279,11 @@ class GrpcTransport:
                 from conclave.client.errors import Compacted
 
                 raise Compacted(compact_revision=first.compact_revision)
-            raise server_error("WatchRangeEmpty", first.cancel_reason or "watch refused")
+            # etcd refuses a watch by creating and canceling it at once; the reason carries the
+            # gRPC error ("rpc error: code = PermissionDenied desc = etcdserver: permission denied").
+            reason = first.cancel_reason or "watch refused"
+            message = reason.split(" desc = ", 1)[1] if " desc = " in reason else reason
+            raise server_error(kind_for_message(message) or "WatchRangeEmpty", message)
 
         async def pump() -> None:
             try:

@@ -21,7 +21,7 @@ import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from conclave.client.errors import AuthNotEnabled, ProtocolError
+from conclave.client.errors import AuthNotEnabled, DeadlineExceeded, ProtocolError, Unavailable
 from conclave.client.native import ConnectionLost, NativeChannel
 from conclave.client.types import Member, Status
 from conclave.kv import auth as kvauth
@@ -118,6 +118,9 @@ class NativeTransport:
             if isinstance(exc, TimeoutError):
                 raise ConnectionLost(f"{endpoint} did not answer within {timeout:g}s of connecting",
                                      sent=False) from None
+            if isinstance(exc, Unavailable) and not isinstance(exc, DeadlineExceeded):
+                # No leader to commit the login (an election): the client tries another member.
+                raise ConnectionLost(f"{endpoint} cannot log in now: {exc}", sent=False) from None
             raise
         return t
 
