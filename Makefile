@@ -30,9 +30,11 @@ venv: $(STAMP)
 # on 2379/2380; a policy-rc.d that answers 101 ("action forbidden", Debian's invoke-rc.d
 # convention) keeps any service from starting during this install, so nothing has to be
 # stopped afterwards (and no other etcd on the machine is touched). An existing policy-rc.d
-# is left as it is. chromium is for the lab's headless screenshot test (same guard).
+# is left as it is. chromium is for the lab's headless screenshot test, postgresql for the Patroni
+# tests (same guard).
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
 APT_GET     ?= apt-get
+PG_LIB      ?= /usr/lib/postgresql
 system-deps:
 	@if command -v etcdctl >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
@@ -58,6 +60,20 @@ system-deps:
 	   ($(APT_GET) update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null); \
 	else echo "warning: chromium missing and cannot apt-get install it; the lab's screenshot test will skip (fail under CI=true)"; fi
+	@# PostgreSQL's server for the Patroni tests (tests/patroni): Debian's postgresql; the guard also keeps
+	@# the package's own cluster (15/main on 5432) from starting
+	@set -- $(PG_LIB)/*/bin/postgres; if [ -x "$$1" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
+	  echo "installing postgresql (apt-get; its service is not started) for the Patroni tests"; \
+	  if [ ! -e "$(POLICY_RC_D)" ]; then \
+	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
+	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
+	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq postgresql >/dev/null 2>&1 || \
+	   ($(APT_GET) update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq postgresql >/dev/null); \
+	else echo "warning: PostgreSQL missing and cannot apt-get install it; the Patroni tests will skip (fail under CI=true)"; fi
 	@# conclave chaos: ip netns / veth / bridge (iproute2) and nft for the namespace mode's faults
 	@if command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
