@@ -22,8 +22,14 @@ one task each (writes await their own commit; the member batches them into one l
 
 Plain HTTP/1.1 requests on the same port go to ``http_handler(method, path, headers, body)``,
 which answers ``(status, headers, body)``; a body that is an async iterable of bytes goes out as a
-chunked response, and a chunked request body arrives whole. The default serves ``/health`` and
-``/version``.
+chunked response. A ``Content-Length`` request body arrives whole with its request; a chunked one
+arrives piece by piece (``EV_HTTP_BODY`` events, then ``EV_HTTP_BODY_END``) and is given to an
+:class:`~conclave.api.http.HttpRouter` as an async iterable (its ``stream_body`` routes read it as
+it comes: a gateway watch whose client keeps its body open), to any other handler whole. The
+headers carry the client's address as the pseudo header ``:peer`` (grpc's form,
+``ipv4:1.2.3.4:5678``). A client that goes away (a reset, a failed write, or its end of input while
+a chunked answer streams) is an ``EV_CANCEL``: the request's task is cancelled, so its producer's
+``finally`` runs. The default handler serves ``/health`` and ``/version``.
 """
 
 from __future__ import annotations
@@ -32,14 +38,20 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
 from conclave.api import pb
 from conclave.api.grpc_server import DEFAULT_MAX_REQUEST_BYTES, GRPC_OVERHEAD_BYTES, error_status, etcd_handlers
-from conclave.api.http import HttpBody, HttpHandler, version_document  # noqa: F401  (HttpBody: re-exported)
+from conclave.api.http import (  # noqa: F401  (HttpBody: re-exported)
+    PEER_HEADER,
+    HttpBody,
+    HttpHandler,
+    HttpRouter,
+    version_document,
+)
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.edge")
@@ -55,6 +67,7 @@ else:
 ENGINES = ("auto", "rust", "python")
 RANGE_PATH = "/etcdserverpb.KV/Range"
 PEER_CN = ":tls-client-cn"  # metadata key the edge adds for a mutual-TLS client's certificate CN
+PEER_ADDR = ":peer"  # metadata key the edge adds (before PEER_CN) for the client's address
 FLUSH_EVERY = 256  # a producer that yields without awaiting flushes after this many outputs
 
 
@@ -99,12 +112,14 @@ def method_table(handlers: list[grpc.GenericRpcHandler]) -> dict[str, Any]:
 class EdgeContext:
     """The part of ``grpc.aio.ServicerContext`` the service handlers use."""
 
-    __slots__ = ("_cancelled", "_meta", "_peer_cn", "code", "details", "linearized")
+    __slots__ = ("_cancelled", "_meta", "_peer", "_peer_cn", "code", "details", "linearized")
 
-    def __init__(self, meta: list[tuple[str, str]]) -> None:
+    def __init__(self, meta: list[tuple[str, str]], peer: str = "") -> None:
+        """``peer``: the client's address as grpc says it (``ipv4:1.2.3.4:5678``), when known."""
         self._peer_cn = ""
         if meta and meta[-1][0] == PEER_CN:  # the edge appends it last, on mutual-TLS connections
             self._peer_cn = meta.pop()[1]
+        self._peer = peer or "edge"
         self._meta = tuple(meta)
         self.code: grpc.StatusCode = grpc.StatusCode.OK
         self.details = ""
@@ -133,7 +148,8 @@ class EdgeContext:
         return self._cancelled
 
     def peer(self) -> str:
-        return "edge"
+        """The client's address, as grpc.aio's: ``ipv4:1.2.3.4:5678`` (``edge`` when unknown)."""
+        return self._peer
 
     def auth_context(self) -> dict[str, list[bytes]]:
         """As grpc.aio's: the verified TLS client certificate's common name, when there is one."""
@@ -177,6 +193,9 @@ class _Call(EdgeContext):
         self._peer_cn = ""
         if meta and meta[-1][0] == PEER_CN:  # the edge appends it last, on mutual-TLS connections
             self._peer_cn = meta.pop()[1]
+        self._peer = "edge"
+        if meta and meta[-1][0] == PEER_ADDR:  # and the client's address before it, always
+            self._peer = meta.pop()[1]
         self._meta = tuple(meta)
         self.code = grpc.StatusCode.OK
         self.details = ""
@@ -194,14 +213,22 @@ class _Call(EdgeContext):
 
 
 class _HttpStream:
-    """One HTTP/1.1 request on the edge: its task, and flow control for a chunked answer."""
+    """One HTTP/1.1 request on the edge: its task, flow control for a chunked answer, and the
+    pieces of a chunked request body as they arrive (None ends it)."""
 
-    __slots__ = ("blocked", "task", "writable")
+    __slots__ = ("blocked", "body", "task", "writable")
 
-    def __init__(self) -> None:
+    def __init__(self, streamed: bool) -> None:
         self.task: asyncio.Task[None] | None = None
         self.blocked = False
         self.writable: asyncio.Event | None = None
+        self.body: asyncio.Queue[bytes | None] | None = asyncio.Queue() if streamed else None
+
+
+async def _body_pieces(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    """A chunked request body as the edge hands it over (bounded there by the request limit)."""
+    while (piece := await queue.get()) is not None:
+        yield piece
 
 
 async def default_http_handler(
@@ -362,8 +389,12 @@ class EdgeServer:
                     target.blocked = False
                     if target.writable is not None:
                         target.writable.set()
+            elif kind == _edge.EV_HTTP_BODY or kind == _edge.EV_HTTP_BODY_END:
+                target_http = self.http.get(sid)
+                if target_http is not None and target_http.body is not None:
+                    target_http.body.put_nowait(a if kind == _edge.EV_HTTP_BODY else None)
             elif kind == _edge.EV_HTTP:
-                stream = _HttpStream()
+                stream = _HttpStream(b is None)
                 self.http[sid] = stream
                 stream.task = self.loop.create_task(self._run_http(sid, a, b))
                 stream.task.add_done_callback(functools.partial(self._http_done, sid))
@@ -493,13 +524,25 @@ class EdgeServer:
     def _http_done(self, sid: int, _task: asyncio.Task[None]) -> None:
         self.http.pop(sid, None)
 
-    async def _run_http(self, sid: int, req: tuple[str, str, list[tuple[str, str]]], body: bytes) -> None:
-        method, path, headers = req
+    async def _run_http(self, sid: int, req: tuple[str, str, list[tuple[str, str]], str], body: bytes | None) -> None:
+        method, path, headers, peer = req
+        headers.append((PEER_HEADER, peer))
+        handler = self.http_handler
+        stream = self.http.get(sid)
         try:
-            if self.http_handler is not None:
-                status, hdrs, out = await self.http_handler(method, path, headers, body)
+            request_body: Any = body
+            if body is None:  # chunked: its pieces arrive as EV_HTTP_BODY events
+                if stream is None or stream.body is None:
+                    return  # cancelled before it started
+                request_body = _body_pieces(stream.body)
+                if not isinstance(handler, HttpRouter):  # a router hands it on as its route wants
+                    request_body = b"".join([piece async for piece in request_body])
+            if isinstance(handler, HttpRouter):
+                status, hdrs, out = await handler.dispatch(method, path, headers, request_body)
+            elif handler is not None:
+                status, hdrs, out = await handler(method, path, headers, request_body)
             else:
-                status, hdrs, out = await default_http_handler(self.backend, method, path, headers, body)
+                status, hdrs, out = await default_http_handler(self.backend, method, path, headers, request_body)
         except Exception:
             log.exception("HTTP handler failed for %s %s", method, path)
             status, hdrs, out = 500, [], b"internal error\n"
@@ -509,7 +552,6 @@ class EdgeServer:
         # An async iterable of byte chunks: a chunked HTTP/1.1 response (e.g. a streaming watch),
         # paused while the client does not read, closed (its producer's finally runs) when cancelled.
         self._emit((sid, _edge.OUT_HTTP_HEAD, status, hdrs))
-        stream = self.http.get(sid)
         try:
             async for chunk in out:
                 self._emit((sid, _edge.OUT_HTTP_CHUNK, bytes(chunk)))

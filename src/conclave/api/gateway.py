@@ -21,8 +21,8 @@ Streaming RPCs (Watch, LeaseKeepAlive, Maintenance.Snapshot, Election.Observe) a
 in the stream is one final ``{"error": {"grpc_code", "http_code", "message", "http_status"}}``
 chunk (before the first response it also sets the HTTP status). For the two bidirectional RPCs the
 request body is itself a stream of JSON objects (create/cancel/progress requests, keepalive
-pings), read incrementally when the server delivers the body as chunks (the standalone
-``--listen-client-http-urls`` server does; the compiled edge delivers a complete body). The body's
+pings), read incrementally as the body arrives (both the standalone ``--listen-client-http-urls``
+server and the compiled edge deliver a chunked body as it comes). The body's
 end half-closes the RPC: a watch keeps running (as etcd's) until the client disconnects, a
 keepalive stream ends after answering each ping. A first request object that does not parse
 answers 500/Unknown as grpc-gateway does; a later one ends the request stream.
@@ -53,7 +53,7 @@ from google.protobuf import json_format
 from conclave.api import pb
 from conclave.api.edge_server import EdgeContext, method_table
 from conclave.api.grpc_server import etcd_handlers
-from conclave.api.http import Headers, HttpResult, HttpRouter, read_body, version_document
+from conclave.api.http import Headers, HttpResult, HttpRouter, peer_of, read_body, version_document
 from conclave.wire.contract import EtcdBackend
 
 log = logging.getLogger("conclave.api.gateway")
@@ -464,7 +464,7 @@ class Gateway:
             if not isinstance(body, bytes | bytearray):
                 await read_body(body)
             return error_result(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {route.path.rsplit('/', 1)[-1]}")
-        ctx = EdgeContext(metadata_from_headers(headers))
+        ctx = EdgeContext(metadata_from_headers(headers), peer_of(headers))
         if mh.request_streaming:
             return await self._bidi(route, mh, ctx, body)
         raw = body if isinstance(body, bytes | bytearray) else await read_body(body)

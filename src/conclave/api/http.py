@@ -16,9 +16,15 @@ matches every path under it; the longest match wins, an exact path before any pr
 
 Request bodies: a route added with ``stream_body=True`` may be given its body as an async
 iterable of byte chunks instead of ``bytes`` (the JSON gateway reads watch and keepalive
-requests from the body stream). :class:`HttpServer` does that, so a client can keep the request
-body open and send more requests later; the edge delivers a body once it is complete, as
-``bytes``, which such a handler accepts too. Every other route always gets ``bytes``.
+requests from the body stream). :class:`HttpServer` does that, and so does the compiled edge for
+a chunked request body (one with a ``Content-Length`` arrives whole, as ``bytes``, which such a
+handler accepts too), so a client can keep the request body open and send more requests later.
+Every other route always gets ``bytes``.
+
+The client: both servers add the pseudo header ``:peer`` (no HTTP/1.1 client can send a name
+starting with ``:``), the client's address as grpc names a peer (``ipv4:1.2.3.4:5678``,
+``ipv6:%5B::1%5D:5678``); :func:`peer_of` reads it, so a handler's gRPC context can say
+``peer()`` as grpc.aio's does (per-client limits see each HTTP client apart).
 
 The standalone server is aiohttp's low-level server (keep-alive, chunked bodies both ways,
 pipelining and malformed-request handling are aiohttp's); this module only adapts it.
@@ -27,6 +33,7 @@ pipelining and malformed-request handling are aiohttp's); this module only adapt
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -46,6 +53,28 @@ StreamingHttpHandler = Callable[[str, str, Headers, Any], Awaitable[HttpResult]]
 
 NOT_FOUND: HttpResult = (404, [("content-type", "text/plain; charset=utf-8")], b"404 page not found\n")
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole request body read for a non-streaming route
+PEER_HEADER = ":peer"  # the pseudo header carrying the client's address (grpc's form)
+
+
+def grpc_peer(host: str, port: int) -> str:
+    """An address as grpc (core) names a peer; an IPv4-mapped IPv6 address as the IPv4 one."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return f"{host}:{port}"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return f"ipv4:{ip}:{port}"
+    return f"ipv6:%5B{ip}%5D:{port}"
+
+
+def peer_of(headers: Headers) -> str:
+    """The client's address the server put in the headers (``:peer``), or ``""``."""
+    for name, value in reversed(headers):
+        if name == PEER_HEADER:
+            return value
+    return ""
 
 
 async def not_found(method: str, path: str, headers: Headers, body: Any) -> HttpResult:
@@ -215,6 +244,9 @@ def _make_aiohttp_handler(
 
     async def answer(request: web.BaseRequest) -> web.StreamResponse:
         headers = [(k.lower(), v) for k, v in request.headers.items()]
+        peername = request.transport.get_extra_info("peername") if request.transport is not None else None
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            headers.append((PEER_HEADER, grpc_peer(str(peername[0]), int(peername[1]))))
         path = request.raw_path
         route = router.match(router.rewrite(path))
         body: HttpRequestBody

@@ -54,6 +54,8 @@ const EV_CANCEL: u8 = 3;
 const EV_WRITABLE: u8 = 4;
 const EV_HTTP: u8 = 5;
 const EV_LOG: u8 = 6;
+const EV_HTTP_BODY: u8 = 7;
+const EV_HTTP_BODY_END: u8 = 8;
 
 const OUT_MSG: u8 = 0;
 const OUT_TRAILERS: u8 = 1;
@@ -71,6 +73,8 @@ const DEADLINE_EXCEEDED: u32 = 4;
 
 /// Metadata key carrying the verified TLS client certificate's common name (mutual TLS).
 const PEER_CN: &str = ":tls-client-cn";
+/// Metadata key (gRPC) and header name (HTTP/1.1) carrying the client's address, as grpc says it.
+const PEER_ADDR: &str = ":peer";
 
 const HTTP1_MAX_HEAD: usize = 64 * 1024;
 /// Inbound back-pressure: past this many undrained request bytes a stream gets no more window.
@@ -91,7 +95,11 @@ enum Event {
     HalfClose { id: u64 },
     Cancel { id: u64 },
     Writable { id: u64 },
-    Http { id: u64, method: String, path: String, headers: Vec<(String, String)>, body: Bytes },
+    /// An HTTP/1.1 request; `body` None: a chunked body follows as `HttpBody` events and
+    /// `HttpBodyEnd`. `peer`: the client's address (`ipv4:1.2.3.4:5678`).
+    Http { id: u64, method: String, path: String, headers: Vec<(String, String)>, body: Option<Bytes>, peer: Arc<str> },
+    HttpBody { id: u64, data: Bytes },
+    HttpBodyEnd { id: u64 },
     /// Something for the member's log (a TLS reload, files that do not load): (level, text).
     Log { level: u8, msg: String },
 }
@@ -315,6 +323,7 @@ async fn handle_stream(
     mut respond: SendResponse<Bytes>,
     sh: Arc<Shared>,
     mut shut: watch::Receiver<bool>,
+    peer: Arc<str>,
     peer_cn: Option<Arc<str>>,
 ) {
     let (parts, body) = req.into_parts();
@@ -345,6 +354,7 @@ async fn handle_stream(
             meta.push((k.to_string(), v.to_string()));
         }
     }
+    meta.push((PEER_ADDR.to_string(), peer.to_string()));
     if let Some(cn) = peer_cn {
         // A pseudo-header name no client can send: the verified client certificate's CN.
         meta.push((PEER_CN.to_string(), cn.to_string()));
@@ -442,7 +452,7 @@ async fn handle_stream(
     }
 }
 
-async fn serve_h2<S>(sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32, peer_cn: Option<Arc<str>>)
+async fn serve_h2<S>(sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, max_streams: u32, peer: Arc<str>, peer_cn: Option<Arc<str>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -464,9 +474,9 @@ where
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
                     live.fetch_add(1, Ordering::AcqRel);
-                    let (live, sh, shut, cn) = (live.clone(), sh.clone(), shut.clone(), peer_cn.clone());
+                    let (live, sh, shut, addr, cn) = (live.clone(), sh.clone(), shut.clone(), peer.clone(), peer_cn.clone());
                     tokio::spawn(async move {
-                        handle_stream(req, respond, sh, shut, cn).await;
+                        handle_stream(req, respond, sh, shut, addr, cn).await;
                         live.fetch_sub(1, Ordering::AcqRel);
                     });
                 }
@@ -543,71 +553,127 @@ async fn write_http1<S: AsyncWrite + Unpin>(sock: &mut S, status: u16, headers: 
     sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body).await.is_ok()
 }
 
-enum Chunked {
-    Body(Bytes),
-    TooLarge,
-    Malformed,
-    Eof,
+/// Where a chunked request body (RFC 9112 7.1) is in its framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Awaiting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes to go.
+    Data(usize),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last (zero) chunk: trailer fields up to the empty line.
+    Trailer,
+    Done,
 }
 
-/// Read a chunked request body (RFC 9112 7.1) that starts at `buf[0]`; consumes it from `buf`.
-async fn read_chunked<S: AsyncRead + Unpin>(sock: &mut S, buf: &mut BytesMut, max: usize) -> Chunked {
-    let mut body = BytesMut::new();
-    loop {
-        // One chunk-size line (extensions after ';' are ignored).
-        let line_end = loop {
-            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            if buf.len() > 1024 {
-                return Chunked::Malformed;
-            }
-            match sock.read_buf(buf).await {
-                Ok(0) | Err(_) => return Chunked::Eof,
-                Ok(_) => {}
-            }
-        };
-        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_text, 16) else { return Chunked::Malformed };
-        buf.advance(line_end + 2);
-        if size == 0 {
-            // Trailer fields, up to the empty line.
-            loop {
-                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    TooLarge,
+    Malformed,
+}
+
+/// A chunked request body decoded as it arrives: `feed` takes what the read buffer holds and
+/// hands back the body bytes found, so a client can keep its body open and Python sees each
+/// piece at once. The data of all chunks together is bounded by `max`.
+struct ChunkReader {
+    state: ChunkState,
+    total: usize,
+    max: usize,
+}
+
+impl ChunkReader {
+    fn new(max: usize) -> Self {
+        ChunkReader { state: ChunkState::Size, total: 0, max }
+    }
+
+    /// Consume what `buf` holds (leaving whatever follows the body); body bytes go to `out`.
+    /// `Ok(true)` once the whole body, trailers included, has been read.
+    fn feed(&mut self, buf: &mut BytesMut, out: &mut Vec<Bytes>) -> Result<bool, BodyError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(i) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        return if buf.len() > 1024 { Err(BodyError::Malformed) } else { Ok(false) };
+                    };
+                    // Extensions after ';' are ignored.
+                    let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+                    let size_text = line.split(';').next().unwrap_or("").trim();
+                    if size_text.is_empty() || !size_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(BodyError::Malformed);
+                    }
+                    let size = usize::from_str_radix(size_text, 16).map_err(|_| BodyError::Malformed)?;
+                    buf.advance(i + 2);
+                    if size == 0 {
+                        self.state = ChunkState::Trailer;
+                        continue;
+                    }
+                    match self.total.checked_add(size) {
+                        Some(t) if t <= self.max => self.total = t,
+                        _ => return Err(BodyError::TooLarge),
+                    }
+                    self.state = ChunkState::Data(size);
+                }
+                ChunkState::Data(n) => {
+                    if buf.is_empty() {
+                        return Ok(false);
+                    }
+                    let take = n.min(buf.len());
+                    out.push(buf.split_to(take).freeze());
+                    self.state = if take == n { ChunkState::DataEnd } else { ChunkState::Data(n - take) };
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(false);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(BodyError::Malformed);
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailer => {
+                    let Some(i) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        return if buf.len() > HTTP1_MAX_HEAD { Err(BodyError::Malformed) } else { Ok(false) };
+                    };
                     buf.advance(i + 2);
                     if i == 0 {
-                        return Chunked::Body(body.freeze());
+                        self.state = ChunkState::Done;
                     }
-                    continue;
                 }
-                if buf.len() > HTTP1_MAX_HEAD {
-                    return Chunked::Malformed;
-                }
-                match sock.read_buf(buf).await {
-                    Ok(0) | Err(_) => return Chunked::Eof,
-                    Ok(_) => {}
-                }
+                ChunkState::Done => return Ok(true),
             }
         }
-        if body.len() + size > max {
-            return Chunked::TooLarge;
-        }
-        while buf.len() < size + 2 {
-            match sock.read_buf(buf).await {
-                Ok(0) | Err(_) => return Chunked::Eof,
-                Ok(_) => {}
-            }
-        }
-        if &buf[size..size + 2] != b"\r\n" {
-            return Chunked::Malformed;
-        }
-        body.extend_from_slice(&buf[..size]);
-        buf.advance(size + 2);
     }
 }
 
-async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>) {
+/// The client's address as grpc (core, as grpc.aio's `context.peer()`) names a peer:
+/// `ipv4:1.2.3.4:5678`, `ipv6:%5B::1%5D:5678` (its brackets URI-escaped); an IPv4-mapped IPv6
+/// address is said as the IPv4 one.
+fn grpc_peer(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("ipv4:{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => format!("ipv4:{}:{}", v4, a.port()),
+            None => format!("ipv6:%5B{}%5D:{}", a.ip(), a.port()),
+        },
+    }
+}
+
+/// How one HTTP/1.1 exchange ended.
+enum Exchange {
+    /// Answered in full: the connection may serve the next request.
+    KeepAlive,
+    /// Answered (or refused), or the client is gone: close the connection.
+    Close,
+}
+
+/// One HTTP/1.1 connection. Each request becomes an `Http` event; a chunked request body is
+/// handed to Python as it arrives (`HttpBody` events, then `HttpBodyEnd`), a `Content-Length`
+/// one whole with the request. While the answer is awaited or streamed the socket is still read:
+/// the rest of a chunked body, and a client that goes away (a reset; or end of input while a
+/// chunked answer streams) becomes `Cancel`, as a failed write does.
+async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>, mut shut: watch::Receiver<bool>, peer: Arc<str>) {
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         // Read one request head.
@@ -646,24 +712,13 @@ async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Sha
         let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         let chunked = get("transfer-encoding").map(|v| v.to_ascii_lowercase());
         let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let body = if let Some(te) = chunked {
+        let (body, reader) = if let Some(te) = chunked {
             if te.trim() != "chunked" {
                 let _ = write_http1(&mut sock, 501, &[], b"only the chunked transfer coding is supported\n", true).await;
                 return;
             }
             buf.advance(head_len);
-            match read_chunked(&mut sock, &mut buf, sh.max_msg).await {
-                Chunked::Body(b) => b,
-                Chunked::TooLarge => {
-                    let _ = write_http1(&mut sock, 413, &[], b"request body too large\n", true).await;
-                    return;
-                }
-                Chunked::Malformed => {
-                    let _ = write_http1(&mut sock, 400, &[], b"malformed chunked body\n", true).await;
-                    return;
-                }
-                Chunked::Eof => return,
-            }
+            (None, Some(ChunkReader::new(sh.max_msg)))
         } else {
             let clen: usize = match get("content-length").map(|v| v.trim().parse::<usize>()) {
                 None => 0,
@@ -684,56 +739,122 @@ async fn serve_http1<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Sha
                 }
             }
             buf.advance(head_len);
-            buf.split_to(clen).freeze()
+            (Some(buf.split_to(clen).freeze()), None)
         };
-        let (id, mut rx, _tx, queued, blocked) = sh.register();
-        sh.push(Event::Http { id, method, path, headers, body });
-        let mut head_sent = false;
-        let ok = loop {
-            let out = tokio::select! {
-                o = rx.recv() => o,
-                _ = shut.changed() => None,
-            };
-            match out {
-                Some(Out::Http(status, hdrs, body)) => break write_http1(&mut sock, status, &hdrs, &body, close).await,
-                Some(Out::HttpHead(status, hdrs)) if !head_sent => {
-                    head_sent = true;
-                    let head = http1_head(status, &hdrs, None, close);
-                    if sock.write_all(head.as_bytes()).await.is_err() {
-                        break false;
-                    }
+        let (id, rx, _tx, queued, blocked) = sh.register();
+        sh.push(Event::Http { id, method, path, headers, body, peer: peer.clone() });
+        let ended = exchange(&mut sock, &mut buf, &sh, &mut shut, id, rx, &queued, &blocked, reader, close).await;
+        sh.unregister(id);
+        if matches!(ended, Exchange::Close) {
+            return;
+        }
+    }
+}
+
+/// Serve request `id` until its answer is written: outputs from Python, the rest of a chunked
+/// body from the client, the client going away, shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    sock: &mut S,
+    buf: &mut BytesMut,
+    sh: &Arc<Shared>,
+    shut: &mut watch::Receiver<bool>,
+    id: u64,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    queued: &AtomicUsize,
+    blocked: &AtomicBool,
+    mut reader: Option<ChunkReader>,
+    close: bool,
+) -> Exchange {
+    let mut head_sent = false;
+    // The client ended its side (EOF) after its request: a whole answer is still written, a
+    // streamed one is ended (its client could not be told apart from one that left).
+    let mut input_ended = false;
+    let mut pieces = Vec::new();
+    let gone = |sh: &Arc<Shared>| {
+        sh.push(Event::Cancel { id });
+        Exchange::Close
+    };
+    loop {
+        if let Some(r) = reader.as_mut() {
+            let fed = r.feed(buf, &mut pieces);
+            for data in pieces.drain(..) {
+                sh.push(Event::HttpBody { id, data });
+            }
+            match fed {
+                Ok(true) => {
+                    sh.push(Event::HttpBodyEnd { id });
+                    reader = None;
                 }
-                Some(Out::HttpChunk(c)) if head_sent => {
-                    let n = c.len();
-                    let mut ok = true;
-                    if n > 0 {
-                        let size = format!("{n:x}\r\n");
-                        ok = sock.write_all(size.as_bytes()).await.is_ok()
-                            && sock.write_all(&c).await.is_ok()
-                            && sock.write_all(b"\r\n").await.is_ok();
-                    }
-                    let left = queued.fetch_sub(n, Ordering::AcqRel) - n;
-                    if left <= sh.hwm / 2 && blocked.swap(false, Ordering::AcqRel) {
-                        sh.push(Event::Writable { id });
-                    }
-                    if !ok {
-                        break false;
-                    }
-                }
-                Some(Out::HttpEnd) if head_sent => break sock.write_all(b"0\r\n\r\n").await.is_ok(),
-                _ => {
-                    sh.unregister(id);
-                    sh.push(Event::Cancel { id });
+                Ok(false) => {}
+                Err(e) => {
                     if !head_sent {
-                        let _ = write_http1(&mut sock, 503, &[], b"server is shutting down\n", true).await;
+                        let (status, text): (u16, &[u8]) = match e {
+                            BodyError::TooLarge => (413, b"request body too large\n"),
+                            BodyError::Malformed => (400, b"malformed chunked body\n"),
+                        };
+                        let _ = write_http1(sock, status, &[], text, true).await;
                     }
-                    return;
+                    return gone(sh);
                 }
             }
+        }
+        // Past the body, read only to notice the client leaving (a pipelined next request waits
+        // in `buf`, bounded).
+        let can_read = !input_ended && (reader.is_some() || buf.len() < HTTP1_MAX_HEAD);
+        let out = tokio::select! {
+            o = rx.recv() => o,
+            r = sock.read_buf(buf), if can_read => {
+                match r {
+                    Ok(0) if reader.is_none() && !head_sent => input_ended = true,
+                    Ok(0) | Err(_) => return gone(sh), // a body cut short, a reset, or gone mid-stream
+                    Ok(_) => {}
+                }
+                continue;
+            }
+            _ = shut.changed() => None,
         };
-        sh.unregister(id);
-        if !ok || close {
-            return;
+        match out {
+            Some(Out::Http(status, hdrs, body)) => {
+                // A body not read to its end, or a client whose input ended: no next request.
+                let last = close || input_ended || reader.is_some();
+                let ok = write_http1(sock, status, &hdrs, &body, last).await;
+                return if ok && !last { Exchange::KeepAlive } else { Exchange::Close };
+            }
+            Some(Out::HttpHead(status, hdrs)) if !head_sent => {
+                head_sent = true;
+                let head = http1_head(status, &hdrs, None, close);
+                if sock.write_all(head.as_bytes()).await.is_err() || input_ended {
+                    return gone(sh);
+                }
+            }
+            Some(Out::HttpChunk(c)) if head_sent => {
+                let n = c.len();
+                let mut ok = true;
+                if n > 0 {
+                    let size = format!("{n:x}\r\n");
+                    ok = sock.write_all(size.as_bytes()).await.is_ok()
+                        && sock.write_all(&c).await.is_ok()
+                        && sock.write_all(b"\r\n").await.is_ok();
+                }
+                let left = queued.fetch_sub(n, Ordering::AcqRel) - n;
+                if left <= sh.hwm / 2 && blocked.swap(false, Ordering::AcqRel) {
+                    sh.push(Event::Writable { id });
+                }
+                if !ok {
+                    return gone(sh);
+                }
+            }
+            Some(Out::HttpEnd) if head_sent => {
+                let ok = sock.write_all(b"0\r\n\r\n").await.is_ok();
+                return if ok && !close && reader.is_none() { Exchange::KeepAlive } else { Exchange::Close };
+            }
+            _ => {
+                if !head_sent {
+                    let _ = write_http1(sock, 503, &[], b"server is shutting down\n", true).await;
+                }
+                return gone(sh);
+            }
         }
     }
 }
@@ -796,6 +917,10 @@ async fn refuse_plaintext(mut sock: TcpStream, http: bool) {
 
 async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool>, max_streams: u32, tls: Option<Arc<tls::Tls>>) {
     let _ = sock.set_nodelay(true);
+    let peer: Arc<str> = match sock.peer_addr() {
+        Ok(a) => Arc::from(grpc_peer(a)),
+        Err(_) => Arc::from("unknown"),
+    };
     if let Some(tls) = tls {
         let mut head = [0u8; 5];
         let n = tokio::time::timeout(SNIFF_TIMEOUT, peek_at_least(&sock, &mut head, 1)).await.unwrap_or(0);
@@ -819,8 +944,8 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
             .and_then(|c| tls::subject_cn(c.as_ref()))
             .map(Arc::from);
         match alpn.as_deref() {
-            Some(b"h2") => serve_h2(stream, sh.clone(), shut, max_streams, cn).await,
-            Some(_) => serve_http1(stream, sh.clone(), shut).await,
+            Some(b"h2") => serve_h2(stream, sh.clone(), shut, max_streams, peer, cn).await,
+            Some(_) => serve_http1(stream, sh.clone(), shut, peer).await,
             None => {
                 let mut stream = stream;
                 let mut first = [0u8; 4];
@@ -830,9 +955,9 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
                 }
                 let s = tls::Prefixed::new(first.to_vec(), stream);
                 if &first == b"PRI " {
-                    serve_h2(s, sh.clone(), shut, max_streams, cn).await;
+                    serve_h2(s, sh.clone(), shut, max_streams, peer, cn).await;
                 } else {
-                    serve_http1(s, sh.clone(), shut).await;
+                    serve_http1(s, sh.clone(), shut, peer).await;
                 }
             }
         }
@@ -854,9 +979,9 @@ async fn serve_conn(sock: TcpStream, sh: Arc<Shared>, shut: watch::Receiver<bool
     }
     let _count = ConnCount::new(&sh);
     if &first == b"PRI " {
-        serve_h2(sock, sh.clone(), shut, max_streams, None).await;
+        serve_h2(sock, sh.clone(), shut, max_streams, peer, None).await;
     } else {
-        serve_http1(sock, sh.clone(), shut).await;
+        serve_http1(sock, sh.clone(), shut, peer).await;
     }
 }
 
@@ -1058,14 +1183,23 @@ impl Edge {
                 Event::Cancel { id } => PyTuple::new(py, [EV_CANCEL.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Writable { id } => PyTuple::new(py, [EV_WRITABLE.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
                 Event::Log { level, msg } => PyTuple::new(py, [EV_LOG.into_pyobject(py)?.into_any(), 0u64.into_pyobject(py)?.into_any(), level.into_pyobject(py)?.into_any(), PyString::new(py, &msg).into_any()])?,
-                Event::Http { id, method, path, headers, body } => {
+                Event::Http { id, method, path, headers, body, peer } => {
                     let h = PyList::empty(py);
                     for (k, v) in headers {
                         h.append((k, v))?;
                     }
-                    let req = PyTuple::new(py, [PyString::new(py, &method).into_any(), PyString::new(py, &path).into_any(), h.into_any()])?;
-                    PyTuple::new(py, [EV_HTTP.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), req.into_any(), PyBytes::new(py, &body).into_any()])?
+                    let req = PyTuple::new(
+                        py,
+                        [PyString::new(py, &method).into_any(), PyString::new(py, &path).into_any(), h.into_any(), PyString::new(py, &peer).into_any()],
+                    )?;
+                    let body = match body {
+                        Some(b) => PyBytes::new(py, &b).into_any(),
+                        None => none.bind(py).clone(),
+                    };
+                    PyTuple::new(py, [EV_HTTP.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), req.into_any(), body])?
                 }
+                Event::HttpBody { id, data } => PyTuple::new(py, [EV_HTTP_BODY.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), PyBytes::new(py, &data).into_any(), none.bind(py).clone()])?,
+                Event::HttpBodyEnd { id } => PyTuple::new(py, [EV_HTTP_BODY_END.into_pyobject(py)?.into_any(), id.into_pyobject(py)?.into_any(), none.bind(py).clone(), none.bind(py).clone()])?,
             };
             out.append(t)?;
         }
@@ -1152,7 +1286,10 @@ fn _edge(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EV_WRITABLE", EV_WRITABLE)?;
     m.add("EV_HTTP", EV_HTTP)?;
     m.add("EV_LOG", EV_LOG)?;
+    m.add("EV_HTTP_BODY", EV_HTTP_BODY)?;
+    m.add("EV_HTTP_BODY_END", EV_HTTP_BODY_END)?;
     m.add("PEER_CN", PEER_CN)?;
+    m.add("PEER_ADDR", PEER_ADDR)?;
     m.add("OUT_MSG", OUT_MSG)?;
     m.add("OUT_TRAILERS", OUT_TRAILERS)?;
     m.add("OUT_HTTP", OUT_HTTP)?;
@@ -1174,5 +1311,72 @@ mod tests {
         for head in [&b"PRI *"[..], b"DELET", b"GET", b"\x16\x03\x01\x02\x00"] {
             assert!(!looks_like_http(head));
         }
+    }
+
+    const BODY: &[u8] = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nGET /next";
+
+    fn feed_all(r: &mut ChunkReader, buf: &mut BytesMut) -> (Result<bool, BodyError>, Vec<u8>) {
+        let mut out = Vec::new();
+        let res = r.feed(buf, &mut out);
+        (res, out.concat())
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_the_same_whole_or_byte_by_byte() {
+        let mut buf = BytesMut::from(BODY);
+        let mut r = ChunkReader::new(1024);
+        assert_eq!(feed_all(&mut r, &mut buf), (Ok(true), b"hello world".to_vec()));
+        assert_eq!(&buf[..], b"GET /next"); // what follows the body stays for the next request
+        let mut r = ChunkReader::new(1024);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut done_at = None;
+        for (i, &b) in BODY.iter().enumerate() {
+            buf.put_u8(b);
+            let (res, data) = feed_all(&mut r, &mut buf);
+            got.extend(data);
+            if res == Ok(true) {
+                done_at = Some(i);
+                break;
+            }
+            assert_eq!(res, Ok(false));
+        }
+        assert_eq!(got, b"hello world");
+        assert_eq!(done_at, Some(BODY.len() - b"GET /next".len() - 1));
+    }
+
+    #[test]
+    fn data_is_handed_on_before_its_chunk_is_complete() {
+        let mut r = ChunkReader::new(1024);
+        let mut buf = BytesMut::from(&b"a\r\n01234"[..]);
+        assert_eq!(feed_all(&mut r, &mut buf), (Ok(false), b"01234".to_vec()));
+        buf.extend_from_slice(b"56789\r\n");
+        assert_eq!(feed_all(&mut r, &mut buf), (Ok(false), b"56789".to_vec()));
+        assert_eq!(r.state, ChunkState::Size);
+    }
+
+    #[test]
+    fn chunked_bodies_over_the_limit_or_malformed_are_refused() {
+        let mut r = ChunkReader::new(8);
+        let mut buf = BytesMut::from(&b"5\r\nhello\r\n4\r\n"[..]);
+        assert_eq!(feed_all(&mut r, &mut buf).0, Err(BodyError::TooLarge));
+        let mut r = ChunkReader::new(8);
+        let mut buf = BytesMut::from(&b"ffffffffffffffffffff\r\n"[..]);
+        assert_eq!(feed_all(&mut r, &mut buf).0, Err(BodyError::Malformed));
+        for bad in [&b"zz\r\n"[..], b"\r\n", b"+5\r\nhello\r\n", b"2\r\nhiXX"] {
+            let mut r = ChunkReader::new(1024);
+            let mut buf = BytesMut::from(bad);
+            assert_eq!(feed_all(&mut r, &mut buf).0, Err(BodyError::Malformed), "{bad:?}");
+        }
+        let mut r = ChunkReader::new(1024);
+        let mut buf = BytesMut::from(&[b'1'; 2000][..]);
+        assert_eq!(feed_all(&mut r, &mut buf).0, Err(BodyError::Malformed)); // a size line without end
+    }
+
+    #[test]
+    fn peers_are_named_as_grpc_names_them() {
+        assert_eq!(grpc_peer("1.2.3.4:5678".parse().unwrap()), "ipv4:1.2.3.4:5678");
+        assert_eq!(grpc_peer("[::1]:80".parse().unwrap()), "ipv6:%5B::1%5D:80");
+        assert_eq!(grpc_peer("[::ffff:10.0.0.1]:9".parse().unwrap()), "ipv4:10.0.0.1:9");
     }
 }
