@@ -46,12 +46,11 @@ async def until(cond: Callable[[], bool], timeout: float = TIMEOUT_S) -> bool:
 
 
 async def with_edge(
-    body: Callable[[FakeBackend, EdgeServer], Awaitable[None]], router: HttpRouter | None = None
+    body: Callable[[FakeBackend, EdgeServer], Awaitable[None]],
+    routes: Callable[[FakeBackend], HttpRouter] = gateway.gateway_router,
 ) -> None:
     backend = FakeBackend()
-    server = await start_edge_server(
-        backend, "127.0.0.1", 0, max_request_bytes=1024, http_handler=router or gateway.gateway_router(backend)
-    )
+    server = await start_edge_server(backend, "127.0.0.1", 0, max_request_bytes=1024, http_handler=routes(backend))
     try:
         await asyncio.wait_for(body(backend, server), 60)
     finally:
@@ -266,7 +265,7 @@ def test_an_ordinary_route_still_gets_a_chunked_body_whole() -> None:
         assert seen == [b"hello world"]
         c.writer.close()
 
-    asyncio.run(with_edge(go, router))
+    asyncio.run(with_edge(go, lambda _: router))
 
 
 # ---------------------------------------------------------------------------------- the peer
@@ -301,7 +300,7 @@ def test_http_handlers_see_the_client_address_as_grpc_names_it(where: str) -> No
         finally:
             await server.stop()
 
-    asyncio.run(with_edge(on_edge, router) if where == "edge" else standalone())
+    asyncio.run(with_edge(on_edge, lambda _: router) if where == "edge" else standalone())
 
 
 def test_the_gateway_and_grpc_calls_on_the_edge_see_the_peer_in_their_context() -> None:
@@ -369,3 +368,36 @@ def test_a_grpc_watch_whose_client_goes_away_is_released_too() -> None:
         assert await until(lambda: backend.watcher_count() == 0 and not server.calls)
 
     asyncio.run(with_edge(go))
+
+
+# ------------------------------------------------------------------- a client that half-closes
+
+
+def test_a_client_that_half_closes_gets_a_one_shot_answer_but_no_stream() -> None:
+    """Its end of input before the answer: a complete answer is still written (then the close);
+    a streamed one ends after its head, as Go's server cancels such a request."""
+
+    def routes(backend: FakeBackend) -> HttpRouter:
+        r = gateway.gateway_router(backend)
+        r.add("/peer", _peer_echo)
+        return r
+
+    async def go(backend: FakeBackend, server: EdgeServer) -> None:
+        c = await Client.connect(server.port)
+        await c.send(b"GET /peer HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.writer.write_eof()
+        status, headers = await c.head()
+        assert status == 200 and headers["connection"] == "close"
+        assert (await c.reader.readexactly(int(headers["content-length"]))).startswith(b"ipv4:127.0.0.1:")
+        assert await asyncio.wait_for(c.reader.read(), TIMEOUT_S) == b""
+        c.writer.close()
+        c = await Client.connect(server.port)
+        body = json.dumps({"create_request": {"key": b64("foo")}}).encode()
+        await c.send(WATCH_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        c.writer.write_eof()
+        assert (await c.head())[0] == 200  # the watch was created, its head written...
+        assert await asyncio.wait_for(c.reader.read(), TIMEOUT_S) == b""  # ...and nothing after it
+        assert await until(lambda: backend.watcher_count() == 0 and not server.http)
+        c.writer.close()
+
+    asyncio.run(with_edge(go, routes))

@@ -10,14 +10,22 @@
 //! tasks. The edge carries no business rule: it moves bytes, gRPC length prefixes and status
 //! trailers.
 //!
+//! HTTP/1.1: a request is an `HTTP` event carrying the client's address (as grpc says a peer; gRPC
+//! streams get it as `:peer` metadata). A `Content-Length` body comes with it; a chunked body
+//! follows piece by piece (`HTTP_BODY`, then `HTTP_BODY_END`) as the client sends it, so a gateway
+//! watch can be told create/cancel requests in a body kept open. While the answer is awaited or
+//! streamed the socket is still read (the rest of that body, a pipelined next request, bounded):
+//! a reset, a failed write, or the client's end of input during a chunked answer is `CANCEL`.
+//!
 //! On a TLS listener the first byte decides: a TLS handshake record goes to rustls with the
 //! current configuration of `tls::Tls` (rebuilt when its files change), anything else gets Go's
 //! answer to plain text on a TLS port and is closed. What Python should log (a reload, files that
 //! do not load) travels as a `LOG` event on the same queue, so no edge thread takes the GIL.
 //!
 //! Limits: a gRPC message over `max_msg` bytes ends its stream with RESOURCE_EXHAUSTED; a
-//! truncated message or a compressed one ends the stream; a protocol error closes that
-//! connection; nothing closes the member. Responses are written only as the client's HTTP/2 flow
+//! truncated message or a compressed one ends the stream; an HTTP/1.1 body over `max_msg` (all
+//! its chunks together) is a 413, or the connection's close once an answer has started; a
+//! protocol error closes that connection; nothing closes the member. Responses are written only as the client's HTTP/2 flow
 //! control window allows; once more than `hwm` bytes wait on one stream, `send` reports the stream
 //! as blocked and a `WRITABLE` event tells Python when it fell below half of that again, so Python
 //! stops producing for a client that does not read.
