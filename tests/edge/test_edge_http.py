@@ -11,9 +11,11 @@ import contextlib
 import json
 import re
 import socket
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +27,8 @@ from conclave.api.grpc_server import service_handler
 from conclave.api.http import HttpRouter, peer_of, start_http_server
 from conclave.kv import types as kv
 from tests.api.fake_backend import FakeBackend
+
+from .tls_support import make_pki
 
 pytestmark = pytest.mark.skipif(not edge_server.available(), reason="the compiled edge is not built (make edge)")
 
@@ -401,3 +405,36 @@ def test_a_client_that_half_closes_gets_a_one_shot_answer_but_no_stream() -> Non
         c.writer.close()
 
     asyncio.run(with_edge(go, routes))
+
+
+# ----------------------------------------------------------------------------------- over TLS
+
+
+def test_over_tls_a_body_kept_open_streams_and_a_client_that_leaves_is_reported(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+
+    async def go() -> None:
+        backend = FakeBackend()
+        server = await start_edge_server(
+            backend, "127.0.0.1", 0, http_handler=gateway.gateway_router(backend),
+            cert_file=str(pki.server_cert), key_file=str(pki.server_key),
+        )  # fmt: skip
+        try:
+            ctx = ssl.create_default_context(cafile=str(pki.ca))
+            ctx.set_alpn_protocols(["http/1.1"])
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=ctx)
+            c = Client(reader, writer)
+            await c.send(WATCH_HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+            await c.send_chunk({"create_request": {"key": b64("foo")}})
+            assert (await c.head())[0] == 200 and (await c.result())["created"] is True
+            await put(backend, "foo", "tls")
+            assert unb((await c.result())["events"][0]["kv"]["value"]) == "tls"
+            await c.send_chunk({"progress_request": {}})
+            assert "events" not in await c.result()  # a progress notification, answered mid-body
+            assert backend.watcher_count() == 1
+            writer.close()
+            assert await until(lambda: backend.watcher_count() == 0 and not server.http)
+        finally:
+            await server.stop()
+
+    asyncio.run(go())
