@@ -438,3 +438,45 @@ def test_over_tls_a_body_kept_open_streams_and_a_client_that_leaves_is_reported(
             await server.stop()
 
     asyncio.run(go())
+
+
+class _LoginBackend(FakeBackend):
+    """Records the source each Authenticate call is counted under (the login rate limit's key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    async def authenticate(self, name: str, password: str, *, auth: Any = None) -> tuple[str, int]:
+        self.sources.append(auth.source)
+        return "tok", self.store.revision
+
+
+def test_authenticate_on_the_edge_is_counted_per_client_address_over_grpc_and_the_gateway() -> None:
+    async def go() -> None:
+        backend = _LoginBackend()
+        server = await start_edge_server(backend, "127.0.0.1", 0, http_handler=gateway.gateway_router(backend))
+        try:
+            async with grpc.aio.insecure_channel(server.endpoint) as ch:
+                call = ch.unary_unary(
+                    "/etcdserverpb.Auth/Authenticate",
+                    request_serializer=pb.AuthenticateRequest.SerializeToString,
+                    response_deserializer=pb.AuthenticateResponse.FromString,
+                )
+                assert (await call(pb.AuthenticateRequest(name="u", password="p"), timeout=TIMEOUT_S)).token == "tok"
+            c = await Client.connect(server.port)
+            body = b'{"name":"u","password":"p"}'
+            await c.send(
+                b"POST /v3/auth/authenticate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            status, headers = await c.head()
+            assert (
+                status == 200
+                and json.loads(await c.reader.readexactly(int(headers["content-length"])))["token"] == "tok"
+            )
+            c.writer.close()
+            assert backend.sources == ["ipv4:127.0.0.1", "ipv4:127.0.0.1"]  # was "edge" for every client
+        finally:
+            await server.stop()
+
+    asyncio.run(go())
