@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,10 @@ def test_up_starts_three_members_and_stops_on_ctrl_c(tmp_path: Path) -> None:
          "--port-offset", str(off), "--heartbeat-interval", "50", "--election-timeout", "500"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
     try:
         eps = [f"127.0.0.1:{p + off}" for p in (2379, 22379, 32379)]
         wait_for(lambda: all(port_open(int(e.split(":")[1])) for e in eps), 30, "the members")
@@ -40,9 +45,13 @@ def test_up_starts_three_members_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert len(other.cluster.MemberList(pb.MemberListRequest(), timeout=5).members) == 3
         cl.close()
         other.close()
+        # "cluster ready" comes once `up` itself has seen a leader (its own probe, a moment later)
+        wait_for(lambda: any("cluster ready" in line for line in lines), 20, "up to say the cluster is ready")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out
     for i in (1, 2, 3):
         assert f"node{i} ready: clients http://127.0.0.1:" in out
