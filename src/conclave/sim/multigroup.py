@@ -94,6 +94,9 @@ class MultiOptions:
     coordinator_pause: float = 0.1  # ... or pauses past the heartbeat deadline at a random step
     crash_step: int | None = None  # every client's first cross-shard transaction crashes at this step
     broken: str | None = None  # one of xshard.BROKEN_RULES
+    # False: no check at each decision and resolution as it is applied, only the end-to-end ones
+    # (the validated sums, atomicity at the end): to show those catch a broken rule on their own.
+    check_as_applied: bool = True
     quiet_bound_ms: int = 6 * HEARTBEAT_TIMEOUT_MS + 4 * CALL_TIMEOUT_MS
     rates: FaultRates = MULTI_RATES
 
@@ -246,6 +249,7 @@ class GroupSim(Simulation):
 class Call:
     gid: int
     cmd: Command
+    attempts: list[int] = field(default_factory=lambda: [0], compare=False)  # proposals made so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +437,7 @@ class MultiGroupSim:
 
         g = self.groups[req.gid]
         label = f"x:{type(req.cmd).__name__}"
+        req.attempts[0] += 1
         r = g.target(self.rng)
         if r is None or not g.propose(r, req.cmd, label, answer):
             self._later(REFUSED_RETRY_MS, timeout)  # nobody to take it now: try again soon
@@ -517,13 +522,16 @@ class MultiGroupSim:
                 ok = len(votes) == len(plan.parts) and all(v.ok for v in votes.values())
                 success = all(v.compares_ok for v in votes.values())
                 status = xs.Status.COMMITTED if ok else xs.Status.ABORTED
-                res = yield Call(g, xs.Decide(txn, status, success))
+                decide = Call(g, xs.Decide(txn, status, success))
+                res = yield decide
                 record = self._response(res, xs.Record)
                 if paused_before_decide:  # woke up past its deadline: a recovery may have aborted it
                     self.stats[f"paused_coordinator_decided_{record.status.name.lower()}"] += 1
                 if record.status == xs.Status.FORGOTTEN:
                     co.done = True
-                    return "aborted"  # only a recovery's abort lets a record be forgotten before our decide
+                    # At the first proposal only a recovery's abort can have forgotten the record; after
+                    # a retry our own earlier Decide may have committed it: the client cannot know.
+                    return "aborted" if decide.attempts[0] == 1 else "unknown"
                 if record.status == xs.Status.PENDING:
                     raise InvariantBroken("xshard", f"Decide({status.name}) of {txn} left the record PENDING")
                 co.done = True
@@ -740,22 +748,25 @@ class MultiGroupSim:
 
     def _observe(self, g: GroupSim) -> None:
         """The first apply of every xshard command of ``g``: one decision per record, one resolution."""
+        strict = self.options.check_as_applied
         for _, res in g.first_results:
             cmd, resp = res.command, res.response
             if isinstance(cmd, xs.Decide) and isinstance(resp, xs.Record) and resp.status in (
                     xs.Status.COMMITTED, xs.Status.ABORTED):
                 was = self._decided.setdefault(cmd.txn, resp.status)
-                if was != resp.status:
+                if was != resp.status and not strict:
+                    self._decided[cmd.txn] = resp.status  # the end checks judge by the last decision
+                elif was != resp.status:
                     raise InvariantBroken(
                         "one commit point", f"txn {cmd.txn} was decided {was.name}, then {resp.status.name}")
             elif isinstance(cmd, xs.Resolve) and isinstance(resp, xs.Resolved) and resp.applied:
                 key = (g.gid, cmd.txn)
-                if key in self._resolved:
+                if key in self._resolved and strict:
                     raise InvariantBroken(
                         "resolved once", f"txn {cmd.txn}'s part in group {g.gid} was resolved twice "
                         "(a prepare landed after its resolution)")
                 self._resolved[key] = cmd.commit
-                if cmd.commit and self._decided.get(cmd.txn) != xs.Status.COMMITTED:
+                if strict and cmd.commit and self._decided.get(cmd.txn) != xs.Status.COMMITTED:
                     raise InvariantBroken(
                         "atomicity", f"txn {cmd.txn} resolved as committed in group {g.gid} but its record "
                         f"says {self._decided.get(cmd.txn, 'nothing')}")
