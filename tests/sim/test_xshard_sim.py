@@ -24,17 +24,27 @@ from conclave.sim.multigroup import MultiOptions, MultiResult, run_multi
 SEEDS = int(os.environ.get("CONCLAVE_XSHARD_SIM_SEEDS", "6"))
 
 
-def failures(seeds: range, options: MultiOptions) -> list[str]:
+def failures(seeds: range, options: MultiOptions, totals: dict[str, int] | None = None) -> list[str]:
     out = []
     for seed in seeds:
         r = run_multi(seed, options)
         if r.violation is not None:
             out.append(f"{r.violation} (options {options})")
+        for k, v in r.stats.items():
+            if totals is not None:
+                totals[k] = totals.get(k, 0) + v
     return out
 
 
 def test_all_faults_many_seeds_no_violation() -> None:
-    assert failures(range(SEEDS), MultiOptions()) == []
+    totals: dict[str, int] = {}
+    assert failures(range(SEEDS), MultiOptions(), totals) == []
+    # the faults the issue names did happen, mid-transaction
+    for what in ("transfers_cross_committed", "validated_reads", "raft_crashes", "raft_partitions", "raft_pauses",
+                 "raft_messages_lost", "raft_messages_duplicated", "client_answers_lost", "client_duplicates",
+                 "late_prepares", "coordinator_paused", "recoveries_racing", "recoveries_decided_aborted",
+                 "txns_across_a_leader_change_record_group", "txns_across_a_leader_change_participant"):
+        assert totals.get(what, 0) > 0, (what, totals)
 
 
 # Seeds that found something while the harness was built (kept as regressions): 0 (a joiner

@@ -344,6 +344,9 @@ class MultiGroupSim:
             for k, v in g.stats.items():
                 self.stats[f"raft_{k}"] += v
             self.stats["raft_messages"] += g.network.sent
+            self.stats["raft_messages_lost"] += g.network.dropped
+            self.stats["raft_messages_duplicated"] += g.network.duplicated
+            self.stats["raft_leader_terms"] += len(g.monitor.leader_of_term)
         result.stats = dict(sorted(self.stats.items()))
         return result
 
@@ -488,6 +491,7 @@ class MultiGroupSim:
         self.rng.shuffle(steps)
         steps += [("decide", rg)] + [("resolve", g) for g in plan.parts] + [("forget", rg)]
         self._spawn(f"heartbeat{txn}", self._heartbeat(co))
+        terms = {g: self._term(g) for g in plan.parts}
         votes: dict[int, xs.Vote] = {}
         record: xs.Record | None = None
         paused_before_decide = False
@@ -543,9 +547,15 @@ class MultiGroupSim:
                 res = yield Call(g, xs.Forget(txn))
                 self._response(res, type(None))
         assert record is not None
+        for g, term in terms.items():  # a leader change in a group while this transaction ran
+            if self._term(g) != term:
+                self.stats["txns_across_a_leader_change_" + ("record_group" if g == rg else "participant")] += 1
         if record.status == xs.Status.COMMITTED:
             return "committed" if record.success else "compare_failed"
         return "aborted"
+
+    def _term(self, gid: int) -> int:
+        return max(self.groups[gid].monitor.leader_of_term, default=0)
 
     def _late(self, gid: int, cmd: xs.Prepare) -> None:
         g = self.groups[gid]
