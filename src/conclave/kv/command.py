@@ -9,6 +9,9 @@ store ignores, e.g. a leader's barrier), one of the auth commands of ``conclave.
 (handed to ``AuthStore.apply``), or ``Checked(revision, command, user)``: a client command the server
 authorised at auth revision ``revision`` (the machine refuses it with AuthOldRevision if the
 auth store has moved on since; see ``conclave.kv.auth``). A Checked never wraps a Checked.
+The cross-shard commands (``Prepare``, ``Resolve``, ``Begin``, ``Heartbeat``, ``Decide``,
+``Forget``: the replicated steps of a transaction across Raft groups) are defined here too, so
+the one codec covers them; their meaning is ``conclave.machine.xshard``'s.
 ``encode_command(cmd, request_id)`` turns it into the bytes of a log entry;
 ``decode_command(data)`` gives back ``(request_id, cmd)``. The request id lets the proposing
 server match an applied entry to its waiting client.
@@ -25,6 +28,7 @@ command always gives the same bytes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import msgpack
@@ -90,6 +94,70 @@ class Checked:
     user: str = ""
 
 
+TxnId = tuple[int, int]
+"""A cross-shard transaction: (coordinator member id, seq), seqs growing per coordinator."""
+
+
+class Status(IntEnum):
+    """A cross-shard transaction record's status."""
+
+    PENDING = 0
+    COMMITTED = 1
+    ABORTED = 2
+    FORGOTTEN = 3  # decided, resolved everywhere and dropped: the outcome is no longer kept
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What one group does for a cross-shard transaction: its compares and both branches' ops on its keys."""
+
+    compares: tuple[Compare, ...] = ()
+    success: tuple[RequestOp, ...] = ()
+    failure: tuple[RequestOp, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    txn: TxnId
+    record_group: int
+    part: Part
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    txn: TxnId
+    commit: bool
+    success: bool = True  # the branch, when commit
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    txn: TxnId
+    participants: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    txn: TxnId
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    txn: TxnId
+    status: Status
+    success: bool = True
+    expect_epoch: int | None = None  # recovery: only if no heartbeat moved the epoch since
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    txn: TxnId
+
+
+XCommand = Prepare | Resolve | Begin | Heartbeat | Decide | Forget
+XCOMMAND_TYPES: tuple[type, ...] = (Prepare, Resolve, Begin, Heartbeat, Decide, Forget)
+
 Command = (
     PutRequest
     | DeleteRangeRequest
@@ -113,6 +181,12 @@ Command = (
     | RoleGrantPermissionRequest
     | RoleRevokePermissionRequest
     | Checked
+    | Prepare
+    | Resolve
+    | Begin
+    | Heartbeat
+    | Decide
+    | Forget
 )
 
 _PUT, _DELETE, _TXN, _RANGE, _COMPACT, _GRANT, _REVOKE, _ALARM, _NOOP = range(1, 10)
@@ -131,6 +205,7 @@ _PUT, _DELETE, _TXN, _RANGE, _COMPACT, _GRANT, _REVOKE, _ALARM, _NOOP = range(1,
     _ROLE_REVOKE,
 ) = range(20, 32)
 _CHECKED = 40
+_X_PREPARE, _X_RESOLVE, _X_BEGIN, _X_HEARTBEAT, _X_DECIDE, _X_FORGET = range(50, 56)
 
 
 # ---------------------------------------------------------------------- encode
@@ -186,6 +261,8 @@ def _encode(cmd: Command) -> list[Any]:
         if isinstance(cmd.command, Checked):
             raise TypeError("a Checked command cannot wrap another")
         return [_CHECKED, cmd.revision, _encode(cmd.command), cmd.user]
+    if isinstance(cmd, (Prepare, Resolve, Begin, Heartbeat, Decide, Forget)):
+        return _encode_x(cmd)
     if isinstance(cmd, AuthEnableRequest):
         return [_AUTH_ENABLE]
     if isinstance(cmd, AuthDisableRequest):
@@ -212,6 +289,23 @@ def _encode(cmd: Command) -> list[Any]:
     if isinstance(cmd, RoleRevokePermissionRequest):
         return [_ROLE_REVOKE, cmd.role, cmd.key, cmd.range_end]
     raise TypeError(f"not a command: {type(cmd).__name__}")
+
+
+def _encode_x(cmd: XCommand) -> list[Any]:
+    txn = [cmd.txn[0], cmd.txn[1]]
+    if isinstance(cmd, Prepare):
+        p = cmd.part
+        return [_X_PREPARE, txn, cmd.record_group, [_encode_compare(c) for c in p.compares],
+                [_encode_op(op) for op in p.success], [_encode_op(op) for op in p.failure]]
+    if isinstance(cmd, Resolve):
+        return [_X_RESOLVE, txn, cmd.commit, cmd.success]
+    if isinstance(cmd, Begin):
+        return [_X_BEGIN, txn, list(cmd.participants)]
+    if isinstance(cmd, Heartbeat):
+        return [_X_HEARTBEAT, txn, cmd.epoch]
+    if isinstance(cmd, Decide):
+        return [_X_DECIDE, txn, int(cmd.status), cmd.success, cmd.expect_epoch]
+    return [_X_FORGET, txn]
 
 
 def _encode_compare(c: Compare) -> list[Any]:
@@ -325,7 +419,40 @@ def _decode(item: Any, depth: int) -> Command:
         if inner and inner[0] == _CHECKED:
             raise ValueError("a Checked command cannot wrap another")
         return Checked(_i(fields[0]), _decode(inner, 0), _s(fields[2]))
+    if type(tag) is int and _X_PREPARE <= tag <= _X_FORGET:
+        if depth > 0:
+            raise ValueError("a cross-shard command may only be the outermost command")
+        return _decode_x(tag, fields)
     return _decode_auth(tag, fields)
+
+
+def _decode_x(tag: int, fields: list[Any]) -> XCommand:
+    if not fields:
+        raise ValueError("a cross-shard command needs its transaction id")
+    t = _list(fields[0])
+    _arity(t, 2, "TxnId")
+    txn = (_uint(t[0], "a transaction id"), _uint(t[1], "a transaction id"))
+    if tag == _X_PREPARE:
+        _arity(fields, 5, "Prepare")
+        part = Part(tuple(_decode_compare(c) for c in _list(fields[2])),
+                    tuple(_decode_op(op, 1) for op in _list(fields[3])),
+                    tuple(_decode_op(op, 1) for op in _list(fields[4])))
+        return Prepare(txn, _uint(fields[1], "a group id"), part)
+    if tag == _X_RESOLVE:
+        _arity(fields, 3, "Resolve")
+        return Resolve(txn, _bool(fields[1]), _bool(fields[2]))
+    if tag == _X_BEGIN:
+        _arity(fields, 2, "Begin")
+        return Begin(txn, tuple(_uint(g, "a group id") for g in _list(fields[1])))
+    if tag == _X_HEARTBEAT:
+        _arity(fields, 2, "Heartbeat")
+        return Heartbeat(txn, _uint(fields[1], "an epoch"))
+    if tag == _X_DECIDE:
+        _arity(fields, 4, "Decide")
+        expect = None if fields[3] is None else _uint(fields[3], "an epoch")
+        return Decide(txn, Status(_i(fields[1])), _bool(fields[2]), expect)
+    _arity(fields, 1, "Forget")
+    return Forget(txn)
 
 
 def _decode_auth(tag: Any, fields: list[Any]) -> Command:
@@ -431,10 +558,10 @@ def _i(v: Any) -> int:
     return v
 
 
-def _uint(v: Any) -> int:
+def _uint(v: Any, what: str = "request_id") -> int:
     n = _i(v)
     if n < 0:
-        raise ValueError("request_id must not be negative")
+        raise ValueError(f"{what} must not be negative")
     return n
 
 

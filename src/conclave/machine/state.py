@@ -33,9 +33,20 @@ must be unique and growing per origin across restarts: drivers start each run at
 ``entry.seq_base(epoch)`` with an epoch they persist and increment per start. Seq 0 (lease
 expiry) is never deduplicated (a second revoke fails harmlessly with "lease not found").
 
+Cross-shard transactions (``conclave.machine.xshard``): ``xshard`` holds this group's
+transaction records, intents (locks) and fences. A cross-shard command (Prepare, Resolve,
+Begin, Heartbeat, Decide, Forget) goes through the same once-only path and returns its Vote /
+Record / Resolved as the result's response (a Resolve that commits also its watch events). It is
+an internal command: unwrapped it is never refused by the auth revision (the coordinator checked
+the client's transaction); wrapped in ``Checked`` it is checked like any other. While some
+intent is held, every plain kv command is checked against the locks first: one that meets a
+lock gets ``xshard.Locked`` as its error and the store is unchanged. With no intent and auth
+off, a kv command costs one more dict truth test.
+
 ``snapshot()`` writes the ONE image format (msgpack map: format, kv, members, cluster_id,
-applied_index, once, auth); ``restore(image)`` reads it, and also the images of older servers
-(``{"kv", "members", "cluster_id"}``, no once-only table; no ``auth``: auth off, no users).
+applied_index, once, auth, xshard); ``restore(image)`` reads it, and also the images of older
+servers (``{"kv", "members", "cluster_id"}``, no once-only table; no ``auth``: auth off, no
+users; no ``xshard``: no transaction in flight).
 """
 
 from __future__ import annotations
@@ -48,20 +59,22 @@ import msgpack
 
 from conclave.kv import errors as kverr
 from conclave.kv.auth import AUTH_REQUEST_TYPES, AuthResponse, AuthStore
-from conclave.kv.command import Checked, Command, Noop
+from conclave.kv.command import XCOMMAND_TYPES, Checked, Command, Noop, Prepare
 from conclave.kv.lease import Lessor
 from conclave.kv.mvcc import Response, Store
-from conclave.kv.types import Event, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest
+from conclave.kv.types import Event, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, TxnRequest
 from conclave.machine import entry as ent
 from conclave.machine import rules
 from conclave.machine.entry import Member
+from conclave.machine.xshard import Record, Resolved, Vote, XShard
 from conclave.raft.codec import decode_conf_change
 from conclave.raft.types import ConfChangeType, Entry, EntryType
 
-IMAGE_FORMAT = 3
+IMAGE_FORMAT = 4  # 4: + xshard
 # Command classes that take the slow path even while auth is off (kv commands do not).
 _AUTH_COMMANDS: frozenset[type] = frozenset(AUTH_REQUEST_TYPES)
-_AUTH_PATH: frozenset[type] = _AUTH_COMMANDS | {Checked}
+_XSHARD_COMMANDS: frozenset[type] = frozenset(XCOMMAND_TYPES)
+_SLOW_PATH: frozenset[type] = _AUTH_COMMANDS | _XSHARD_COMMANDS | {Checked}
 ONCE_WINDOW = 4 * ent.BATCH_SLOTS
 _WINDOW_MASK = (1 << ONCE_WINDOW) - 1
 
@@ -71,7 +84,7 @@ class Result:
     origin: int
     seq: int
     command: Command | None  # None for member and conf change entries
-    response: Response | AuthResponse
+    response: Response | AuthResponse | Vote | Record | Resolved
     error: kverr.EtcdError | None
     events: tuple[Event, ...] = ()
 
@@ -85,10 +98,12 @@ class Applied:
 
 
 class StateMachine:
-    __slots__ = ("_once", "applied_index", "auth", "cluster_id", "leases", "members", "once_only", "store")
+    __slots__ = ("_once", "applied_index", "auth", "cluster_id", "leases", "members", "once_only", "store",
+                 "xshard")
 
     def __init__(self, cluster_id: int = 0, members: Iterable[Member] = (), *, store: Store | None = None,
-                 applied_index: int = 0, once_only: bool = True, auth: AuthStore | None = None) -> None:
+                 applied_index: int = 0, once_only: bool = True, auth: AuthStore | None = None,
+                 xshard: XShard | None = None) -> None:
         self.store = store if store is not None else Store()
         self.cluster_id = cluster_id
         self.members: dict[int, Member] = {m.id: m for m in members}
@@ -97,6 +112,7 @@ class StateMachine:
         self.once_only = once_only
         self._once: dict[int, tuple[int, int]] = {}  # origin -> (highest seq, bitmap below it)
         self.auth = auth if auth is not None else AuthStore()
+        self.xshard = xshard if xshard is not None else XShard()
         self.leases = Lessor()
         for lid in self.store.lease_ids():
             self.leases.grant(lid, self.store.lease_ttl(lid), 0)
@@ -125,15 +141,17 @@ class StateMachine:
             return out
         origin = decoded.origin
         auth = self.auth
+        xshard = self.xshard
         for i, (seq, cmd) in enumerate(decoded.commands):
             if seq and origin and not self._first_time(origin, seq):
                 continue
-            response: Response | AuthResponse = None
+            response: Response | AuthResponse | Vote | Record | Resolved = None
             error: kverr.EtcdError | None = None
             events: tuple[Event, ...] = ()
             try:
-                if auth.enabled or cmd.__class__ in _AUTH_PATH:
-                    # Auth on, or an auth command / Checked wrapper: the hot path never gets here.
+                if auth.enabled or xshard.intents or cmd.__class__ in _SLOW_PATH:
+                    # Auth on, locks held, or an auth / cross-shard command or a Checked wrapper:
+                    # the hot path never gets here.
                     checked = cmd
                     cmd = cmd.command if isinstance(cmd, Checked) else cmd
                     response = self._apply_authorised(checked, seq, e.index, e.index * ent.BATCH_SLOTS + i)
@@ -151,19 +169,22 @@ class StateMachine:
             out.results.append(Result(origin, seq, cmd, response, error, events))
         return out
 
-    def _apply_authorised(self, cmd: Command, seq: int, raft_index: int, store_index: int) -> Response | AuthResponse:
-        """Apply a command that may need the auth revision check (see conclave.kv.auth).
+    def _apply_authorised(self, cmd: Command, seq: int, raft_index: int,
+                          store_index: int) -> Response | AuthResponse | Vote | Record | Resolved:
+        """Apply a command that may need the auth revision check (see conclave.kv.auth) or the
+        cross-shard lock check.
 
         ``Checked(rev, c, user)``: refused with AuthOldRevision if auth is on and the store's
         auth revision is not ``rev``; with a user, the lease part of the check is repeated. An
         unwrapped client command counts as checked at revision 0. Internal commands (seq 0: the
-        leader's lease expiry; Noop) are never checked.
+        leader's lease expiry; Noop; the cross-shard commands) are never checked. A plain kv
+        command that meets a cross-shard lock raises ``xshard.Locked`` (nothing applied).
         """
         auth = self.auth
         user = ""
         if isinstance(cmd, Checked):
             revision, user, cmd = cmd.revision, cmd.user, cmd.command
-        elif seq == 0 or isinstance(cmd, Noop):
+        elif seq == 0 or isinstance(cmd, Noop) or cmd.__class__ in _XSHARD_COMMANDS:
             revision = auth.revision
         else:
             revision = 0
@@ -172,12 +193,18 @@ class StateMachine:
                 raise kverr.AuthOldRevision()
             if user:
                 # The lease keys are kv state: they may have changed since the server's check.
-                auth.check_lease_keys(user, cmd, self.store.lease_keys)
+                seen = TxnRequest(cmd.part.compares, cmd.part.success, cmd.part.failure) \
+                    if isinstance(cmd, Prepare) else cmd
+                auth.check_lease_keys(user, seen, self.store.lease_keys)
         if cmd.__class__ in _AUTH_COMMANDS:
             self.store.last_events = ()  # the caller publishes these: an auth command has none
             return auth.apply(cmd, raft_index)  # type: ignore[arg-type]  # one of AUTH_REQUEST_TYPES
         if isinstance(cmd, Checked):
             raise kverr.MalformedCommand("a Checked command wraps another")
+        if cmd.__class__ in _XSHARD_COMMANDS:
+            self.store.last_events = ()  # a Resolve that commits sets them again
+            return self.xshard.apply(cmd, self.store, store_index)  # type: ignore[arg-type]  # an XCommand
+        self.xshard.check_plain(cmd, self.store)
         return self.store.apply(cmd, store_index)
 
     def _first_time(self, origin: int, seq: int) -> bool:
@@ -254,6 +281,7 @@ class StateMachine:
             "applied_index": self.applied_index,
             "once": once,
             "auth": self.auth.snapshot(),
+            "xshard": self.xshard.snapshot(),
         }, use_bin_type=True))
 
     @classmethod
@@ -271,10 +299,12 @@ class StateMachine:
             once = {int(o): (int(h), int.from_bytes(bytes(m), "big")) for o, h, m in body.get("once", [])}
             # Images of servers before auth have no auth store: auth off, no users, no roles.
             auth = AuthStore.restore(bytes(body["auth"])) if "auth" in body else AuthStore()
+            # Images of servers before cross-shard transactions: none in flight.
+            xshard = XShard.restore(body["xshard"]) if "xshard" in body else XShard()
         except Exception as exc:
             raise ImageError(f"not a state machine image: {exc}") from None
         sm = cls(cluster_id, members, store=store, applied_index=applied if index is None else index,
-                 once_only=once_only, auth=auth)
+                 once_only=once_only, auth=auth, xshard=xshard)
         sm._once = once
         return sm
 
