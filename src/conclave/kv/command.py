@@ -37,6 +37,7 @@ from conclave.kv.auth import (
     AuthDisableRequest,
     AuthEnableRequest,
     AuthenticateRequest,
+    AuthRequest,
     Permission,
     PermType,
     RoleAddRequest,
@@ -168,18 +169,7 @@ Command = (
     | LeaseRevokeRequest
     | AlarmRequest
     | Noop
-    | AuthEnableRequest
-    | AuthDisableRequest
-    | AuthenticateRequest
-    | UserAddRequest
-    | UserDeleteRequest
-    | UserChangePasswordRequest
-    | UserGrantRoleRequest
-    | UserRevokeRoleRequest
-    | RoleAddRequest
-    | RoleDeleteRequest
-    | RoleGrantPermissionRequest
-    | RoleRevokePermissionRequest
+    | AuthRequest  # kv.auth's one list of the auth commands
     | Checked
     | Prepare
     | Resolve
