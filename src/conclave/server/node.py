@@ -357,8 +357,13 @@ class Node:
     """One Conclave member. Create, ``await start()``, serve, ``await stop()``."""
 
     def __init__(self, cfg: ServerConfig, *, storage_factory: Callable[[str], Any] | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, group_id: int = 0,
+                 transport: Callable[[Node], Any] | None = None) -> None:
         self.cfg = cfg
+        # Several Raft groups per member (server/groups.py): this node's group, and the factory of
+        # its view of the member's shared transport (None: this node owns its transport, as always).
+        self.group_id = group_id
+        self._transport_factory = transport
         self.member_id = cfg.member_id
         self.cluster_id = cfg.cluster_id
         self.clock: Clock = clock if clock is not None else MonotonicClock()
@@ -526,10 +531,13 @@ class Node:
         )
         self.raft = RaftNode(raft_cfg, persisted, random.Random(self.member_id ^ int(time.time_ns())))
         self._last_leader = NONE
-        peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
-        self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
-                                   self._on_unreachable, tls=PeerTls.from_config(self.cfg), metrics=self.metrics)
-        await self.transport.listen(peer.host, peer.port)
+        if self._transport_factory is not None:
+            self.transport: Any = self._transport_factory(self)  # a view of the member's shared transport
+        else:
+            peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
+            self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
+                                       self._on_unreachable, tls=PeerTls.from_config(self.cfg), metrics=self.metrics)
+            await self.transport.listen(peer.host, peer.port)
         self._sync_peers()
         self._running = True
         loop = asyncio.get_running_loop()
