@@ -358,7 +358,7 @@ class Node:
 
     def __init__(self, cfg: ServerConfig, *, storage_factory: Callable[[str], Any] | None = None,
                  clock: Clock | None = None, group_id: int = 0,
-                 transport: Callable[[Node], Any] | None = None) -> None:
+                 transport: Callable[[Node], Awaitable[Any]] | None = None) -> None:
         self.cfg = cfg
         # Several Raft groups per member (server/groups.py): this node's group, and the factory of
         # its view of the member's shared transport (None: this node owns its transport, as always).
@@ -532,7 +532,7 @@ class Node:
         self.raft = RaftNode(raft_cfg, persisted, random.Random(self.member_id ^ int(time.time_ns())))
         self._last_leader = NONE
         if self._transport_factory is not None:
-            self.transport: Any = self._transport_factory(self)  # a view of the member's shared transport
+            self.transport: Any = await self._transport_factory(self)  # a view of the member's shared transport
         else:
             peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
             self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
