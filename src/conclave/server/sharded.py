@@ -171,8 +171,8 @@ class ShardedBackend:
         resps = await asyncio.gather(*(
             self._data(g).range(dataclasses.replace(req, key=k, range_end=e), auth=auth) for g, (k, e) in parts))
         kvs = [x for r in resps for x in r.kvs]  # the groups are in key order, each sorted by key
-        if req.sort_order == kv.SortOrder.DESCEND and by_key:
-            kvs.reverse()
+        if req.sort_order == kv.SortOrder.DESCEND and by_key:  # each group's part is descending already
+            kvs = [x for r in reversed(resps) for x in r.kvs]
         elif not by_key:
             field = {kv.SortTarget.VERSION: "version", kv.SortTarget.CREATE: "create_revision",
                      kv.SortTarget.MOD: "mod_revision", kv.SortTarget.VALUE: "value"}[req.sort_target]  # fmt: skip
