@@ -7,8 +7,10 @@ draws the table; and a default (one-group) data dir keeps today's layout and ref
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +20,7 @@ import grpc
 import pytest
 
 from conclave.api import pb
+from conclave.api.stubs import EtcdStub
 from conclave.cli.shards import fetch
 from conclave.server.launcher import ProcessCluster
 
@@ -67,6 +70,33 @@ def test_three_shards_on_three_members(tmp_path: Path) -> None:
         assert [bytes(x.key) for x in r.kvs] == sorted(KEYS)[:2] and r.more and r.count == 4
         r = e.get(b"\0", range_end=b"\0", sort_order=pb.RangeRequest.DESCEND)
         assert [bytes(x.key) for x in r.kvs] == sorted(KEYS, reverse=True)
+        # a watch over every group merges the groups' streams
+        got: list[bytes] = []
+        done = threading.Event()
+        stop = threading.Event()
+
+        def feed() -> Any:
+            yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"\0", range_end=b"\0"))
+            stop.wait(15)
+
+        call = EtcdStub(e.channel, "etcdserverpb.Watch").Watch(feed(), timeout=15)
+
+        def consume() -> None:
+            with contextlib.suppress(grpc.RpcError):
+                for resp in call:
+                    got.extend(bytes(ev.kv.key) for ev in resp.events)
+                    if len(got) >= 3:
+                        done.set()
+                        return
+        t = threading.Thread(target=consume, daemon=True)
+        t.start()
+        time.sleep(0.5)  # the watch is created
+        for k in (b"05", b"Q5", b"z5"):
+            e.put(k, b"w")
+        assert done.wait(10), got
+        assert sorted(got) == [b"05", b"Q5", b"z5"]
+        stop.set()
+        call.cancel()
         # a lease attaches to keys of any group
         lease = e.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=30), timeout=10)
         e.put(b"x9", b"l", lease=lease.ID)
@@ -90,7 +120,7 @@ def test_three_shards_on_three_members(tmp_path: Path) -> None:
         victim.start()
         c.wait_ready(20, [victim])
         clients[2] = Etcd(victim.endpoint)
-        want = {**{k: b"v-" + k for k in KEYS}, b"a2": b"after", b"02": b"t"}
+        want = {**{k: b"v-" + k for k in KEYS}, b"a2": b"after", b"02": b"t", b"z5": b"w"}
 
         def recovered() -> bool:
             r = clients[2].get(b"\0", range_end=b"\0", serializable=True)
