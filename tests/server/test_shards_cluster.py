@@ -168,3 +168,19 @@ def test_default_layout_unchanged_and_split_fixed(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 1 and "no endpoint answered" in out.stderr
     time.sleep(0)
+
+
+def test_leader_balancing_evens_out(tmp_path: Path) -> None:
+    """6 groups on 3 members: balancing ends with every member leading its fair share (2)."""
+    c = ProcessCluster(tmp_path / "b", 3, extra_args=["--shards", "5"])
+    c.start()
+    try:
+        ep = c.members[0].endpoint
+        wait_for(lambda: _all_led(ep), 20, "a leader in every group")
+
+        def even() -> bool:
+            counts = Counter(r["leader"] for r in _view(ep)["groups"])
+            return sorted(counts.values()) == [2, 2, 2]
+        wait_for(even, 25, "two leaderships per member")
+    finally:
+        c.stop()
