@@ -161,8 +161,24 @@ class MemberGroups:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._balance(), name="leader-balance"))
         self._tasks.append(loop.create_task(self._split_table(), name="split-table"))
+        self._tasks.append(loop.create_task(self._watch_groups(), name="group-watch"))
         log.info("running %d raft groups: meta group 0 and data groups %s split at %s", len(self._nodes),
                  ",".join(map(str, self.shard_map.groups)), ",".join(k.decode(errors="replace") for k in self.splits))
+
+    async def _watch_groups(self) -> None:
+        """A data group that stops (a failed fsync, corrupt storage) stops the member: the runner
+        waits on the meta node, which then carries the reason (crash-only, as a one-group member)."""
+        waits = {asyncio.ensure_future(n.stopped.wait()): gid for gid, n in self._nodes.items() if gid != META_GROUP}
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        gid = waits[next(iter(done))]
+        node = self._nodes[gid]
+        self.meta.stop_reason = f"raft group {gid} stopped: {node.stop_reason or 'unknown reason'}"
+        self.meta.fatal = node.fatal
+        await self.meta.stop()
 
     async def stop(self) -> None:
         for t in self._tasks:

@@ -47,6 +47,10 @@ Metrics (``server/metrics.py``, etcd's names): the loop bumps plain counters onc
 transport report through hooks the node injects; gauges (leader, indexes, keys) are read from
 this node when ``/metrics`` is scraped, so the hot path pays nothing for them.
 
+Groups (``server/groups.py``): a sharded member runs one Node per Raft group, each with its
+``group_id``, its own data dir and a view of the member's shared transport (the ``transport``
+factory); a Node built without one owns its transport, as a one-group member always did.
+
 Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
 the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
 ``serve_peer_rpcs``; an unknown or not-yet-served method is answered with an error.
