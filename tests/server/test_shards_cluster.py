@@ -134,6 +134,12 @@ def test_three_shards_on_three_members(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=20, env={"COLUMNS": "160", **_env()})
         assert out.returncode == 0, out.stderr
         assert "[K, f)" in out.stdout and "(meta)" in out.stdout and "split K,f" in out.stdout
+        # a DeleteRange over every group: the counts summed, prev_kvs in key order
+        before = e.get(b"\0", range_end=b"\0", count_only=True).count
+        d = e.kv.DeleteRange(pb.DeleteRangeRequest(key=b"\0", range_end=b"\0", prev_kv=True), timeout=10)
+        assert d.deleted == before == len(d.prev_kvs) and before >= 8
+        assert [bytes(x.key) for x in d.prev_kvs] == sorted(bytes(x.key) for x in d.prev_kvs)
+        assert e.get(b"\0", range_end=b"\0").count == 0
     finally:
         for cl in clients:
             cl.close()
