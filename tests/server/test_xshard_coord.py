@@ -17,7 +17,7 @@ from conclave.server import xshard_coord as xc
 
 FAST = xc.Timeouts(call=0.2, prepare=1.0, lock_wait=0.6, lock_poll=0.01, heartbeat_interval=0.03,
                    heartbeat_timeout=0.15, decide=1.0, resolve_wait=0.5, resolve_bound=2.0, backoff=0.005,
-                   sweep_interval=0.05, decided_grace=0.1)
+                   sweep_interval=0.05, decided_grace=0.1, resolve_grace=0.05)
 Hook = Callable[["FakeGroup", xs.Command], Awaitable[str]]
 
 

@@ -39,8 +39,10 @@ task of the coordinator (what a crash does; the sweeper then finishes its transa
 ``Recovery.resolve_intent(txn, record_group, where)``: read the record; decided: resolve the
 participants (and ``where``) as decided, forget it; absent or PENDING: wait ``heartbeat_timeout``,
 read again, and if the epoch did not move, ``Decide(ABORTED, expect_epoch)`` (a live heartbeat
-wins); FORGOTTEN: the intent at ``where`` belongs to no commit, resolve it aborted. Concurrent
-requests for one transaction share one task per member; two members may race (idempotent).
+wins); a COMMITTED record is resolved only after ``resolve_grace`` (its coordinator resolves it
+first and so gets the ops' answers for its client); FORGOTTEN: the intent at ``where``
+belongs to no commit, resolve it aborted. Concurrent requests for one transaction share one
+task per member; two members may race (idempotent).
 ``Recovery.run_with_lock_wait(fn, bound, where)``: call ``fn``; on ``Locked`` start (or join)
 the recovery and retry ``fn`` every ``lock_poll`` until ``bound`` (then ``LockWaitTimeout``).
 
@@ -232,6 +234,7 @@ class Timeouts:
     backoff: float = 0.02  # first retry delay (doubles to 0.5 s)
     sweep_interval: float = 1.0
     decided_grace: float = 5.0
+    resolve_grace: float = 0.5  # a recovery that finds a fresh decision lets the coordinator resolve first
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval * 3 > self.heartbeat_timeout:
@@ -403,6 +406,10 @@ class Recovery:
             rec, fenced = await _read(port, record_group, txn, deadline, t)
             if rec is None and fenced:
                 return await self._forgotten(txn, where, deadline)
+            if rec is not None and rec.status == Status.COMMITTED:
+                # Its coordinator is resolving it now (normally): resolving first would take the
+                # ops' answers from its client. A lock waiter retries meanwhile.
+                await asyncio.sleep(t.resolve_grace)
             if rec is None or rec.status == Status.PENDING:
                 seen = 0 if rec is None else rec.epoch
                 await asyncio.sleep(t.heartbeat_timeout)
