@@ -415,3 +415,24 @@ def test_txn_seq_base_grows_across_starts(tmp_path: object) -> None:
     d = Path(str(tmp_path))
     a, b = xc.txn_seq_base(d), xc.txn_seq_base(d)
     assert b > a + xs.FENCE_WINDOW
+
+
+def test_a_prepare_refused_outright_aborts_with_that_error() -> None:
+    async def main() -> None:
+        gs = _groups()
+
+        async def refuse(g: FakeGroup, cmd: xs.Command) -> str:
+            if isinstance(cmd, xs.Prepare):
+                raise kverr.RequestTooLarge()
+            return "apply"
+
+        gs[2].hook = refuse
+        co = _coord(gs)
+        with pytest.raises(kverr.RequestTooLarge):
+            await co.txn(_transfer(b"7"))
+        gs[2].hook = None
+        await _sweep_until_clean(gs)
+        assert _values(gs) == [b"0"] * 3
+        await co.close()
+
+    asyncio.run(main())

@@ -557,6 +557,7 @@ class Coordinator:
         deadline, lock_deadline = start + t.prepare, start + t.lock_wait
         votes: dict[int, Vote] = {}
         unreachable: list[int] = []
+        refused: list[kverr.EtcdError] = []
         begun: Record | None = None
 
         async def begin() -> None:
@@ -566,18 +567,22 @@ class Coordinator:
                 run.epoch = max(run.epoch, begun.epoch)
             except _Unreachable:
                 unreachable.append(rg)
+            except kverr.EtcdError as exc:  # refused outright (too large, ...): abort, say why
+                refused.append(exc)
 
         async def prepare(g: int) -> None:
             try:
                 votes[g] = await self._prepare(run, g, deadline, lock_deadline)
             except _Unreachable:
                 unreachable.append(g)
+            except kverr.EtcdError as exc:
+                refused.append(exc)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(begin())
             for g in p.parts:
                 tg.create_task(prepare(g))
-        ok = begun is not None and begun.status == Status.PENDING and not unreachable and all(
+        ok = begun is not None and begun.status == Status.PENDING and not unreachable and not refused and all(
             v.ok for v in votes.values())
         success = all(v.compares_ok for v in votes.values())
         status = Status.COMMITTED if ok else Status.ABORTED
@@ -606,6 +611,8 @@ class Coordinator:
             self._finish_later(txn, rg, tuple(p.parts), False, True)
             if status == Status.COMMITTED:
                 raise TxnAborted(f"txn {txn[0]:x}.{txn[1]} was aborted by a recovery (its heartbeat expired)")
+            if refused:
+                raise refused[0]
             if unreachable:
                 raise GroupsUnavailable(f"groups {sorted(set(unreachable))} did not answer the prepare")
             lock = next((v for v in votes.values() if v.conflict is not None), None)
