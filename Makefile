@@ -35,58 +35,32 @@ venv: $(STAMP)
 POLICY_RC_D ?= /usr/sbin/policy-rc.d
 APT_GET     ?= apt-get
 PG_LIB      ?= /usr/lib/postgresql
+# $(call apt_install,PRESENT,PACKAGES,WHAT,MISSING): nothing when the shell test PRESENT holds;
+# else, as root where apt-get is, say "installing WHAT" and install PACKAGES under the policy-rc.d
+# guard (once more after an apt-get update if the first try fails); else print "warning: MISSING".
+define apt_install
+if $(1); then :; \
+elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
+  echo "installing $(3)"; \
+  if [ ! -e "$(POLICY_RC_D)" ]; then \
+    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
+    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
+      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
+  fi; \
+  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $(2) >/dev/null 2>&1 || \
+   ($(APT_GET) update -qq >/dev/null && \
+    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $(2) >/dev/null); \
+else echo "warning: $(4)"; fi
+endef
+
 system-deps:
-	@if command -v etcdctl >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
-	  echo "installing etcd-client and etcd-server (apt-get; their service is not started)"; \
-	  if [ ! -e "$(POLICY_RC_D)" ]; then \
-	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
-	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
-	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
-	  fi; \
-	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq etcd-client etcd-server >/dev/null 2>&1 || \
-	   ($(APT_GET) update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq etcd-client etcd-server >/dev/null); \
-	else echo "warning: etcdctl/etcd missing and cannot apt-get install them; their tests will skip (fail under CI=true)"; fi
-	@if command -v chromium >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
-	  echo "installing chromium (apt-get; the lab's page test takes a headless screenshot)"; \
-	  if [ ! -e "$(POLICY_RC_D)" ]; then \
-	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
-	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
-	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
-	  fi; \
-	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
-	   ($(APT_GET) update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends chromium >/dev/null); \
-	else echo "warning: chromium missing and cannot apt-get install it; the lab's screenshot test will skip (fail under CI=true)"; fi
+	@$(call apt_install,command -v etcdctl >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1,etcd-client etcd-server,etcd-client and etcd-server (apt-get; their service is not started),etcdctl/etcd missing and cannot apt-get install them; their tests will skip (fail under CI=true))
+	@$(call apt_install,command -v chromium >/dev/null 2>&1,--no-install-recommends chromium,chromium (apt-get; the lab's page test takes a headless screenshot),chromium missing and cannot apt-get install it; the lab's screenshot test will skip (fail under CI=true))
 	@# PostgreSQL's server for the Patroni tests (tests/patroni): Debian's postgresql; the guard also keeps
 	@# the package's own cluster (15/main on 5432) from starting
-	@set -- $(PG_LIB)/*/bin/postgres; if [ -x "$$1" ]; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
-	  echo "installing postgresql (apt-get; its service is not started) for the Patroni tests"; \
-	  if [ ! -e "$(POLICY_RC_D)" ]; then \
-	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
-	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
-	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
-	  fi; \
-	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq postgresql >/dev/null 2>&1 || \
-	   ($(APT_GET) update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq postgresql >/dev/null); \
-	else echo "warning: PostgreSQL missing and cannot apt-get install it; the Patroni tests will skip (fail under CI=true)"; fi
+	@$(call apt_install,set -- $(PG_LIB)/*/bin/postgres; [ -x "$$1" ],postgresql,postgresql (apt-get; its service is not started) for the Patroni tests,PostgreSQL missing and cannot apt-get install it; the Patroni tests will skip (fail under CI=true))
 	@# conclave chaos: ip netns / veth / bridge (iproute2) and nft for the namespace mode's faults
-	@if command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v $(APT_GET) >/dev/null 2>&1; then \
-	  echo "installing iproute2 and nftables (apt-get) for conclave chaos"; \
-	  if [ ! -e "$(POLICY_RC_D)" ]; then \
-	    trap 'rm -f "$(POLICY_RC_D)"' EXIT; \
-	    printf '#!/bin/sh\n# written by `make system-deps` for the length of its apt-get install\nexit 101\n' \
-	      > "$(POLICY_RC_D)" && chmod 755 "$(POLICY_RC_D)"; \
-	  fi; \
-	  DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq iproute2 nftables >/dev/null 2>&1 || \
-	   ($(APT_GET) update -qq >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq iproute2 nftables >/dev/null); \
-	else echo "warning: ip/nft missing: conclave chaos runs its members behind the proxy instead of namespaces"; fi
+	@$(call apt_install,command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1,iproute2 nftables,iproute2 and nftables (apt-get) for conclave chaos,ip/nft missing: conclave chaos runs its members behind the proxy instead of namespaces)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples

@@ -11,8 +11,8 @@ some left to expire), watch churn (streams created on prefixes, a few events rea
 cancelled by the client) and a compactor (every 2 s, compact to revision - 500, as etcd's
 auto-compaction would; without it MVCC history grows legitimately). Samples the member's
 VmRSS every second and reports RSS after warm-up, at the end, the peak and the growth, plus the
-member's "gc: full collection" log lines. ``run_soak`` is also the engine of
-tests/server/test_server_soak.py.
+member's "gc: full collection" log lines, and the RSS at two settle points (load held,
+compaction, Defragment: a full collection in the member), after the warm-up and at the end.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> dict[str, Any]:
+async def _mixed_load(endpoint: str, pid: int, duration: float, warmup: float, seed: int) -> dict[str, Any]:
     import grpc
 
     from conclave.api import pb
@@ -61,6 +61,7 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
         txn, compact = rpc(ch, "etcdserverpb.KV", "Txn"), rpc(ch, "etcdserverpb.KV", "Compact")
         grant, revoke = rpc(ch, "etcdserverpb.Lease", "LeaseGrant"), rpc(ch, "etcdserverpb.Lease", "LeaseRevoke")
         watch = rpc(ch, "etcdserverpb.Watch", "Watch")
+        defrag = rpc(ch, "etcdserverpb.Maintenance", "Defragment")
         # The port opens before the member has elected itself: wait for a first write (bounded),
         # or the writers would spin on fail-fast "no leader" answers.
         ready_by = time.monotonic() + 30
@@ -72,7 +73,14 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
                 if time.monotonic() > ready_by:
                     raise
                 await asyncio.sleep(0.05)
-        stop_at = time.monotonic() + duration
+        start_at = time.monotonic()
+        stop_at = start_at + duration
+        # While a settle point is taken the load holds still: writers finish their current call and
+        # wait, so the RSS read after the member's Defragment (a full collection) is not the phase
+        # of the allocator's sawtooth but what the member keeps.
+        running = asyncio.Event()
+        running.set()
+        settled: list[tuple[float, int]] = []
 
         async def guarded(name: str, coro: Any) -> Any:
             try:
@@ -87,6 +95,7 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
 
         async def writer() -> None:
             while time.monotonic() < stop_at:
+                await running.wait()
                 i = rng.randrange(KEY_SPACE)
                 roll = rng.random()
                 if roll < 0.6:
@@ -105,6 +114,7 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
 
         async def leaser() -> None:
             while time.monotonic() < stop_at:
+                await running.wait()
                 g = await guarded("lease_grant", grant(pb.LeaseGrantRequest(TTL=rng.choice((2, 5))), timeout=10))
                 if g is None:
                     await asyncio.sleep(0.1)
@@ -118,6 +128,7 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
 
         async def watcher() -> None:
             while time.monotonic() < stop_at:
+                await running.wait()
                 call = watch()
                 prefix = b"/soak/" + rng.choice((b"a", b"b", b"c", b"d", b"lease"))
                 try:
@@ -141,14 +152,31 @@ async def _mixed_load(endpoint: str, pid: int, duration: float, seed: int) -> di
                                                      timeout=10))
 
         async def sampler() -> None:
-            t0 = time.monotonic()
             while time.monotonic() < stop_at:
-                samples.append((round(time.monotonic() - t0, 1), rss_bytes(pid)))
+                samples.append((round(time.monotonic() - start_at, 1), rss_bytes(pid)))
                 await asyncio.sleep(1.0)
 
+        async def settle_point() -> None:
+            running.clear()
+            await asyncio.sleep(1.0)  # the calls in flight finish (each is bounded by its timeout anyway)
+            r = await guarded("range", rng_(pb.RangeRequest(key=b"/soak/", range_end=b"/soak0", count_only=True),
+                                            timeout=10))
+            if r is not None and r.header.revision > COMPACT_KEEP:
+                await guarded("compact", compact(pb.CompactionRequest(revision=r.header.revision - COMPACT_KEEP),
+                                                 timeout=10))
+            await guarded("defragment", defrag(pb.DefragmentRequest(), timeout=30))
+            await asyncio.sleep(0.5)
+            settled.append((round(time.monotonic() - start_at, 1), rss_bytes(pid)))
+            running.set()
+
+        async def settler() -> None:
+            for at in (warmup, duration - 2.5):
+                await asyncio.sleep(max(0.0, start_at + at - time.monotonic()))
+                await settle_point()
+
         await asyncio.gather(*(writer() for _ in range(8)), *(leaser() for _ in range(2)),
-                             *(watcher() for _ in range(4)), compactor(), sampler())
-    return {"counts": counts, "errors": errors, "error_details": details, "samples": samples}
+                             *(watcher() for _ in range(4)), compactor(), sampler(), settler())
+    return {"counts": counts, "errors": errors, "error_details": details, "samples": samples, "settled": settled}
 
 
 def summarize(samples: list[tuple[float, int]], warmup: float, window_s: float = 25.0) -> dict[str, float]:
@@ -175,6 +203,17 @@ def summarize(samples: list[tuple[float, int]], warmup: float, window_s: float =
     }
 
 
+def settled_growth(settled: list[tuple[float, int]]) -> dict[str, Any]:
+    """RSS at the two settle points (after warm-up, just before the end: load held, compaction,
+    Defragment, which makes the member run a full collection) and its growth, in MB."""
+    if len(settled) != 2:
+        raise RuntimeError(f"expected 2 settle points, got {len(settled)}: {settled}")
+    (t0, a), (t1, b) = settled
+    mb = 2**20
+    return {"settled_at_s": [t0, t1], "rss_settled_warm_mb": round(a / mb, 1), "rss_settled_end_mb": round(b / mb, 1),
+            "settled_growth_mb": round((b - a) / mb, 1)}
+
+
 def run_soak(root: Path, duration: float, warmup: float, gc_full_interval: float | None = None,
              seed: int = 1, gc_freeze_interval: float | None = None) -> dict[str, Any]:
     """Start a member under ``root``, soak it, stop it; the report (see the module docstring)."""
@@ -191,7 +230,7 @@ def run_soak(root: Path, duration: float, warmup: float, gc_full_interval: float
         cluster.wait_ready(30)
         member = cluster.members[0]
         assert member.proc is not None
-        load = asyncio.run(_mixed_load(member.endpoint, member.proc.pid, duration, seed))
+        load = asyncio.run(_mixed_load(member.endpoint, member.proc.pid, duration, warmup, seed))
         alive = member.alive()
     finally:
         cluster.stop()
@@ -205,6 +244,7 @@ def run_soak(root: Path, duration: float, warmup: float, gc_full_interval: float
         "gc_full_interval_s": gc_full_interval,
         "alive_at_end": alive,
         **summarize(load["samples"], warmup),
+        **settled_growth(load["settled"]),
         "ops": load["counts"],
         "errors": load["errors"],
         "error_details": load["error_details"],

@@ -47,6 +47,14 @@ fi
     calls = log.read_text()
     assert "apt-get install" in calls and "policy-rc.d answered 101" in calls, calls
     assert "etcd service started" not in calls, calls
+    # every package set goes through the same guarded install (postgresql only where it is missing)
+    sets = ["etcd-client etcd-server", "--no-install-recommends chromium", "iproute2 nftables"]
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")):
+        sets.append("postgresql")
+    for packages in sets:
+        assert f"apt-get install -y -qq {packages}" in calls, calls
+    assert calls.count("policy-rc.d answered") == calls.count("apt-get install"), calls
+    assert "policy-rc.d answered 0" not in calls, calls
     assert "pkill" not in calls and "killall" not in calls and "kill " not in calls, calls
     assert not policy.exists(), "the temporary policy-rc.d must be removed after the install"
 

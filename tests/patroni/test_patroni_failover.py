@@ -55,6 +55,12 @@ from .conftest import (
 
 TTL, LOOP_WAIT, RETRY_TIMEOUT = 20, 2, 5  # Patroni's minimum ttl is 20 (smaller is raised to 20)
 TIMING = {"ttl": TTL, "loop_wait": LOOP_WAIT, "retry_timeout": RETRY_TIMEOUT}
+# Patroni's own bound on a failover is ttl + loop_wait: the leader key expires at most ttl after its
+# last refresh, and the replica's next HA loop sees that. Its HA cycle then does its own work (DCS
+# calls, pg_ctl promote) before /primary answers 200. On a quiet machine both DCSs gave 18.9-20.1 s;
+# a CI run once failed the bare ttl + loop_wait with etcd as the DCS, so the assertions allow one
+# such cycle on top (a DCS that did not expire the key would take a whole ttl more).
+HA_CYCLE_S = 3
 NAMESPACE = "/service/"
 
 
@@ -228,8 +234,10 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
                   f"false) after {writable_s:.2f}s "
                   f"(ttl {TTL}, loop_wait {LOOP_WAIT}, retry_timeout {RETRY_TIMEOUT})")
         since_kill = pg1.log_path.read_bytes()[pg1_mark:].decode(errors="replace")[-12000:]
-        assert failover_s <= TTL + LOOP_WAIT, f"the leader key took {failover_s:.2f}s > ttl + loop_wait\n{since_kill}"
-        assert writable_s <= TTL + LOOP_WAIT, f"the promotion took {writable_s:.2f}s > ttl + loop_wait\n{since_kill}"
+        assert failover_s <= TTL + LOOP_WAIT + HA_CYCLE_S, \
+            f"the leader key took {failover_s:.2f}s > ttl + loop_wait + one HA cycle\n{since_kill}"
+        assert writable_s <= TTL + LOOP_WAIT + HA_CYCLE_S, \
+            f"the promotion took {writable_s:.2f}s > ttl + loop_wait + one HA cycle\n{since_kill}"
         kv = dcs_get(cluster, leader_key)
         assert kv is not None and kv.value == b"pg1", f"leader key after the failover: {kv}"
         second = uuid.uuid4().hex

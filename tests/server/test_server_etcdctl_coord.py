@@ -2,7 +2,7 @@
 
 watch, lease, lock, elect, member add/promote/remove/update with real processes joining and
 leaving, endpoint hashkv, snapshot save + restore into a new cluster, move-leader, alarms,
-defrag and check perf.
+defrag (check perf is in bench/cluster_bench.py).
 """
 
 from __future__ import annotations
@@ -307,9 +307,8 @@ def test_snapshot_save_and_restore_into_a_new_cluster(
     assert done.returncode == 1 and "corrupt" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_check_perf_small_load_passes(cluster: ProcessCluster) -> None:
-    rc, out = ctl(cluster.endpoints, "check", "perf", "--load=s", timeout=150)
-    assert rc == 0 and out.rstrip().endswith("PASS"), out[-2000:]
+# etcdctl check perf (a fixed 60 s load) is a benchmark: bench/cluster_bench.py runs --load=s and m
+# against Conclave and etcd side by side (bench/README.md).
 
 
 # ------------------------------------------------ one lock and one election with etcd's recipe (issue 10)

@@ -39,7 +39,17 @@ def cluster(module_cluster: ProcessCluster) -> ProcessCluster:
 
 
 def grant(client: Etcd, ttl: int) -> int:
-    lease_id = int(client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl), timeout=10).ID)
+    # The module's cluster outlives leader kills of earlier tests: on a loaded machine a member may
+    # be between leaders for a moment, which etcd answers "no leader" too. Retried, bounded.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            lease_id = int(client.lease.LeaseGrant(pb.LeaseGrantRequest(TTL=ttl), timeout=10).ID)
+            break
+        except grpc.RpcError as exc:
+            if "no leader" not in (exc.details() or "") or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                raise
+            time.sleep(0.1)
     assert lease_id != 0
     return lease_id
 

@@ -172,6 +172,34 @@ def _code_of(context: Any, default: int) -> int:
     return int(code) if isinstance(code, int) else default
 
 
+class _Call:
+    """One grpc.aio call, counted: started on entry, handled with the code it ended with on exit.
+
+    The code: the one the handler set on ``context`` (OK if none) when it returned; after an
+    abort, the aborted code; after any other exception, Canceled if the client went away and
+    Unknown otherwise. The exception itself is never swallowed.
+    """
+
+    __slots__ = ("context", "metrics", "path", "t0")
+
+    def __init__(self, metrics: RpcMetrics, path: str, context: Any) -> None:
+        self.metrics, self.path, self.context = metrics, path, context
+        self.t0 = 0.0
+
+    def __enter__(self) -> None:
+        self.t0 = self.metrics.start(self.path)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        context = self.context
+        if exc_type is None:
+            code = _code_of(context, 0) if context.code() is not None else 0
+        elif issubclass(exc_type, grpc.aio.AbortError):
+            code = _code_of(context, 2)
+        else:
+            code = 1 if context.cancelled() else 2
+        self.metrics.handled(self.path, code, self.t0)
+
+
 class _Interceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
@@ -189,22 +217,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary(request: Any, context: Any) -> Any:
-                t0, code = metrics.start(path), 2
-                if handler.unary_unary is not None:
-                    metrics.received(path, _size(request))
-                try:
+                with _Call(metrics, path, context):
+                    if handler.unary_unary is not None:
+                        metrics.received(path, _size(request))
                     resp = await inner(request, context)
                     metrics.sent(path, _size(resp))
-                    code = _code_of(context, 0) if context.code() is not None else 0
                     return resp
-                except grpc.aio.AbortError:
-                    code = _code_of(context, 2)
-                    raise
-                except BaseException:
-                    code = 1 if context.cancelled() else 2
-                    raise
-                finally:
-                    metrics.handled(path, code, t0)
 
             if handler.unary_unary is not None:
                 return handler._replace(unary_unary=unary)
@@ -212,22 +230,12 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         inner_s = handler.unary_stream or handler.stream_stream
 
         async def stream(request: Any, context: Any) -> Any:
-            t0, code = metrics.start(path), 2
-            if handler.unary_stream is not None:
-                metrics.received(path, _size(request))
-            try:
+            with _Call(metrics, path, context):
+                if handler.unary_stream is not None:
+                    metrics.received(path, _size(request))
                 async for item in inner_s(request, context):
                     metrics.sent(path, _size(item))
                     yield item
-                code = _code_of(context, 0) if context.code() is not None else 0
-            except grpc.aio.AbortError:
-                code = _code_of(context, 2)
-                raise
-            except BaseException:
-                code = 1 if context.cancelled() else 2
-                raise
-            finally:
-                metrics.handled(path, code, t0)
 
         if handler.unary_stream is not None:
             return handler._replace(unary_stream=stream)

@@ -24,7 +24,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2381,127.0.0.1:22381,127.0.0.1:32381"
@@ -804,6 +804,13 @@ def _print_role(name: str, perms: Sequence[Any]) -> None:
                 print(line)
 
 
+def _print_names(names: Iterable[str]) -> int:
+    """One name a line (what `user list` and `role list` print); exit status 0."""
+    for name in names:
+        print(name)
+    return 0
+
+
 def cmd_user_get(client: Any, args: argparse.Namespace) -> int:
     roles = client.user_get(args.name)
     print(f"User: {args.name}")
@@ -817,9 +824,7 @@ def cmd_user_get(client: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(client: Any, args: argparse.Namespace) -> int:
-    for name in client.user_list():
-        print(name)
-    return 0
+    return _print_names(client.user_list())
 
 
 def cmd_user_delete(client: Any, args: argparse.Namespace) -> int:
@@ -858,9 +863,7 @@ def cmd_role_get(client: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_role_list(client: Any, args: argparse.Namespace) -> int:
-    for name in client.role_list():
-        print(name)
-    return 0
+    return _print_names(client.role_list())
 
 
 def cmd_role_delete(client: Any, args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES = (
     "conclave.cli.serve",
     "conclave.cli.up",
+    "conclave.cli.shards",
     "conclave.cli.snapshot",
     "conclave.cli.sim",
     "conclave.cli.check",

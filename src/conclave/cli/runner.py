@@ -1,5 +1,9 @@
 """Process-level composition: one member = a ``Node`` plus its client-facing listeners.
 
+A sharded member (``--shards`` / ``--shard-split-keys``, or a data dir created so) runs a
+``server/groups.MemberGroups`` instead of one Node, served through ``server/sharded.ShardedBackend``;
+its HTTP router also answers ``GET /conclave/shards`` (the JSON ``conclave shards`` reads).
+
 ``serve_forever`` runs until SIGTERM/SIGINT (graceful: stop accepting, fsync, close,
 exit 0) or until the member is removed from the cluster (exit 0, with the reason).
 """
@@ -28,6 +32,7 @@ class Member:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.node: Any = None
+        self.groups: Any = None  # server/groups.MemberGroups on a sharded member
         self.grpc_server: Any = None
         self.native_server: Any = None
         self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version, /metrics, /health...
@@ -63,14 +68,29 @@ class Member:
             tls_kw = tls_listeners.edge_kwargs(client_tls, secure, EdgeServer.__init__)
         elif any(secure):
             tls_listeners.python_engine_refusals(client_tls)
-        self.node = Node(self.cfg)
-        await self.node.start()
-        backend = NodeBackend(self.node)
+        from conclave.server import datadir
+
+        splits = datadir.shard_split(self.cfg)  # fixed at creation: a different --shards is refused here
+        backend: Any
+        if splits:
+            from conclave.server.groups import MemberGroups
+            from conclave.server.sharded import ShardedBackend
+
+            self.groups = MemberGroups(self.cfg, splits)
+            self.node = self.groups.meta
+            await self.groups.start()
+            backend = ShardedBackend(self.groups)
+        else:
+            self.node = Node(self.cfg)
+            await self.node.start()
+            backend = NodeBackend(self.node)
         registry = self.node.metrics.registry
         rpc_metrics = RpcMetrics(registry, extensive=self.cfg.metrics == "extensive")
         health = Health(backend, timeout_s=self.cfg.request_timeout_s, registry=registry)
         self.http_router = gateway_router(backend)
         register_routes(self.http_router, health)
+        if self.groups is not None:
+            self.http_router.add("/conclave/shards", _shards_route(backend))
         self.metrics_router = HttpRouter()  # --listen-metrics-urls: metrics and health only, as etcd's
         register_routes(self.metrics_router, health)
         http_urls = self.cfg.listen_client_http_urls
@@ -154,8 +174,21 @@ class Member:
             await self.http_server.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
-        if self.node is not None:
+        if self.groups is not None:
+            await self.groups.stop()
+        elif self.node is not None:
             await self.node.stop()
+
+
+def _shards_route(backend: Any) -> Any:
+    """``GET /conclave/shards``: this member's view of every group, as JSON (``conclave shards``)."""
+    import json
+
+    async def handler(method: str, path: str, headers: Any, body: Any) -> Any:
+        rows = await backend.shard_table()
+        return 200, [("content-type", "application/json")], json.dumps(rows[0]).encode()
+
+    return handler
 
 
 GC_THRESHOLDS = (20_000, 10, 100)

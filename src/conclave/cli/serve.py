@@ -9,11 +9,13 @@ from typing import Any
 from conclave.kv.validation import DEFAULT_MAX_REQUEST_BYTES
 from conclave.machine import rules
 from conclave.server.config import (
+    SHARDS_MAX,
     ConfigError,
     ServerConfig,
     env_default,
     parse_initial_cluster,
     parse_list,
+    parse_split_keys,
     parse_urls,
 )
 
@@ -83,6 +85,11 @@ FLAGS: tuple[tuple[str, str, str | None, str], ...] = (
      "port serves them too)"),
     ("metrics", "basic|extensive", "basic",
      "metrics level: extensive adds the per-RPC grpc_server_handling_seconds histograms"),
+    ("shards", "K", None, "split the key space into K ranges, each its own Raft group on every member "
+     "(fixed when the cluster is created; K-1 split keys are taken evenly from 0-9A-Za-z, e.g. K=3 splits "
+     "at K and f; give --shard-split-keys for your own key layout) (default: 1)"),
+    ("shard-split-keys", "KEYS", None, "comma list of split keys, e.g. a,m,t: 4 shards [,a) [a,m) [m,t) [t,); "
+     "exclusive with --shards (default: none)"),
     ("log-level", "LEVEL", "info", "debug, info, warn or error"),
 )
 
@@ -122,6 +129,23 @@ def _bool(args: argparse.Namespace, flag: str) -> bool:
     if raw in ("false", "0", "no", ""):
         return False
     raise ConfigError(f"--{flag}: expected true or false, got {raw!r}")
+
+
+def _shard_args(args: argparse.Namespace) -> dict[str, Any]:
+    shards = getattr(args, "shards", None)
+    splits = getattr(args, "shard_split_keys", None)
+    if shards is not None and str(shards).strip() and splits is not None and str(splits).strip():
+        raise ConfigError("--shards and --shard-split-keys are mutually exclusive: give one "
+                          "(K split keys make K+1 shards)")
+    out: dict[str, Any] = {}
+    if shards is not None and str(shards).strip():
+        k = _int(args, "shards")
+        if not 1 <= k <= SHARDS_MAX:
+            raise ConfigError(f"--shards must be between 1 and {SHARDS_MAX}, got {k}")
+        out["shards"] = k
+    if splits is not None and str(splits).strip():
+        out["shard_split_keys"] = parse_split_keys(str(splits))
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -185,6 +209,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             parse_urls(args.listen_metrics_urls, "listen-metrics-urls") if args.listen_metrics_urls else []
         ),
         metrics=str(args.metrics).strip().lower(),
+        **_shard_args(args),
     )
     cfg.validate()
     from conclave.server.tls import validate_config  # cryptography parses the certificates

@@ -8,6 +8,7 @@ wins over the environment. Bad values raise ``ConfigError`` with one clear sente
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,33 @@ class ConfigError(ValueError):
 # The data dir's record of who the member is (server/datadir.py). Once it exists the bootstrap
 # flags are ignored, as etcd ignores them once its data dir exists.
 MEMBER_FILE = "member.json"
+# The data dir's record of the key-range split a sharded cluster was created with (server/groups.py);
+# absent for a one-group cluster, whose data dir keeps the layout it always had.
+SHARDS_FILE = "shards.json"
+SHARDS_MAX = 64
+# --shards K without split keys: K-1 split points taken evenly from this alphabet (digits, upper
+# case, lower case: the characters keys usually start with), e.g. K=3 splits at "K" and "f".
+SPLIT_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def derive_split_keys(shards: int) -> list[bytes]:
+    """The K-1 split keys ``--shards K`` uses: evenly spaced one-character keys of SPLIT_ALPHABET."""
+    n = len(SPLIT_ALPHABET)
+    return [SPLIT_ALPHABET[i * n // shards].encode() for i in range(1, shards)]
+
+
+def parse_split_keys(value: str) -> list[bytes]:
+    """``a,m,t`` -> [b"a", b"m", b"t"]: non-empty, distinct, strictly increasing (byte order)."""
+    keys = [k.encode() for k in value.split(",")]
+    if not value.strip() or any(not k for k in keys):
+        raise ConfigError(f"--shard-split-keys: empty split key in {value!r} (give e.g. a,m,t)")
+    for a, b in itertools.pairwise(keys):
+        if not a < b:
+            raise ConfigError(f"--shard-split-keys: keys must be distinct and in increasing byte order, "
+                              f"but {a.decode()!r} comes before {b.decode()!r}")
+    if len(keys) + 1 > SHARDS_MAX:
+        raise ConfigError(f"--shard-split-keys: at most {SHARDS_MAX - 1} split keys ({SHARDS_MAX} shards)")
+    return keys
 
 
 # What etcd 3.4 reports for an empty backend (its bbolt file before the first key: `etcdctl
@@ -185,6 +213,10 @@ class ServerConfig:
     # "extensive" adds the per-RPC handling-time histograms.
     listen_metrics_urls: list[str] = field(default_factory=list)
     metrics: str = "basic"
+    # Shards (server/groups.py, docs/shards.md): 0 = not given (one group for a new data dir, the
+    # recorded split on restart); K > 1 splits the key space at shard_split_keys (derived when empty).
+    shards: int = 0
+    shard_split_keys: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.explicit_client_cert = bool(self.cert_file)
@@ -224,6 +256,7 @@ class ServerConfig:
             raise ConfigError(f"--metrics must be 'basic' or 'extensive', got {self.metrics!r}")
         self._validate_tls()
         self._validate_auth()
+        self._validate_shards()
         if self.heartbeat_interval_ms <= 0:
             raise ConfigError("--heartbeat-interval must be > 0 (milliseconds)")
         if self.election_timeout_ms < 5 * self.heartbeat_interval_ms:
@@ -251,6 +284,23 @@ class ServerConfig:
         ):
             for u in urls:
                 parse_url(u, flag)
+
+    def _validate_shards(self) -> None:
+        if self.shards < 0 or self.shards > SHARDS_MAX:
+            raise ConfigError(f"--shards must be between 1 and {SHARDS_MAX}, got {self.shards}")
+        if self.shard_split_keys and self.shards and self.shards != len(self.shard_split_keys) + 1:
+            raise ConfigError("--shards and --shard-split-keys are mutually exclusive "
+                              "(K split keys make K+1 shards)")
+        if self.shard_split_keys:
+            parse_split_keys(",".join(k.decode() for k in self.shard_split_keys))
+
+    def split_keys(self) -> list[bytes] | None:
+        """The split the flags ask for (``[]``: one group), or None when no shard flag was given."""
+        if self.shard_split_keys:
+            return list(self.shard_split_keys)
+        if self.shards:
+            return derive_split_keys(self.shards)
+        return None
 
     def _validate_auth(self) -> None:
         from conclave.server.auth_tokens import TokenConfigError, provider_from_flag

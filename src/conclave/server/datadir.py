@@ -11,6 +11,11 @@ one warning naming the flags whose value differs, where etcd says nothing). ``--
 bootstrap flag: a member restarted under another name keeps its id and publishes the new name, as
 etcd does (``member list`` shows it).
 
+The key-range split of a sharded cluster is fixed at creation too: ``shards.json`` records its split
+keys (hex) when there is more than one group; a data dir without it is a one-group cluster (the
+layout every existing data dir has). ``shard_split`` returns the split to run with and refuses a
+restart whose ``--shards`` / ``--shard-split-keys`` ask for another one.
+
 ``recover`` reads the file and rewrites the bootstrap fields of the configuration to the data
 dir's values, so every later use of them (member ids of ``member add``, the member table rebuilt
 from the initial cluster) sees the cluster the data dir belongs to.
@@ -20,11 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conclave.server.config import MEMBER_FILE, ConfigError, ServerConfig
+from conclave.server.config import MEMBER_FILE, SHARDS_FILE, ConfigError, ServerConfig
 
 log = logging.getLogger("conclave.datadir")
 
@@ -101,3 +107,52 @@ def recover(cfg: ServerConfig) -> Identity | None:
 
 def _sorted(cluster: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
     return sorted((name, sorted(urls)) for name, urls in cluster.items())
+
+
+def shards_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / SHARDS_FILE
+
+
+def _describe(splits: list[bytes]) -> str:
+    if not splits:
+        return "1 shard"
+    return f"{len(splits) + 1} shards split at " + ",".join(k.decode(errors="backslashreplace") for k in splits)
+
+
+def read_shards(data_dir: str | Path) -> list[bytes] | None:
+    """The recorded split keys; [] for a bootstrapped one-group data dir; None for a new data dir."""
+    path = shards_path(data_dir)
+    if path.exists():
+        try:
+            raw = json.loads(path.read_text())
+            return [bytes.fromhex(str(k)) for k in raw["split_keys"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"data dir {data_dir}: {SHARDS_FILE} is unreadable ({exc})") from None
+    return [] if meta_path(data_dir).exists() else None
+
+
+def shard_split(cfg: ServerConfig) -> list[bytes]:
+    """The split keys this member runs with: the data dir's, else the flags' (recorded now).
+
+    A restart whose shard flags differ from what the cluster was created with is refused: the
+    split is fixed at creation (the groups' logs own their ranges)."""
+    recorded = read_shards(cfg.data_dir)
+    asked = cfg.split_keys()
+    if recorded is not None:
+        if asked is not None and asked != recorded:
+            raise ConfigError(
+                f"data dir {cfg.data_dir} was created with {_describe(recorded)}; the shard split is fixed "
+                f"at cluster creation, but the flags ask for {_describe(asked)} (drop --shards / "
+                "--shard-split-keys or give the same value)")
+        return recorded
+    splits = asked or []
+    if splits:
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        path = shards_path(cfg.data_dir)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"split_keys": [k.hex() for k in splits]}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return splits

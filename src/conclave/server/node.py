@@ -47,6 +47,10 @@ Metrics (``server/metrics.py``, etcd's names): the loop bumps plain counters onc
 transport report through hooks the node injects; gauges (leader, indexes, keys) are read from
 this node when ``/metrics`` is scraped, so the hot path pays nothing for them.
 
+Groups (``server/groups.py``): a sharded member runs one Node per Raft group, each with its
+``group_id``, its own data dir and a view of the member's shared transport (the ``transport``
+factory); a Node built without one owns its transport, as a one-group member always did.
+
 Peer RPCs are a fixed, typed table (``PeerRpc``): the node serves ``cluster_info`` itself and
 the lease and promotion calls through the ``PeerRpcHandlers`` the backend registers with
 ``serve_peer_rpcs``; an unknown or not-yet-served method is answered with an error.
@@ -357,8 +361,13 @@ class Node:
     """One Conclave member. Create, ``await start()``, serve, ``await stop()``."""
 
     def __init__(self, cfg: ServerConfig, *, storage_factory: Callable[[str], Any] | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, group_id: int = 0,
+                 transport: Callable[[Node], Awaitable[Any]] | None = None) -> None:
         self.cfg = cfg
+        # Several Raft groups per member (server/groups.py): this node's group, and the factory of
+        # its view of the member's shared transport (None: this node owns its transport, as always).
+        self.group_id = group_id
+        self._transport_factory = transport
         self.member_id = cfg.member_id
         self.cluster_id = cfg.cluster_id
         self.clock: Clock = clock if clock is not None else MonotonicClock()
@@ -526,10 +535,13 @@ class Node:
         )
         self.raft = RaftNode(raft_cfg, persisted, random.Random(self.member_id ^ int(time.time_ns())))
         self._last_leader = NONE
-        peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
-        self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
-                                   self._on_unreachable, tls=PeerTls.from_config(self.cfg), metrics=self.metrics)
-        await self.transport.listen(peer.host, peer.port)
+        if self._transport_factory is not None:
+            self.transport: Any = await self._transport_factory(self)  # a view of the member's shared transport
+        else:
+            peer = parse_url(self.cfg.listen_peer_urls[0], "listen-peer-urls")
+            self.transport = Transport(self.member_id, self.cluster_id, self._on_peer_messages, self._on_rpc,
+                                       self._on_unreachable, tls=PeerTls.from_config(self.cfg), metrics=self.metrics)
+            await self.transport.listen(peer.host, peer.port)
         self._sync_peers()
         self._running = True
         loop = asyncio.get_running_loop()

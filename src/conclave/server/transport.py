@@ -19,6 +19,15 @@ each direction, per peer; a failed dial counts a send failure and the messages i
 prober sends a ``ping`` RPC (answered by the transport itself, never by the node) when a
 connection comes up and every ``PROBE_INTERVAL_S`` after, for the round-trip histogram.
 
+Groups (several Raft groups per member, ``server/groups.py``): one transport carries every
+group's traffic. Group 0's Raft messages travel in ``RAFT`` frames exactly as a one-group
+member sends them; the messages of the other groups queued together go in ONE ``RAFT_GROUPS``
+frame whose body is ``[[group id, encoded messages], ...]``. An RPC of a group other than 0
+carries the group as a fourth element of its request ``[request id, method, args, group]``.
+Each group's node sees only its own traffic through ``Transport.group(gid, ...)``, a view with
+the transport's sending methods; messages for a group this member does not run are dropped
+(counted in ``unknown_group_messages``), and an unreachable peer is reported to every group.
+
 TLS (https:// peer URLs, ``PeerTls``): the listener accepts plain sockets and runs the TLS
 handshake through ``loop.connect_accepted_socket`` so that a refused peer is logged with its
 reason, once per source address and reason: no certificate, one from another CA, a revoked one,
@@ -56,7 +65,7 @@ FRAME_BYTES_MAX = 64 * 1024 * 1024
 QUEUE_MESSAGES_MAX = 8192
 BATCH_MESSAGES_MAX = 4096
 
-HELLO, RAFT, RPC_REQ, RPC_RESP = 0, 1, 2, 3
+HELLO, RAFT, RPC_REQ, RPC_RESP, RAFT_GROUPS = 0, 1, 2, 3, 4
 PING = "ping"  # answered by the transport itself: the round-trip probe
 PROBE_INTERVAL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
@@ -112,10 +121,51 @@ def _hello(body: Any) -> tuple[int, int]:
 
 
 def _rpc_request(body: Any) -> list[Any]:
-    """``[request id, method name, args]``; anything else is a TransportError."""
-    if not isinstance(body, list) or len(body) != 3 or type(body[0]) is not int or not isinstance(body[1], str):
+    """``[request id, method name, args]`` (group 0) or ``[..., group id]``; else a TransportError."""
+    if (not isinstance(body, list) or len(body) not in (3, 4) or type(body[0]) is not int
+            or not isinstance(body[1], str) or (len(body) == 4 and (type(body[3]) is not int or body[3] < 0))):
         raise TransportError(f"malformed rpc request {body!r:.80}")
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMessage:
+    """A Raft message of group ``gid`` (> 0) queued for a peer."""
+
+    gid: int
+    msg: Message
+
+
+def encode_raft_frames(items: list[Any]) -> list[bytes]:
+    """The frames for a batch of queued items: group 0's messages in one RAFT frame (as a
+    one-group member sends them), every other group's in one RAFT_GROUPS frame, RPCs after."""
+    plain = [m for m in items if isinstance(m, Message)]
+    grouped: dict[int, list[Message]] = {}
+    for item in items:
+        if isinstance(item, GroupMessage):
+            grouped.setdefault(item.gid, []).append(item.msg)
+    out = []
+    if plain:
+        out.append(encode_frame(RAFT, encode_messages(plain)))
+    if grouped:
+        out.append(encode_frame(RAFT_GROUPS, [[gid, encode_messages(ms)] for gid, ms in grouped.items()]))
+    out.extend(encode_frame(item[0], item[1]) for item in items if isinstance(item, tuple))
+    return out
+
+
+def decode_raft_groups(body: Any) -> list[tuple[int, list[Message]]]:
+    """A RAFT_GROUPS body back to ``[(group id, messages)]``; malformed input is a TransportError."""
+    if not isinstance(body, list):
+        raise TransportError(f"malformed group frame {body!r:.80}")
+    out = []
+    for part in body:
+        if not isinstance(part, list) or len(part) != 2 or type(part[0]) is not int or part[0] < 0:
+            raise TransportError(f"malformed group frame part {part!r:.80}")
+        try:
+            out.append((part[0], decode_messages(part[1])))
+        except CodecError as exc:
+            raise TransportError(str(exc)) from None
+    return out
 
 
 @dataclass
@@ -154,7 +204,7 @@ class _Peer:
         self.address = address
         self.secure = secure
         self.quick_loss = False  # the last TLS connection died within a second of its handshake
-        self.queue: asyncio.Queue[Message | tuple[int, Any]] = asyncio.Queue(QUEUE_MESSAGES_MAX)
+        self.queue: asyncio.Queue[Message | GroupMessage | tuple[int, Any]] = asyncio.Queue(QUEUE_MESSAGES_MAX)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.connected = asyncio.Event()
         self.closed = False
@@ -162,7 +212,7 @@ class _Peer:
         self.stats = metrics.peer(node_id) if metrics is not None else None
         self.task = asyncio.get_running_loop().create_task(self._run())
 
-    def send(self, item: Message | tuple[int, Any]) -> bool:
+    def send(self, item: Message | GroupMessage | tuple[int, Any]) -> bool:
         try:
             self.queue.put_nowait(item)
             return True
@@ -264,11 +314,7 @@ class _Peer:
             items = [getter.result()]
             while len(items) < BATCH_MESSAGES_MAX and not self.queue.empty():
                 items.append(self.queue.get_nowait())
-            raft = [m for m in items if isinstance(m, Message)]
-            out = []
-            if raft:
-                out.append(encode_frame(RAFT, encode_messages(raft)))
-            out.extend(encode_frame(item[0], item[1]) for item in items if not isinstance(item, Message))
+            out = encode_raft_frames(items)
             if writer.is_closing():
                 # uvloop raises RuntimeError (not OSError) on a write to a closed transport.
                 return
@@ -370,6 +416,30 @@ class Transport:
         self._handshakes: set[asyncio.Task[None]] = set()
         self._tls_listener: Any = None
         self._accepting: asyncio.Task[None] | None = None
+        # Groups other than 0 (server/groups.py): gid -> (on_messages, on_rpc, on_unreachable).
+        self._groups: dict[int, tuple[Callable[[list[Message]], None], RpcHandler, Callable[[int], None]]] = {}
+        self.unknown_group_messages = 0
+
+    def group(self, gid: int, on_messages: Callable[[list[Message]], None], on_rpc: RpcHandler,
+              on_unreachable: Callable[[int], None]) -> GroupTransport:
+        """Register group ``gid``'s node and return its view of this transport (group 0 replaces
+        the callbacks the transport was built with)."""
+        if gid == 0:
+            self._on_messages, self._on_rpc, self._on_unreachable = on_messages, on_rpc, on_unreachable
+        else:
+            self._groups[gid] = (on_messages, on_rpc, on_unreachable)
+        return GroupTransport(self, gid)
+
+    def _deliver_groups(self, body: Any) -> None:
+        for gid, msgs in decode_raft_groups(body):
+            if gid == 0:
+                self._on_messages(msgs)
+                continue
+            handlers = self._groups.get(gid)
+            if handlers is None:
+                self.unknown_group_messages += len(msgs)
+                continue
+            handlers[0](msgs)
 
     async def listen(self, host: str, port: int) -> None:
         if self.tls is not None and self.tls.server is not None:
@@ -422,25 +492,27 @@ class Transport:
         """The peers whose outbound connection is up."""
         return sorted(nid for nid, p in self._peers.items() if p.connected.is_set())
 
-    def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
+    def send(self, messages: tuple[Message, ...] | list[Message], gid: int = 0) -> None:
         for m in messages:
             peer = self._peers.get(m.to)
-            if peer is None or not peer.send(m):
+            if peer is None or not peer.send(m if gid == 0 else GroupMessage(gid, m)):
                 if peer is not None and peer.stats is not None:
                     peer.stats.dropped_messages += 1
                 self.report_unreachable(m.to)
 
     def report_unreachable(self, node_id: int) -> None:
         self._on_unreachable(node_id)
+        for handlers in list(self._groups.values()):
+            handlers[2](node_id)
 
-    async def call(self, node_id: int, method: str, args: Any, timeout: float) -> Any:
+    async def call(self, node_id: int, method: str, args: Any, timeout: float, gid: int = 0) -> Any:
         peer = self._peers.get(node_id)
         if peer is None:
             raise PeerUnavailable(f"no route to member {node_id:x}")
         rid = next(self._rpc_ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         peer.pending[rid] = fut
-        if not peer.send((RPC_REQ, [rid, method, args])):
+        if not peer.send((RPC_REQ, [rid, method, args] if gid == 0 else [rid, method, args, gid])):
             peer.pending.pop(rid, None)
             raise PeerUnavailable(f"queue to member {node_id:x} is full")
         try:
@@ -477,6 +549,8 @@ class Transport:
                         self._on_messages(decode_messages(body))
                     except CodecError as exc:
                         raise TransportError(str(exc)) from None
+                elif kind == RAFT_GROUPS:
+                    self._deliver_groups(body)
                 elif kind == RPC_REQ:
                     req = _rpc_request(body)
                     if req[1] == PING:  # the peer's round-trip probe: answered here, at once
@@ -532,9 +606,15 @@ class Transport:
         await self._serve(reader, writer)
 
     async def _answer(self, writer: asyncio.StreamWriter, body: Any) -> None:
-        rid, method, args = body
+        rid, method, args = body[:3]
+        gid = body[3] if len(body) == 4 else 0
         try:
-            result = await self._on_rpc(method, args)
+            if gid == 0:
+                result = await self._on_rpc(method, args)
+            elif gid in self._groups:
+                result = await self._groups[gid][1](method, args)
+            else:
+                raise TransportError(f"this member runs no raft group {gid}")
             frame = encode_frame(RPC_RESP, [rid, True, result])
         except Exception as exc:  # the error travels back to the caller, typed by name
             frame = encode_frame(RPC_RESP, [rid, False, [type(exc).__name__, str(getattr(exc, "message", exc))]])
@@ -559,6 +639,54 @@ class Transport:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+
+class GroupTransport:
+    """Group ``gid``'s view of a shared ``Transport``: what a ``Node`` calls, tagged with its group.
+
+    The shared transport listens and closes for all groups (``listen``/``close`` here only
+    register and unregister the group); peers are added by any group and removed only by
+    group 0 (the meta group, whose membership every group shares)."""
+
+    def __init__(self, transport: Transport, gid: int) -> None:
+        self.shared = transport
+        self.gid = gid
+
+    @property
+    def node_id(self) -> int:
+        return self.shared.node_id
+
+    @property
+    def refused(self) -> int:
+        return self.shared.refused
+
+    async def listen(self, host: str, port: int) -> None:
+        pass  # the shared transport listens once for every group
+
+    def set_peer(self, node_id: int, address: tuple[str, int], secure: bool = False) -> None:
+        self.shared.set_peer(node_id, address, secure)
+
+    def remove_peer(self, node_id: int) -> None:
+        if self.gid == 0:
+            self.shared.remove_peer(node_id)
+
+    def peers(self) -> dict[int, tuple[str, int]]:
+        return self.shared.peers()
+
+    def connected_peers(self) -> list[int]:
+        return self.shared.connected_peers()
+
+    def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
+        self.shared.send(messages, self.gid)
+
+    def report_unreachable(self, node_id: int) -> None:
+        self.shared.report_unreachable(node_id)
+
+    async def call(self, node_id: int, method: str, args: Any, timeout: float) -> Any:
+        return await self.shared.call(node_id, method, args, timeout, self.gid)
+
+    async def close(self) -> None:
+        self.shared._groups.pop(self.gid, None)
 
 
 async def fetch_cluster_info(address: tuple[str, int], timeout: float, tls: PeerTls | None = None) -> Any:

@@ -65,7 +65,7 @@ from conclave.sim.faults import FAULT_KINDS, FaultRates
 from conclave.sim.history import Operation, OpStatus
 from conclave.sim.network import LinkConditions
 from conclave.sim.replica import Replica
-from conclave.sim.simulation import SimOptions, Simulation
+from conclave.sim.simulation import SimOptions, Simulation, check_fault_kinds, check_rule
 
 CALL_TIMEOUT_MS = 700
 REFUSED_RETRY_MS = 30
@@ -105,11 +105,8 @@ class MultiOptions:
             raise SetupError(f"groups must be 2..8, not {self.groups}")
         if self.accounts_per_group < 1 or self.transfer_clients < 0 or self.auditors < 0:
             raise SetupError("need at least one account per group")
-        if self.broken is not None and self.broken not in xs.BROKEN_RULES:
-            raise SetupError(f"unknown broken rule {self.broken!r}; choose from {', '.join(xs.BROKEN_RULES)}")
-        unknown = self.faults - set(FAULT_KINDS)
-        if unknown:
-            raise SetupError(f"unknown fault kinds {sorted(unknown)}")
+        check_rule("broken rule", self.broken, xs.BROKEN_RULES)
+        check_fault_kinds(self.faults)
 
 
 @dataclass(slots=True)

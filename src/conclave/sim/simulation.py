@@ -142,11 +142,21 @@ class SimOptions:
             raise SetupError(f"--nodes must be one of {', '.join(map(str, CLUSTER_SIZES))}, not {self.nodes}")
         if self.steps < 1:
             raise SetupError(f"--steps must be at least 1, not {self.steps}")
-        if self.fault_rule is not None and self.fault_rule not in FAULT_RULES:
-            raise SetupError(f"unknown fault rule {self.fault_rule!r}; choose from {', '.join(FAULT_RULES)}")
-        unknown = self.faults - set(FAULT_KINDS)
-        if unknown:
-            raise SetupError(f"unknown fault kinds {sorted(unknown)}")
+        check_rule("fault rule", self.fault_rule, FAULT_RULES)
+        check_fault_kinds(self.faults)
+
+
+def check_rule(what: str, rule: str | None, rules: Sequence[str]) -> None:
+    """SetupError unless ``rule`` is None or one of ``rules`` (``what`` names it in the message)."""
+    if rule is not None and rule not in rules:
+        raise SetupError(f"unknown {what} {rule!r}; choose from {', '.join(rules)}")
+
+
+def check_fault_kinds(faults: frozenset[str]) -> None:
+    """SetupError naming every entry of ``faults`` that is not one of FAULT_KINDS."""
+    unknown = faults - set(FAULT_KINDS)
+    if unknown:
+        raise SetupError(f"unknown fault kinds {sorted(unknown)}")
 
 
 @dataclass(slots=True)
