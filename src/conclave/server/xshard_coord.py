@@ -511,9 +511,10 @@ class Coordinator:
         if missing:
             raise GroupsUnavailable(f"groups {missing} are not reachable from this member")
 
-    async def txn(self, req: kv.TxnRequest) -> kv.TxnResponse:
+    async def txn(self, req: kv.TxnRequest, auth: Any = None) -> kv.TxnResponse:
         """Run ``req`` atomically across the groups it touches (raises the errors above,
-        ``TooBroad`` from ``plan``)."""
+        ``TooBroad`` from ``plan``). ``auth`` is accepted for the sharded backend's hook and not
+        checked here: a sharded cluster refuses to enable auth."""
         p = plan(req, self.shard_map)
         self.check(p)
         run = _Run(self.next_txn_id(), p)
