@@ -241,3 +241,39 @@ def test_a_member_restart_mid_transaction_is_recovered(tmp_path: Path, crash: bo
             await c.until_clean(3)
 
     _run(tmp_path, scenario)
+
+
+def test_wired_into_a_sharded_member(tmp_path: Path) -> None:
+    """How the sharded backend wires it: one port per data group of a MemberGroups."""
+    from conclave.server.groups import MemberGroups
+    from conclave.server.sharded import ShardedBackend
+
+    async def main() -> None:
+        cfg = _config(tmp_path, "m1")
+        groups = MemberGroups(cfg, [b"b", b"c"])
+        await groups.start()
+        try:
+            ports = {g: xc.NodeGroupPort(lambda g=g: groups.node(g)) for g in groups.data_group_ids()}
+            rec = xc.Recovery(ports, T)
+            co = xc.Coordinator(groups.meta.member_id, ports, groups.shard_map,
+                                seq_base=xc.txn_seq_base(cfg.data_dir), timeouts=T, recovery=rec)
+            sweeper = xc.Sweeper(ports, rec, T)
+            sweeper.start()
+            backend = ShardedBackend(groups)
+            backend.coordinator = co
+            for _ in range(250):
+                if all(groups.node(g).is_leader() for g in groups.data_group_ids()):
+                    break
+                await asyncio.sleep(0.02)
+            for k in KEYS:
+                await backend.put(kt.PutRequest(key=k, value=b"0"))
+            resp = await backend.txn(_txn(b"3", b"0"))
+            assert resp.succeeded
+            got = await backend.range(kt.RangeRequest(key=b"a", range_end=b"d"))
+            assert [kv.value for kv in got.kvs] == [b"3"] * 3
+            await sweeper.stop()
+            await co.close()
+        finally:
+            await groups.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
