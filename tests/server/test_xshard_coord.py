@@ -379,6 +379,11 @@ def test_clear_errors_for_too_large_and_unavailable() -> None:
                                            for i in range(xc.MAX_TXN_KEYS + 1)))
         with pytest.raises(xc.TxnTooLarge, match="compares and ops"):
             await co.txn(many)
+        leased = kt.TxnRequest(success=(kt.RequestOp(request_put=kt.PutRequest(key=b"bk", lease=7)),
+                                        kt.RequestOp(request_put=kt.PutRequest(key=b"ck"))))
+        with pytest.raises(xc.LeaseInCrossShardTxn, match="lease"):
+            await co.txn(leased)
+        assert all(not g.sm.xshard.intents for g in gs20.values())  # refused before any prepare
         await co.close()
 
         gs = _groups()

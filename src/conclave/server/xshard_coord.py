@@ -132,6 +132,22 @@ class TxnTooLarge(kverr.EtcdError):
     message = "conclave: cross-shard transaction too large"
 
 
+class LeaseInCrossShardTxn(kverr.EtcdError):
+    """A put that attaches a lease inside a cross-shard transaction: refused, because the lease could
+    be revoked between the prepare and the resolution (the resolution would then fail in that group)."""
+
+    code = "INVALID_ARGUMENT"
+    message = "conclave: a put with a lease in a cross-shard transaction is not supported"
+
+
+def _puts_with_lease(op: kv.RequestOp) -> bool:
+    if op.request_put is not None:
+        return op.request_put.lease != 0
+    if op.request_txn is not None:
+        return any(_puts_with_lease(o) for o in (*op.request_txn.success, *op.request_txn.failure))
+    return False
+
+
 class ResponseLost(kverr.EtcdError):
     """Committed, but a part was resolved by a recovery first, so its ops' responses are gone."""
 
@@ -502,6 +518,9 @@ class Coordinator:
         return (self.member_id, next(self._seq))
 
     def check(self, p: Plan) -> None:
+        for part in p.parts.values():
+            if any(_puts_with_lease(op) for op in (*part.success, *part.failure)):
+                raise LeaseInCrossShardTxn()
         if len(p.parts) > MAX_TXN_GROUPS:
             raise TxnTooLarge(f"it spans {len(p.parts)} groups (at most {MAX_TXN_GROUPS})")
         keys = sum(len(part.compares) + len(part.success) + len(part.failure) for part in p.parts.values())
