@@ -59,3 +59,12 @@ def test_a_write_answered_server_stopped_is_not_sent_again(monkeypatch: pytest.M
 
     outcome = asyncio.run(main())
     assert calls == ["a:1:txn"], f"the write was sent again after 'server stopped': {calls} ({outcome!r})"
+
+
+def test_a_cross_shard_outcome_unknown_is_the_clients_outcome_unknown() -> None:
+    from conclave.client.errors import OutcomeUnknown
+    from conclave.server import xshard_coord as xc
+
+    for err in (xc.OutcomeUnknown("decide"), xc.ResponseLost("part 2")):
+        got = server_error(type(err).__name__, str(err))
+        assert isinstance(got, OutcomeUnknown), got  # never Unavailable: that one is retried elsewhere

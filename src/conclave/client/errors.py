@@ -167,6 +167,11 @@ UNCERTAIN_KINDS = frozenset({
 })
 
 
+# A cross-shard transaction whose decision the coordinator could not learn, or that committed but whose
+# answers were lost (server/xshard_coord.py): the caller must check, the client never sends it again.
+CROSS_SHARD_UNKNOWN_KINDS = frozenset({"OutcomeUnknown", "ResponseLost"})
+
+
 def _classes() -> dict[str, type[kverr.EtcdError]]:
     found: dict[str, type[kverr.EtcdError]] = {}
     pending: list[type[kverr.EtcdError]] = [kverr.EtcdError]
@@ -190,6 +195,8 @@ def server_error(kind: str, message: str) -> ClientError:
     """The client exception for an error the server named ``kind`` with ``message``."""
     if kind in _UNAVAILABLE:
         return _UNAVAILABLE[kind](message)
+    if kind in CROSS_SHARD_UNKNOWN_KINDS:  # a sharded member's coordinator could not learn the outcome
+        return OutcomeUnknown(message)
     cls = _BY_KIND.get(kind)
     if cls is not None:
         return cls(message, kind)
