@@ -26,6 +26,7 @@ BENCHES = [
     ("member CPU per put: etcd 3.4", ["cpu_per_op.py", "--system", "etcd"]),
     ("the compiled edge: Conclave rust vs Conclave python vs etcd 3.4 (issue 11's table)", ["edge_bench.py"]),
     ("the compiled edge's Python loop side alone: CPU per request", ["edge_loop_bench.py"]),
+    ("cross-shard transactions vs single-group ones, and etcd 3.4", ["xshard_bench.py"]),
     ("member RSS under churn (gc policy)", ["soak.py", "--duration", "300", "--warmup", "60"]),
 ]
 

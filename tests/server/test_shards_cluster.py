@@ -131,6 +131,19 @@ def test_three_shards_on_three_members(tmp_path: Path) -> None:
             assert [clients[0].value(k) for k in (b"03", b"y3", b"04")] == [b"ctl", b"ctl", None]
 
         r_y3 = b"ctl" if ctl is not None else b"t"
+        # the Python client's txn across shards, over the native protocol and over gRPC
+        from conclave import Client
+        from conclave.client import get_op, put_op, value
+
+        for protocol, eps in (("native", [m.native_endpoint for m in c.members]), ("grpc", c.endpoints)):
+            with Client(eps, protocol=protocol) as pc:
+                t = pc.txn().if_(value("03") == r_y3.decode()).then(put_op("05", protocol), put_op("z6", protocol)).else_(
+                    get_op("03")).commit()
+                assert t.succeeded, protocol
+                assert (pc.get("05"), pc.get("z6")) == (protocol.encode(), protocol.encode())
+                t = pc.txn().if_(value("z6") == "nope").then(put_op("05", "no"), put_op("z6", "no")).else_(
+                    get_op("z6")).commit()
+                assert not t.succeeded and (pc.get("05"), pc.get("z6")) == (protocol.encode(), protocol.encode())
         # kill -9 a member and restart it: every group's data comes back from its own WAL
         victim = c.members[2]
         victim.kill()
