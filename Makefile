@@ -66,8 +66,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy --strict $(PURE)
 
+# Two lanes: the Patroni failover scenarios (tests/patroni, ~130 s) spend most of their time waiting
+# out Patroni's ttl and loop_wait, so they run beside the rest of the suite (a light second load on
+# the machine); their output is printed after the main lane's, and either lane failing fails the run.
+PATRONI_LOG := .patroni-lane.log
 test: $(STAMP) edge edge-check system-deps lint
-	$(PY) -m pytest
+	@$(PY) -m pytest -p no:cacheprovider tests/patroni > $(PATRONI_LOG) 2>&1 & lane=$$!; \
+	trap 'kill $$lane 2>/dev/null' INT TERM; \
+	$(PY) -m pytest --ignore=tests/patroni; main=$$?; \
+	wait $$lane; patroni=$$?; \
+	echo "----- tests/patroni (run beside the rest; exit $$patroni) -----"; cat $(PATRONI_LOG); \
+	[ $$main -eq 0 ] && [ $$patroni -eq 0 ]
 
 run: $(STAMP) edge
 	@echo "conclave and python in the README's examples are the virtualenv's: in another terminal run"

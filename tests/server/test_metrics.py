@@ -197,8 +197,9 @@ def test_leader_changes_after_a_transfer(cluster: ProcessCluster) -> None:
         c.close()
     wait_for(lambda: value(scrape(target.client_port)[1], "etcd_server_is_leader") == 1, 10, "the target to lead")
     for m in cluster.members:
+        # at least the transfer (a loaded machine may add an election of its own on top)
         wait_for(lambda m=m: value(scrape(m.client_port)[1], "etcd_server_leader_changes_seen_total")
-                 == before[m.name] + 1, 10, f"{m.name} to count the change")
+                 >= before[m.name] + 1, 10, f"{m.name} to count the change")
     assert value(scrape(leader.client_port)[1], "etcd_server_is_leader") == 0
 
 

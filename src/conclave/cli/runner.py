@@ -33,6 +33,7 @@ class Member:
         self.cfg = cfg
         self.node: Any = None
         self.groups: Any = None  # server/groups.MemberGroups on a sharded member
+        self.sharded: Any = None  # its server/sharded.ShardedBackend (closed before the groups stop)
         self.grpc_server: Any = None
         self.native_server: Any = None
         self.http_router: Any = None  # api.http.HttpRouter: the JSON gateway, /version, /metrics, /health...
@@ -80,6 +81,8 @@ class Member:
             self.node = self.groups.meta
             await self.groups.start()
             backend = ShardedBackend(self.groups)
+            backend.start_cross_shard(self.cfg.data_dir)
+            self.sharded = backend
         else:
             self.node = Node(self.cfg)
             await self.node.start()
@@ -174,6 +177,8 @@ class Member:
             await self.http_server.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
+        if self.sharded is not None:
+            await self.sharded.close()
         if self.groups is not None:
             await self.groups.stop()
         elif self.node is not None:

@@ -244,6 +244,9 @@ class NodeBackend:
             await self.node.read_barrier()
         if self.node.auth_on:  # after the barrier, right before reading (as etcd's doSerialize)
             self.node.sm.auth.check(self._caller(auth)[0], req, self.node.store.lease_keys)
+        # A key under a cross-shard transaction's intent is not read: its value may be decided but not
+        # yet resolved here (Locked; a sharded member's backend recovers or waits, then reads again).
+        self.node.sm.xshard.check_plain(req, self.node.store)
         resp: kv.RangeResponse = self.node.store.range(req)
         self.node.metrics.mvcc_range_total += 1
         return resp

@@ -37,14 +37,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import zlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
 from conclave.server.backend import NodeBackend
 from conclave.server.groups import META_GROUP, MemberGroups
 from conclave.wire.contract import NO_AUTH, AuthInfo, WatchDelivery, WatchSubscription
+
+T = TypeVar("T")
 
 Span = tuple[bytes, bytes]
 
@@ -123,9 +125,52 @@ class ShardedBackend:
         self.meta = self.backends[META_GROUP]
         self.member_id = self.meta.member_id
         self.node = self.meta.node  # what the api reads beside the contract (the member's identity, metrics)
-        # The cross-shard coordinator (server/xshard_coord.py), set by whoever wires it:
+        # The cross-shard coordinator (server/xshard_coord.py; start_cross_shard wires it):
         #   await coordinator.txn(req: kv.TxnRequest, auth: AuthInfo) -> kv.TxnResponse
         self.coordinator: Any = None
+        self.recovery: Any = None  # xshard_coord.Recovery: what a plain request that meets a lock calls
+        self.sweeper: Any = None
+
+    def start_cross_shard(self, data_dir: str, timeouts: Any = None) -> None:
+        """Wire the coordinator, the recovery and the sweeper (server/xshard_coord.py) over the data
+        groups: one ``NodeGroupPort`` per group, transaction ids from ``txn_seq_base(data_dir)``."""
+        from conclave.server import xshard_coord as xc
+
+        t = timeouts if timeouts is not None else xc.Timeouts()
+        ports = {g: xc.NodeGroupPort(lambda g=g: self.groups.node(g)) for g in self.groups.data_group_ids()}
+        self.recovery = xc.Recovery(ports, t)
+        self.coordinator = xc.Coordinator(self.member_id, ports, self.groups.shard_map,
+                                          seq_base=xc.txn_seq_base(data_dir), timeouts=t, recovery=self.recovery)
+        self.sweeper = xc.Sweeper(ports, self.recovery, t)
+        self.sweeper.start()
+
+    async def close(self) -> None:
+        """Stop the sweeper and the coordinator's and recoveries' background work (before the groups stop)."""
+        if self.sweeper is not None:
+            await self.sweeper.stop()
+        if self.coordinator is not None:
+            await self.coordinator.close()
+        if self.recovery is not None:
+            await self.recovery.close()
+
+    async def _on(self, gid: int, call: Callable[[NodeBackend], Awaitable[T]]) -> T:
+        """``call(group gid's backend)`` through ``_unlocked``."""
+        return await self._unlocked(gid, lambda: call(self._data(gid)))
+
+    async def _range_in(self, gid: int, req: kv.RangeRequest, auth: AuthInfo) -> kv.RangeResponse:
+        return await self._unlocked(gid, lambda: self._data(gid).range(req, auth=auth))
+
+    async def _delete_in(self, gid: int, req: kv.DeleteRangeRequest, auth: AuthInfo) -> kv.DeleteRangeResponse:
+        return await self._unlocked(gid, lambda: self._data(gid).delete_range(req, auth=auth))
+
+    async def _unlocked(self, gid: int, fn: Callable[[], Awaitable[T]]) -> T:
+        """``fn()`` on group ``gid``; a plain request that meets a cross-shard transaction's lock
+        (``Locked``) recovers or waits for that transaction and tries again, bounded by the lock
+        wait (then "request timed out"): reads never see a decided but unresolved intent's old value."""
+        if self.recovery is None:
+            return await fn()
+        out: T = await self.recovery.run_with_lock_wait(fn, where=gid)
+        return out
 
     def __getattr__(self, name: str) -> Any:  # the rest of the contract: the meta group's answer
         return getattr(self.meta, name)
@@ -162,14 +207,15 @@ class ShardedBackend:
     async def range(self, req: kv.RangeRequest, *, auth: AuthInfo = NO_AUTH) -> kv.RangeResponse:
         parts = self._clip(req.key, req.range_end)
         if len(parts) == 1:
-            return await self._data(parts[0][0]).range(req, auth=auth)
+            g = parts[0][0]
+            return await self._unlocked(g, lambda: self._data(g).range(req, auth=auth))
         if req.revision:
             raise NotWithShards("a range over several shards at a past revision (revisions are per shard)")
         by_key = req.sort_order == kv.SortOrder.NONE or req.sort_target == kv.SortTarget.KEY
         if req.limit and not by_key:
             raise NotWithShards("a limited range over several shards sorted by another target than the key")
         resps = await asyncio.gather(*(
-            self._data(g).range(dataclasses.replace(req, key=k, range_end=e), auth=auth) for g, (k, e) in parts))
+            self._range_in(g, dataclasses.replace(req, key=k, range_end=e), auth) for g, (k, e) in parts))
         kvs = [x for r in resps for x in r.kvs]  # the groups are in key order, each sorted by key
         if req.sort_order == kv.SortOrder.DESCEND and by_key:  # each group's part is descending already
             kvs = [x for r in reversed(resps) for x in r.kvs]
@@ -184,15 +230,16 @@ class ShardedBackend:
                                 sum(r.count for r in resps))  # fmt: skip
 
     async def put(self, req: kv.PutRequest, *, auth: AuthInfo = NO_AUTH) -> kv.PutResponse:
-        return await self._data(self.groups.group_of(req.key)).put(req, auth=auth)
+        g = self.groups.group_of(req.key)
+        return await self._unlocked(g, lambda: self._data(g).put(req, auth=auth))
 
     async def delete_range(self, req: kv.DeleteRangeRequest, *, auth: AuthInfo = NO_AUTH) -> kv.DeleteRangeResponse:
         parts = self._clip(req.key, req.range_end)
         if len(parts) == 1:
-            return await self._data(parts[0][0]).delete_range(req, auth=auth)
+            g = parts[0][0]
+            return await self._unlocked(g, lambda: self._data(g).delete_range(req, auth=auth))
         resps = await asyncio.gather(*(
-            self._data(g).delete_range(dataclasses.replace(req, key=k, range_end=e), auth=auth)
-            for g, (k, e) in parts))  # fmt: skip
+            self._delete_in(g, dataclasses.replace(req, key=k, range_end=e), auth) for g, (k, e) in parts))
         return kv.DeleteRangeResponse(self._header([r.header.revision for r in resps]),
                                       sum(r.deleted for r in resps), tuple(x for r in resps for x in r.prev_kvs))
 
@@ -206,7 +253,8 @@ class ShardedBackend:
     async def txn(self, req: kv.TxnRequest, *, auth: AuthInfo = NO_AUTH) -> kv.TxnResponse:
         gids = self.txn_groups(req)
         if len(gids) == 1:
-            return await self._data(gids[0]).txn(req, auth=auth)
+            g = gids[0]
+            return await self._unlocked(g, lambda: self._data(g).txn(req, auth=auth))
         return await self._cross_shard_txn(req, gids, auth)
 
     async def _cross_shard_txn(self, req: kv.TxnRequest, gids: list[int], auth: AuthInfo) -> kv.TxnResponse:
@@ -228,7 +276,7 @@ class ShardedBackend:
 
     async def _every(self, call: Callable[[NodeBackend], Any]) -> list[Any]:
         """``call`` on every data group; LeaseNotFound only when no group knows the lease."""
-        out = await asyncio.gather(*(call(self._data(g)) for g in self.groups.data_group_ids()),
+        out = await asyncio.gather(*(self._on(g, call) for g in self.groups.data_group_ids()),
                                    return_exceptions=True)  # fmt: skip
         found = [r for r in out if not isinstance(r, BaseException)]
         errs = [r for r in out if isinstance(r, BaseException)]
