@@ -23,7 +23,7 @@ from conclave.verify.history import History
 from conclave.verify.model import model_named
 
 US = 1_000_000
-WRITES = frozenset({"write", "cas", "append", "put", "acquire", "fenced-write", "grant"})
+WRITES = frozenset({"write", "cas", "append", "put", "acquire", "fenced-write", "grant", "transfer"})
 
 
 @dataclass

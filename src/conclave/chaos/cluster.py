@@ -94,6 +94,7 @@ class ChaosCluster:
     grpc_engine: str = "python"  # python | rust | mixed (even members rust, odd python)
     tmpfs_mb: int = 0  # > 0: each member's data dir is a tmpfs of this size (the disk nemesis; root only)
     mounts: list[Path] = field(default_factory=list)
+    shards: int = 1  # the data groups the members were started with (extra_args carries the flag)
 
     def __post_init__(self) -> None:
         if not self.run_id:

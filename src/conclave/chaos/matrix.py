@@ -25,6 +25,7 @@ def table(root: Path) -> str:
         s = json.loads(path.read_text())
         nemesis = s["rerun"].split("--nemesis ")[1].split()[0] if "--nemesis " in s["rerun"] else "?"
         mode = s["mode"] + ("" if s.get("grpc_engine", "python") == "python" else f", {s['grpc_engine']} gRPC")
+        mode += f", {s['shards']} shards" if s.get("shards", 1) != 1 else ""
         rows.append(f"| {s['workload']} | {nemesis} | {s['nodes']} | {mode} | {s['seed']} | {s['duration_s']} "
                     f"| {s['faults_injected']} | {s['ops']} ({s['ok']}/{s['fail']}/{s['info']}) | {s['verdict']} "
                     f"| {s['lost_acknowledged_writes']} | {s['worst_recovery_s']} |")
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--nemeses", default=",".join([*NEMESES, "all"]))
     p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--shards", type=int, default=1,
+                   help="every run's members start with this many shards (conclave chaos --shards)")
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args(argv)
     root = Path(args.out)
@@ -48,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         for workload in args.workloads.split(","):
             for nemesis in args.nemeses.split(","):
                 for seed in args.seeds.split(","):
-                    out = root / f"{workload}-{nemesis}-{args.nodes}-{seed}"
+                    shape = f"{args.nodes}" if args.shards == 1 else f"{args.nodes}x{args.shards}"
+                    out = root / f"{workload}-{nemesis}-{shape}-{seed}"
                     cmd = [sys.executable, "-m", "conclave", "chaos", "--time", f"{args.time:g}", "--nodes",
                            str(args.nodes), "--nemesis", nemesis, "--workload", workload, "--seed", seed,
-                           "--out", str(out)]
+                           "--out", str(out), *(["--shards", str(args.shards)] if args.shards != 1 else [])]
                     print("$", " ".join(cmd[2:]), flush=True)
                     rc = subprocess.run(cmd).returncode
                     worst = max(worst, rc)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from conclave.chaos import analysis, report
+from conclave.chaos.bank import BankWorkload, bank_split_keys
 from conclave.chaos.cluster import ChaosCluster
 from conclave.chaos.nemesis import Nemesis
 from conclave.chaos.netns import cleanup_leftovers
@@ -53,6 +54,8 @@ class ChaosConfig:
     election_ms: int = 1000
     heartbeat_ms: int = 100
     grpc_engine: str = "python"
+    shards: int = 1
+    accounts: int = 100
 
     def rerun(self) -> str:
         args = ["conclave", "chaos", "--time", f"{self.time:g}", "--nodes", str(self.nodes), "--nemesis",
@@ -68,7 +71,39 @@ class ChaosConfig:
             args += ["--mode", self.mode]
         if self.grpc_engine != "python":
             args += ["--grpc-engine", self.grpc_engine]
+        if self.shards != 1:
+            args += ["--shards", str(self.shards)]
+        if self.workload == "bank" and self.accounts != 100:
+            args += ["--accounts", str(self.accounts)]
         return shlex.join(args)
+
+
+# nemeses whose faults a cluster of several shards refuses (ShardedBackend: membership changes)
+REFUSED_WITH_SHARDS = {"member": "membership changes are refused by a cluster of more than one shard"}
+
+
+def shard_args(cfg: ChaosConfig) -> list[str]:
+    """The members' shard flags: the bank's accounts split evenly over the groups; the server's
+    default split (``--shards K``) for the other workloads."""
+    if cfg.shards <= 1:
+        return []
+    if cfg.workload == "bank":
+        from conclave.chaos.bank import bank_split_keys
+        return ["--shard-split-keys", ",".join(bank_split_keys(cfg.accounts, cfg.shards))]
+    return ["--shards", str(cfg.shards)]
+
+
+def usable_nemeses(cfg: ChaosConfig, say: Callable[[str], None]) -> tuple[str, ...]:
+    """``cfg.nemesis`` without the ones the cluster's shape refuses (each skipped with its reason)."""
+    if cfg.shards <= 1:
+        return cfg.nemesis
+    kept = []
+    for n in cfg.nemesis:
+        if n in REFUSED_WITH_SHARDS:
+            say(f"nemesis {n} skipped with --shards {cfg.shards}: {REFUSED_WITH_SHARDS[n]}")
+        else:
+            kept.append(n)
+    return tuple(kept)
 
 
 def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int, dict[str, Any]]:
@@ -81,10 +116,11 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
     root = Path(tempfile.mkdtemp(prefix="conclave-chaos-")) if out is None else out / "members"
     cluster = ChaosCluster(root, cfg.nodes, mode=cfg.mode, heartbeat_ms=cfg.heartbeat_ms,
                            election_ms=cfg.election_ms, grpc_engine=cfg.grpc_engine,
-                           tmpfs_mb=256 if "disk" in cfg.nemesis else 0)
+                           tmpfs_mb=256 if "disk" in cfg.nemesis else 0, extra_args=shard_args(cfg),
+                           shards=cfg.shards)
     if cluster.fallback_reason:
         say(f"network namespaces unavailable ({cluster.fallback_reason}): members on 127.0.0.1 behind the peer proxy")
-    schedule = make_schedule(cfg.seed, cfg.nemesis, cfg.time, cfg.interval, cfg.nodes,
+    schedule = make_schedule(cfg.seed, usable_nemeses(cfg, say), cfg.time, cfg.interval, cfg.nodes,
                              pause_s=max(3.0, 2.5 * cfg.election_ms / 1000))
     recorder = Recorder(0.0)
     workload: Workload | None = None
@@ -99,14 +135,19 @@ def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> tuple[int
     interrupted = False
     try:
         cluster.setup()
-        say(f"run {cluster.run_id}: {cfg.nodes} members ({cluster.mode} mode), seed {cfg.seed}, "
+        say(f"run {cluster.run_id}: {cfg.nodes} members ({cluster.mode} mode"
+            f"{f', {cfg.shards} shards' if cfg.shards > 1 else ''}), seed {cfg.seed}, "
             f"{len(schedule)} faults scheduled, workload {cfg.workload}, {cfg.clients} clients")
         cluster.start()
-        t0 = time.monotonic()
-        recorder.t0 = t0
         workload = WORKLOADS[cfg.workload](cluster.endpoints(), cluster.native_endpoints(), recorder, cfg.clients,
                                            cfg.seed, pool=KeyPool(f"{cfg.workload}/", cfg.keys, cfg.ops_per_key))
         workload.current_endpoints = cluster.endpoints
+        if isinstance(workload, BankWorkload):
+            workload.accounts = cfg.accounts
+            workload.splits = bank_split_keys(cfg.accounts, cfg.shards) if cfg.shards > 1 else []
+        asyncio.run(workload.setup())
+        t0 = time.monotonic()
+        recorder.t0 = t0
         nemesis = Nemesis(cluster, schedule, t0, say, cfg.seed)
 
         async def main() -> None:
@@ -245,6 +286,7 @@ def _analyse(cfg: ChaosConfig, cluster: ChaosCluster, recorder: Recorder, worklo
         "nodes": cfg.nodes,
         "mode": cluster.mode,
         "grpc_engine": cfg.grpc_engine,
+        "shards": cfg.shards,
         "duration_s": round(duration, 1),
         "ops": len(ops),
         "ok": counts["ok"], "fail": counts["fail"], "info": counts["info"],

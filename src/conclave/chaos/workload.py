@@ -177,6 +177,9 @@ class Workload:
     async def _client(self, w: int) -> None:
         raise NotImplementedError
 
+    async def setup(self) -> None:
+        """Initial state, written before the run's clock and the faults start (default: none)."""
+
     async def finish(self) -> None:
         """End-of-run reads, after the quiet period (the clients have stopped)."""
 
@@ -859,3 +862,5 @@ class LeaseWorkload(Workload):
 WORKLOADS: dict[str, type[Workload]] = {
     w.name: w for w in (RegisterWorkload, AppendWorkload, LockWorkload, WatchWorkload, LeaseWorkload)
 }
+
+import conclave.chaos.bank  # noqa: E402,F401  (registers the bank workload in WORKLOADS)

@@ -23,8 +23,9 @@ def register(sub: Any) -> None:
     p.add_argument("--nemesis", default="kill,pause,partition",
                    help=f"comma-separated: {','.join(NEMESES)}; or all, none (default kill,pause,partition)")
     p.add_argument("--interval", type=float, default=10.0, help="seconds between fault starts (default 10)")
-    p.add_argument("--workload", default="register", choices=("register", "append", "lock", "watch", "lease"),
-                   help="register (default), append, lock, watch or lease (docs/chaos.md)")
+    p.add_argument("--workload", default="register", choices=("register", "append", "lock", "watch", "lease", "bank"),
+                   help="register (default), append, lock, watch, lease or bank (transfers across shards; "
+                   "docs/chaos.md)")
     p.add_argument("--seed", type=int, default=None, help="the schedule's and clients' seed (default: random)")
     p.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
     p.add_argument("--keys", type=int, default=5, help="keys in use at a time (default 5)")
@@ -37,6 +38,11 @@ def register(sub: Any) -> None:
                    help="netns (root), proxy (127.0.0.1), auto: netns when possible (default)")
     p.add_argument("--grpc-engine", default="python", choices=("python", "rust", "mixed"),
                    help="the members' etcd gRPC engine; mixed: even members rust, odd python (default python)")
+    p.add_argument("--shards", type=int, default=1,
+                   help="start the members with this many shards (data Raft groups); the bank workload's accounts "
+                   "are split evenly over them (--shard-split-keys), the other workloads get the server's default "
+                   "split; nemeses a sharded cluster refuses (member) are skipped (default 1)")
+    p.add_argument("--accounts", type=int, default=100, help="bank workload: accounts (default 100)")
     p.add_argument("--out", default=None, help="write history.jsonl, report.html, summary.json, member logs here")
     p.add_argument("--check-budget", type=float, default=120.0, help="seconds the checker may take (default 120)")
     p.set_defaults(func=run)
@@ -56,13 +62,20 @@ def run(args: argparse.Namespace) -> int:
         print("conclave chaos: --time, --interval, --clients, --keys must be positive, --ops-per-key at least 2",
               file=sys.stderr)
         return 2
+    if not 1 <= args.shards <= 64:
+        print("conclave chaos: --shards must be between 1 and 64", file=sys.stderr)
+        return 2
+    if args.accounts < max(2, args.shards):
+        print(f"conclave chaos: --accounts must be at least 2 and at least --shards ({args.shards})", file=sys.stderr)
+        return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1 << 31)
     cfg = ChaosConfig(time=args.time, nodes=args.nodes, nemesis=nemeses, nemesis_text=args.nemesis,
                       workload=args.workload, seed=seed, interval=args.interval, clients=args.clients,
                       keys=args.keys,
                       ops_per_key=args.ops_per_key or (100 if args.workload == "append" else 200), quiet=args.quiet,
                       recovery_timeout=args.recovery_timeout, out=Path(args.out) if args.out else None,
-                      mode=args.mode, check_budget=args.check_budget, grpc_engine=args.grpc_engine)
+                      mode=args.mode, check_budget=args.check_budget, grpc_engine=args.grpc_engine,
+                      shards=args.shards, accounts=args.accounts)
 
     def say(line: str) -> None:
         print(line, flush=True)
