@@ -137,8 +137,8 @@ def test_three_shards_on_three_members(tmp_path: Path) -> None:
 
         for protocol, eps in (("native", [m.native_endpoint for m in c.members]), ("grpc", c.endpoints)):
             with Client(eps, protocol=protocol) as pc:
-                t = pc.txn().if_(value("03") == r_y3.decode()).then(put_op("05", protocol), put_op("z6", protocol)).else_(
-                    get_op("03")).commit()
+                t = pc.txn().if_(value("03") == r_y3.decode()).then(
+                    put_op("05", protocol), put_op("z6", protocol)).else_(get_op("03")).commit()
                 assert t.succeeded, protocol
                 assert (pc.get("05"), pc.get("z6")) == (protocol.encode(), protocol.encode())
                 t = pc.txn().if_(value("z6") == "nope").then(put_op("05", "no"), put_op("z6", "no")).else_(
