@@ -13,8 +13,12 @@ writes (the default keys all start with 'k': one group). Each group's revision i
 after the run to show how the puts were spread. Then the same load against a 3-member etcd 3.4
 cluster is the reference row. One cluster at a time, same machine, same run.
 
-    .venv/bin/python bench/shards_bench.py [--duration 5] [--clients 64] [--shards 1,3,6] [--skip-etcd]
-                                           [--json OUT]
+    .venv/bin/python bench/shards_bench.py [--duration 5] [--clients 64] [--shards 1,3,6] [--rounds 1]
+                                           [--skip-etcd] [--json OUT]
+
+``--rounds N`` repeats the whole set N times, the configurations interleaved (K=1, 3, 6, etcd, K=1,
+...), and the table shows each configuration's median with the range of its puts/s: on a shared
+machine a load swing then hits every configuration rather than one.
 
 PENDING (placeholder, not a benchmark yet): ``--txn``, cross-shard transaction throughput and
 latency (a txn over 2 and over 3 groups vs a single-group Txn). It needs the cross-shard
@@ -28,6 +32,7 @@ import argparse
 import json
 import math
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per configuration (default 5)")
     ap.add_argument("--clients", type=int, default=64, help="concurrent puts in flight (default 64)")
     ap.add_argument("--shards", default="1,3,6", help="comma-separated K values (default 1,3,6)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat every configuration this many times, interleaved; the table shows medians")
     ap.add_argument("--skip-etcd", action="store_true", help="no etcd 3.4 reference row")
     ap.add_argument("--json", default=None, help="write the rows to this file")
     ap.add_argument("--txn", action="store_true",
@@ -215,28 +222,42 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--shards must be a comma-separated list of integers, got {args.shards!r}")
     if not ks or any(k < 1 or k > 64 for k in ks):
         ap.error("--shards values must be between 1 and 64")
+    if args.rounds < 1 or args.duration <= 0 or args.clients < 1:
+        ap.error("--rounds and --clients must be at least 1 and --duration positive")
     root = Path(tempfile.mkdtemp(prefix="conclave-shards-bench-"))
-    rows = []
+    configs: list[tuple[str, int]] = [("conclave", k) for k in ks]
+    if not args.skip_etcd:
+        if shutil.which("etcd") is None:
+            print("etcd is not installed: no reference row", file=sys.stderr)
+        else:
+            configs.append(("etcd", 1))
+    rows: list[dict[str, Any]] = []
     try:
-        for k in ks:
-            rows.append(bench_one(root / f"k{k}", "conclave", k, args))
-        if not args.skip_etcd:
-            if shutil.which("etcd") is None:
-                print("etcd is not installed: no reference row", file=sys.stderr)
-            else:
-                rows.append(bench_one(root / "etcd", "etcd", 1, args))
+        for rnd in range(args.rounds):  # the configurations interleaved: a load swing hits them all
+            if args.rounds > 1:
+                print(f"##### round {rnd + 1} of {args.rounds}", flush=True)
+            for kind, k in configs:
+                row = bench_one(root / f"r{rnd}-{kind}{k}", kind, k, args)
+                row["round"] = rnd + 1
+                rows.append(row)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"\n{args.clients} clients, 1 process, 1 gRPC connection per member, single-key puts, 256 B values, "
-          f"{args.duration:g} s per row")  # fmt: skip
+          f"{args.duration:g} s per row" + (f", median of {args.rounds} rounds (puts/s range)" if args.rounds > 1
+                                             else ""))  # fmt: skip
     print("| config | data-group leaders per member | puts/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|")
-    for r in rows:
-        if r.get("failed"):
-            print(f"| {r['config']} | {r['leaders']} | failed | | |")
+    for label in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == label]
+        ok = [r for r in mine if not r.get("failed")]
+        leaders = " / ".join(r["leaders"] + ("" if r["settled"] else " (not settled)") for r in mine)
+        if not ok:
+            print(f"| {label} | {leaders} | failed | | |")
             continue
-        note = "" if r["settled"] else " (not settled)"
-        print(f"| {r['config']} | {r['leaders']}{note} | {r['ops_per_s']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} |")
+        med = {f: statistics.median(r[f] for r in ok) for f in ("ops_per_s", "p50", "p99")}
+        rng = f" ({min(r['ops_per_s'] for r in ok):,.0f}-{max(r['ops_per_s'] for r in ok):,.0f})" if len(ok) > 1 else ""
+        failed = f", {len(mine) - len(ok)} failed" if len(ok) < len(mine) else ""
+        print(f"| {label} | {leaders} | {med['ops_per_s']:,.0f}{rng}{failed} | {med['p50']:.1f} | {med['p99']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 1 if any(r.get("failed") for r in rows) else 0
