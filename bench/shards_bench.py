@@ -180,6 +180,10 @@ def bench_one(root: Path, kind: str, shards: int, args: argparse.Namespace) -> d
         rep = run_put(cluster.endpoints, args.duration, args.clients)
         if rep is None:
             row["failed"] = True
+            for m in cluster.members:  # the data dirs are removed at the end: say what the members said
+                tail = "\n    ".join(m.log_text().splitlines()[-12:])
+                print(f"  {m.name} ({'alive' if m.alive() else 'exited'}), last log lines:\n    {tail}",
+                      file=sys.stderr)  # fmt: skip
             return row
         after = revisions(cluster) if before else {}
         row.update(ops_per_s=rep["ops_per_s"], p50=rep["latency_ms_p50"], p99=rep["latency_ms_p99"],
