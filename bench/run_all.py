@@ -17,6 +17,7 @@ BENCHES = [
     ("linearizability checker vs Porcupine's published times", ["check_bench.py"]),
     ("3-member Conclave vs 3-member etcd 3.4 over the etcd gRPC API", ["cluster_bench.py"]),
     ("native protocol vs gRPC vs etcd", ["native_bench.py"]),
+    ("single-shard puts with K = 1, 3, 6 Raft groups on 3 members, vs etcd 3.4 (issue 16)", ["shards_bench.py"]),
     ("the server's own cost: three members in one process, no client protocol", ["inproc_cluster.py"]),
     ("member CPU per put: Conclave over gRPC, rust engine",
      ["cpu_per_op.py", "--protocol", "grpc", "--grpc-engine", "rust"]),

@@ -33,6 +33,10 @@ CONNECT_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 10.0
 RANGE_KEYS_MAX = 1000  # keys written before a range run; ranges read among them
+# --spread-keys: a key's first byte is taken from this alphabet by the key's number, so keys fall
+# evenly over the split points `conclave serve --shards K` takes from the same alphabet
+# (server/config.py SPLIT_ALPHABET; loadgen does not import the server).
+SPREAD_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 class LoadError(Exception):
@@ -53,6 +57,14 @@ class LoadConfig:
     processes: int = 1
     seed: int = 1
     protocol: str = "grpc"  # or "native": Conclave's own protocol through conclave.AsyncClient
+    spread_keys: bool = False  # first key byte from SPREAD_ALPHABET: every shard of --shards K gets keys
+
+    def key(self, index: int) -> bytes:
+        """Key number ``index`` (``key_size`` bytes; with ``spread_keys`` its first byte spreads it)."""
+        if not self.spread_keys:
+            return key_bytes(index, self.key_size)
+        head = SPREAD_ALPHABET[index % len(SPREAD_ALPHABET)].encode()
+        return head + key_bytes(index, self.key_size - 1) if self.key_size > 1 else head
 
     def validate(self) -> None:
         if self.op not in OPS:
@@ -161,19 +173,19 @@ def _request_factory(cfg: LoadConfig, rng: random.Random) -> tuple[str, str, Any
         return (
             "etcdserverpb.KV",
             "Put",
-            lambda: put_cls(key=key_bytes(rng.randrange(cfg.key_space), cfg.key_size), value=value),
+            lambda: put_cls(key=cfg.key(rng.randrange(cfg.key_space)), value=value),
         )
     if cfg.op == "txn-put":
         txn_cls, op_cls, put_cls = pb.TxnRequest, pb.RequestOp, pb.PutRequest
 
         def txn() -> Any:
-            key = key_bytes(rng.randrange(cfg.key_space), cfg.key_size)
+            key = cfg.key(rng.randrange(cfg.key_space))
             return txn_cls(success=[op_cls(request_put=put_cls(key=key, value=value))])
 
         return "etcdserverpb.KV", "Txn", txn
     range_cls = pb.RangeRequest
     serializable = cfg.consistency == "s"
-    keys = [key_bytes(i, cfg.key_size) for i in range(min(cfg.key_space, RANGE_KEYS_MAX))]
+    keys = [cfg.key(i) for i in range(min(cfg.key_space, RANGE_KEYS_MAX))]
     return "etcdserverpb.KV", "Range", lambda: range_cls(key=rng.choice(keys), serializable=serializable)
 
 
@@ -239,13 +251,13 @@ def _native_call_factory(cfg: LoadConfig, rng: random.Random, client: Any) -> An
 
     value = b"v" * cfg.val_size
     if cfg.op == "put":
-        return lambda: client.put(key_bytes(rng.randrange(cfg.key_space), cfg.key_size), value)
+        return lambda: client.put(cfg.key(rng.randrange(cfg.key_space)), value)
     if cfg.op == "txn-put":
         return lambda: client.transaction(
-            [], [put_op(key_bytes(rng.randrange(cfg.key_space), cfg.key_size), value)], []
+            [], [put_op(cfg.key(rng.randrange(cfg.key_space)), value)], []
         )
     serializable = cfg.consistency == "s"
-    keys = [key_bytes(i, cfg.key_size) for i in range(min(cfg.key_space, RANGE_KEYS_MAX))]
+    keys = [cfg.key(i) for i in range(min(cfg.key_space, RANGE_KEYS_MAX))]
     return lambda: client.range(rng.choice(keys), serializable=serializable)
 
 
@@ -341,7 +353,7 @@ async def _prefill(cfg: LoadConfig) -> None:
         value = b"v" * cfg.val_size
         async with AsyncClient([cfg.endpoints[0]], discover=False, timeout=REQUEST_TIMEOUT_S) as c:
             count = min(cfg.key_space, RANGE_KEYS_MAX)
-            await asyncio.gather(*(c.put(key_bytes(i, cfg.key_size), value) for i in range(count)))
+            await asyncio.gather(*(c.put(cfg.key(i), value) for i in range(count)))
         return
     import grpc
 
@@ -359,7 +371,7 @@ async def _prefill(cfg: LoadConfig) -> None:
         for start in range(0, count, 50):
             await asyncio.gather(
                 *(
-                    put(pb.PutRequest(key=key_bytes(i, cfg.key_size), value=value), timeout=REQUEST_TIMEOUT_S)
+                    put(pb.PutRequest(key=cfg.key(i), value=value), timeout=REQUEST_TIMEOUT_S)
                     for i in range(start, min(count, start + 50))
                 )
             )

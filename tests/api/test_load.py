@@ -72,3 +72,25 @@ def test_bad_input_is_a_clear_error(changes: dict[str, object], message: str) ->
 def test_keys_and_endpoints() -> None:
     assert key_bytes(255, 8) == b"kkkkkkff" and len(key_bytes(2**40, 4)) == 4
     assert parse_endpoints("http://a:1, b:2/,") == ("a:1", "b:2")
+
+
+def test_spread_keys_reach_every_shard() -> None:
+    """--spread-keys: keys keep their size, stay distinct and fall evenly over --shards K's ranges
+    (the default keys all start with 'k': one shard)."""
+    from conclave.loadgen import SPREAD_ALPHABET
+    from conclave.machine.xshard import ShardMap
+    from conclave.server.config import SPLIT_ALPHABET, derive_split_keys
+
+    assert SPREAD_ALPHABET == SPLIT_ALPHABET
+    spread = LoadConfig(op="put", endpoints=("h:1",), key_size=8, spread_keys=True)
+    plain = LoadConfig(op="put", endpoints=("h:1",), key_size=8)
+    keys = [spread.key(i) for i in range(6200)]
+    assert len(set(keys)) == len(keys) and all(len(k) == 8 for k in keys)
+    assert spread.key(0) == b"0kkkkkk0" and spread.key(5) == b"5kkkkkk5"
+    for shards in (3, 6):
+        smap = ShardMap(tuple(derive_split_keys(shards)), tuple(range(1, shards + 1)))
+        counts = [0] * shards
+        for k in keys:
+            counts[smap.group_of(k) - 1] += 1
+        assert min(counts) > 0.8 * len(keys) / shards, counts
+        assert len({smap.group_of(plain.key(i)) for i in range(6200)}) == 1  # why the option exists

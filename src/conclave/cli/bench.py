@@ -25,6 +25,12 @@ def register(sub: Any) -> None:
     p.add_argument("--val-size", type=int, default=256, help="value size in bytes (default 256)")
     p.add_argument("--key-space", type=int, default=100_000, help="number of distinct keys (default 100000)")
     p.add_argument(
+        "--spread-keys", action="store_true",
+        help="start each key with a character of 0-9A-Za-z chosen by the key's number, so the keys fall evenly "
+        "over the shards of a `conclave serve --shards K` cluster (whose split keys come from that alphabet); "
+        "without it every key starts with 'k' or a hex digit and most land in one shard",
+    )
+    p.add_argument(
         "--consistency", choices=("l", "s"), default="l", help="range reads: l=linearizable (default), s=serializable"
     )
     p.add_argument("--processes", type=int, default=1, help="worker processes (default 1)")
@@ -54,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         processes=args.processes,
         seed=args.seed,
         protocol=args.protocol,
+        spread_keys=args.spread_keys,
     )
     try:
         report = run_load(cfg)
