@@ -21,9 +21,10 @@ batched per peer into one frame. The split is fixed when the cluster is created
 (``datadir.shard_split``: ``shards.json`` in the data dir).
 
 Leader balancing (``_balance``): every ``BALANCE_INTERVAL_S`` a member that leads more than its
-fair share ``ceil(G/N)`` of the G groups moves the leadership of one of them to the live member
-(its peer connection is up) that leads the fewest, and only to one that leads fewer than its
-fair share: each move lowers the spread, so the step converges and never flaps; at most one
+fair share ``ceil(G/N)`` of the G data groups (the meta group, which takes no user writes, is
+not counted) moves the leadership of one of them to the live member (its peer connection is
+up) that leads the fewest, and only to one that leads fewer than its fair share: each move
+lowers the spread, so the step converges and never flaps; at most one
 transfer per member per interval.
 
 Not supported with K>1 yet (refused with a clear error by ``ShardedBackend``): membership
@@ -242,7 +243,10 @@ class MemberGroups:
         me = self.meta.member_id
         voters = set(self.meta.raft.conf_state.voters)
         live = [m for m in self.transport.connected_peers() if m in voters]
-        return pick_transfer(me, self.leaders(), live)
+        # the data groups only: they take the writes (the meta group holds the split table and the
+        # membership); counting it in the fair share left data leaderships at 1/0/2 for K=3
+        data = {g: lead for g, lead in self.leaders().items() if g != META_GROUP}
+        return pick_transfer(me, data, live)
 
     async def _balance(self) -> None:
         while True:
