@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 
 from conclave.kv import errors as kverr
 from conclave.kv import types as kv
+from conclave.machine.xshard import request_spans
 from conclave.server.backend import NodeBackend
 from conclave.server.groups import META_GROUP, MemberGroups
 from conclave.wire.contract import NO_AUTH, AuthInfo, WatchDelivery, WatchSubscription
@@ -61,24 +62,11 @@ class CrossShard(kverr.EtcdError):
     message = "conclave: this transaction touches keys of several shards (cross-shard transactions are not enabled)"
 
 
-def _spans_of_ops(ops: tuple[kv.RequestOp, ...], out: list[Span]) -> None:
-    for op in ops:
-        if op.request_put is not None:
-            out.append((op.request_put.key, b""))
-        elif op.request_range is not None:
-            out.append((op.request_range.key, op.request_range.range_end))
-        elif op.request_delete_range is not None:
-            out.append((op.request_delete_range.key, op.request_delete_range.range_end))
-        elif op.request_txn is not None:
-            out.extend(txn_spans(op.request_txn))
-
-
 def txn_spans(txn: kv.TxnRequest) -> list[Span]:
-    """Every key span a txn may read or write (compares, both branches, nested txns)."""
-    out: list[Span] = [(c.key, c.range_end) for c in txn.compare]
-    _spans_of_ops(txn.success, out)
-    _spans_of_ops(txn.failure, out)
-    return out
+    """Every key span a txn may read or write (compares, both branches, nested txns): the lock
+    spans ``machine.xshard`` computes, shared and exclusive together."""
+    reads, writes = request_spans(txn)
+    return reads + writes
 
 
 class _MergedSubscription:
