@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--shards", type=int, default=1,
                    help="every run's members start with this many shards (conclave chaos --shards)")
+    p.add_argument("--bank-shards", type=int, default=3,
+                   help="shards for the bank workload's runs when --shards is 1 (a one-group bank commits "
+                        "nothing across shards; default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip every run whose directory already holds a summary.json (a matrix continued)")
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args(argv)
     root = Path(args.out)
@@ -51,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         for workload in args.workloads.split(","):
             for nemesis in args.nemeses.split(","):
                 for seed in args.seeds.split(","):
-                    shape = f"{args.nodes}" if args.shards == 1 else f"{args.nodes}x{args.shards}"
+                    shards = args.bank_shards if workload == "bank" and args.shards == 1 else args.shards
+                    shape = f"{args.nodes}" if shards == 1 else f"{args.nodes}x{shards}"
                     out = root / f"{workload}-{nemesis}-{shape}-{seed}"
+                    if args.resume and (out / "summary.json").exists():
+                        continue
                     cmd = [sys.executable, "-m", "conclave", "chaos", "--time", f"{args.time:g}", "--nodes",
                            str(args.nodes), "--nemesis", nemesis, "--workload", workload, "--seed", seed,
-                           "--out", str(out), *(["--shards", str(args.shards)] if args.shards != 1 else [])]
+                           "--out", str(out), *(["--shards", str(shards)] if shards != 1 else [])]
                     print("$", " ".join(cmd[2:]), flush=True)
                     rc = subprocess.run(cmd).returncode
                     worst = max(worst, rc)
