@@ -16,7 +16,8 @@ import pytest
 
 from conclave.chaos.bank import BankWorkload, account_key, bank_split_keys, outcome_of_error
 from conclave.chaos.run import ChaosConfig, shard_args, usable_nemeses
-from conclave.chaos.workload import WORKLOADS, Recorder
+from conclave.chaos.workload import Recorder
+from conclave.chaos.workloads import WORKLOADS
 from conclave.client import OutcomeUnknown, ServerError, ServerTimeout
 
 REPO = Path(__file__).resolve().parents[2]

@@ -50,7 +50,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from conclave.chaos.workload import WORKLOADS, Findings, Workload
+from conclave.chaos.workload import Findings, Workload
 from conclave.client import AsyncClient, mod_revision, put_op
 
 PREFIX = "bank/acct/"
@@ -313,4 +313,3 @@ class BankWorkload(Workload):
         return f
 
 
-WORKLOADS[BankWorkload.name] = BankWorkload

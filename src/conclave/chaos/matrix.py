@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from conclave.chaos.schedule import NEMESES
-from conclave.chaos.workload import WORKLOADS
+from conclave.chaos.workloads import WORKLOADS
 
 
 def table(root: Path) -> str:

@@ -31,7 +31,8 @@ from conclave.chaos.cluster import ChaosCluster
 from conclave.chaos.nemesis import Nemesis
 from conclave.chaos.netns import cleanup_leftovers
 from conclave.chaos.schedule import make_schedule
-from conclave.chaos.workload import WORKLOADS, Findings, KeyPool, Recorder, Workload
+from conclave.chaos.workload import Findings, KeyPool, Recorder, Workload
+from conclave.chaos.workloads import WORKLOADS
 
 
 @dataclass

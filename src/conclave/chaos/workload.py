@@ -857,10 +857,3 @@ class LeaseWorkload(Workload):
                    "expiry_after_last_keepalive_p50_s": ex[len(ex) // 2] if ex else None,
                    "keys_lost_while_kept_alive": len(self.lost_while_alive)}
         return f
-
-
-WORKLOADS: dict[str, type[Workload]] = {
-    w.name: w for w in (RegisterWorkload, AppendWorkload, LockWorkload, WatchWorkload, LeaseWorkload)
-}
-
-import conclave.chaos.bank  # noqa: E402,F401  (registers the bank workload in WORKLOADS)
