@@ -336,3 +336,17 @@ def test_restore_refuses_a_damaged_etcd_backup_clearly(tmp_path: Path) -> None:
     done = _conclave("snapshot", "status", str(torn))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert time.monotonic() - started < 60
+
+
+def test_status_table_narrows_for_a_hash_with_leading_zero_nibbles() -> None:
+    # what etcdctl 3.4 printed for a backup whose hash is 0x0698e6f6 (seen in a CI run, where the
+    # fixed 8-wide column this replaced made the comparison above fail)
+    from conclave.cli.snapshot import status_table
+
+    assert status_table(0x698E6F6, 10, 18, 20 * 1024) == "\n".join([
+        "+---------+----------+------------+------------+",
+        "|  HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |",
+        "+---------+----------+------------+------------+",
+        "| 698e6f6 |       10 |         18 |      20 kB |",
+        "+---------+----------+------------+------------+",
+    ])

@@ -153,13 +153,23 @@ def status(args: argparse.Namespace) -> int:
     if args.write_out == "json":
         print(json.dumps(row, separators=(",", ":")))
     elif args.write_out == "table":
-        print("+----------+----------+------------+------------+\n|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |")
-        print("+----------+----------+------------+------------+")
-        print(f"| {h:8x} | {revision:8d} | {total:10d} | {_size(size):>10} |")
-        print("+----------+----------+------------+------------+")
+        print(status_table(h, revision, total, size))
     else:
         print(f"{h:x}, {revision}, {total}, {_size(size)}")
     return 0
+
+
+def status_table(h: int, revision: int, total: int, size: int) -> str:
+    """``snapshot status -w table`` as etcdctl's tablewriter draws it: each column as wide as its
+    widest cell, headers centred, cells right-aligned (a hash with leading zero nibbles is printed
+    without them, so its column narrows)."""
+    headers = ("HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE")
+    cells = (f"{h:x}", str(revision), str(total), _size(size))
+    widths = [max(len(a), len(b)) for a, b in zip(headers, cells, strict=True)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    head = "|" + "|".join(f" {a:^{w}} " for a, w in zip(headers, widths, strict=True)) + "|"
+    row = "|" + "|".join(f" {b:>{w}} " for b, w in zip(cells, widths, strict=True)) + "|"
+    return "\n".join([line, head, line, row, line])
 
 
 def _size(n: int) -> str:
