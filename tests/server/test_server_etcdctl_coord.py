@@ -275,8 +275,8 @@ def test_snapshot_save_and_restore_into_a_new_cluster(
 ) -> None:
     a = cluster_factory(3)
     wait_for(lambda: ctl(a.endpoints, "put", "warm", "up")[0] == 0, 20, "first write")
-    for i in range(30):
-        assert ctl(a.endpoints, "put", f"s/{i:02d}", f"v{i}")[0] == 0
+    for i in range(30):  # (a put that meets an election on a loaded machine is tried again: puts are idempotent)
+        wait_for(lambda i=i: ctl(a.endpoints, "put", f"s/{i:02d}", f"v{i}")[0] == 0, 20, f"put s/{i:02d}")
     backup = tmp_path / "backup.db"
     rc, out = ctl(a.endpoints[:1], "snapshot", "save", str(backup))
     assert rc == 0 and "Snapshot saved at" in out, out
