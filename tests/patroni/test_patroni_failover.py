@@ -114,6 +114,37 @@ def in_recovery(node: PatroniNode) -> bool | None:
     return rows[0][0] if rows else None
 
 
+TRANSPORT_FAILURES = ("ReadTimeoutError", "NewConnectionError", "Connection refused", "MaxRetryError",
+                      "Response ended prematurely")
+
+
+def tracebacks(log: str) -> list[str]:
+    """Each logged traceback with its chained causes, up to the next timestamped log line."""
+    out: list[str] = []
+    current: list[str] | None = None
+    for line in log.splitlines():
+        if line.startswith("Traceback") and current is None:
+            current = [line]
+        elif current is not None and line[:4].isdigit() and line[4:5] == "-":  # "2026-12-02 ..." ends it
+            out.append("\n".join(current))
+            current = None
+        elif current is not None:
+            current.append(line)
+    if current is not None:
+        out.append("\n".join(current))
+    return out
+
+
+def test_tracebacks_split_and_transport_failures_are_told_apart() -> None:
+    log = ("2026-12-02 16:07:50,000 INFO: ok\nTraceback (most recent call last):\n  File x\n"
+           "urllib3.exceptions.ReadTimeoutError: Read timed out.\n\nDuring handling...\nTraceback (most recent "
+           "call last):\netcd.EtcdException: POST /v3/kv/put request failed\n2026-12-02 16:07:52,028 INFO: next\n"
+           "Traceback (most recent call last):\nKeyError: 'header'\n")
+    found = tracebacks(log)
+    assert len(found) == 2 and "EtcdException" in found[0] and "KeyError" in found[1]
+    assert [any(m in t for m in TRANSPORT_FAILURES) for t in found] == [True, False]
+
+
 def watch_promotion(node: PatroniNode, deadline: float) -> tuple[float | None, float | None]:
     """When node's Patroni first answers 200 on /primary (it holds the leader key) and when its
     PostgreSQL first says pg_is_in_recovery() false (promoted), polled together every 0.1 s on one
@@ -302,10 +333,14 @@ def test_patroni_failover_and_dcs_leader_loss(dcs: str, patroni_base: tuple[Path
         assert kv is not None and kv.value == b"pg0", f"leader key after pg1's graceful stop: {kv}"
         assert all(has_row(pg0, t) for t in (first, second, third)), "a row was lost in the handover"
 
-        # a DCS answer Patroni cannot parse shows as a logged traceback: none, on either node
+        # a DCS answer Patroni cannot parse shows as a logged traceback: none, on either node. Patroni
+        # also logs one for a DCS request that timed out or lost its connection (step 4 kills the DCS
+        # member it talks to; on a loaded machine the election can outlast its 1.7 s read timeout):
+        # those are the fault injected, not an answer it could not read
         for n in nodes:
-            assert "Traceback" not in n.log_path.read_text(errors="replace"), f"{n.name} logged a traceback\n" \
-                f"{n.log_tail(12000)}"
+            bad = [t for t in tracebacks(n.log_path.read_text(errors="replace")) if not any(
+                mark in t for mark in TRANSPORT_FAILURES)]
+            assert not bad, f"{n.name} logged a traceback\n{bad[0][-6000:]}"
         if dcs == "conclave":
             for m in cluster.members:
                 assert "Traceback" not in m.log_text(), f"Conclave member {m.name} logged a traceback\n" \
