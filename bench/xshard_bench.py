@@ -132,6 +132,11 @@ async def run_shape(endpoints: list[str], prefixes: tuple[bytes, ...], clients: 
     }
 
 
+def report(label: str, f: dict[str, Any]) -> None:
+    print(f"  {label:16s} {f['txn_per_s']:>8,.1f} txn/s  p50 {f['latency_ms_p50']} ms  "
+          f"p99 {f['latency_ms_p99']} ms  errors {f['errors']}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per shape (default %(default)s)")
@@ -150,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ {r['group']: r['leader'] for r in view['groups']} }", flush=True)
         for name, prefixes in SHAPES.items():
             figures[name] = asyncio.run(run_shape(cluster.endpoints, prefixes, args.clients, args.duration))
-            f = figures[name]
-            print(f"  {name:9s} {f['txn_per_s']:>8,.1f} txn/s  p50 {f['latency_ms_p50']} ms  "
-                  f"p99 {f['latency_ms_p99']} ms  errors {f['errors']}", flush=True)
+            report(name, figures[name])
     finally:
         cluster.stop()
     if shutil.which("etcd") is not None and not args.skip_etcd:
@@ -164,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for prefixes in (SHAPES["1 group"], SHAPES["3 groups"]):  # 2 keys, 3 keys
                 label = f"etcd 3.4, {len(prefixes)} keys"
                 figures[label] = asyncio.run(run_shape(etcd.endpoints, prefixes, args.clients, args.duration))
-                f = figures[label]
-                print(f"  {label:16s} {f['txn_per_s']:>8,.1f} txn/s  p50 {f['latency_ms_p50']} ms  "
-                      f"p99 {f['latency_ms_p99']} ms  errors {f['errors']}", flush=True)
+                report(label, figures[label])
         finally:
             etcd.stop()
     shutil.rmtree(root, ignore_errors=True)

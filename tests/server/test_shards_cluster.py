@@ -72,6 +72,7 @@ def test_three_shards_on_three_members(tmp_path: Path) -> None:
         assert [bytes(x.key) for x in r.kvs] == sorted(KEYS, reverse=True)
         # a watch over every group merges the groups' streams
         got: list[bytes] = []
+        created = threading.Event()
         done = threading.Event()
         stop = threading.Event()
 
@@ -84,13 +85,15 @@ def test_three_shards_on_three_members(tmp_path: Path) -> None:
         def consume() -> None:
             with contextlib.suppress(grpc.RpcError):
                 for resp in call:
+                    if resp.created:
+                        created.set()
                     got.extend(bytes(ev.kv.key) for ev in resp.events)
                     if len(got) >= 3:
                         done.set()
                         return
         t = threading.Thread(target=consume, daemon=True)
         t.start()
-        time.sleep(0.5)  # the watch is created
+        assert created.wait(10), "the watch over every group was not created"
         for k in (b"05", b"Q5", b"z5"):
             e.put(k, b"w")
         assert done.wait(10), got
